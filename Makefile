@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make demo   - create .venv, install gba_lens, reproduce the paper's synthetic table offline
+#   make test   - create .venv, install gba_lens, run the test suite (notebooks included)
+# The dev install pins torch==2.13.0 (a CPU wheel on the CI machine): a looser range would
+# pull a multi-GB CUDA build. Users on Colab / GPU boxes just `pip install gba-lens`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline WANDB_SILENT=true OMP_WAIT_POLICY=PASSIVE
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m ipykernel install --user --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(OFFLINE) $(VENV)/bin/gba-lens recover --preset paper-toy --out runs/paper-toy
+
+test: setup
+	$(OFFLINE) $(PY) -m pytest -q
+
+bench: setup
+	$(OFFLINE) $(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs
