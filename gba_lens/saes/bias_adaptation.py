@@ -1,0 +1,163 @@
+"""Group Bias Adaptation: the paper's bias rule, in one place.
+
+Chen et al., "Taming Polysemanticity in LLMs" (arXiv:2506.14002). The neurons of the SAE are
+split into K groups; group k has a target activation frequency p_k, geometric from HTF down to
+LTF. Biases get no gradient. Between two updates only running statistics are kept per neuron:
+
+    p_m = fraction of samples with y_m > 0            (firing frequency)
+    r_m = max(0, max over samples of y_m)             (peak pre-activation)
+
+and every T optimiser steps, for each neuron m of group k:
+
+    if   p_m > p_k:  b_m <- max(b_m - gamma_minus * r_m,      -1)   # over-active: more selective
+    elif p_m < eps:  b_m <- min(b_m + gamma_plus  * rbar_k,     0)   # dead: more sensitive
+    else:            b_m unchanged
+
+with rbar_k the mean of the positive r_m over group k. Then the statistics are reset.
+Single-group BA (the analysed algorithm) is K = 1.
+
+The statistics are sums and maxima (``fire_count``, ``n_samples``, ``peak``) so that data-parallel
+training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_statistics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float
+from torch import nn
+
+
+def group_targets(n_groups: int, highest: float, lowest: float) -> torch.Tensor:
+    """Target frequencies p_k = HTF * (LTF / HTF)^((k-1)/(K-1)), k = 1..K (K = 1: [HTF])."""
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    if not 0.0 < lowest <= highest <= 1.0:
+        raise ValueError(f"need 0 < LTF <= HTF <= 1, got LTF={lowest}, HTF={highest}")
+    if n_groups == 1:
+        return torch.tensor([highest], dtype=torch.float64)
+    k = torch.arange(n_groups, dtype=torch.float64)
+    return highest * (lowest / highest) ** (k / (n_groups - 1))
+
+
+def group_index(d_sae: int, n_groups: int) -> torch.Tensor:
+    """Neuron m belongs to group floor(m * K / M): K contiguous, (nearly) equal groups."""
+    if n_groups > d_sae:
+        raise ValueError(f"n_groups ({n_groups}) cannot exceed the number of neurons ({d_sae})")
+    return torch.arange(d_sae) * n_groups // d_sae
+
+
+class GroupBiasAdaptation(nn.Module):
+    """Per-neuron firing statistics and the GBA bias update.
+
+    Buffers (saved with training checkpoints, so a resumed run continues exactly):
+        fire_count  [d_sae]   samples with y_m > 0 since the last update (sum)
+        peak        [d_sae]   max(0, max y_m) since the last update (max)
+        n_samples   []        samples seen since the last update (sum)
+        target      [d_sae]   each neuron's group target p_k
+        group       [d_sae]   each neuron's group index k
+    """
+
+    fire_count: torch.Tensor
+    peak: torch.Tensor
+    n_samples: torch.Tensor
+    target: torch.Tensor
+    group: torch.Tensor
+
+    def __init__(
+        self,
+        d_sae: int,
+        n_groups: int = 10,
+        highest_target: float = 0.1,
+        lowest_target: float = 1e-3,
+        gamma_minus: float = 0.01,
+        gamma_plus: float = 0.01,
+        dead_eps: float = 1e-6,
+        bias_min: float = -1.0,
+        bias_max: float = 0.0,
+        device: str | torch.device = "cpu",
+    ):
+        super().__init__()
+        self.n_groups = n_groups
+        self.gamma_minus = gamma_minus
+        self.gamma_plus = gamma_plus
+        self.dead_eps = dead_eps
+        self.bias_min = bias_min
+        self.bias_max = bias_max
+        group = group_index(d_sae, n_groups).to(device)
+        targets = group_targets(n_groups, highest_target, lowest_target).float().to(device)
+        self.register_buffer("group", group)
+        self.register_buffer("target", targets[group])
+        self.register_buffer("fire_count", torch.zeros(d_sae, device=device))
+        self.register_buffer("peak", torch.zeros(d_sae, device=device))
+        self.register_buffer("n_samples", torch.zeros((), device=device))
+
+    @property
+    def group_targets(self) -> torch.Tensor:
+        """[K] target frequency of each group."""
+        return torch.zeros(self.n_groups, device=self.target.device).scatter_(
+            0, self.group, self.target
+        )
+
+    @torch.no_grad()
+    def observe(self, pre_acts: Float[torch.Tensor, "... d_sae"]) -> None:
+        """Accumulate statistics of y = u + b (the gated pre-activations) for a batch."""
+        y = pre_acts.detach().reshape(-1, pre_acts.shape[-1])
+        self.fire_count += (y > 0).sum(0).to(self.fire_count.dtype)
+        self.peak.copy_(torch.maximum(self.peak, y.max(0).values.clamp(min=0).float()))
+        self.n_samples += y.shape[0]
+
+    def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
+        """Combine statistics across data-parallel ranks before ``update``.
+
+        ``all_reduce(tensor, op)`` must reduce in place with ``op`` in {"sum", "max"}, e.g.
+        ``lambda t, op: dist.all_reduce(t, dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)``.
+        """
+        all_reduce(self.fire_count, "sum")
+        all_reduce(self.n_samples, "sum")
+        all_reduce(self.peak, "max")
+
+    @property
+    def frequency(self) -> torch.Tensor:
+        """[d_sae] firing frequency p_m over the current window (0 before any sample)."""
+        return self.fire_count / self.n_samples.clamp(min=1)
+
+    @torch.no_grad()
+    def update(self, bias: Float[torch.Tensor, " d_sae"]) -> dict[str, torch.Tensor]:
+        """Apply the two-branch rule to ``bias`` in place, then reset the statistics.
+
+        Returns the fractions of over-active and dead neurons in the window (0-dim tensors, so
+        that nothing synchronises with the GPU unless they are logged).
+        """
+        p = self.frequency
+        r = self.peak
+        # rbar_k: mean of the positive peaks of group k (0 if none is positive).
+        positive = (r > 0).float()
+        group_sum = torch.zeros(self.n_groups, device=r.device).index_add_(0, self.group, r * positive)
+        group_cnt = torch.zeros(self.n_groups, device=r.device).index_add_(0, self.group, positive)
+        rbar = (group_sum / group_cnt.clamp(min=1))[self.group]
+
+        over_active = p > self.target
+        dead = ~over_active & (p < self.dead_eps)
+        lowered = (bias - self.gamma_minus * r).clamp(min=self.bias_min)
+        raised = (bias + self.gamma_plus * rbar).clamp(max=self.bias_max)
+        bias.copy_(torch.where(over_active, lowered, torch.where(dead, raised, bias)))
+
+        stats = {"over_active_fraction": over_active.float().mean(),
+                 "dead_fraction": dead.float().mean()}
+        self.reset()
+        return stats
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.fire_count.zero_()
+        self.peak.zero_()
+        self.n_samples.zero_()
+
+    @torch.no_grad()
+    def group_frequencies(self, fired: Float[torch.Tensor, " d_sae"]) -> torch.Tensor:
+        """[K] mean over each group's neurons of a per-neuron frequency vector."""
+        total = torch.zeros(self.n_groups, device=fired.device).index_add_(0, self.group, fired.float())
+        count = torch.bincount(self.group, minlength=self.n_groups).float()
+        return total / count

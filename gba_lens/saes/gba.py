@@ -1,0 +1,324 @@
+"""The GBA sparse autoencoder as a SAELens training architecture (key ``"gba"``).
+
+The paper's SAE (Chen et al., arXiv:2506.14002), per neuron m:
+
+    u_m = w_m . (s * x - b_pre)         pre-activation without bias (s: input scale, see below)
+    y_m = u_m + b_m                     the neuron is active iff y_m > 0
+    z_m = u_m * 1[y_m > 0]              JumpReLU gate (default; the paper's LLM runs)
+        = max(y_m, 0)                   ReLU gate (the paper's theory)
+    x_hat = (sum_m z_m d_m + b_pre) / s
+
+trained on reconstruction only, with NO sparsity penalty: the biases b get no gradient and are
+moved by :class:`~gba_lens.saes.bias_adaptation.GroupBiasAdaptation` instead.
+
+Weights: one side carries unit-norm directions, kept on the sphere by projection before every
+step (the theory's spherical gradient descent). ``unit_norm="decoder"`` (default for JumpReLU,
+which the calibration in shared/reference found best) keeps decoder rows unit-norm;
+``"encoder"`` keeps the encoder directions w_m unit-norm, so |u_m| <= ||s x - b_pre|| stays
+inside the [-1, 0] bias range: this is what makes the ReLU gate work (with no penalty and free
+encoder norms, ReLU neurons grow until the clamp at -1 can no longer silence them).
+
+Input scale: the [-1, 0] bias range only means something when pre-activations are O(1). On its
+first training batch the SAE sets b_pre to the batch mean and s so that the centred inputs
+s x - b_pre have unit mean norm. (SAELens's ``expected_average_only_in`` scales to norm
+sqrt(d_in), which pins the biases at -1: measured in shared/reference/gba-calibration.md.)
+
+Export: with threshold = -b >= 0 and b_enc = 0 the JumpReLU neuron is exactly SAELens's
+``JumpReLUSAE`` (relu(u) * 1[u > threshold]); the ReLU neuron is SAELens's ``StandardSAE`` with
+b_enc = b. The input scale folds into W_enc, W_dec and b_dec, and the controller's statistics are
+dropped, so ``save_inference_model`` writes a plain SAELens SAE (cfg.json + safetensors) that
+``sae_lens.SAE.load_from_disk`` loads without gba_lens. The GBA hyperparameters travel in the
+config's metadata (``training_architecture_details``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from numpy.typing import NDArray
+from sae_lens import JumpReLUSAEConfig, StandardSAEConfig
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import nn
+from typing_extensions import override
+
+from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
+
+ARCHITECTURE = "gba"
+
+
+@dataclass
+class GBATrainingSAEConfig(TrainingSAEConfig):
+    """Configuration of a GBA SAE. Defaults follow the paper (arXiv v1) except where noted."""
+
+    n_groups: int = 10
+    """K, the number of neuron groups (K = 1 is single-group BA)."""
+    highest_target: float = 0.1
+    """HTF, the target firing frequency of the first group (arXiv v1: 0.1; ICLR: 0.5)."""
+    lowest_target: float = 1e-3
+    """LTF, the target firing frequency of the last group."""
+    gamma_minus: float = 0.01
+    """Bias step for over-active neurons, in units of the neuron's peak pre-activation."""
+    gamma_plus: float = 0.01
+    """Bias step for dead neurons, in units of the group's mean positive peak."""
+    update_interval: int = 1
+    """T, optimiser steps between bias updates. The paper uses 50 over ~200k steps; for runs of
+    thousands of steps T = 1 (statistics over each batch) is what recovers features (see
+    shared/reference/gba-calibration.md). Use ``preset="paper"`` in the CLI for T = 50."""
+    dead_eps: float = 1e-6
+    """A neuron whose window frequency is below this counts as dead (``never fired``)."""
+    gating: Literal["jumprelu", "relu"] = "jumprelu"
+    """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
+    z = relu(u + b) (exported as SAELens ``standard``)."""
+    unit_norm: Literal["auto", "decoder", "encoder"] = "auto"
+    """Which weights are kept unit-norm: ``auto`` = decoder for JumpReLU, encoder for ReLU."""
+    input_norm: Literal["unit_mean", "none"] = "unit_mean"
+    """``unit_mean``: centre and scale inputs to unit mean norm (estimated on the first batch)."""
+    decoder_init_norm: float | None = 1.0
+    """Initial decoder row norm (directions start on the unit sphere, W_enc = W_dec^T)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gating not in ("jumprelu", "relu"):
+            raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
+        if self.unit_norm not in ("auto", "decoder", "encoder"):
+            raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
+        if self.input_norm not in ("unit_mean", "none"):
+            raise ValueError(f"input_norm must be 'unit_mean' or 'none', got {self.input_norm!r}")
+        if self.update_interval < 1:
+            raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
+        if not 1 <= self.n_groups <= self.d_sae:
+            raise ValueError(f"n_groups must be in [1, d_sae={self.d_sae}], got {self.n_groups}")
+
+    @property
+    def constrained_side(self) -> Literal["decoder", "encoder"]:
+        if self.unit_norm == "auto":
+            return "decoder" if self.gating == "jumprelu" else "encoder"
+        return self.unit_norm
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return JumpReLUSAEConfig if self.gating == "jumprelu" else StandardSAEConfig
+
+
+class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
+    """A GBA SAE trained by SAELens's ``SAETrainer`` (or ``LanguageModelSAETrainingRunner``).
+
+    Everything GBA adds happens inside ``training_forward_pass``, like SAELens's BatchTopK
+    threshold: project the constrained weights back to the sphere, run the forward pass, feed the
+    pre-activations to the bias controller and, every T steps, update the biases. So SAELens's
+    unmodified trainer and runners train it, and its checkpoints carry the controller state.
+    """
+
+    b_enc: nn.Parameter
+    input_scale: torch.Tensor
+
+    def __init__(self, cfg: GBATrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        self.bias_adaptation = GroupBiasAdaptation(
+            cfg.d_sae,
+            n_groups=cfg.n_groups,
+            highest_target=cfg.highest_target,
+            lowest_target=cfg.lowest_target,
+            gamma_minus=cfg.gamma_minus,
+            gamma_plus=cfg.gamma_plus,
+            dead_eps=cfg.dead_eps,
+            device=self.device,
+        )
+        # 0 means "not estimated yet"; set from the first training batch.
+        self.register_buffer("input_scale", torch.zeros((), dtype=torch.float32, device=self.device))
+        self._input_scale_ready = False
+        self.setup()  # register the controller's module path with HookedRootModule
+
+    @override
+    def load_state_dict(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self._input_scale_ready = False  # a loaded scale is re-checked on the next step
+        return super().load_state_dict(*args, **kwargs)
+
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # The GBA bias b: a parameter (so SAELens's folding helpers and .to() handle it) that
+        # gets no gradient and no optimiser state; only the controller moves it.
+        self.b_enc = nn.Parameter(
+            torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device), requires_grad=False
+        )
+
+    # ----------------------------------------------------------------------------- forward
+    @property
+    def _scale(self) -> torch.Tensor:
+        s = self.input_scale
+        return torch.where(s > 0, s, torch.ones_like(s)).to(self.dtype)
+
+    @override
+    def process_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
+        if self.cfg.input_norm == "unit_mean":
+            sae_in = sae_in.to(self.dtype) * self._scale
+        return super().process_sae_in(sae_in)
+
+    def pre_activations(
+        self, x: Float[torch.Tensor, "... d_in"]
+    ) -> Float[torch.Tensor, "... d_sae"]:
+        """u = w . (s x - b_pre), the pre-activations without bias."""
+        return self.process_sae_in(x) @ self.W_enc
+
+    @override
+    def encode_with_hidden_pre(
+        self, x: Float[torch.Tensor, "... d_in"]
+    ) -> tuple[Float[torch.Tensor, "... d_sae"], Float[torch.Tensor, "... d_sae"]]:
+        u = self.pre_activations(x)
+        y = self.hook_sae_acts_pre(u + self.b_enc)  # hidden_pre: active iff > 0
+        if self.cfg.gating == "jumprelu":
+            z = u * (y > 0).to(u.dtype)
+        else:
+            z = torch.relu(y)
+        return self.hook_sae_acts_post(z), y
+
+    @override
+    def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
+        sae_out = super().decode(feature_acts)
+        if self.cfg.input_norm == "unit_mean":
+            sae_out = sae_out / self._scale
+        return sae_out
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {}  # no sparsity penalty: sparsity comes from the biases alone
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        return {}
+
+    # ---------------------------------------------------------------------------- training
+    @torch.no_grad()
+    def initialize_from_batch(self, batch: Float[torch.Tensor, "batch d_in"]) -> None:
+        """Set b_pre to the batch mean and s so that centred inputs have unit mean norm."""
+        x = batch.detach().to(torch.float32).reshape(-1, self.cfg.d_in)
+        if x.shape[0] == 0:
+            raise ValueError("cannot initialise the GBA input scale from an empty batch")
+        if not torch.isfinite(x).all():
+            raise ValueError("the first training batch contains NaN or inf activations")
+        mean = x.mean(0)
+        centred_norm = (x - mean).norm(dim=-1).mean()
+        if x.shape[0] == 1 or centred_norm <= 0:  # degenerate: fall back to the raw norm
+            mean = torch.zeros_like(mean)
+            centred_norm = x.norm(dim=-1).mean()
+        scale = 1.0 / centred_norm.clamp(min=1e-12)
+        self.input_scale.fill_(scale.item())
+        self.b_dec.data.copy_((mean * scale).to(self.b_dec.dtype))
+
+    @torch.no_grad()
+    def project_weights(self) -> None:
+        """Put the constrained directions back on the unit sphere."""
+        if self.cfg.constrained_side == "decoder":
+            self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        else:
+            self.W_enc.data /= self.W_enc.data.norm(dim=0, keepdim=True).clamp(min=1e-8)
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if not self._input_scale_ready:  # checked once, not every step (a GPU sync)
+            if self.cfg.input_norm == "unit_mean" and self.input_scale.item() == 0:
+                self.initialize_from_batch(step_input.sae_in)
+            self._input_scale_ready = True
+        self.project_weights()
+        output = super().training_forward_pass(step_input)
+
+        controller = self.bias_adaptation
+        controller.observe(output.hidden_pre)
+        if (step_input.n_training_steps + 1) % self.cfg.update_interval == 0:
+            window = controller.update(self.b_enc.data)
+            output.metrics["gba/over_active_fraction"] = window["over_active_fraction"]
+            output.metrics["gba/window_dead_fraction"] = window["dead_fraction"]
+
+        if step_input.is_logging_step:
+            output.metrics.update(self._logging_metrics(output))
+        return output
+
+    @torch.no_grad()
+    def _logging_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
+        x = output.sae_in.float()
+        err = (output.sae_out.float() - x).pow(2).sum(-1).mean()
+        var = (x - x.mean(0)).pow(2).sum(-1).mean()
+        fired = (output.feature_acts != 0).float().mean(0)
+        per_group = self.bias_adaptation.group_frequencies(fired)
+        metrics: dict[str, Any] = {
+            "gba/nmse": err / var.clamp(min=1e-12),
+            "gba/l0": (output.feature_acts != 0).float().sum(-1).mean(),
+            "gba/bias_mean": self.b_enc.mean(),
+            "gba/bias_at_min_fraction": (self.b_enc <= self.bias_adaptation.bias_min).float().mean(),
+        }
+        for k, (freq, target) in enumerate(zip(per_group.tolist(), self.bias_adaptation.group_targets.tolist())):
+            metrics[f"gba_groups/group_{k}_frequency"] = freq
+            metrics[f"gba_groups/group_{k}_target"] = target
+        return metrics
+
+    @override
+    @torch.no_grad()
+    def log_histograms(self) -> dict[str, NDArray[Any]]:
+        return {
+            **super().log_histograms(),
+            "weights/gba_bias": self.b_enc.detach().float().cpu().numpy(),
+            "weights/gba_log10_frequency": np.log10(
+                self.bias_adaptation.frequency.detach().float().cpu().numpy() + 1e-10
+            ),
+        }
+
+    # ------------------------------------------------------------------------------ export
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        for key in [k for k in state_dict if k.startswith("bias_adaptation.")]:
+            del state_dict[key]
+        scale = state_dict.pop("input_scale")
+        if self.cfg.input_norm == "unit_mean" and scale > 0:
+            s = scale.to(state_dict["W_enc"].dtype)
+            state_dict["W_enc"] = state_dict["W_enc"] * s
+            state_dict["W_dec"] = state_dict["W_dec"] / s
+            state_dict["b_dec"] = state_dict["b_dec"] / s
+        if self.cfg.gating == "jumprelu":
+            state_dict["threshold"] = (-state_dict["b_enc"]).clamp(min=0).contiguous()
+            state_dict["b_enc"] = torch.zeros_like(state_dict["b_enc"])
+        for key in list(state_dict):
+            state_dict[key] = state_dict[key].contiguous()
+
+    def to_inference_sae(self) -> SAE[Any]:
+        """The equivalent plain SAELens SAE (``JumpReLUSAE`` or ``StandardSAE``), in memory."""
+        state_dict = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        self.process_state_dict_for_saving_inference(state_dict)
+        cfg_dict = self.cfg.get_inference_sae_cfg_dict()
+        sae = SAE.from_dict(cfg_dict)
+        sae.load_state_dict(state_dict)
+        return sae
+
+
+def register() -> None:
+    """Register ``"gba"`` with SAELens's training registry (idempotent)."""
+    if ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
+        register_sae_training_class(ARCHITECTURE, GBATrainingSAE, GBATrainingSAEConfig)
+
+
+register()

@@ -1,0 +1,136 @@
+"""Activation streams for the trainer: seekable, so a resumed run sees the same batches.
+
+Language-model activations go through SAELens's ``ActivationsStore`` (see the LM runner); these
+providers cover what it does not: synthetic generators and activations cached to disk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+
+class SeededBatches(Iterator[torch.Tensor]):
+    """Batch i is ``sample_fn(batch_size)`` under a generator-independent seed (seed, i).
+
+    Works with any sampler that draws from torch's global RNG (SAELens's ``SyntheticModel``,
+    the paper's ``SparseMixtureModel``): the global RNG state is saved and restored around each
+    batch, so nothing else is disturbed, and ``seek(i)`` makes the stream restart at batch i.
+    """
+
+    def __init__(self, sample_fn: Callable[[int], torch.Tensor], batch_size: int, seed: int = 0):
+        self.sample_fn = sample_fn
+        self.batch_size = batch_size
+        self.seed = seed
+        self.index = 0
+
+    def seek(self, batch_index: int) -> None:
+        self.index = batch_index
+
+    def __iter__(self) -> SeededBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.index) % (2**63 - 1))
+            batch = self.sample_fn(self.batch_size)
+        self.index += 1
+        return batch
+
+
+class TensorBatches(Iterator[torch.Tensor]):
+    """Shuffled mini-batches of an activation tensor, epoch after epoch (seekable)."""
+
+    def __init__(self, activations: Float[torch.Tensor, "n d_in"], batch_size: int, seed: int = 0):
+        if activations.ndim != 2:
+            raise ValueError(f"activations must be [n, d_in], got shape {tuple(activations.shape)}")
+        if activations.shape[0] == 0:
+            raise ValueError("no activations: the activation tensor is empty")
+        if batch_size > activations.shape[0]:
+            raise ValueError(f"batch_size {batch_size} exceeds the {activations.shape[0]} activations available")
+        self.activations = activations
+        self.batch_size = batch_size
+        self.seed = seed
+        self.batches_per_epoch = activations.shape[0] // batch_size
+        self.index = 0
+        self._epoch = -1
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def seek(self, batch_index: int) -> None:
+        self.index = batch_index
+
+    def __iter__(self) -> TensorBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        epoch, within = divmod(self.index, self.batches_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._perm = torch.randperm(self.activations.shape[0], generator=g)
+            self._epoch = epoch
+        rows = self._perm[within * self.batch_size : (within + 1) * self.batch_size]
+        self.index += 1
+        return self.activations[rows]
+
+
+def load_activations(path: str | Path, hook_name: str | None = None) -> Float[torch.Tensor, "n d_in"]:
+    """Load cached activations as a [n, d_in] float tensor.
+
+    Accepts a ``.safetensors`` file (one tensor, or the key ``activations`` / ``hook_name``) or a
+    directory written by SAELens's ``CacheActivationsRunner`` (a Hugging Face dataset with one
+    column per hook). Token dimensions are flattened. No pickle is ever loaded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no cached activations at {path}")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: cached activations must be a .safetensors file or a SAELens cache dir")
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+        key = hook_name if hook_name in tensors else "activations" if "activations" in tensors else None
+        if key is None:
+            if len(tensors) != 1:
+                raise ValueError(f"{path} holds {sorted(tensors)}; pass hook_name to choose one")
+            key = next(iter(tensors))
+        acts = tensors[key]
+    else:
+        import datasets
+
+        if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
+            raise ValueError(f"{path} is not a SAELens activation cache (no dataset_info.json)")
+        ds = datasets.load_from_disk(str(path))
+        columns = ds.column_names
+        if hook_name is None:
+            if len(columns) != 1:
+                raise ValueError(f"{path} caches {columns}; pass hook_name to choose one")
+            hook_name = columns[0]
+        if hook_name not in columns:
+            import difflib
+
+            close = difflib.get_close_matches(hook_name, columns, n=3)
+            raise KeyError(f"{path} has no activations for {hook_name!r}; close matches: {close}")
+        acts = ds.with_format("torch")[hook_name]
+    acts = acts.float().reshape(-1, acts.shape[-1])
+    if acts.shape[0] == 0:
+        raise ValueError(f"{path}: no activations cached")
+    return acts
+
+
+def save_activations(path: str | Path, activations: torch.Tensor, **metadata: str) -> None:
+    """Write activations as safetensors (the format ``load_activations`` reads)."""
+    from safetensors.torch import save_file
+
+    save_file(
+        {"activations": activations.detach().cpu().contiguous()},
+        str(path),
+        metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()},
+    )

@@ -1,0 +1,51 @@
+"""Build GBA and the baseline SAEs by method name (all SAELens training classes).
+
+The baselines are SAELens's own training SAEs (TopK, BatchTopK, L1 "standard", JumpReLU), so
+GBA is compared against the implementations people actually use, trained in the same harness.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sae_lens import (
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
+    StandardTrainingSAE,
+    StandardTrainingSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+)
+from sae_lens.saes.sae import TrainingSAE
+
+from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+
+METHODS = ("gba", "ba", "topk", "batchtopk", "l1", "jumprelu")
+
+
+def build_sae(method: str, d_in: int, d_sae: int, device: str = "cpu", **params: Any) -> TrainingSAE[Any]:
+    """A fresh training SAE. ``params`` go to the method's SAELens config class.
+
+    - ``gba``: :class:`GBATrainingSAEConfig` fields (n_groups, highest_target, ...).
+    - ``ba``: single-group GBA; ``target`` sets the one target frequency.
+    - ``topk`` / ``batchtopk``: ``k``.  ``l1``: ``l1_coefficient``.  ``jumprelu``: ``l0_coefficient``.
+    """
+    common = {"d_in": d_in, "d_sae": d_sae, "device": device}
+    if method == "gba":
+        return GBATrainingSAE(GBATrainingSAEConfig(**common, **params))
+    if method == "ba":
+        target = float(params.pop("target", 0.1))
+        return GBATrainingSAE(
+            GBATrainingSAEConfig(**common, n_groups=1, highest_target=target, lowest_target=target, **params)
+        )
+    if method == "topk":
+        return TopKTrainingSAE(TopKTrainingSAEConfig(**common, **params))
+    if method == "batchtopk":
+        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**common, **params))
+    if method == "l1":
+        return StandardTrainingSAE(StandardTrainingSAEConfig(**common, **params))
+    if method == "jumprelu":
+        return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(**common, **params))
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")

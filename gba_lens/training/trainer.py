@@ -1,0 +1,255 @@
+"""SAELens's ``SAETrainer``, with the narrow changes gba_lens needs.
+
+We train with SAELens's own loop (same optimiser, scheduler, clipping, evals and W&B metrics for
+GBA and the baselines). GBA's bias update lives in the SAE's ``training_forward_pass``, so it
+needs no trainer change at all. What this subclass changes, and why:
+
+1. Checkpoints are safetensors + JSON, written atomically, never pickles: SAELens saves the
+   trainer state with ``torch.save`` and resuming unpickles it.
+2. The step counter stored in a checkpoint is the number of *completed* steps (SAELens
+   checkpoints inside the loop before incrementing it, which shifts a resumed run by one step
+   and would move GBA's every-T-steps schedule).
+3. Periodic "latest" checkpoints (``checkpoint_every`` steps, keeping the newest few), so a
+   killed run resumes where it stopped, and a data provider that can seek is moved to the
+   resumed position, so the resumed run sees the same batches as an uninterrupted one.
+4. W&B logging never stops training: a failing ``wandb.log`` is reported once and logging is
+   switched off for the rest of the run.
+5. Extra logged metrics: NMSE and the dead-neuron fraction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME, SPARSITY_FILENAME
+from sae_lens.training.sae_trainer import SAETrainer
+from safetensors.torch import save_file
+
+from gba_lens.training.state_io import CheckpointError, atomic_directory, load_state, save_state
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state"
+CHECKPOINT_PREFIX = "step_"
+
+
+@runtime_checkable
+class SeekableBatches(Protocol):
+    """A data provider that can restart at a given batch index (for exact resumes)."""
+
+    def seek(self, batch_index: int) -> None: ...
+
+
+class GBATrainer(SAETrainer):  # type: ignore[type-arg]
+    """``SAETrainer`` with safe, atomic, resumable checkpoints and fault-tolerant logging."""
+
+    def __init__(self, *args: Any, checkpoint_every: int = 0, keep_checkpoints: int = 2, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self._logging_failed = False
+
+    # ----------------------------------------------------------------- fault-tolerant logging
+    def _safe(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.cfg.logger.log_to_wandb:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - logging must never stop training
+            if not self._logging_failed:
+                warnings.warn(f"W&B logging failed ({exc!r}); training continues without logging.")
+            self._logging_failed = True
+            self.cfg.logger.log_to_wandb = False
+            return None
+
+    def _log_train_step(self, step_output: Any) -> None:
+        self._safe(super()._log_train_step, step_output)
+
+    def _run_and_log_evals(self) -> None:
+        self._safe(super()._run_and_log_evals)
+
+    def _log_sparsity_window(self) -> None:
+        import wandb
+
+        def log() -> None:
+            window_log = SAETrainer.full_sparsity_window_log(self)
+            if window_log:
+                wandb.log(window_log, step=self.n_training_steps)
+
+        self._safe(log)
+
+    # fit() logs what these two return without a guard: log here (guarded) and return {}.
+    def maybe_reset_sparsity(self) -> dict[str, Any]:
+        if self.n_training_steps > 0 and self.n_training_steps % self.cfg.feature_sampling_window == 0:
+            self._log_sparsity_window()
+            self._reset_running_sparsity_stats()
+        return {}
+
+    def full_sparsity_window_log(self) -> dict[str, Any]:
+        self._log_sparsity_window()
+        return {}
+
+    def step(self, batch: torch.Tensor) -> Any:
+        """One step on a raw batch, after checking it (clear errors instead of a NaN run)."""
+        d_in = self.sae.cfg.d_in
+        if batch.ndim != 2 or batch.shape[-1] != d_in:
+            raise ValueError(f"expected a batch of shape [batch, {d_in}], got {tuple(batch.shape)}")
+        if batch.shape[0] == 0:
+            raise ValueError("empty batch: the data provider returned no activations")
+        if not batch.dtype.is_floating_point:
+            raise TypeError(f"activations must be floating point, got {batch.dtype}")
+        if not torch.isfinite(batch).all():
+            bad = (~torch.isfinite(batch)).any(-1).nonzero().flatten()[:5].tolist()
+            raise ValueError(
+                f"NaN/inf activations in training batch {self.steps_completed} (rows {bad}...); "
+                "nothing was trained on this batch and the last checkpoint is intact"
+            )
+        return super().step(batch)
+
+    @torch.no_grad()
+    def build_train_step_log_dict(self, output: Any, n_training_samples: int) -> dict[str, Any]:
+        log = super().build_train_step_log_dict(output, n_training_samples)
+        x = output.sae_in.float()
+        err = (output.sae_out.float() - x).pow(2).sum(-1).mean()
+        var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-12)
+        log["metrics/nmse"] = (err / var).item()
+        log["sparsity/dead_fraction"] = self.dead_neurons.float().mean().item()
+        return log
+
+    # ---------------------------------------------------------------------------- checkpoints
+    @property
+    def steps_completed(self) -> int:
+        return self.n_training_samples // self.cfg.train_batch_size_samples
+
+    def save_checkpoint(
+        self,
+        checkpoint_name: str,
+        base_path: Path | str | None = None,
+        wandb_aliases: list[str] | None = None,
+    ) -> None:
+        base = base_path if base_path is not None else self.cfg.checkpoint_path
+        if base is None:
+            return
+        target = Path(base) / checkpoint_name
+        with atomic_directory(target) as tmp:
+            weights_path, cfg_path = self.sae.save_model(str(tmp))
+            save_file({"sparsity": self.log_feature_sparsity}, str(tmp / SPARSITY_FILENAME))
+            self.save_trainer_state(tmp)
+        if self.cfg.logger.log_to_wandb:
+            self._safe(
+                self.cfg.logger.log,
+                self,
+                target / weights_path.name,
+                target / cfg_path.name,
+                sparsity_path=target / SPARSITY_FILENAME,
+                wandb_aliases=wandb_aliases,
+            )
+        if self.save_checkpoint_fn is not None:
+            self.save_checkpoint_fn(checkpoint_path=target)
+
+    def save_trainer_state(self, checkpoint_path: Path) -> None:
+        checkpoint_path = Path(checkpoint_path)
+        checkpoint_path.mkdir(parents=True, exist_ok=True)
+        save_state(
+            checkpoint_path,
+            TRAINER_STATE,
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": _plain_scheduler_state(self.lr_scheduler.state_dict()),
+                "n_training_samples": self.n_training_samples,
+                "n_training_steps": self.steps_completed,
+                "act_freq_scores": self.act_freq_scores,
+                "n_forward_passes_since_fired": self.n_forward_passes_since_fired,
+                "n_frac_active_samples": self.n_frac_active_samples,
+                "started_fine_tuning": self.started_fine_tuning,
+                "coefficient_schedulers": {
+                    name: s.state_dict() for name, s in self.coefficient_schedulers.items()
+                },
+            },
+        )
+        self.activation_scaler.save(str(checkpoint_path / ACTIVATION_SCALER_CFG_FILENAME))
+
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        checkpoint_path = Path(checkpoint_path)
+        state = load_state(checkpoint_path, TRAINER_STATE, device=self.cfg.device)
+        scaler_path = checkpoint_path / ACTIVATION_SCALER_CFG_FILENAME
+        if scaler_path.exists():
+            self.activation_scaler.load(scaler_path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.n_training_samples = state["n_training_samples"]
+        self.n_training_steps = state["n_training_steps"]
+        self.act_freq_scores = state["act_freq_scores"]
+        self.n_forward_passes_since_fired = state["n_forward_passes_since_fired"]
+        self.n_frac_active_samples = state["n_frac_active_samples"]
+        self.started_fine_tuning = state["started_fine_tuning"]
+        for name, sched_state in state["coefficient_schedulers"].items():
+            self.coefficient_schedulers[name].load_state_dict(sched_state)
+        # SAELens's milestone checkpoints already passed must not fire again.
+        self.checkpoint_thresholds = [t for t in self.checkpoint_thresholds if t > self.n_training_samples]
+        if isinstance(self.data_provider, SeekableBatches):
+            self.data_provider.seek(self.n_training_steps)
+
+    def resume_from(self, checkpoint_path: Path | str) -> None:
+        """Load SAE weights (with the GBA controller state) and trainer state from a checkpoint."""
+        checkpoint_path = Path(checkpoint_path)
+        cfg_file = checkpoint_path / "cfg.json"
+        if not cfg_file.exists():
+            raise CheckpointError(f"{checkpoint_path} has no cfg.json: not a training checkpoint")
+        saved_arch = json.loads(cfg_file.read_text()).get("architecture")
+        if saved_arch != self.sae.cfg.architecture():
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path} holds a {saved_arch!r} SAE, "
+                f"but this run trains {self.sae.cfg.architecture()!r}"
+            )
+        try:
+            self.sae.load_weights_from_checkpoint(checkpoint_path)
+        except Exception as exc:  # safetensors or shape errors
+            raise CheckpointError(f"cannot load SAE weights from {checkpoint_path}: {exc}") from exc
+        self.load_trainer_state(checkpoint_path)
+
+    def _checkpoint_if_needed(self) -> None:
+        super()._checkpoint_if_needed()
+        if self.checkpoint_every and self.cfg.checkpoint_path is not None:
+            if self.steps_completed % self.checkpoint_every == 0:
+                self.save_checkpoint(f"{CHECKPOINT_PREFIX}{self.steps_completed:09d}")
+                self._prune_checkpoints()
+
+    def _prune_checkpoints(self) -> None:
+        periodic = list_checkpoints(Path(self.cfg.checkpoint_path))  # type: ignore[arg-type]
+        for old in periodic[: -self.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete periodic checkpoints in ``directory``, oldest first."""
+    if not directory.exists():
+        return []
+    return sorted(
+        p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+    )
+
+
+def latest_checkpoint(directory: Path | str | None) -> Path | None:
+    if directory is None:
+        return None
+    found = list_checkpoints(Path(directory))
+    return found[-1] if found else None
+
+
+def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
+    # LambdaLR & co. keep lambdas as None when they are plain functions; drop anything else that
+    # is not data (it is rebuilt from the config on resume).
+    out = {}
+    for k, v in state.items():
+        if callable(v):
+            continue
+        out[k] = v
+    return out
+
