@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+DEMO_ARGS ?=
 demo: setup
-	$(OFFLINE) $(VENV)/bin/gba-lens recover --preset paper-toy --out runs/paper-toy
+	$(OFFLINE) $(VENV)/bin/gba-lens recover --preset paper-toy --out runs/paper-toy $(DEMO_ARGS)
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q

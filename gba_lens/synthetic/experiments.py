@@ -191,3 +191,157 @@ def plot_bars(rows: Sequence[dict[str, Any]], metric: str, path: Path, title: st
 
 
 Callback = Callable[[RunRecord], None]
+
+
+# ------------------------------------------------------------- SAELens synthetic comparison
+@dataclass
+class ZipfConfig:
+    """One SAELens ``SyntheticModel`` with Zipfian firing probabilities."""
+
+    name: str
+    num_features: int
+    hidden_dim: int
+    width: int
+    max_prob: float = 0.2
+    min_prob: float = 0.002
+
+
+ZIPF_CONFIGS = (
+    ZipfConfig("A: 256 feats, d 32, width 256", 256, 32, 256),
+    ZipfConfig("B: 512 feats, d 64, width 384 (< feats)", 512, 64, 384),
+    ZipfConfig("C: 1024 feats, d 64, width 512 (< feats)", 1024, 64, 512),
+)
+
+
+def zipf_model(cfg: ZipfConfig, seed: int) -> Any:
+    from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
+
+    return SyntheticModel(
+        SyntheticModelConfig(
+            num_features=cfg.num_features,
+            hidden_dim=cfg.hidden_dim,
+            firing_probability=ZipfianFiringProbabilityConfig(max_prob=cfg.max_prob, min_prob=cfg.min_prob),
+            seed=seed,
+        )
+    )
+
+
+def zipf_methods(true_l0: float, l1_coefficients: Sequence[float] = (0.3, 1.0, 3.0)) -> list[MethodSpec]:
+    """GBA at its defaults against SAELens's L1 (a small coefficient sweep) and BatchTopK (k = true L0)."""
+    specs = [MethodSpec("GBA (defaults)", "gba", {})]
+    specs += [MethodSpec(f"L1 coef {c:g}", "l1", {"l1_coefficient": c}) for c in l1_coefficients]
+    specs.append(MethodSpec(f"BatchTopK k={true_l0:.1f}", "batchtopk", {"k": float(true_l0)}))
+    return specs
+
+
+def run_zipf_comparison(
+    configs: Sequence[ZipfConfig] = ZIPF_CONFIGS,
+    seeds: Sequence[int] = (0, 1, 2),
+    samples: int = 1_000_000,
+    batch_size: int = 1024,
+    lr: float = 3e-3,
+    l1_coefficients: Sequence[float] = (0.3, 1.0, 3.0),
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """MCC of GBA vs the best L1 and BatchTopK on each model (same width, samples, lr)."""
+    train = TrainConfig(total_samples=samples, batch_size=batch_size, lr=lr)
+    table = []
+    for zcfg in configs:
+        records: list[RunRecord] = []
+        specs: list[MethodSpec] = []
+        for seed in seeds:
+            model = zipf_model(zcfg, seed)
+            true_l0 = float(model.activation_generator.firing_probabilities.sum())
+            specs = zipf_methods(true_l0, l1_coefficients)
+            for spec in tqdm(specs, desc=f"{zcfg.name} seed {seed}", disable=not progress):
+                records.append(train_and_evaluate(spec, model, zcfg.width, train, seed, eval_samples=20_000))
+        rows = summarise(records, specs)
+        for row in rows:
+            row["config"] = zcfg.name
+        best = {
+            "gba": next(r for r in rows if r["method"].startswith("GBA")),
+            "l1": max((r for r in rows if r["method"].startswith("L1")), key=lambda r: r["mcc"]),
+            "batchtopk": next(r for r in rows if r["method"].startswith("BatchTopK")),
+        }
+        table.append({"config": zcfg.name, "rows": rows, "best": best})
+    return table
+
+
+def zipf_summary_rows(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for entry in table:
+        b = entry["best"]
+        out.append({
+            "method": entry["config"],
+            "seeds": b["gba"]["seeds"],
+            "gba_mcc": b["gba"]["mcc"], "gba_mcc_std": b["gba"]["mcc_std"],
+            "l1_mcc": b["l1"]["mcc"], "l1_mcc_std": b["l1"]["mcc_std"], "l1_best": b["l1"]["method"],
+            "btk_mcc": b["batchtopk"]["mcc"], "btk_mcc_std": b["batchtopk"]["mcc_std"],
+            "gba_l0": b["gba"]["l0"], "true_l0": b["gba"]["true_l0"],
+            "gba_ev": b["gba"]["explained_variance"], "l1_ev": b["l1"]["explained_variance"],
+            "btk_ev": b["batchtopk"]["explained_variance"],
+        })
+    return out
+
+
+ZIPF_COLUMNS = [
+    ("method", "model"), ("gba_mcc", "GBA MCC"), ("l1_mcc", "best L1 MCC"), ("l1_best", "best L1"),
+    ("btk_mcc", "BatchTopK MCC"), ("gba_l0", "GBA L0"), ("true_l0", "true L0"),
+    ("gba_ev", "GBA EV"), ("l1_ev", "L1 EV"), ("btk_ev", "BTK EV"),
+]
+
+
+# ------------------------------------------------------------------------- resonance sweep
+@dataclass
+class ResonanceSetup:
+    """Single-group BA, target p swept against d, on the paper's model with uniform s."""
+
+    n_features: int = 256
+    sparsity: int = 4
+    dims: tuple[int, ...] = (8, 12, 16, 24, 48, 96)
+    targets: tuple[float, ...] = (0.004, 0.008, 0.016, 0.031, 0.0625, 0.125, 0.25, 0.5)
+    width: int = 512
+    samples: int = 300_000
+    batch_size: int = 512
+    lr: float = 3e-3
+    seed: int = 0
+
+
+def run_resonance_sweep(setup: ResonanceSetup | None = None, progress: bool = True) -> dict[str, Any]:
+    setup = setup or ResonanceSetup()
+    train = TrainConfig(total_samples=setup.samples, batch_size=setup.batch_size, lr=setup.lr)
+    grid = torch.zeros(len(setup.dims), len(setup.targets))
+    jobs = list(itertools.product(range(len(setup.dims)), range(len(setup.targets))))
+    for i, j in tqdm(jobs, desc="resonance sweep", disable=not progress):
+        model = SparseMixtureModel(SparseMixtureConfig(
+            n_features=setup.n_features, d=setup.dims[i], sparsities=(setup.sparsity,),
+            sparsity_weights=(1.0,), seed=setup.seed))
+        spec = MethodSpec("BA", "ba", {"target": setup.targets[j]})
+        rec = train_and_evaluate(spec, model, setup.width, train, setup.seed, eval_samples=5_000)
+        grid[i, j] = rec.result.frr_09
+    f = setup.sparsity / setup.n_features
+    return {"setup": asdict(setup), "f": f, "sqrt_n": setup.n_features ** 0.5, "frr_09": grid.tolist()}
+
+
+def plot_resonance(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setup, grid = result["setup"], torch.tensor(result["frr_09"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    im = ax.imshow(grid.numpy(), origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(setup["targets"])), [f"{t:g}" for t in setup["targets"]], rotation=45)
+    ax.set_yticks(range(len(setup["dims"])), [str(d) for d in setup["dims"]])
+    ax.set_xlabel(f"BA target frequency p   (feature frequency f = {result['f']:.3g})")
+    ax.set_ylabel(f"d   (sqrt(n) = {result['sqrt_n']:.0f})")
+    f_pos = float(torch.tensor(setup["targets"]).log().sub(torch.tensor(result["f"]).log()).abs().argmin())
+    ax.axvline(f_pos, color="w", ls="--", lw=1)
+    for (i, j), v in zip(itertools.product(range(grid.shape[0]), range(grid.shape[1])), grid.flatten().tolist()):
+        ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=7)
+    fig.colorbar(im, ax=ax, label="FRR (τ = 0.9)")
+    ax.set_title(f"Resonance: single-group BA, n = {setup['n_features']}, s = {setup['sparsity']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -37,9 +37,20 @@ class SeededBatches(Iterator[torch.Tensor]):
         return self
 
     def __next__(self) -> torch.Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.index) % (2**63 - 1))
+        # Seed the default generators directly: torch.manual_seed also queues CUDA seeding with a
+        # captured stack trace on every call, which cost more than a small training step.
+        seed = (self.seed * 1_000_003 + self.index) % (2**63 - 1)
+        generators = [torch.default_generator]
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            generators.append(torch.cuda.default_generators[torch.cuda.current_device()])
+        saved = [g.get_state() for g in generators]
+        try:
+            for g in generators:
+                g.manual_seed(seed)
             batch = self.sample_fn(self.batch_size)
+        finally:
+            for g, state in zip(generators, saved):
+                g.set_state(state)
         self.index += 1
         return batch
 
