@@ -107,10 +107,10 @@ def paper_toy_methods() -> list[MethodSpec]:
         MethodSpec("TopK K=20", "topk", {"k": 20}, paper=(1.000, 0.984)),
         MethodSpec("TopK K=30", "topk", {"k": 30}, paper=(0.984, 0.242)),
         MethodSpec("TopK K=50", "topk", {"k": 50}, paper=(0.945, 0.234)),
-        # Covering: the targets span f (0.5 down to 1e-3, geometric, K = 10).
-        MethodSpec("GBA, range covers f", "gba", {"highest_target": 0.5, "lowest_target": 1e-3}, paper=(1.0, 1.0)),
-        # Missing: every target far below f = 0.09.
-        MethodSpec("GBA, range misses f", "gba", {"highest_target": 5e-3, "lowest_target": 1e-4}, paper=(0.383, 0.039)),
+        # Covering: the default targets, 0.1 down to 1e-3 (geometric, K = 10), span f.
+        MethodSpec("GBA, range covers f", "gba", {}, paper=(1.0, 1.0)),
+        # Missing: every target far below f = 0.09 (0.01 down to 1e-4).
+        MethodSpec("GBA, range misses f", "gba", {"highest_target": 1e-2, "lowest_target": 1e-4}, paper=(0.383, 0.039)),
     ]
 
 
