@@ -226,9 +226,11 @@ def zipf_model(cfg: ZipfConfig, seed: int) -> Any:
     )
 
 
-def zipf_methods(true_l0: float, l1_coefficients: Sequence[float] = (0.3, 1.0, 3.0)) -> list[MethodSpec]:
-    """GBA at its defaults against SAELens's L1 (a small coefficient sweep) and BatchTopK (k = true L0)."""
-    specs = [MethodSpec("GBA (defaults)", "gba", {})]
+def zipf_methods(true_l0: float, l1_coefficients: Sequence[float] = (0.1, 0.3, 1.0)) -> list[MethodSpec]:
+    """GBA at its defaults (and with a lower top target) against SAELens's L1 (a small coefficient
+    sweep) and BatchTopK (k = true L0)."""
+    specs = [MethodSpec("GBA (defaults)", "gba", {}),
+             MethodSpec("GBA (HTF 0.03)", "gba", {"highest_target": 0.03})]
     specs += [MethodSpec(f"L1 coef {c:g}", "l1", {"l1_coefficient": c}) for c in l1_coefficients]
     specs.append(MethodSpec(f"BatchTopK k={true_l0:.1f}", "batchtopk", {"k": float(true_l0)}))
     return specs
@@ -239,12 +241,18 @@ def run_zipf_comparison(
     seeds: Sequence[int] = (0, 1, 2),
     samples: int = 1_000_000,
     batch_size: int = 1024,
-    lr: float = 3e-3,
-    l1_coefficients: Sequence[float] = (0.3, 1.0, 3.0),
+    lr: float = 1e-2,
+    decay_fraction: float = 0.3,
+    l1_coefficients: Sequence[float] = (0.1, 0.3, 1.0),
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """MCC of GBA vs the best L1 and BatchTopK on each model (same width, samples, lr)."""
-    train = TrainConfig(total_samples=samples, batch_size=batch_size, lr=lr)
+    """MCC of GBA vs the best L1 and BatchTopK on each model (same width, samples, lr schedule).
+
+    lr 1e-2 with a linear decay over the last 30% of steps was the best schedule found for both
+    GBA and L1 on model A (lr 3e-3: GBA 0.69, L1 0.76; lr 1e-2: GBA 0.75, L1 0.86 at 1M samples).
+    """
+    train = TrainConfig(total_samples=samples, batch_size=batch_size, lr=lr,
+                        lr_decay_steps=int(decay_fraction * samples / batch_size))
     table = []
     for zcfg in configs:
         records: list[RunRecord] = []
@@ -259,7 +267,8 @@ def run_zipf_comparison(
         for row in rows:
             row["config"] = zcfg.name
         best = {
-            "gba": next(r for r in rows if r["method"].startswith("GBA")),
+            "gba": next(r for r in rows if r["method"] == "GBA (defaults)"),
+            "gba_low": next(r for r in rows if r["method"].startswith("GBA (HTF")),
             "l1": max((r for r in rows if r["method"].startswith("L1")), key=lambda r: r["mcc"]),
             "batchtopk": next(r for r in rows if r["method"].startswith("BatchTopK")),
         }
@@ -275,6 +284,7 @@ def zipf_summary_rows(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "method": entry["config"],
             "seeds": b["gba"]["seeds"],
             "gba_mcc": b["gba"]["mcc"], "gba_mcc_std": b["gba"]["mcc_std"],
+            "gba_low_mcc": b["gba_low"]["mcc"], "gba_low_mcc_std": b["gba_low"]["mcc_std"],
             "l1_mcc": b["l1"]["mcc"], "l1_mcc_std": b["l1"]["mcc_std"], "l1_best": b["l1"]["method"],
             "btk_mcc": b["batchtopk"]["mcc"], "btk_mcc_std": b["batchtopk"]["mcc_std"],
             "gba_l0": b["gba"]["l0"], "true_l0": b["gba"]["true_l0"],
@@ -285,7 +295,7 @@ def zipf_summary_rows(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 ZIPF_COLUMNS = [
-    ("method", "model"), ("gba_mcc", "GBA MCC"), ("l1_mcc", "best L1 MCC"), ("l1_best", "best L1"),
+    ("method", "model"), ("gba_mcc", "GBA MCC"), ("gba_low_mcc", "GBA HTF 0.03 MCC"), ("l1_mcc", "best L1 MCC"), ("l1_best", "best L1"),
     ("btk_mcc", "BatchTopK MCC"), ("gba_l0", "GBA L0"), ("true_l0", "true L0"),
     ("gba_ev", "GBA EV"), ("l1_ev", "L1 EV"), ("btk_ev", "BTK EV"),
 ]
