@@ -51,6 +51,8 @@ class TrainConfig:
     """W&B run name."""
     log_every: int = 50
     """Steps between W&B log entries."""
+    histogram_every: int = 10
+    """W&B log entries between bias / weight histograms."""
     dead_feature_window: int = 1000
     """Steps without firing after which SAELens counts a latent as dead."""
 
@@ -75,7 +77,7 @@ def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
             wandb_project=cfg.wandb_project or "gba_lens",
             run_name=cfg.wandb_run_name,
             wandb_log_frequency=cfg.log_every,
-            eval_every_n_wandb_logs=10,
+            eval_every_n_wandb_logs=cfg.histogram_every,
             log_weights_to_wandb=False,
         ),
     )

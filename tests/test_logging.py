@@ -1,0 +1,65 @@
+"""W&B logging: offline, never needs a login, and never stops training when it fails."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import wandb
+from wandb.sdk.wandb_run import Run
+
+from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.training.data import SeededBatches
+from gba_lens.training.train import TrainConfig, train_sae
+
+
+def _run(tmp_path, steps=30):
+    torch.manual_seed(0)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4))
+    cfg = TrainConfig(total_samples=64 * steps, batch_size=64, lr=1e-2, wandb_project="gba-test", log_every=5, histogram_every=2,
+                      dead_feature_window=10)
+    trainer = train_sae(sae, SeededBatches(lambda n: torch.relu(torch.randn(n, 8)), 64), cfg)
+    return sae, trainer
+
+
+def test_offline_run_logs_gba_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logged: list[dict] = []
+    real_log = Run.log  # wandb.init rebinds wandb.log to the run's method: spy on the class
+
+    def spy(self, data, *args, **kwargs):
+        logged.append(dict(data))
+        return real_log(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log", spy)
+    _run(tmp_path)
+    keys = set().union(*logged)
+    for key in ("losses/mse_loss", "metrics/nmse", "metrics/l0", "sparsity/dead_fraction",
+                "metrics/gba_groups/group_0_frequency", "metrics/gba_groups/group_0_target", "weights/gba_bias"):
+        assert key in keys, (key, sorted(keys))
+    runs = list(Path(os.environ["WANDB_DIR"]).glob("wandb/offline-run-*/run-*.wandb"))
+    assert runs and runs[0].stat().st_size > 0
+    assert wandb.run is None  # the run we started was finished
+
+
+def test_training_survives_a_failing_logger(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Run, "log", broken)
+    with pytest.warns(UserWarning, match="logging failed"):
+        sae, trainer = _run(tmp_path)
+    assert trainer.n_training_steps == 30  # trained to the end
+    assert sae.b_enc.min() < 0
+
+
+def test_a_failing_wandb_init_trains_without_logging(tmp_path, monkeypatch):
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("no network, no login")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with pytest.warns(UserWarning, match="could not start W&B"):
+        _, trainer = _run(tmp_path, steps=10)
+    assert trainer.n_training_steps == 10
