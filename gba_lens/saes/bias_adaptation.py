@@ -101,11 +101,19 @@ class GroupBiasAdaptation(nn.Module):
         )
 
     @torch.no_grad()
-    def observe(self, pre_acts: Float[torch.Tensor, "... d_sae"]) -> None:
-        """Accumulate statistics of y = u + b (the gated pre-activations) for a batch."""
+    def observe(
+        self,
+        pre_acts: Float[torch.Tensor, "... d_sae"],
+        fired: Float[torch.Tensor, "... d_sae"] | None = None,
+    ) -> None:
+        """Accumulate statistics of y = u + b (the gated pre-activations) for a batch.
+
+        ``fired`` may pass the float mask 1[y > 0] the forward pass already computed.
+        """
         y = pre_acts.detach().reshape(-1, pre_acts.shape[-1])
-        self.fire_count += (y > 0).sum(0).to(self.fire_count.dtype)
-        self.peak.copy_(torch.maximum(self.peak, y.max(0).values.clamp(min=0).float()))
+        fired = (y > 0).to(y.dtype) if fired is None else fired.reshape(y.shape)
+        self.fire_count += fired.sum(0, dtype=self.fire_count.dtype)
+        self.peak.copy_(torch.maximum(self.peak, y.amax(0).clamp(min=0).to(self.peak.dtype)))
         self.n_samples += y.shape[0]
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:

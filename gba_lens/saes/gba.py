@@ -145,6 +145,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         # 0 means "not estimated yet"; set from the first training batch.
         self.register_buffer("input_scale", torch.zeros((), dtype=torch.float32, device=self.device))
         self._input_scale_ready = False
+        self._last_gate: torch.Tensor | None = None
         self.setup()  # register the controller's module path with HookedRootModule
 
     @override
@@ -185,10 +186,10 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     ) -> tuple[Float[torch.Tensor, "... d_sae"], Float[torch.Tensor, "... d_sae"]]:
         u = self.pre_activations(x)
         y = self.hook_sae_acts_pre(u + self.b_enc)  # hidden_pre: active iff > 0
-        if self.cfg.gating == "jumprelu":
-            z = u * (y > 0).to(u.dtype)
-        else:
-            z = torch.relu(y)
+        gate = (y > 0).to(u.dtype)
+        z = u * gate if self.cfg.gating == "jumprelu" else torch.relu(y)
+        if self.training:
+            self._last_gate = gate.detach()  # reused for the firing counts: no second pass
         return self.hook_sae_acts_post(z), y
 
     @override
@@ -248,7 +249,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         output = super().training_forward_pass(step_input)
 
         controller = self.bias_adaptation
-        controller.observe(output.hidden_pre)
+        controller.observe(output.hidden_pre, fired=self._last_gate)
+        self._last_gate = None
         if (step_input.n_training_steps + 1) % self.cfg.update_interval == 0:
             window = controller.update(self.b_enc.data)
             output.metrics["gba/over_active_fraction"] = window["over_active_fraction"]
