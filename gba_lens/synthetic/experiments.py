@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from gba_lens.synthetic.metrics import RecoveryResult, evaluate_on_synthetic
+from gba_lens.synthetic.metrics import RecoveryResult, cross_seed_consistency, evaluate_on_synthetic
 from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
 from gba_lens.training.data import SeededBatches
 from gba_lens.training.methods import build_sae
@@ -99,6 +99,7 @@ class PaperToySetup:
     lr: float = 3e-3
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_samples: int = 20_000
+    data_seed: int = 0
 
 
 def paper_toy_methods() -> list[MethodSpec]:
@@ -123,11 +124,36 @@ def run_paper_toy(
     methods = list(methods or paper_toy_methods())
     train = TrainConfig(total_samples=setup.samples, batch_size=setup.batch_size, lr=setup.lr)
     records = []
+    # One dictionary V (data seed 0); the seeds vary the SAE initialisation and the sample stream,
+    # so SAEs of different seeds can be compared neuron by neuron (cross-seed consistency).
+    model = SparseMixtureModel(SparseMixtureConfig(seed=setup.data_seed))
     jobs = list(itertools.product(setup.seeds, methods))
     for seed, spec in tqdm(jobs, desc="paper toy", disable=not progress):
-        model = SparseMixtureModel(SparseMixtureConfig(seed=seed))
         records.append(train_and_evaluate(spec, model, setup.width, train, seed, setup.eval_samples))
-    return summarise(records, methods), records
+    rows = summarise(records, methods)
+    add_consistency(rows, records, model, alphas=(1.0, 0.1))
+    return rows, records
+
+
+@torch.no_grad()
+def add_consistency(rows: list[dict[str, Any]], records: Sequence[RunRecord], model: Any,
+                    alphas: Sequence[float] = (1.0, 0.1), n_samples: int = 5_000) -> None:
+    """Mean over seed pairs of the share of the top-alpha most active neurons whose best match in
+    the other seed's SAE has cosine > 0.9 (the paper's feature consistency)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(999)
+        x = model.sample(n_samples)
+    for row in rows:
+        runs = [r for r in records if r.label == row["method"]]
+        if len(runs) < 2:
+            continue
+        freqs = [(r.sae.encode(x.to(r.sae.device)) != 0).float().mean(0) for r in runs]
+        for alpha in alphas:
+            values = [
+                cross_seed_consistency(a.sae.W_dec, b.sae.W_dec, freqs[i], alpha=alpha)
+                for i, a in enumerate(runs) for j, b in enumerate(runs) if i != j
+            ]
+            row[f"consistency_{alpha:g}"] = statistics.fmean(values)
 
 
 # ------------------------------------------------------------------------- tables and files
@@ -162,6 +188,8 @@ PAPER_TOY_COLUMNS = [
     ("l0", "L0"),
     ("explained_variance", "expl. var."),
     ("dead_fraction", "dead"),
+    ("consistency_1", "consistency (all)"),
+    ("consistency_0.1", "consistency (top 10%)"),
 ]
 
 
