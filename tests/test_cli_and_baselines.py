@@ -1,0 +1,74 @@
+"""The CLI commands and the SAELens baselines in the shared harness."""
+
+import json
+
+import pytest
+import torch
+from sae_lens import SAE
+
+from gba_lens import cli
+from gba_lens.training.data import SeededBatches, load_activations, save_activations
+from gba_lens.training.methods import METHODS, build_sae
+from gba_lens.training.train import TrainConfig, train_sae
+
+
+@pytest.mark.parametrize("method, params", [
+    ("gba", {}), ("ba", {"target": 0.05}), ("topk", {"k": 4}), ("batchtopk", {"k": 4.0}),
+    ("l1", {"l1_coefficient": 0.5}), ("jumprelu", {"l0_coefficient": 0.1}),
+])
+def test_every_method_trains_and_exports_to_saelens(tmp_path, method, params):
+    torch.manual_seed(0)
+    sae = build_sae(method, 8, 32, **params)
+    train_sae(sae, SeededBatches(lambda n: torch.relu(torch.randn(n, 8)), 64), TrainConfig(total_samples=64 * 10, batch_size=64))
+    sae.eval()
+    sae.save_inference_model(tmp_path)
+    loaded = SAE.load_from_disk(tmp_path)
+    x = torch.relu(torch.randn(16, 8))
+    if method != "batchtopk":  # BatchTopK's saved JumpReLU threshold differs from its training gate by design
+        assert torch.allclose(loaded.encode(x), sae.encode(x), atol=1e-5)
+    assert set(METHODS) >= {method}
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown method"):
+        build_sae("sparse-magic", 8, 16)
+
+
+def test_recover_command_writes_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "rec"
+    code = cli.main(["recover", "--preset", "paper-toy", "--samples", "10240", "--width", "64",
+                     "--seeds", "0", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| GBA, range covers f |" in printed and "paper τ=0.9" in printed
+    rows = json.loads((out / "paper_toy.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["TopK K=20", "TopK K=30", "TopK K=50", "GBA, range covers f", "GBA, range misses f"]
+    assert all(0.0 <= r["frr_08"] <= 1.0 for r in rows)
+    assert (out / "paper_toy_frr09.png").stat().st_size > 1000
+
+
+def test_train_activations_command(tmp_path, capsys):
+    acts = torch.relu(torch.randn(4096, 12)) * 3
+    path = tmp_path / "acts.safetensors"
+    save_activations(path, acts, hook_name="blocks.0.hook_resid_pre")
+    assert torch.equal(load_activations(path), acts)
+    code = cli.main(["train-activations", "--activations", str(path), "--d_sae", "48", "--n_groups", "4",
+                     "--batch_size", "256", "--epochs", "2", "--out", str(tmp_path / "run"), "--checkpoint_every", "8"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "NMSE" in out and "group  target" in out
+    sae = SAE.load_from_disk(tmp_path / "run" / "sae")
+    assert sae.cfg.d_sae == 48 and sae.cfg.architecture() == "jumprelu"
+
+
+def test_load_activations_rejects_bad_files(tmp_path):
+    bad = tmp_path / "acts.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_activations(bad)
+    with pytest.raises(ValueError, match="safetensors file or a SAELens cache"):
+        pickle_like = tmp_path / "acts.pt"
+        pickle_like.write_bytes(b"\x80\x04")
+        load_activations(pickle_like)
+    with pytest.raises(FileNotFoundError):
+        load_activations(tmp_path / "missing.safetensors")
