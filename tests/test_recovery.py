@@ -47,6 +47,16 @@ def test_gba_beats_a_target_range_that_misses_f(trained):
     assert frr_covering - frr_missed >= 0.3, (frr_covering, frr_missed)
 
 
+def test_relu_gating_recovers_features_too():
+    """The paper's theory uses ReLU gating: with unit-norm encoder directions and a frozen
+    pre-bias (the defaults for gating="relu") it recovers the features as well."""
+    sae, model = _train(0, gating="relu")
+    result = evaluate_on_synthetic(sae, model, n_samples=5_000)
+    assert not sae.b_dec.requires_grad and sae.cfg.constrained_side == "encoder"
+    assert result.frr_08 >= 0.8, result
+    assert result.l0 <= 4.0, result
+
+
 def test_frr_and_consistency_metrics_on_known_directions():
     v = torch.eye(4)
     learned = torch.tensor([[1.0, 0, 0, 0], [0, 0.95, 0.31, 0], [0, 0, 0, 1], [0.6, 0.8, 0, 0]])
