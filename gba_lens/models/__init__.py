@@ -1,0 +1,1 @@
+"""Small offline models shipped with gba_lens (tests, tutorials and the offline defaults use them)."""
