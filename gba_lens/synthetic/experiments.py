@@ -94,7 +94,7 @@ class PaperToySetup:
     """Sizes and schedule of the paper-toy reproduction (n = 128, d = 42, s in {3, 20})."""
 
     width: int = 1024
-    samples: int = 500_000
+    samples: int = 1_000_000
     batch_size: int = 512
     lr: float = 3e-3
     seeds: tuple[int, ...] = (0, 1, 2)
