@@ -112,9 +112,16 @@ class GroupBiasAdaptation(nn.Module):
         """
         y = pre_acts.detach().reshape(-1, pre_acts.shape[-1])
         fired = (y > 0).to(y.dtype) if fired is None else fired.reshape(y.shape)
-        self.fire_count += fired.sum(0, dtype=self.fire_count.dtype)
-        self.peak.copy_(torch.maximum(self.peak, y.amax(0).clamp(min=0).to(self.peak.dtype)))
-        self.n_samples += y.shape[0]
+        self.accumulate(fired.sum(0), y.amax(0), y.shape[0])
+
+    @torch.no_grad()
+    def accumulate(
+        self, fire_count: Float[torch.Tensor, " d_sae"], peak: Float[torch.Tensor, " d_sae"], n_samples: int
+    ) -> None:
+        """Add one batch's per-neuron firing count and max pre-activation (computed by the caller)."""
+        self.fire_count += fire_count.to(self.fire_count.dtype)
+        self.peak.copy_(torch.maximum(self.peak, peak.clamp(min=0).to(self.peak.dtype)))
+        self.n_samples += n_samples
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Combine statistics across data-parallel ranks before ``update``.

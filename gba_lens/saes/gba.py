@@ -154,7 +154,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         # 0 means "not estimated yet"; set from the first training batch.
         self.register_buffer("input_scale", torch.zeros((), dtype=torch.float32, device=self.device))
         self._input_scale_ready = False
-        self._last_gate: torch.Tensor | None = None
+        self._batch_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.setup()  # register the controller's module path with HookedRootModule
 
     @override
@@ -197,8 +197,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         y = self.hook_sae_acts_pre(u + self.b_enc)  # hidden_pre: active iff > 0
         gate = (y > 0).to(u.dtype)
         z = u * gate if self.cfg.gating == "jumprelu" else torch.relu(y)
-        if self.training:
-            self._last_gate = gate.detach()  # reused for the firing counts: no second pass
+        if self.training:  # the controller's statistics, while y and the gate are still in cache
+            flat_y, flat_gate = y.detach().reshape(-1, y.shape[-1]), gate.detach().reshape(-1, y.shape[-1])
+            self._batch_stats = (flat_gate.sum(0), flat_y.amax(0), flat_y.shape[0])
         return self.hook_sae_acts_post(z), y
 
     @override
@@ -258,8 +259,11 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         output = super().training_forward_pass(step_input)
 
         controller = self.bias_adaptation
-        controller.observe(output.hidden_pre, fired=self._last_gate)
-        self._last_gate = None
+        if self._batch_stats is None:
+            controller.observe(output.hidden_pre)
+        else:
+            controller.accumulate(*self._batch_stats)
+            self._batch_stats = None
         if (step_input.n_training_steps + 1) % self.cfg.update_interval == 0:
             window = controller.update(self.b_enc.data)
             output.metrics["gba/over_active_fraction"] = window["over_active_fraction"]
