@@ -336,10 +336,10 @@ class ResonanceSetup:
 
     n_features: int = 256
     sparsity: int = 4
-    dims: tuple[int, ...] = (8, 12, 16, 24, 48, 96)
-    targets: tuple[float, ...] = (0.004, 0.008, 0.016, 0.031, 0.0625, 0.125, 0.25, 0.5)
+    dims: tuple[int, ...] = (6, 12, 24, 48, 96)
+    targets: tuple[float, ...] = (0.004, 0.008, 0.016, 0.031, 0.0625, 0.125, 0.25)
     width: int = 512
-    samples: int = 300_000
+    samples: int = 200_000
     batch_size: int = 512
     lr: float = 3e-3
     seed: int = 0
