@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m ipykernel install --user --name python3 >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
 setup: $(VENV)/.installed
