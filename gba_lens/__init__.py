@@ -14,6 +14,10 @@ _LAZY = {
     # training side
     "GBATrainingSAE": ("gba_lens.saes.gba", "GBATrainingSAE"),
     "GBATrainingSAEConfig": ("gba_lens.saes.gba", "GBATrainingSAEConfig"),
+    "train_sae": ("gba_lens.training.train", "train_sae"),
+    "TrainConfig": ("gba_lens.training.train", "TrainConfig"),
+    "train_gba_on_model": ("gba_lens.training.lm", "train_gba_on_model"),
+    "LMTrainConfig": ("gba_lens.training.lm", "LMTrainConfig"),
 }
 
 

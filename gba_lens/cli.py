@@ -206,9 +206,11 @@ def build_parser() -> simple_parsing.ArgumentParser:
         prog="gba-lens", description="Group Bias Adaptation SAEs for SAELens / TransformerLens."
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=simple_parsing.ArgumentParser)
-    sub.add_parser("recover", help=RecoverArgs.__doc__, description=RecoverArgs.__doc__).add_arguments(RecoverArgs, dest="args")
-    sub.add_parser("train-activations", help=TrainActivationsArgs.__doc__,
-                   description=TrainActivationsArgs.__doc__).add_arguments(TrainActivationsArgs, dest="args")
+    dashes = {"add_option_string_dash_variants": simple_parsing.DashVariant.UNDERSCORE_AND_DASH}
+    sub.add_parser("recover", help=RecoverArgs.__doc__, description=RecoverArgs.__doc__,
+                   **dashes).add_arguments(RecoverArgs, dest="args")
+    sub.add_parser("train-activations", help=TrainActivationsArgs.__doc__, description=TrainActivationsArgs.__doc__,
+                   **dashes).add_arguments(TrainActivationsArgs, dest="args")
     _extend_parser(sub)
     return parser
 

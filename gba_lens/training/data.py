@@ -129,7 +129,7 @@ def load_activations(path: str | Path, hook_name: str | None = None) -> Float[to
 
             close = difflib.get_close_matches(hook_name, columns, n=3)
             raise KeyError(f"{path} has no activations for {hook_name!r}; close matches: {close}")
-        acts = ds.with_format("torch")[hook_name]
+        acts = ds.with_format("torch")[:][hook_name]  # [:] first: datasets 5 returns a lazy Column
     acts = acts.float().reshape(-1, acts.shape[-1])
     if acts.shape[0] == 0:
         raise ValueError(f"{path}: no activations cached")

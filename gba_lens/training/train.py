@@ -90,12 +90,24 @@ def start_wandb(project: str | None, run_name: str | None, config: dict[str, Any
     try:
         import wandb
 
-        if os.environ.get("WANDB_MODE") is None and not os.environ.get("WANDB_API_KEY"):
+        if os.environ.get("WANDB_MODE") is None and not _wandb_logged_in():
             os.environ["WANDB_MODE"] = "offline"  # never ask for a login
         wandb.init(project=project, name=run_name, config=config, reinit="finish_previous")
         return True
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"could not start W&B ({exc!r}); training without logging")
+        return False
+
+
+def _wandb_logged_in() -> bool:
+    """An API key from the environment or from ``wandb login`` (netrc); never prompts."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import wandb
+
+        return bool(wandb.login(prompt=False, verify=False))
+    except Exception:  # noqa: BLE001
         return False
 
 
