@@ -1,6 +1,5 @@
 """W&B logging: offline, never needs a login, and never stops training when it fails."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,11 @@ def test_offline_run_logs_gba_metrics(tmp_path, monkeypatch):
     logged: list[dict] = []
     real_log = Run.log  # wandb.init rebinds wandb.log to the run's method: spy on the class
 
+    run_dirs: list[Path] = []
+
     def spy(self, data, *args, **kwargs):
         logged.append(dict(data))
+        run_dirs.append(Path(self.dir).parent)  # wandb's settings (and so its dir) are process-wide
         return real_log(self, data, *args, **kwargs)
 
     monkeypatch.setattr(Run, "log", spy)
@@ -37,7 +39,8 @@ def test_offline_run_logs_gba_metrics(tmp_path, monkeypatch):
     for key in ("losses/mse_loss", "metrics/nmse", "metrics/l0", "sparsity/dead_fraction",
                 "metrics/gba_groups/group_0_frequency", "metrics/gba_groups/group_0_target", "weights/gba_bias"):
         assert key in keys, (key, sorted(keys))
-    runs = list(Path(os.environ["WANDB_DIR"]).glob("wandb/offline-run-*/run-*.wandb"))
+    assert run_dirs[0].name.startswith("offline-run-")  # offline: no network, no login
+    runs = list(run_dirs[0].glob("run-*.wandb"))
     assert runs and runs[0].stat().st_size > 0
     assert wandb.run is None  # the run we started was finished
 
