@@ -305,21 +305,17 @@ def _plan(cfg: LMTrainConfig, hooks: list[str], d_ins: dict[str, int]) -> list[t
     return plan
 
 
-def _runner_config(
-    cfg: LMTrainConfig, loaded: LoadedModel, source: TokenSource, sae_cfg: GBATrainingSAEConfig,
-    hook: str, device: str, wandb_on: bool, checkpoint_dir: Path, cache_dir: Path | None,
-) -> LanguageModelSAERunnerConfig[Any]:
-    runner_cfg = LanguageModelSAERunnerConfig(
-        sae=sae_cfg,
+def _shared_runner_fields(
+    cfg: LMTrainConfig, loaded: LoadedModel, source: TokenSource, device: str, wandb_on: bool, checkpoint_dir: Path,
+) -> dict[str, Any]:
+    """Fields common to SAELens's single- and multi-SAE runner configs."""
+    return dict(
         model_name=loaded.model_name,
         model_class_name=loaded.model_class_name,
         model_from_pretrained_kwargs=dict(loaded.from_pretrained_kwargs),
-        hook_name=hook,
         dataset_path=source.dataset_path,
         streaming=source.streaming,
         context_size=source.context_size,
-        use_cached_activations=cache_dir is not None,
-        cached_activations_path=None if cache_dir is None else str(cache_dir),
         n_batches_in_buffer=_n_batches_in_buffer(cfg, source.context_size),
         training_tokens=cfg.training_tokens,
         store_batch_size_prompts=cfg.store_batch_prompts,
@@ -337,7 +333,20 @@ def _runner_config(
         checkpoint_path=str(checkpoint_dir),
         output_path=None,
         n_batches_for_norm_estimate=1,  # GBA normalises inside the SAE; nothing to estimate
+    )
+
+
+def _runner_config(
+    cfg: LMTrainConfig, loaded: LoadedModel, source: TokenSource, sae_cfg: GBATrainingSAEConfig,
+    hook: str, device: str, wandb_on: bool, checkpoint_dir: Path, cache_dir: Path | None,
+) -> LanguageModelSAERunnerConfig[Any]:
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=sae_cfg,
+        hook_name=hook,
+        use_cached_activations=cache_dir is not None,
+        cached_activations_path=None if cache_dir is None else str(cache_dir),
         verbose=False,
+        **_shared_runner_fields(cfg, loaded, source, device, wandb_on, checkpoint_dir),
     )
     # SAELens appends a random id to checkpoint_path; a stable directory is what makes resuming work.
     runner_cfg.checkpoint_path = str(checkpoint_dir)
@@ -351,29 +360,7 @@ def _multi_config(
     multi = MultiSAETrainingRunnerConfig(
         saes=sae_cfgs,
         hook_names=hooks,
-        model_name=loaded.model_name,
-        model_class_name=loaded.model_class_name,
-        model_from_pretrained_kwargs=dict(loaded.from_pretrained_kwargs),
-        dataset_path=source.dataset_path,
-        streaming=source.streaming,
-        context_size=source.context_size,
-        n_batches_in_buffer=_n_batches_in_buffer(cfg, source.context_size),
-        training_tokens=cfg.training_tokens,
-        store_batch_size_prompts=cfg.store_batch_prompts,
-        exclude_special_tokens=cfg.exclude_special_tokens,
-        device=device,
-        seed=cfg.seed,
-        dtype=cfg.dtype,
-        train_batch_size_tokens=cfg.batch_tokens,
-        lr=cfg.lr,
-        lr_warm_up_steps=cfg.lr_warm_up_steps,
-        lr_decay_steps=cfg.lr_decay_steps,
-        n_eval_batches=2,
-        eval_batch_size_prompts=cfg.eval_batch_prompts,
-        logger=_logging_config(cfg, wandb_on),
-        checkpoint_path=str(checkpoint_dir),
-        output_path=None,
-        n_batches_for_norm_estimate=1,
+        **_shared_runner_fields(cfg, loaded, source, device, wandb_on, checkpoint_dir),
     )
     multi.checkpoint_path = str(checkpoint_dir)
     return multi
