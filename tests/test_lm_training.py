@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,8 +244,21 @@ def test_cli_help_and_tiny_run(tmp_path, capsys):
     assert payload["saes"][HOOK]["d_sae"] == 32 and len(payload["saes"][HOOK]["group_targets"]) == 2
 
 
-def test_local_directory_trains_as_bridge_and_wandb_offline_run_is_written(tmp_path):
+def test_local_directory_trains_as_bridge_and_wandb_offline_run_is_written(tmp_path, monkeypatch):
+    from wandb.sdk.wandb_run import Run
+
     from gba_lens.models.stdlib_lm import STDLIB_LM_DIR
+
+    # wandb's settings (and so its directory) are fixed by the first run in the process: find this
+    # run's files through the run itself.
+    run_dirs = []
+    real_finish = Run.finish
+
+    def spy_finish(self, *args, **kwargs):
+        run_dirs.append(Path(self.dir).parent)
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "finish", spy_finish)
 
     # a save_pretrained directory: booted with TransformerBridge.boot_transformers
     res = train_gba_on_model(
@@ -254,7 +268,7 @@ def test_local_directory_trains_as_bridge_and_wandb_offline_run_is_written(tmp_p
     assert type(res.model.model).__name__ == "TransformerBridge"
     assert json.loads(res.results_path.read_text())["model_class_name"] == "TransformerBridge"
     assert json.loads((tmp_path / "o" / HOOK / "cfg.json").read_text())["metadata"]["hook_name"] == HOOK
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))  # conftest points WANDB_DIR at tmp_path
+    runs = [d for d in run_dirs if d.name.startswith("offline-run-")]
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     history = list(runs[0].glob("run-*.wandb"))[0].read_bytes()  # protobuf records: keys are plain bytes
     assert b"losses/overall_loss" in history and b"metrics/gba/l0" in history  # training steps
