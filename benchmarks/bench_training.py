@@ -315,6 +315,10 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan) -> SizeResult:
         gba_step(), std_step(), gemms()
 
     inst = Instrument(clock)
+    # The statistics are computed in the forward pass (``firing_statistics``) and added by
+    # ``accumulate``; ``observe`` is the fallback path. All three count as "observe".
+    inst.wrap(gba, "firing_statistics", "observe")
+    inst.wrap(gba.bias_adaptation, "accumulate", "observe")
     inst.wrap(gba.bias_adaptation, "observe", "observe")
     inst.wrap(gba.bias_adaptation, "update", "update")
     inst.wrap(gba, "project_weights", "project")

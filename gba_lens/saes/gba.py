@@ -198,9 +198,16 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         gate = (y > 0).to(u.dtype)
         z = u * gate if self.cfg.gating == "jumprelu" else torch.relu(y)
         if self.training:  # the controller's statistics, while y and the gate are still in cache
-            flat_y, flat_gate = y.detach().reshape(-1, y.shape[-1]), gate.detach().reshape(-1, y.shape[-1])
-            self._batch_stats = (flat_gate.sum(0), flat_y.amax(0), flat_y.shape[0])
+            self._batch_stats = self.firing_statistics(y, gate)
         return self.hook_sae_acts_post(z), y
+
+    @torch.no_grad()
+    def firing_statistics(
+        self, y: Float[torch.Tensor, "... d_sae"], gate: Float[torch.Tensor, "... d_sae"]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per-neuron firing count and peak pre-activation of a batch, for the bias controller."""
+        flat_y, flat_gate = y.detach().reshape(-1, y.shape[-1]), gate.detach().reshape(-1, y.shape[-1])
+        return flat_gate.sum(0), flat_y.amax(0), flat_y.shape[0]
 
     @override
     def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
