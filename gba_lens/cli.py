@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -78,11 +78,6 @@ class TrainActivationsArgs:
     """W&B project (offline-safe; never needs a login)."""
     seed: int = 0
     """Seed for initialisation and shuffling."""
-
-
-@dataclass
-class _Commands:
-    recover: RecoverArgs = field(default_factory=RecoverArgs)
 
 
 def _quiet() -> None:

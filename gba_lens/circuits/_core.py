@@ -435,6 +435,15 @@ def n_chunks(n: int, size: int) -> int:
     return math.ceil(n / size) if n else 0
 
 
+def progress_chunks(n: int, size: int, desc: str, progress: bool) -> Iterator[tuple[int, int]]:
+    """``chunks(n, size)``, with a tqdm bar when ``progress``."""
+    if not progress:
+        return chunks(n, size)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(list(chunks(n, size)), total=n_chunks(n, size), desc=desc, leave=False))
+
+
 def rank(x: torch.Tensor) -> torch.Tensor:
     """Ranks (1..n) with ties averaged, as float64."""
     x = x.double().flatten()

@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import torch
 from sae_lens import SAE
-from tqdm.auto import tqdm
 
 from gba_lens.adapters import Attachment
 from gba_lens.circuits._core import (
@@ -39,10 +38,9 @@ from gba_lens.circuits._core import (
     TokensLike,
     attached,
     capture,
-    chunks,
     d_sae_of,
     logits_of,
-    n_chunks,
+    progress_chunks,
     normalize_features,
     position_mask,
     replicates_per_pass,
@@ -356,9 +354,7 @@ def ablation_sweep(
         per_pass = replicates_per_pass(toks, batch_size)
         results: dict[tuple[str, int], float] = {}
         n_forward = 1
-        iterator = chunks(len(nodes), per_pass)
-        if progress:
-            iterator = tqdm(list(iterator), total=n_chunks(len(nodes), per_pass), desc="ablation sweep", leave=False)
+        iterator = progress_chunks(len(nodes), per_pass, "ablation sweep", progress)
         for lo, hi in iterator:
             chunk = nodes[lo:hi]
             edits = []

@@ -56,6 +56,7 @@ from gba_lens.circuits._core import (
     hook_key,
     logits_of,
     n_chunks,
+    progress_chunks,
     pearson,
     replicates_per_pass,
     run_replicated,
@@ -483,9 +484,7 @@ def exact_patching(
             metric_clean = float(scalar_metric(metric_fn, logits_of(att.model(clean))))
         per_pass = replicates_per_pass(clean, batch_size)
         exact: list[float] = []
-        iterator = chunks(len(node_list), per_pass)
-        if progress:
-            iterator = tqdm(list(iterator), total=n_chunks(len(node_list), per_pass), desc="exact patching", leave=False)
+        iterator = progress_chunks(len(node_list), per_pass, "exact patching", progress)
         for lo, hi in iterator:
             chunk = node_list[lo:hi]
             edits = []

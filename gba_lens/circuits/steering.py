@@ -30,7 +30,6 @@ from typing import Any, Literal, Union
 import torch
 from jaxtyping import Float
 from sae_lens import SAE
-from tqdm.auto import tqdm
 
 from gba_lens.adapters import Attachment
 from gba_lens.circuits._core import (
@@ -41,10 +40,9 @@ from gba_lens.circuits._core import (
     PositionsLike,
     TokensLike,
     attached,
-    chunks,
     hook_key,
     logits_of,
-    n_chunks,
+    progress_chunks,
     normalize_features,
     position_mask,
     replicates_per_pass,
@@ -305,9 +303,7 @@ def steering_sweep(
         steer_mask = position_mask(positions, batch, n_pos, toks.device)
         per_pass = replicates_per_pass(toks, batch_size)
         rows = []
-        iterator = chunks(len(coefs), per_pass)
-        if progress:
-            iterator = tqdm(list(iterator), total=n_chunks(len(coefs), per_pass), desc="steering sweep", leave=False)
+        iterator = progress_chunks(len(coefs), per_pass, "steering sweep", progress)
         for lo, hi in iterator:
             c = coefs[lo:hi]
             n_rep = len(c)

@@ -282,13 +282,10 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
     @torch.no_grad()
     def _logging_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
-        x = output.sae_in.float()
-        err = (output.sae_out.float() - x).pow(2).sum(-1).mean()
-        var = (x - x.mean(0)).pow(2).sum(-1).mean()
+        # NMSE is not recomputed here: it is 1 - SAELens's metrics/explained_variance.
         fired = (output.feature_acts != 0).float().mean(0)
         per_group = self.bias_adaptation.group_frequencies(fired)
         metrics: dict[str, Any] = {
-            "gba/nmse": err / var.clamp(min=1e-12),
             "gba/l0": (output.feature_acts != 0).float().sum(-1).mean(),
             "gba/bias_mean": self.b_enc.mean(),
             "gba/bias_at_min_fraction": (self.b_enc <= self.bias_adaptation.bias_min).float().mean(),

@@ -11,7 +11,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,8 +217,6 @@ def plot_bars(rows: Sequence[dict[str, Any]], metric: str, path: Path, title: st
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-Callback = Callable[[RunRecord], None]
 
 
 # ------------------------------------------------------------- SAELens synthetic comparison

@@ -115,10 +115,8 @@ class GBATrainer(SAETrainer):  # type: ignore[type-arg]
     @torch.no_grad()
     def build_train_step_log_dict(self, output: Any, n_training_samples: int) -> dict[str, Any]:
         log = super().build_train_step_log_dict(output, n_training_samples)
-        x = output.sae_in.float()
-        err = (output.sae_out.float() - x).pow(2).sum(-1).mean()
-        var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-12)
-        log["metrics/nmse"] = (err / var).item()
+        # SAELens's explained variance is 1 - sum of squared errors / total variance: NMSE is derived.
+        log["metrics/nmse"] = 1.0 - log["metrics/explained_variance"]
         log["sparsity/dead_fraction"] = self.dead_neurons.float().mean().item()
         return log
 
