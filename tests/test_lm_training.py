@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -270,7 +271,13 @@ def test_local_directory_trains_as_bridge_and_wandb_offline_run_is_written(tmp_p
     assert json.loads((tmp_path / "o" / HOOK / "cfg.json").read_text())["metadata"]["hook_name"] == HOOK
     runs = [d for d in run_dirs if d.name.startswith("offline-run-")]
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
-    history = list(runs[0].glob("run-*.wandb"))[0].read_bytes()  # protobuf records: keys are plain bytes
+    history_file = list(runs[0].glob("run-*.wandb"))[0]
+    # wandb's service process may still be flushing the run file when finish() returns
+    for _ in range(60):
+        history = history_file.read_bytes()  # protobuf records: keys are plain bytes
+        if f"final_eval/{HOOK}/ce_loss_score".encode() in history:
+            break
+        time.sleep(0.5)
     assert b"losses/overall_loss" in history and b"metrics/gba/l0" in history  # training steps
     assert f"final_eval/{HOOK}/ce_loss_score".encode() in history  # the held-out evaluation
     assert res.evals[HOOK].metrics["l0"] > 0
