@@ -320,7 +320,10 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan) -> SizeResult:
     inst.wrap(gba, "firing_statistics", "observe")
     inst.wrap(gba.bias_adaptation, "accumulate", "observe")
     inst.wrap(gba.bias_adaptation, "observe", "observe")
-    inst.wrap(gba.bias_adaptation, "update", "update")
+    # With T = 1 the SAE applies the rule to the batch's statistics directly (``apply_rule``);
+    # with T > 1 ``update`` = ``apply_rule`` + ``reset``. Wrapping those two counts either path once.
+    inst.wrap(gba.bias_adaptation, "apply_rule", "update")
+    inst.wrap(gba.bias_adaptation, "reset", "update")
     inst.wrap(gba, "project_weights", "project")
     sides: list[tuple[str, Callable[[], None], Samples]] = [
         ("gba", gba_step, res.step_gba), ("std", std_step, res.step_std), ("gemm", gemms, res.gemm)

@@ -40,6 +40,9 @@ class RecoverArgs:
     """Also log the result tables and plots to this W&B project (offline-safe)."""
     quick: bool = False
     """A small, fast version (for smoke tests and CI)."""
+    workers: int | None = None
+    """Training processes run at once (default: one per CPU core, one torch thread each; 1 runs
+    everything in this process)."""
 
 
 @dataclass
@@ -120,7 +123,7 @@ def cmd_recover(args: RecoverArgs) -> int:
             setup.samples, setup.width, setup.eval_samples = 200_000, 512, 5_000
         setup.samples = args.samples or setup.samples
         setup.width = args.width or setup.width
-        rows, _ = ex.run_paper_toy(setup)
+        rows, _ = ex.run_paper_toy(setup, workers=args.workers)
         table = ex.markdown_table(rows, ex.PAPER_TOY_COLUMNS)
         ex.write_results(out, "paper_toy", rows, table, asdict(setup))
         ex.plot_bars(rows, "frr_09", out / "paper_toy_frr09.png", "Paper toy: FRR at τ = 0.9 (mean ± std over seeds)")
@@ -129,7 +132,7 @@ def cmd_recover(args: RecoverArgs) -> int:
     elif args.preset == "zipf":
         configs = ex.ZIPF_CONFIGS[:1] if args.quick else ex.ZIPF_CONFIGS
         samples = args.samples or (200_000 if args.quick else 1_000_000)
-        result = ex.run_zipf_comparison(configs, seeds=args.seeds, samples=samples)
+        result = ex.run_zipf_comparison(configs, seeds=args.seeds, samples=samples, workers=args.workers)
         rows = ex.zipf_summary_rows(result)
         table = ex.markdown_table(rows, ex.ZIPF_COLUMNS)
         details = "\n\n".join(ex.markdown_table(e["rows"], [("method", "method"), ("mcc", "MCC"), ("l0", "L0"),
@@ -142,7 +145,7 @@ def cmd_recover(args: RecoverArgs) -> int:
         if args.quick:
             setup.dims, setup.targets, setup.samples = (8, 48), (0.008, 0.031, 0.125), 100_000
         setup.samples = args.samples or setup.samples
-        result = ex.run_resonance_sweep(setup)
+        result = ex.run_resonance_sweep(setup, workers=args.workers)
         (out / "resonance.json").write_text(json.dumps(result, indent=2))
         ex.plot_resonance(result, out / "resonance.png")
         rows = [{"method": f"d={d}", **{f"p={p:g}": v for p, v in zip(setup.targets, r)}}

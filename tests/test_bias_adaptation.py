@@ -102,3 +102,24 @@ def test_statistics_reduce_like_one_big_batch():
     assert torch.equal(rank0.fire_count, single.fire_count)
     assert torch.equal(rank0.peak, single.peak)
     assert rank0.n_samples.item() == single.n_samples.item()
+
+
+def test_rule_on_one_batch_equals_observe_then_update():
+    """T = 1 applies the rule to the batch's statistics directly (no buffers); same result."""
+    y = _crafted_pre_acts()
+    start = torch.tensor([-0.2, -0.3, -0.1, -0.05, -0.995, -0.004])
+    via_buffers, direct = start.clone(), start.clone()
+    ctl = _controller()
+    ctl.observe(y)
+    stats_buffers = ctl.update(via_buffers)
+    fresh = _controller()
+    stats_direct = fresh.apply_rule(direct, (y > 0).float().sum(0), y.amax(0), y.shape[0])
+    assert torch.equal(via_buffers, direct)
+    assert fresh.n_samples.item() == 0 and not fresh.fire_count.any()  # buffers untouched
+    assert {k: v.item() for k, v in stats_buffers.items()} == {k: v.item() for k, v in stats_direct.items()}
+    assert fresh.apply_rule(start.clone(), (y > 0).float().sum(0), y.amax(0), 100, with_stats=False) == {}
+
+
+def test_dead_threshold_must_sit_below_the_lowest_target():
+    with pytest.raises(ValueError, match="dead_eps"):
+        GroupBiasAdaptation(6, n_groups=2, highest_target=0.1, lowest_target=1e-3, dead_eps=1e-2)

@@ -72,3 +72,25 @@ def test_load_activations_rejects_bad_files(tmp_path):
         load_activations(pickle_like)
     with pytest.raises(FileNotFoundError):
         load_activations(tmp_path / "missing.safetensors")
+
+
+def test_worker_processes_give_the_same_numbers_as_one_process():
+    """Jobs seed themselves: two single-threaded worker processes reproduce an in-process run."""
+    from gba_lens.synthetic import experiments as ex
+
+    setup = ex.PaperToySetup(width=48, samples=4096, batch_size=256, seeds=(0, 1), eval_samples=2000)
+    methods = [ex.MethodSpec("GBA", "gba", {}), ex.MethodSpec("TopK K=5", "topk", {"k": 5})]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each worker uses
+    try:
+        rows_here, records_here = ex.run_paper_toy(setup, methods, progress=False, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    rows_pool, records_pool = ex.run_paper_toy(setup, methods, progress=False, workers=2)
+    assert [(r.label, r.seed) for r in records_here] == [(r.label, r.seed) for r in records_pool]
+    for a, b in zip(records_here, records_pool):
+        assert a.result == b.result
+        assert torch.equal(a.directions, b.directions) and torch.equal(a.frequencies, b.frequencies)
+        assert b.sae is None  # the SAE stays in the worker
+    assert rows_here == [{**r, "seconds": h["seconds"]} for r, h in zip(rows_pool, rows_here)]
+    assert "consistency_1" in rows_pool[0]

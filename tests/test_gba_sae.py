@@ -49,14 +49,24 @@ def test_training_step_bias_moves_only_by_the_rule():
     assert (sae.b_enc <= 0).all() and (sae.b_enc >= -1).all()
 
 
-def test_first_batch_sets_unit_mean_norm_and_decoder_stays_on_sphere():
+@pytest.mark.parametrize("unit_norm", ["auto", "encoder", "decoder"])
+def test_first_batch_sets_unit_mean_norm_and_directions_stay_on_sphere(unit_norm):
     torch.manual_seed(0)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20))
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20, unit_norm=unit_norm))
+    with torch.no_grad():  # knock both sides off the sphere
+        sae.W_enc.mul_(3)
+        sae.W_dec.mul_(0.5)
     x = torch.randn(256, 8) * 7 + 5
     sae.training_forward_pass(_step_input(x))
     centred = sae.input_scale * x - sae.b_dec
     assert centred.norm(dim=-1).mean().item() == pytest.approx(1.0, rel=1e-4)
-    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(20), atol=1e-5)
+    # Default: the paper's unit-norm w_m is the encoder direction; the decoder row is free.
+    side = "decoder" if unit_norm == "decoder" else "encoder"
+    assert sae.cfg.constrained_side == side
+    norms = sae.W_dec.norm(dim=1) if side == "decoder" else sae.W_enc.norm(dim=0)
+    other = sae.W_enc.norm(dim=0) if side == "decoder" else sae.W_dec.norm(dim=1)
+    assert torch.allclose(norms, torch.ones(20), atol=1e-5)
+    assert not torch.allclose(other, torch.ones(20), atol=1e-2)
 
 
 def test_relu_gating_constrains_the_encoder():

@@ -85,6 +85,8 @@ class GroupBiasAdaptation(nn.Module):
         self.dead_eps = dead_eps
         self.bias_min = bias_min
         self.bias_max = bias_max
+        if not 0 <= dead_eps < lowest_target:
+            raise ValueError(f"dead_eps ({dead_eps}) must be in [0, LTF={lowest_target})")
         group = group_index(d_sae, n_groups).to(device)
         targets = group_targets(n_groups, highest_target, lowest_target).float().to(device)
         self.register_buffer("group", group)
@@ -139,30 +141,43 @@ class GroupBiasAdaptation(nn.Module):
         return self.fire_count / self.n_samples.clamp(min=1)
 
     @torch.no_grad()
-    def update(self, bias: Float[torch.Tensor, " d_sae"]) -> dict[str, torch.Tensor]:
+    def update(self, bias: Float[torch.Tensor, " d_sae"], with_stats: bool = True) -> dict[str, torch.Tensor]:
         """Apply the two-branch rule to ``bias`` in place, then reset the statistics.
 
         Returns the fractions of over-active and dead neurons in the window (0-dim tensors, so
-        that nothing synchronises with the GPU unless they are logged).
+        that nothing synchronises with the GPU unless they are logged; empty if not ``with_stats``).
         """
-        p = self.frequency
-        r = self.peak
-        # rbar_k: mean of the positive peaks of group k (0 if none is positive).
-        positive = (r > 0).float()
-        group_sum = torch.zeros(self.n_groups, device=r.device).index_add_(0, self.group, r * positive)
-        group_cnt = torch.zeros(self.n_groups, device=r.device).index_add_(0, self.group, positive)
-        rbar = (group_sum / group_cnt.clamp(min=1))[self.group]
-
-        over_active = p > self.target
-        dead = ~over_active & (p < self.dead_eps)
-        lowered = (bias - self.gamma_minus * r).clamp(min=self.bias_min)
-        raised = (bias + self.gamma_plus * rbar).clamp(max=self.bias_max)
-        bias.copy_(torch.where(over_active, lowered, torch.where(dead, raised, bias)))
-
-        stats = {"over_active_fraction": over_active.float().mean(),
-                 "dead_fraction": dead.float().mean()}
+        stats = self.apply_rule(bias, self.fire_count, self.peak, self.n_samples.clamp(min=1), with_stats)
         self.reset()
         return stats
+
+    @torch.no_grad()
+    def apply_rule(
+        self,
+        bias: Float[torch.Tensor, " d_sae"],
+        fire_count: Float[torch.Tensor, " d_sae"],
+        peak: Float[torch.Tensor, " d_sae"],
+        n_samples: int | torch.Tensor,
+        with_stats: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """The rule on one window's statistics (``update`` passes the accumulated ones; with T = 1
+        the SAE passes the batch's own, skipping the buffers)."""
+        p = fire_count / n_samples                      # p_m (n_samples >= 1 by construction)
+        r = peak.clamp(min=0)                           # r_m
+        # rbar_k: mean of the positive peaks of group k (0 if none is positive); r is >= 0, so
+        # summing r over the group sums exactly its positive peaks.
+        sums = torch.zeros(2, self.n_groups, device=r.device, dtype=r.dtype).index_add_(
+            1, self.group, torch.stack((r, (r > 0).to(r.dtype))))
+        rbar = (sums[0] / sums[1].clamp(min=1))[self.group]
+
+        over_active = p > self.target
+        dead = p < self.dead_eps  # never fired; disjoint from over_active as every target > eps
+        lowered = (bias - self.gamma_minus * r).clamp_(min=self.bias_min)
+        raised = (bias + self.gamma_plus * rbar).clamp_(max=self.bias_max)
+        bias.copy_(torch.where(over_active, lowered, torch.where(dead, raised, bias)))
+        if not with_stats:
+            return {}
+        return {"over_active_fraction": over_active.float().mean(), "dead_fraction": dead.float().mean()}
 
     @torch.no_grad()
     def reset(self) -> None:
