@@ -120,7 +120,7 @@ def cmd_recover(args: RecoverArgs) -> int:
     if args.preset == "paper-toy":
         setup = ex.PaperToySetup(seeds=tuple(args.seeds))
         if args.quick:
-            setup.samples, setup.width, setup.eval_samples = 200_000, 512, 5_000
+            setup.samples, setup.eval_samples = 300_000, 5_000
         setup.samples = args.samples or setup.samples
         setup.width = args.width or setup.width
         rows, _ = ex.run_paper_toy(setup, workers=args.workers)
