@@ -21,6 +21,8 @@ from typing import Literal
 
 import simple_parsing
 
+from gba_lens.saes.gba import GBAOptions
+
 
 @dataclass
 class RecoverArgs:
@@ -46,7 +48,7 @@ class RecoverArgs:
 
 
 @dataclass
-class TrainActivationsArgs:
+class TrainActivationsArgs(GBAOptions):
     """Train a GBA SAE on cached activations (safetensors file or SAELens activation cache)."""
 
     activations: str = ""
@@ -55,16 +57,6 @@ class TrainActivationsArgs:
     """Which cached hook to use, when the cache holds several."""
     d_sae: int = 4096
     """Number of SAE neurons."""
-    n_groups: int = 10
-    """K, the number of neuron groups."""
-    highest_target: float = 0.1
-    """HTF, the highest target firing frequency."""
-    lowest_target: float = 1e-3
-    """LTF, the lowest target firing frequency."""
-    update_interval: int = 1
-    """T, optimiser steps between bias updates (paper: 50)."""
-    gating: Literal["jumprelu", "relu"] = "jumprelu"
-    """Gate of the SAE neurons."""
     epochs: float = 1.0
     """Passes over the cached activations."""
     batch_size: int = 1024
@@ -171,10 +163,8 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
         return 2
     acts = load_activations(args.activations, args.hook_name)
     torch.manual_seed(args.seed)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(
-        d_in=acts.shape[1], d_sae=args.d_sae, n_groups=args.n_groups, highest_target=args.highest_target,
-        lowest_target=args.lowest_target, update_interval=args.update_interval, gating=args.gating,
-        device=args.device))
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=acts.shape[1], d_sae=args.d_sae, device=args.device,
+                                              **args.gba_options()))
     out = Path(args.out)
     total = int(args.epochs * acts.shape[0]) // args.batch_size * args.batch_size
     cfg = TrainConfig(total_samples=total, batch_size=args.batch_size, lr=args.lr, device=args.device,

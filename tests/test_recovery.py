@@ -36,7 +36,9 @@ def test_gba_recovers_every_feature(trained, seed):
     assert result.frr_08 >= 0.95, result
     assert result.frr_09 >= 0.9, result
     assert result.mcc >= 0.9, result
-    assert 1.5 <= result.l0 <= 4.0, result  # true L0 is 2: sparse without any penalty
+    # True L0 is 2. Sparse without any penalty: at zero bias each neuron fires on about half the
+    # samples (L0 ~ 64 of 128), so only adapted biases land in this range; below 1.5 they overshoot.
+    assert 1.5 <= result.l0 <= 4.0, result
 
 
 def test_gba_beats_a_target_range_that_misses_f(trained):

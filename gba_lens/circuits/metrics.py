@@ -8,7 +8,7 @@ from :mod:`gba_lens.circuits.ioi` is the standard metric.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -80,37 +80,31 @@ def logit_diff_metric(
     return metric
 
 
-def token_logit_metric(token: int | Sequence[int] | torch.Tensor, positions: Int[torch.Tensor, " batch"] | int = -1) -> Metric:
-    """Mean logit of ``token`` (one id, or one per prompt) at ``positions`` (default the last)."""
+def _token_metric(token: int | Sequence[int] | torch.Tensor, positions: Int[torch.Tensor, " batch"] | int,
+                  transform: Callable[[torch.Tensor], torch.Tensor]) -> Metric:
+    """Mean over prompts of ``transform(final logits)`` at ``token`` (one id, or one per prompt)."""
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        final = _final_logits(logits, positions)
+        final = transform(_final_logits(logits, positions))
         tok = _token_column(token, final.shape[0], final.device)
         return final.gather(-1, tok[:, None]).mean()
 
     return metric
+
+
+def token_logit_metric(token: int | Sequence[int] | torch.Tensor, positions: Int[torch.Tensor, " batch"] | int = -1) -> Metric:
+    """Mean logit of ``token`` (one id, or one per prompt) at ``positions`` (default the last)."""
+    return _token_metric(token, positions, lambda final: final)
 
 
 def token_logprob_metric(token: int | Sequence[int] | torch.Tensor, positions: Int[torch.Tensor, " batch"] | int = -1) -> Metric:
     """Mean log-probability of ``token`` at ``positions``."""
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        final = _final_logits(logits, positions).float().log_softmax(-1)
-        tok = _token_column(token, final.shape[0], final.device)
-        return final.gather(-1, tok[:, None]).mean()
-
-    return metric
+    return _token_metric(token, positions, lambda final: final.float().log_softmax(-1))
 
 
 def token_prob_metric(token: int | Sequence[int] | torch.Tensor, positions: Int[torch.Tensor, " batch"] | int = -1) -> Metric:
     """Mean probability of ``token`` at ``positions``."""
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        final = _final_logits(logits, positions).float().softmax(-1)
-        tok = _token_column(token, final.shape[0], final.device)
-        return final.gather(-1, tok[:, None]).mean()
-
-    return metric
+    return _token_metric(token, positions, lambda final: final.float().softmax(-1))
 
 
 def kl_divergence(

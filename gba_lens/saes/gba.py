@@ -39,7 +39,7 @@ config's metadata (``training_architecture_details``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -65,29 +65,41 @@ from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 ARCHITECTURE = "gba"
 
 
-@dataclass
-class GBATrainingSAEConfig(TrainingSAEConfig):
-    """Configuration of a GBA SAE. Defaults follow the paper (arXiv v1) except where noted."""
+@dataclass(kw_only=True)
+class GBAOptions:
+    """The GBA hyperparameters a user chooses: part of :class:`GBATrainingSAEConfig`, and of the
+    command-line configs (``gba-lens train``, ``gba-lens train-activations``), so that their
+    defaults and ``--help`` text exist once. Keyword-only, so that it can sit beside SAELens's
+    positional ``d_in`` / ``d_sae``."""
 
     n_groups: int = 10
     """K, the number of neuron groups (K = 1 is single-group BA)."""
     highest_target: float = 0.1
     """HTF, the target firing frequency of the first group (arXiv v1: 0.1; ICLR: 0.5)."""
     lowest_target: float = 1e-3
-    """LTF, the target firing frequency of the last group."""
+    """LTF, the target firing frequency of the last group (targets are geometric in between)."""
+    update_interval: int = 1
+    """T, optimiser steps between bias updates. The paper uses 50 over ~200k steps; for runs of
+    thousands of steps T = 1 (statistics over each batch) is what recovers features (README, "The GBA implementation"); set 50 for the paper's schedule."""
+    gating: Literal["jumprelu", "relu"] = "jumprelu"
+    """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
+    z = relu(u + b) (exported as SAELens ``standard``)."""
+
+    def gba_options(self) -> dict[str, Any]:
+        """These options as keyword arguments of :class:`GBATrainingSAEConfig`."""
+        return {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
+
+
+@dataclass
+class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
+    """Configuration of a GBA SAE. Defaults follow the paper (arXiv v1) except where noted."""
+
     gamma_minus: float = 0.01
     """Bias step for over-active neurons, in units of the neuron's peak pre-activation."""
     gamma_plus: float = 0.01
     """Bias step for dead neurons, in units of the group's mean positive peak."""
-    update_interval: int = 1
-    """T, optimiser steps between bias updates. The paper uses 50 over ~200k steps; for runs of
-    thousands of steps T = 1 (statistics over each batch) is what recovers features (see
-    shared/reference/gba-calibration.md). Use ``preset="paper"`` in the CLI for T = 50."""
     dead_eps: float = 1e-6
     """A neuron whose window frequency is below this counts as dead (``never fired``)."""
-    gating: Literal["jumprelu", "relu"] = "jumprelu"
-    """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
-    z = relu(u + b) (exported as SAELens ``standard``)."""
     unit_norm: Literal["auto", "decoder", "encoder"] = "auto"
     """Which weights are kept unit-norm: ``auto`` = the encoder directions w_m (the paper's unit-norm
     w_m; keeps pre-activations on the scale of the [-1, 0] bias range); ``decoder`` = SAELens's
@@ -289,12 +301,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             window = controller.apply_rule(self.b_enc.data, *batch_stats, with_stats=log)
         else:
             controller.accumulate(*batch_stats)
-            window = {}
-            if (step_input.n_training_steps + 1) % self.cfg.update_interval == 0:
-                window = controller.update(self.b_enc.data, with_stats=log)
-                self._window_empty = True
-            else:
-                self._window_empty = False
+            self._window_empty = (step_input.n_training_steps + 1) % self.cfg.update_interval == 0
+            window = controller.update(self.b_enc.data, with_stats=log) if self._window_empty else {}
         if window:
             output.metrics["gba/over_active_fraction"] = window["over_active_fraction"]
             output.metrics["gba/window_dead_fraction"] = window["dead_fraction"]

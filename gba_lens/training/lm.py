@@ -56,7 +56,7 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 from safetensors.torch import save_file
 from torch import nn
 
-from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.saes.gba import GBAOptions, GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.lm_eval import (
     SAEEvalResult,
     evaluate_sae,
@@ -116,23 +116,13 @@ class LMSourceArgs:
 
 
 @dataclass
-class LMTrainConfig(LMSourceArgs):
+class LMTrainConfig(LMSourceArgs, GBAOptions):
     """Train GBA SAEs on a language model's hook points (SAELens runners + GBA trainer), then evaluate them on held-out tokens."""
 
     hook: list[str] = field(default_factory=list)
     """Hook name(s), e.g. blocks.6.hook_resid_pre. Several hooks are trained together from one model pass. Default: blocks.<n_layers // 2>.hook_resid_pre."""
     width: list[int] = field(default_factory=list)
     """SAE width(s) (d_sae). Several widths give one SAE per hook and width. Default: 16 x the hook's width."""
-    n_groups: int = 10
-    """K, the number of GBA neuron groups."""
-    highest_target: float = 0.1
-    """HTF: target firing frequency of the first group."""
-    lowest_target: float = 1e-3
-    """LTF: target firing frequency of the last group (targets are geometric in between)."""
-    update_interval: int = 1
-    """T: optimiser steps between bias updates (the paper's 50 suits ~200k-step runs only)."""
-    gating: Literal["jumprelu", "relu"] = "jumprelu"
-    """GBA neuron gate (jumprelu saves as a SAELens JumpReLU SAE, relu as a standard SAE)."""
     exclude_special_tokens: bool = False
     """Drop activations at special-token positions (BOS/EOS/PAD) from training and evaluation."""
     training_tokens: int = 2_000_000
@@ -280,17 +270,7 @@ def _logging_config(cfg: LMTrainConfig, on: bool) -> LoggingConfig:
 
 
 def _sae_config(cfg: LMTrainConfig, d_in: int, width: int, device: str) -> GBATrainingSAEConfig:
-    return GBATrainingSAEConfig(
-        d_in=d_in,
-        d_sae=width,
-        n_groups=cfg.n_groups,
-        highest_target=cfg.highest_target,
-        lowest_target=cfg.lowest_target,
-        update_interval=cfg.update_interval,
-        gating=cfg.gating,
-        device=device,
-        dtype=cfg.dtype,
-    )
+    return GBATrainingSAEConfig(d_in=d_in, d_sae=width, device=device, dtype=cfg.dtype, **cfg.gba_options())
 
 
 def _plan(cfg: LMTrainConfig, hooks: list[str], d_ins: dict[str, int]) -> list[tuple[str, str, int]]:
