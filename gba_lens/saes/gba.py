@@ -317,7 +317,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         fired = (output.feature_acts != 0).float().mean(0)
         per_group = self.bias_adaptation.group_frequencies(fired)
         metrics: dict[str, Any] = {
-            "gba/l0": (output.feature_acts != 0).float().sum(-1).mean(),
+            "gba/l0": fired.sum(),  # mean over samples of active latents = sum of firing rates
             "gba/bias_mean": self.b_enc.mean(),
             "gba/bias_at_min_fraction": (self.b_enc <= self.bias_adaptation.bias_min).float().mean(),
         }
