@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainStepInput
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import gba_lens  # noqa: F401  (registers "gba")
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
@@ -47,6 +48,31 @@ def test_training_step_bias_moves_only_by_the_rule():
     expected = torch.where(freq > target, (-0.01 * peak).clamp(min=-1), torch.zeros(20))
     assert torch.allclose(sae.b_enc, expected, atol=1e-6)
     assert (sae.b_enc <= 0).all() and (sae.b_enc >= -1).all()
+
+
+def test_training_clips_the_first_steps_large_gradients():
+    """GBA relies on the trainer's gradient-norm clipping (README, paper toy): at bias 0 every
+    neuron fires, the first steps' gradients are large, and unclipped they inflate Adam's second
+    moment until training stalls (paper toy FRR 2%). Our harness (SAELens's step) must clip."""
+    torch.manual_seed(0)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=10, d_sae=40, n_groups=4))
+    raw_sq: list[torch.Tensor] = []  # squared norms of the gradients as backward produces them
+    for p in sae.parameters():
+        if p.requires_grad:
+            p.register_hook(lambda g: raw_sq.append(g.detach().pow(2).sum()))
+    applied: list[float] = []  # the gradient norm the optimiser step sees
+    def before_step(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        applied.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+    handle = register_optimizer_step_pre_hook(before_step)
+    try:
+        train_sae(sae, SeededBatches(lambda n: torch.relu(torch.randn(n, 10)) * 30, 64, seed=0),
+                  TrainConfig(total_samples=64, batch_size=64, lr=1e-2))
+    finally:
+        handle.remove()
+    assert len(applied) == 1
+    assert torch.stack(raw_sq).sum().sqrt().item() > 10  # the step's gradient was large ...
+    assert applied[0] <= 1.0 + 1e-4  # ... and what Adam received was clipped to norm 1
 
 
 @pytest.mark.parametrize("unit_norm", ["auto", "encoder", "decoder"])
