@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainStepInput
+from safetensors.torch import load_file, save_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import gba_lens  # noqa: F401  (registers "gba")
