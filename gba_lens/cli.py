@@ -45,6 +45,9 @@ class RecoverArgs:
     workers: int | None = None
     """Training processes run at once (default: one per CPU core, one torch thread each; 1 runs
     everything in this process)."""
+    device: str = "auto"
+    """Torch device for the synthetic data and the SAEs (auto: cuda if available, else cpu). On an
+    accelerator the runs go one at a time in this process."""
 
 
 @dataclass
@@ -105,12 +108,14 @@ def _log_to_wandb(project: str | None, name: str, table_md: str, rows: list, ima
 
 def cmd_recover(args: RecoverArgs) -> int:
     from gba_lens.synthetic import experiments as ex
+    from gba_lens.training.train import resolve_device
 
+    device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if args.preset == "paper-toy":
-        setup = ex.PaperToySetup(seeds=tuple(args.seeds))
+        setup = ex.PaperToySetup(seeds=tuple(args.seeds), device=device)
         if args.quick:
             setup.samples, setup.eval_samples = 300_000, 5_000
         setup.samples = args.samples or setup.samples
@@ -124,7 +129,8 @@ def cmd_recover(args: RecoverArgs) -> int:
     elif args.preset == "zipf":
         configs = ex.ZIPF_CONFIGS[:1] if args.quick else ex.ZIPF_CONFIGS
         samples = args.samples or (200_000 if args.quick else 1_000_000)
-        result = ex.run_zipf_comparison(configs, seeds=args.seeds, samples=samples, workers=args.workers)
+        result = ex.run_zipf_comparison(configs, seeds=args.seeds, samples=samples, workers=args.workers,
+                                        device=device)
         rows = ex.zipf_summary_rows(result)
         table = ex.markdown_table(rows, ex.ZIPF_COLUMNS)
         details = "\n\n".join(ex.markdown_table(e["rows"], [("method", "method"), ("mcc", "MCC"), ("l0", "L0"),
@@ -133,7 +139,7 @@ def cmd_recover(args: RecoverArgs) -> int:
         images = []
         title = f"SAELens Zipfian synthetic models, {samples:,} samples, seeds {list(args.seeds)}"
     else:
-        setup = ex.ResonanceSetup(seed=args.seeds[0])
+        setup = ex.ResonanceSetup(seed=args.seeds[0], device=device)
         if args.quick:
             setup.dims, setup.targets, setup.samples = (8, 48), (0.008, 0.031, 0.125), 100_000
         setup.samples = args.samples or setup.samples

@@ -185,6 +185,8 @@ class PaperToySetup:
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_samples: int = 20_000
     data_seed: int = 0
+    device: str = "cpu"
+    """Torch device for the data and the SAEs (on an accelerator the runs go one at a time)."""
 
 
 # The paper's TopK baseline selects the top k of the plain pre-activations. SAELens's TopK training
@@ -217,11 +219,12 @@ def run_paper_toy(
 ) -> tuple[list[dict[str, Any]], list[RunRecord]]:
     setup = setup or PaperToySetup()
     methods = list(methods or paper_toy_methods())
-    train = TrainConfig(total_samples=setup.samples, batch_size=setup.batch_size, lr=setup.lr)
+    train = TrainConfig(total_samples=setup.samples, batch_size=setup.batch_size, lr=setup.lr,
+                        device=setup.device)
     # One dictionary V (data seed 0); the seeds vary the SAE initialisation and the sample stream,
     # so SAEs of different seeds can be compared neuron by neuron (cross-seed consistency).
     model_cfg = SparseMixtureConfig(seed=setup.data_seed)
-    jobs = [Job(spec, SparseMixtureModel, (model_cfg,), setup.width, train, seed, setup.eval_samples,
+    jobs = [Job(spec, SparseMixtureModel, (model_cfg, setup.device), setup.width, train, seed, setup.eval_samples,
                 consistency_samples=5_000)
             for seed, spec in itertools.product(setup.seeds, methods)]
     records = run_jobs(jobs, workers, desc="paper toy", progress=progress)
@@ -328,7 +331,7 @@ ZIPF_CONFIGS = (
 )
 
 
-def zipf_model(cfg: ZipfConfig, seed: int) -> Any:
+def zipf_model(cfg: ZipfConfig, seed: int, device: str = "cpu") -> Any:
     from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
 
     return SyntheticModel(
@@ -337,7 +340,8 @@ def zipf_model(cfg: ZipfConfig, seed: int) -> Any:
             hidden_dim=cfg.hidden_dim,
             firing_probability=ZipfianFiringProbabilityConfig(max_prob=cfg.max_prob, min_prob=cfg.min_prob),
             seed=seed,
-        )
+        ),
+        device=device,
     )
 
 
@@ -363,6 +367,7 @@ def run_zipf_comparison(
     l1_coefficients: Sequence[float] = (0.1, 0.3, 1.0),
     progress: bool = True,
     workers: int | None = None,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """MCC of GBA vs the best L1 and BatchTopK on each model (same width, samples, lr schedule).
 
@@ -370,7 +375,7 @@ def run_zipf_comparison(
     GBA and L1 on model A (lr 3e-3: GBA 0.69, L1 0.76; lr 1e-2: GBA 0.75, L1 0.86 at 1M samples).
     """
     train = TrainConfig(total_samples=samples, batch_size=batch_size, lr=lr,
-                        lr_decay_steps=int(decay_fraction * samples / batch_size))
+                        lr_decay_steps=int(decay_fraction * samples / batch_size), device=device)
     table = []
     for zcfg in configs:
         jobs: list[Job] = []
@@ -378,7 +383,7 @@ def run_zipf_comparison(
         for seed in seeds:
             true_l0 = float(zipf_model(zcfg, seed).activation_generator.firing_probabilities.sum())
             specs = zipf_methods(true_l0, l1_coefficients)
-            jobs += [Job(spec, zipf_model, (zcfg, seed), zcfg.width, train, seed, 20_000) for spec in specs]
+            jobs += [Job(spec, zipf_model, (zcfg, seed, device), zcfg.width, train, seed, 20_000) for spec in specs]
         records = run_jobs(jobs, workers, desc=zcfg.name, progress=progress)
         rows = summarise(records, specs)
         for row in rows:
@@ -432,17 +437,19 @@ class ResonanceSetup:
     batch_size: int = 512
     lr: float = 3e-3
     seed: int = 0
+    device: str = "cpu"
 
 
 def run_resonance_sweep(setup: ResonanceSetup | None = None, progress: bool = True,
                         workers: int | None = None) -> dict[str, Any]:
     setup = setup or ResonanceSetup()
-    train = TrainConfig(total_samples=setup.samples, batch_size=setup.batch_size, lr=setup.lr)
+    train = TrainConfig(total_samples=setup.samples, batch_size=setup.batch_size, lr=setup.lr,
+                        device=setup.device)
     cells = list(itertools.product(range(len(setup.dims)), range(len(setup.targets))))
     jobs = [
         Job(MethodSpec("BA", "ba", {"target": setup.targets[j]}), SparseMixtureModel,
             (SparseMixtureConfig(n_features=setup.n_features, d=setup.dims[i], sparsities=(setup.sparsity,),
-                                 sparsity_weights=(1.0,), seed=setup.seed),),
+                                 sparsity_weights=(1.0,), seed=setup.seed), setup.device),
             setup.width, train, setup.seed, eval_samples=5_000)
         for i, j in cells
     ]

@@ -79,10 +79,9 @@ from gba_lens.training.lm_sources import (
     held_out_after,
     load_model,
     load_tokens,
-    resolve_device,
     validate_hooks,
 )
-from gba_lens.training.train import finish_wandb, start_wandb
+from gba_lens.training.train import finish_wandb, resolve_device, start_wandb
 from gba_lens.training.trainer import latest_checkpoint
 
 logger = logging.getLogger(__name__)

@@ -72,13 +72,6 @@ class LoadedModel:
         return getattr(self.model, "tokenizer", None)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def load_model(spec: str | None, kind: ModelKind = "auto", device: str = "cpu") -> LoadedModel:
     """Load the model ``gba-lens train`` trains on.
 

@@ -57,6 +57,13 @@ class TrainConfig:
     """Steps without firing after which SAELens counts a latent as dead."""
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
     return SAETrainerConfig(
         total_training_samples=cfg.total_samples,
