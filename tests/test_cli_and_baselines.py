@@ -96,6 +96,14 @@ def test_worker_processes_give_the_same_numbers_as_one_process():
     assert "consistency_1" in rows_pool[0]
 
 
+def _selection_before_and_after_large_decoder_norms(sae, x):
+    """Active latents of ``x`` before and after a few latents get large decoder norms."""
+    before = sae.encode_with_hidden_pre(x)[0] != 0
+    with torch.no_grad():
+        sae.W_dec[:8] *= 50.0
+    return before, sae.encode_with_hidden_pre(x)[0] != 0
+
+
 def test_toy_and_zipf_topk_baselines_select_on_plain_pre_activations():
     """The paper's TopK picks the top k of W_enc x + b_enc; SAELens's default also weighs each
     latent by its decoder norm. The comparison rows must not depend on decoder norms."""
@@ -107,16 +115,10 @@ def test_toy_and_zipf_topk_baselines_select_on_plain_pre_activations():
     x = torch.randn(64, 16)
     for spec in specs:
         torch.manual_seed(0)
-        sae = build_sae(spec.method, 16, 64, **{**spec.params, "k": 4})
-        before = sae.encode_with_hidden_pre(x)[0] != 0
-        with torch.no_grad():
-            sae.W_dec[:8] *= 50.0  # a few latents with large decoder norms
-        assert torch.equal(sae.encode_with_hidden_pre(x)[0] != 0, before), spec.label
+        before, after = _selection_before_and_after_large_decoder_norms(
+            build_sae(spec.method, 16, 64, **{**spec.params, "k": 4}), x)
+        assert torch.equal(after, before), spec.label
     # SAELens's default selection does move to the large-norm latents (what the rows avoid).
     torch.manual_seed(0)
-    default = build_sae("topk", 16, 64, k=4)
-    before = default.encode_with_hidden_pre(x)[0] != 0
-    with torch.no_grad():
-        default.W_dec[:8] *= 50.0
-    after = default.encode_with_hidden_pre(x)[0] != 0
+    before, after = _selection_before_and_after_large_decoder_norms(build_sae("topk", 16, 64, k=4), x)
     assert after[:, :8].sum() > before[:, :8].sum()

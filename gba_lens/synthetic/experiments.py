@@ -224,8 +224,8 @@ def run_paper_toy(
     # One dictionary V (data seed 0); the seeds vary the SAE initialisation and the sample stream,
     # so SAEs of different seeds can be compared neuron by neuron (cross-seed consistency).
     model_cfg = SparseMixtureConfig(seed=setup.data_seed)
-    jobs = [Job(spec, SparseMixtureModel, (model_cfg, setup.device), setup.width, train, seed, setup.eval_samples,
-                consistency_samples=5_000)
+    jobs = [Job(spec, SparseMixtureModel, (model_cfg, setup.device), setup.width, train, seed,
+                setup.eval_samples, consistency_samples=5_000)
             for seed, spec in itertools.product(setup.seeds, methods)]
     records = run_jobs(jobs, workers, desc="paper toy", progress=progress)
     rows = summarise(records, methods)
