@@ -1,5 +1,6 @@
 """The CLI commands and the SAELens baselines in the shared harness."""
 
+import functools
 import json
 
 import pytest
@@ -74,9 +75,13 @@ def test_load_activations_rejects_bad_files(tmp_path):
         load_activations(tmp_path / "missing.safetensors")
 
 
-def test_worker_processes_give_the_same_numbers_as_one_process():
-    """Jobs seed themselves: two single-threaded worker processes reproduce an in-process run."""
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_worker_processes_give_the_same_numbers_as_one_process(start_method, monkeypatch):
+    """Jobs seed themselves: two single-threaded worker processes reproduce an in-process run,
+    whether the workers are forked (the default with one thread each) or spawned."""
     from gba_lens.synthetic import experiments as ex
+
+    monkeypatch.setattr(ex, "run_jobs", functools.partial(ex.run_jobs, start_method=start_method))
 
     setup = ex.PaperToySetup(width=48, samples=4096, batch_size=256, seeds=(0, 1), eval_samples=2000)
     methods = [ex.MethodSpec("GBA", "gba", {}), ex.MethodSpec("TopK K=5", "topk", {"k": 5})]
