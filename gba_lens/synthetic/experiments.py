@@ -141,14 +141,14 @@ def run_jobs(jobs: Sequence[Job], workers: int | None = None, desc: str = "runs"
     the parent already has (several torch threads) can hang, and CUDA cannot be forked.
     """
     jobs = list(jobs)
-    workers = default_workers(len(jobs), jobs[0].train.device if jobs else "cpu") if workers is None else workers
+    device = jobs[0].train.device if jobs else "cpu"
+    workers = default_workers(len(jobs), device) if workers is None else workers
     if workers <= 1 or len(jobs) <= 1:
         return [run_job(job) for job in tqdm(jobs, desc=desc, disable=not progress)]
     threads = max(1, (os.cpu_count() or 1) // workers)
     if start_method is None:
-        on_cpu = all(job.train.device == "cpu" for job in jobs)
         forkable = "fork" in multiprocessing.get_all_start_methods()
-        start_method = "fork" if threads == 1 and on_cpu and forkable else "spawn"
+        start_method = "fork" if threads == 1 and device == "cpu" and forkable else "spawn"
     context = multiprocessing.get_context(start_method)
     records: list[RunRecord | None] = [None] * len(jobs)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
