@@ -39,7 +39,8 @@ def test_device_reaches_every_run(monkeypatch):
 
 # The same instance trains on CPU in tests/test_recovery.py; this one checks the CUDA path of the
 # experiments (data model, SAE and evaluation on the GPU), which a CPU-only machine cannot run.
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none); the same instance runs on CPU in test_recovery.py")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device (CI has none); the same instance runs on CPU in test_recovery.py")
 def test_small_recovery_runs_on_cuda():
     cfg = SparseMixtureConfig(n_features=48, d=24, sparsities=(2,), sparsity_weights=(1.0,), seed=0)
     train = TrainConfig(total_samples=150_000, batch_size=256, lr=3e-3, lr_decay_steps=175, device="cuda")
