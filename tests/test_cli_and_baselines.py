@@ -101,6 +101,51 @@ def test_worker_processes_give_the_same_numbers_as_one_process(start_method, mon
     assert "consistency_1" in rows_pool[0]
 
 
+def test_a_cached_stream_gives_the_batches_of_a_fresh_one():
+    calls = []
+
+    def sample(n):
+        calls.append(n)
+        return torch.randn(n, 6)
+
+    fresh = SeededBatches(sample, 32, seed=4)
+    expected = [next(fresh) for _ in range(5)]
+    cache: list[torch.Tensor] = []
+    first = SeededBatches(sample, 32, seed=4, cache=cache)
+    assert all(torch.equal(next(first), e) for e in expected[:3]) and len(cache) == 3
+    first.seek(4)  # out of order: drawn, not stored
+    assert torch.equal(next(first), expected[4]) and len(cache) == 3
+    calls.clear()
+    second = SeededBatches(sample, 32, seed=4, cache=cache)
+    got = [next(second) for _ in range(5)]
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))
+    assert calls == [32, 32] and len(cache) == 5  # only batches 3 and 4 were sampled
+
+
+def test_methods_sharing_a_stream_get_the_numbers_of_fresh_streams(monkeypatch):
+    """The jobs of one seed share its batches in a process; no method writes to its input batch,
+    so every record equals the one from a stream of its own."""
+    from gba_lens.synthetic import experiments as ex
+    from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+
+    specs = [ex.MethodSpec("GBA", "gba"), ex.MethodSpec("TopK", "topk", {"k": 5}),
+             ex.MethodSpec("BatchTopK", "batchtopk", {"k": 5.0}),
+             ex.MethodSpec("L1", "l1", {"l1_coefficient": 0.3}),
+             ex.MethodSpec("JumpReLU", "jumprelu", {"l0_coefficient": 0.1})]
+    train = TrainConfig(total_samples=256 * 8, batch_size=256)
+    jobs = [ex.Job(spec, SparseMixtureModel, (SparseMixtureConfig(seed=0), "cpu"), 48, train, 1, 1000)
+            for spec in specs]
+    monkeypatch.setattr(ex, "_STREAMS", ex.OrderedDict())
+    fresh = [ex.run_job(job) for job in jobs]
+    assert not ex._STREAMS
+    shared = ex.run_jobs(jobs, workers=1, progress=False)
+    assert [r.result for r in shared] == [r.result for r in fresh]
+    (stream,) = ex._STREAMS.values()
+    model = SparseMixtureModel(SparseMixtureConfig(seed=0))
+    assert len(stream) == 8
+    assert all(torch.equal(b, e) for b, e in zip(stream, SeededBatches(model.sample, 256, seed=1)))
+
+
 def _selection_before_and_after_large_decoder_norms(sae, x):
     """Active latents of ``x`` before and after a few latents get large decoder norms."""
     before = sae.encode_with_hidden_pre(x)[0] != 0

@@ -22,13 +22,21 @@ class SeededBatches(Iterator[torch.Tensor]):
     Works with any sampler that draws from torch's global RNG (SAELens's ``SyntheticModel``,
     the paper's ``SparseMixtureModel``): the global RNG state is saved and restored around each
     batch, so nothing else is disturbed, and ``seek(i)`` makes the stream restart at batch i.
+
+    ``cache``: an optional list of this stream's batches, for several runs on the same stream (the
+    same sampler, batch size and seed: the caller's responsibility). Batch i is read from
+    ``cache[i]`` when present and appended when drawn in order, so the later runs skip the
+    sampling. Training never writes to its input batch; the runs see the batches a fresh stream
+    would give.
     """
 
-    def __init__(self, sample_fn: Callable[[int], torch.Tensor], batch_size: int, seed: int = 0):
+    def __init__(self, sample_fn: Callable[[int], torch.Tensor], batch_size: int, seed: int = 0,
+                 cache: list[torch.Tensor] | None = None):
         self.sample_fn = sample_fn
         self.batch_size = batch_size
         self.seed = seed
         self.index = 0
+        self.cache = cache
 
     def seek(self, batch_index: int) -> None:
         self.index = batch_index
@@ -37,6 +45,9 @@ class SeededBatches(Iterator[torch.Tensor]):
         return self
 
     def __next__(self) -> torch.Tensor:
+        if self.cache is not None and self.index < len(self.cache):
+            self.index += 1
+            return self.cache[self.index - 1]
         # Seed the default generators directly: torch.manual_seed also queues CUDA seeding with a
         # captured stack trace on every call, which cost more than a small training step.
         seed = (self.seed * 1_000_003 + self.index) % (2**63 - 1)
@@ -51,6 +62,8 @@ class SeededBatches(Iterator[torch.Tensor]):
         finally:
             for g, state in zip(generators, saved):
                 g.set_state(state)
+        if self.cache is not None and self.index == len(self.cache):
+            self.cache.append(batch)
         self.index += 1
         return batch
 
