@@ -36,6 +36,9 @@ class RecoverArgs:
     """Training samples per run (default: the preset's)."""
     width: int | None = None
     """SAE width for paper-toy (default 1024)."""
+    covering_range: tuple[float, float] | None = None
+    """GBA targets HTF LTF of paper-toy's "range covers f" row (default 0.1 0.01; the library's
+    defaults are 0.1 0.001)."""
     out: str = "runs/recover"
     """Directory for the table (markdown + JSON) and plots (PNG)."""
     wandb_project: str | None = None
@@ -120,6 +123,7 @@ def cmd_recover(args: RecoverArgs) -> int:
             setup.samples, setup.eval_samples = 300_000, 5_000
         setup.samples = args.samples or setup.samples
         setup.width = args.width or setup.width
+        setup.covering_range = args.covering_range or setup.covering_range
         rows, _ = ex.run_paper_toy(setup, workers=args.workers)
         table = ex.markdown_table(rows, ex.PAPER_TOY_COLUMNS)
         ex.write_results(out, "paper_toy", rows, table, asdict(setup))

@@ -41,9 +41,10 @@ def test_recover_command_writes_table_and_plot(tmp_path, capsys):
                      "--seeds", "0", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| GBA, range covers f |" in printed and "paper τ=0.9" in printed
+    assert "| GBA, range covers f (0.1 … 0.01) |" in printed and "paper τ=0.9" in printed
     rows = json.loads((out / "paper_toy.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["TopK K=20", "TopK K=30", "TopK K=50", "GBA, range covers f", "GBA, range misses f"]
+    assert [r["method"] for r in rows] == ["TopK K=20", "TopK K=30", "TopK K=50", "GBA, range covers f (0.1 … 0.01)",
+                                           "GBA, range misses f (0.01 … 1e-4)"]
     assert all(0.0 <= r["frr_08"] <= 1.0 for r in rows)
     assert (out / "paper_toy_frr09.png").stat().st_size > 1000
 
@@ -152,6 +153,35 @@ def _selection_before_and_after_large_decoder_norms(sae, x):
     with torch.no_grad():
         sae.W_dec[:8] *= 50.0
     return before, sae.encode_with_hidden_pre(x)[0] != 0
+
+
+@pytest.mark.parametrize("method, params", [
+    ("gba", {}), ("topk", {"k": 4}), ("batchtopk", {"k": 4.0}), ("l1", {"l1_coefficient": 0.5}),
+    ("jumprelu", {"l0_coefficient": 0.1}),
+])
+def test_zero_pre_bias_keeps_b_dec_at_zero_while_the_rest_trains(method, params):
+    """The paper-toy rows run without a pre-bias: b_dec stays exactly 0 through training (GBA
+    does not centre its inputs), while the other weights do train."""
+    torch.manual_seed(0)
+    sae = build_sae(method, 8, 32, zero_pre_bias=True, **params)
+    w_enc = sae.W_enc.detach().clone()
+    data = SeededBatches(lambda n: torch.relu(torch.randn(n, 8)) + 3.0, 64)  # a large offset
+    train_sae(sae, data, TrainConfig(total_samples=64 * 20, batch_size=64))
+    assert torch.count_nonzero(sae.b_dec) == 0
+    assert not torch.allclose(sae.W_enc, w_enc)
+    trained = build_sae(method, 8, 32, **params)
+    train_sae(trained, data, TrainConfig(total_samples=64 * 20, batch_size=64))
+    assert torch.count_nonzero(trained.b_dec) > 0  # without the option b_dec does move
+
+
+def test_paper_toy_rows_have_no_pre_bias_and_cover_f():
+    from gba_lens.synthetic import experiments as ex
+
+    specs = ex.paper_toy_methods()
+    assert all(spec.params.get("zero_pre_bias") is True for spec in specs)
+    covering = next(s for s in specs if s.label.startswith("GBA, range covers f"))
+    assert covering.params["highest_target"] > 11.5 / 128 > covering.params["lowest_target"]
+    assert [s.label for s in ex.paper_toy_methods((0.1, 0.001))][3] == "GBA, range covers f (0.1 … 0.001)"
 
 
 def test_toy_and_zipf_topk_baselines_select_on_plain_pre_activations():

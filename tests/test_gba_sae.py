@@ -97,6 +97,14 @@ def test_first_batch_sets_unit_mean_norm_and_directions_stay_on_sphere(unit_norm
     assert not torch.allclose(other, torch.ones(20), atol=1e-2)
 
 
+def test_without_centring_b_pre_is_zero_and_raw_inputs_get_unit_mean_norm():
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20, centre_inputs=False))
+    x = torch.randn(256, 8) * 7 + 5
+    sae.training_forward_pass(_step_input(x))
+    assert torch.count_nonzero(sae.b_dec) == 0
+    assert (sae.input_scale * x).norm(dim=-1).mean().item() == pytest.approx(1.0, rel=1e-4)
+
+
 def test_relu_gating_constrains_the_encoder():
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20, gating="relu"))
     assert sae.cfg.constrained_side == "encoder"

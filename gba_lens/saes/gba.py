@@ -28,6 +28,9 @@ Input scale: the [-1, 0] bias range only means something when pre-activations ar
 first training batch the SAE sets b_pre to the batch mean and s so that the centred inputs
 s x - b_pre have unit mean norm. (SAELens's ``expected_average_only_in`` scales to norm
 sqrt(d_in), which pins the biases at -1: measured in shared/reference/gba-calibration.md.)
+With ``centre_inputs=False`` b_pre starts at 0 instead; frozen there (``learn_pre_bias=False``)
+the SAE has no pre-bias at all, which suits data with no offset: on the paper's toy, where the
+mean input is a mix of features, centring and a trained b_pre cost recovery (README).
 
 Export: with threshold = -b >= 0 and b_enc = 0 the JumpReLU neuron is exactly SAELens's
 ``JumpReLUSAE`` (relu(u) * 1[u > threshold]); the ReLU neuron is SAELens's ``StandardSAE`` with
@@ -106,6 +109,9 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
     unit-norm decoder rows (the encoder norm then drifts under the biases: worse recovery)."""
     input_norm: Literal["unit_mean", "none"] = "unit_mean"
     """``unit_mean``: centre and scale inputs to unit mean norm (estimated on the first batch)."""
+    centre_inputs: bool = True
+    """Start b_pre at the data mean (estimated on the first batch). False: b_pre starts at 0 and
+    ``unit_mean`` scales the raw inputs, for data with no offset such as the paper's X = H V."""
     decoder_init_norm: float | None = 1.0
     """Initial decoder row norm (directions start on the unit sphere, W_enc = W_dec^T)."""
     learn_pre_bias: bool | None = None
@@ -256,7 +262,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     # ---------------------------------------------------------------------------- training
     @torch.no_grad()
     def initialize_from_batch(self, batch: Float[torch.Tensor, "batch d_in"]) -> None:
-        """Set b_pre to the batch mean and s so that centred inputs have unit mean norm."""
+        """Set b_pre to the batch mean (``centre_inputs``, else 0) and s so that the inputs
+        s x - b_pre have unit mean norm."""
         x = batch.detach().to(torch.float32).reshape(-1, self.cfg.d_in)
         if x.shape[0] == 0:
             raise ValueError("cannot initialise the GBA input scale from an empty batch")
@@ -264,7 +271,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             raise ValueError("the first training batch contains NaN or inf activations")
         mean = x.mean(0)
         centred_norm = (x - mean).norm(dim=-1).mean()
-        if x.shape[0] == 1 or centred_norm <= 0:  # degenerate: fall back to the raw norm
+        if not self.cfg.centre_inputs or x.shape[0] == 1 or centred_norm <= 0:  # or degenerate
             mean = torch.zeros_like(mean)
             centred_norm = x.norm(dim=-1).mean()
         scale = 1.0 / centred_norm.clamp(min=1e-12)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from sae_lens import (
     BatchTopKTrainingSAE,
     BatchTopKTrainingSAEConfig,
@@ -25,14 +26,29 @@ from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 METHODS = ("gba", "ba", "topk", "batchtopk", "l1", "jumprelu")
 
 
-def build_sae(method: str, d_in: int, d_sae: int, device: str = "cpu", **params: Any) -> TrainingSAE[Any]:
+def build_sae(method: str, d_in: int, d_sae: int, device: str = "cpu", zero_pre_bias: bool = False,
+              **params: Any) -> TrainingSAE[Any]:
     """A fresh training SAE. ``params`` go to the method's SAELens config class.
 
     - ``gba``: :class:`GBATrainingSAEConfig` fields (n_groups, highest_target, ...).
     - ``ba``: single-group GBA; ``target`` sets the one target frequency.
     - ``topk`` / ``batchtopk``: ``k``.  ``l1``: ``l1_coefficient``.  ``jumprelu``: ``l0_coefficient``.
+
+    ``zero_pre_bias``: no pre-bias, for data with no offset (the paper's X = H V): b_dec (b_pre)
+    is fixed at 0 for every method, so GBA neither centres its inputs nor trains b_pre, and the
+    SAELens baselines keep their zero-initialised b_dec out of training.
     """
-    common = {"d_in": d_in, "d_sae": d_sae, "device": device}
+    if method in ("gba", "ba") and zero_pre_bias:
+        params = {**params, "centre_inputs": False, "learn_pre_bias": False}
+    sae = _build(method, {"d_in": d_in, "d_sae": d_sae, "device": device}, dict(params))
+    if zero_pre_bias and method not in ("gba", "ba"):
+        with torch.no_grad():
+            sae.b_dec.zero_()
+        sae.b_dec.requires_grad_(False)  # Adam skips a parameter that gets no gradient
+    return sae
+
+
+def _build(method: str, common: dict[str, Any], params: dict[str, Any]) -> TrainingSAE[Any]:
     if method == "gba":
         return GBATrainingSAE(GBATrainingSAEConfig(**common, **params))
     if method == "ba":
