@@ -136,15 +136,18 @@ def test_methods_sharing_a_stream_get_the_numbers_of_fresh_streams(monkeypatch):
     train = TrainConfig(total_samples=256 * 8, batch_size=256)
     jobs = [ex.Job(spec, SparseMixtureModel, (SparseMixtureConfig(seed=0), "cpu"), 48, train, 1, 1000)
             for spec in specs]
-    monkeypatch.setattr(ex, "_STREAMS", ex.OrderedDict())
+    handed_out: list[list[torch.Tensor]] = []
+    keep = ex._stream_cache
+    monkeypatch.setattr(ex, "_stream_cache", lambda key: handed_out.append(keep(key)) or handed_out[-1])
     fresh = [ex.run_job(job) for job in jobs]
-    assert not ex._STREAMS
+    assert not handed_out
     shared = ex.run_jobs(jobs, workers=1, progress=False)
     assert [r.result for r in shared] == [r.result for r in fresh]
-    (stream,) = ex._STREAMS.values()
+    assert len(handed_out) == 5 and all(cache is handed_out[0] for cache in handed_out)
     model = SparseMixtureModel(SparseMixtureConfig(seed=0))
-    assert len(stream) == 8
-    assert all(torch.equal(b, e) for b, e in zip(stream, SeededBatches(model.sample, 256, seed=1)))
+    assert len(handed_out[0]) == 8
+    assert all(torch.equal(b, e) for b, e in zip(handed_out[0], SeededBatches(model.sample, 256, seed=1)))
+    assert not ex._STREAMS  # released when the jobs are done
 
 
 def _selection_before_and_after_large_decoder_norms(sae, x):

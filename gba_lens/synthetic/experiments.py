@@ -174,7 +174,10 @@ def run_jobs(jobs: Sequence[Job], workers: int | None = None, desc: str = "runs"
     device = jobs[0].train.device if jobs else "cpu"
     workers = default_workers(len(jobs), device) if workers is None else workers
     if workers <= 1 or len(jobs) <= 1:
-        return [run_job(job) for job in tqdm(jobs, desc=desc, disable=not progress)]
+        try:
+            return [run_job(job) for job in tqdm(jobs, desc=desc, disable=not progress)]
+        finally:
+            _STREAMS.clear()  # a worker's streams go with its process; free this one's too
     threads = max(1, (os.cpu_count() or 1) // workers)
     if start_method is None:
         forkable = "fork" in multiprocessing.get_all_start_methods()
@@ -227,7 +230,8 @@ class PaperToySetup:
     device: str = "cpu"
     """Torch device for the data and the SAEs (on an accelerator the runs go one at a time)."""
     covering_range: tuple[float, float] = (0.1, 0.01)
-    """GBA targets (HTF, LTF) of the "range covers f" row: every group within 10x of f = 0.09."""
+    """GBA targets (HTF, LTF) of the "range covers f" row: every group within 10x of f = 0.09
+    (the library's defaults, 0.1 ... 1e-3, cover f too: README)."""
 
 
 # The paper's TopK baseline selects the top k of the plain pre-activations. SAELens's TopK training
@@ -246,9 +250,9 @@ PAPER_TOPK = {"rescale_acts_by_decoder_norm": False}
 PAPER_TOY_SAE = {"zero_pre_bias": True}
 
 
-def paper_toy_methods(covering_range: tuple[float, float] = (0.1, 0.01)) -> list[MethodSpec]:
+def paper_toy_methods(covering_range: tuple[float, float] | None = None) -> list[MethodSpec]:
     """The rows of the paper's table. Feature frequency here is f = 11.5 / 128 = 0.09."""
-    htf, ltf = covering_range
+    htf, ltf = covering_range or PaperToySetup.covering_range
     return [
         MethodSpec("TopK K=20", "topk", {"k": 20, **PAPER_TOPK, **PAPER_TOY_SAE}, paper=(1.000, 0.984)),
         MethodSpec("TopK K=30", "topk", {"k": 30, **PAPER_TOPK, **PAPER_TOY_SAE}, paper=(0.984, 0.242)),
