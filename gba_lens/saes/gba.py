@@ -269,12 +269,13 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             raise ValueError("cannot initialise the GBA input scale from an empty batch")
         if not torch.isfinite(x).all():
             raise ValueError("the first training batch contains NaN or inf activations")
-        mean = x.mean(0)
-        centred_norm = (x - mean).norm(dim=-1).mean()
-        if not self.cfg.centre_inputs or x.shape[0] == 1 or centred_norm <= 0:  # or degenerate
+        centre = self.cfg.centre_inputs and x.shape[0] > 1
+        mean = x.mean(0) if centre else torch.zeros_like(x[0])
+        norm = (x - mean).norm(dim=-1).mean()
+        if centre and norm <= 0:  # every row equal: fall back to the raw norm
             mean = torch.zeros_like(mean)
-            centred_norm = x.norm(dim=-1).mean()
-        scale = 1.0 / centred_norm.clamp(min=1e-12)
+            norm = x.norm(dim=-1).mean()
+        scale = 1.0 / norm.clamp(min=1e-12)
         self.input_scale.fill_(scale.item())
         self.b_dec.data.copy_((mean * scale).to(self.b_dec.dtype))
 

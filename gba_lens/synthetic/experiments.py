@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import statistics
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -119,8 +119,8 @@ STREAMS_KEPT = 2
 
 
 def _stream_cache(key: tuple[Any, ...]) -> list[torch.Tensor]:
-    cache = _STREAMS.pop(key, None)
-    _STREAMS[key] = cache = [] if cache is None else cache
+    cache = _STREAMS.setdefault(key, [])
+    _STREAMS.move_to_end(key)
     while len(_STREAMS) > STREAMS_KEPT:
         _STREAMS.popitem(last=False)
     return cache
@@ -170,7 +170,8 @@ def run_jobs(jobs: Sequence[Job], workers: int | None = None, desc: str = "runs"
     the parent already has (several torch threads) can hang, and CUDA cannot be forked.
     """
     keys = [job.stream_key() for job in jobs]
-    jobs = [replace(job, share_stream=keys.count(key) > 1) for job, key in zip(jobs, keys)]
+    shared = Counter(keys)
+    jobs = [replace(job, share_stream=shared[key] > 1) for job, key in zip(jobs, keys)]
     device = jobs[0].train.device if jobs else "cpu"
     workers = default_workers(len(jobs), device) if workers is None else workers
     if workers <= 1 or len(jobs) <= 1:

@@ -38,10 +38,13 @@ def build_sae(method: str, d_in: int, d_sae: int, device: str = "cpu", zero_pre_
     is fixed at 0 for every method, so GBA neither centres its inputs nor trains b_pre, and the
     SAELens baselines keep their zero-initialised b_dec out of training.
     """
-    if method in ("gba", "ba") and zero_pre_bias:
+    # GBA sets b_pre itself on its first batch, so it is told through its config (which checkpoints
+    # and exports carry); SAELens's classes start b_dec at 0 and only need it kept out of training.
+    is_gba = method in ("gba", "ba")
+    if zero_pre_bias and is_gba:
         params = {**params, "centre_inputs": False, "learn_pre_bias": False}
     sae = _build(method, {"d_in": d_in, "d_sae": d_sae, "device": device}, dict(params))
-    if zero_pre_bias and method not in ("gba", "ba"):
+    if zero_pre_bias and not is_gba:
         with torch.no_grad():
             sae.b_dec.zero_()
         sae.b_dec.requires_grad_(False)  # Adam skips a parameter that gets no gradient
