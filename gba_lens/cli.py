@@ -37,7 +37,7 @@ class RecoverArgs:
     width: int | None = None
     """SAE width for paper-toy (default 1024)."""
     covering_range: tuple[float, float] | None = None
-    """GBA targets HTF LTF of paper-toy's "range covers f" row (default 0.1 0.01; the library's
+    """GBA targets HTF LTF of paper-toy's "range covers f" row (default 0.1 0.03; the library's
     defaults are 0.1 0.001)."""
     out: str = "runs/recover"
     """Directory for the table (markdown + JSON) and plots (PNG)."""
@@ -127,9 +127,9 @@ def cmd_recover(args: RecoverArgs) -> int:
         rows, _ = ex.run_paper_toy(setup, workers=args.workers)
         table = ex.markdown_table(rows, ex.PAPER_TOY_COLUMNS)
         ex.write_results(out, "paper_toy", rows, table, asdict(setup))
-        ex.plot_bars(rows, "frr_09", out / "paper_toy_frr09.png", "Paper toy: FRR at τ = 0.9 (mean ± std over seeds)")
-        images = [out / "paper_toy_frr09.png"]
         title = f"Paper toy (n=128, d=42, s∈{{3,20}}), width {setup.width}, {setup.samples:,} samples, seeds {list(setup.seeds)}"
+        ex.plot_paper_toy(rows, out / "paper_toy_frr.png", title)
+        images = [out / "paper_toy_frr.png"]
     elif args.preset == "zipf":
         configs = ex.ZIPF_CONFIGS[:1] if args.quick else ex.ZIPF_CONFIGS
         samples = args.samples or (200_000 if args.quick else 1_000_000)
@@ -140,8 +140,9 @@ def cmd_recover(args: RecoverArgs) -> int:
         details = "\n\n".join(ex.markdown_table(e["rows"], [("method", "method"), ("mcc", "MCC"), ("l0", "L0"),
                               ("explained_variance", "EV"), ("dead_fraction", "dead")]) for e in result)
         ex.write_results(out, "zipf", rows, table + "\n\n" + details, {"samples": samples, "seeds": args.seeds})
-        images = []
         title = f"SAELens Zipfian synthetic models, {samples:,} samples, seeds {list(args.seeds)}"
+        ex.plot_zipf(rows, out / "zipf_mcc.png", title)
+        images = [out / "zipf_mcc.png"]
     else:
         setup = ex.ResonanceSetup(seed=args.seeds[0], device=device)
         if args.quick:

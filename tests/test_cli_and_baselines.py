@@ -41,12 +41,24 @@ def test_recover_command_writes_table_and_plot(tmp_path, capsys):
                      "--seeds", "0", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| GBA, range covers f (0.1 … 0.01) |" in printed and "paper τ=0.9" in printed
+    assert "| GBA, range covers f (0.1 … 0.03) |" in printed and "paper τ=0.9" in printed
     rows = json.loads((out / "paper_toy.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["TopK K=20", "TopK K=30", "TopK K=50", "GBA, range covers f (0.1 … 0.01)",
+    assert [r["method"] for r in rows] == ["TopK K=20", "TopK K=30", "TopK K=50", "GBA, range covers f (0.1 … 0.03)",
                                            "GBA, range misses f (0.01 … 1e-4)"]
     assert all(0.0 <= r["frr_08"] <= 1.0 for r in rows)
-    assert (out / "paper_toy_frr09.png").stat().st_size > 1000
+    assert (out / "paper_toy_frr.png").stat().st_size > 1000
+
+
+def test_recover_zipf_command_writes_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "zipf"
+    code = cli.main(["recover", "--preset", "zipf", "--quick", "--samples", "4096", "--seeds", "0",
+                     "--workers", "1", "--out", str(out)])
+    assert code == 0
+    assert "| A: 256 feats, d 32, width 256 |" in capsys.readouterr().out
+    (row,) = json.loads((out / "zipf.json").read_text())["rows"]
+    assert all(0.0 <= row[k] <= 1.0 for k in ("gba_mcc", "gba_low_mcc", "l1_mcc", "btk_mcc"))
+    assert row["l1_best"].startswith("L1 coef")
+    assert (out / "zipf_mcc.png").stat().st_size > 1000
 
 
 def test_train_activations_command(tmp_path, capsys):
