@@ -89,9 +89,10 @@ def test_load_activations_rejects_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_worker_processes_give_the_same_numbers_as_one_process(start_method, monkeypatch):
+def test_worker_processes_give_the_same_numbers_as_one_process(start_method, monkeypatch, capfd):
     """Jobs seed themselves: two single-threaded worker processes reproduce an in-process run,
-    whether the workers are forked (the default with one thread each) or spawned."""
+    whether the workers are forked (the default with one thread each) or spawned. The workers
+    draw no training bars of their own (the parent's bar counts the jobs)."""
     from gba_lens.synthetic import experiments as ex
 
     monkeypatch.setattr(ex, "run_jobs", functools.partial(ex.run_jobs, start_method=start_method))
@@ -104,7 +105,9 @@ def test_worker_processes_give_the_same_numbers_as_one_process(start_method, mon
         rows_here, records_here = ex.run_paper_toy(setup, methods, progress=False, workers=1)
     finally:
         torch.set_num_threads(threads)
+    assert "Training SAE" in capfd.readouterr().err  # SAELens's bar, in this process
     rows_pool, records_pool = ex.run_paper_toy(setup, methods, progress=False, workers=2)
+    assert "Training SAE" not in capfd.readouterr().err
     assert [(r.label, r.seed) for r in records_here] == [(r.label, r.seed) for r in records_pool]
     for a, b in zip(records_here, records_pool):
         assert a.result == b.result

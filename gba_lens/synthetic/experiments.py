@@ -134,11 +134,18 @@ def run_job(job: Job) -> RunRecord:
 
 
 def _worker_init(threads: int) -> None:
+    import functools
     import warnings
+
+    from sae_lens.training import sae_trainer
 
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    # The parent draws one bar over the jobs. SAELens's SAETrainer.fit always draws its own
+    # "Training SAE" bar, which from several workers interleaves on the parent's terminal; fit has
+    # no switch for it, so each worker (only) gives that module a disabled tqdm.
+    sae_trainer.tqdm = functools.partial(sae_trainer.tqdm, disable=True)
 
 
 def _run_job_in_worker(job: Job) -> RunRecord:
