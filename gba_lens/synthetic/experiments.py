@@ -6,6 +6,7 @@ same seeded batches, and scored with the same metrics.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -134,7 +135,6 @@ def run_job(job: Job) -> RunRecord:
 
 
 def _worker_init(threads: int) -> None:
-    import functools
     import warnings
 
     from sae_lens.training import sae_trainer
