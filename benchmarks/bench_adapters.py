@@ -19,29 +19,22 @@ against itself: its distance from 1.0x is the measurement noise. Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable
 
-for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_key, "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _common
+
+_common.setup_environment()
 
 import torch  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-# CPU time of this process: on a shared machine, wall time mostly measures the other processes
-# (time spent descheduled). With one torch thread all the work is on this process's CPU time.
-CLOCK: Callable[[], float] = time.process_time
-
 
 def build(d_model: int, n_layers: int, n_ctx: int, d_sae: int):  # noqa: ANN201
     from sae_lens import HookedSAETransformer, StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
+    from gba_lens.compat import SAEMetadata
     from transformer_lens import HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
@@ -57,40 +50,17 @@ def build(d_model: int, n_layers: int, n_ctx: int, d_sae: int):  # noqa: ANN201
     return model, sae, hook
 
 
-def time_pair(
-    fn_a: Callable[[], object], fn_b: Callable[[], object], reps: int, warmup: int = 2
-) -> tuple[list[float], list[float]]:
-    """Seconds per call of fn_a and fn_b, timed alternately (A B B A ...) to share drift."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
-    for i in range(reps):
-        order = (fn_a, fn_b) if i % 2 == 0 else (fn_b, fn_a)
-        for fn in order:
-            start = CLOCK()
-            fn()
-            elapsed = CLOCK() - start
-            (times_a if fn is fn_a else times_b).append(elapsed)
-    return times_a, times_b
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (~1 min)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--wall", action="store_true", help="time wall clock, not CPU time")
+    _common.add_clock_args(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--d-sae", type=int, default=4096)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    global CLOCK
-    clock_name = "CPU time"
-    if args.wall or args.threads > 1:  # several threads: CPU time would add them up
-        CLOCK, clock_name = time.perf_counter, "wall time"
+    clock = _common.configure(args.threads, args.wall)
     reps = 4 if args.quick else 12
 
     from gba_lens.adapters import attach
@@ -109,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             ref_out = model.run_with_saes(tokens, saes=[sae], use_error_term=error_term)
             torch.testing.assert_close(ours_out, ref_out, atol=1e-4, rtol=1e-4)
 
-            t_a, t_b = _interleaved_steady(model, sae, hook, tokens, error_term, reps)
+            t_a, t_b = _interleaved_steady(clock, model, sae, hook, tokens, error_term, reps)
             rows.append((f"steady state (attached once), {label}", t_a, t_b))
 
             def per_call_ours() -> object:
@@ -119,15 +89,17 @@ def main(argv: list[str] | None = None) -> int:
             def per_call_ref() -> object:
                 return model.run_with_saes(tokens, saes=[sae], use_error_term=error_term)
 
-            t_a, t_b = time_pair(per_call_ours, per_call_ref, reps)
+            a, b = _common.time_pair(clock, per_call_ours, per_call_ref, reps)
+            t_a, t_b = a.times, b.times
             rows.append((f"per call (attach + forward + detach), {label}", t_a, t_b))
-        t_a, t_b = time_pair(lambda: model(tokens), lambda: model(tokens), reps)
+        a, b = _common.time_pair(clock, lambda: model(tokens), lambda: model(tokens), reps)
+        t_a, t_b = a.times, b.times
         rows.append(("no SAE (noise floor: same call twice)", t_a, t_b))
 
     print(
         f"\nModel: HookedSAETransformer d_model={args.d_model}, {args.layers} layers; batch "
         f"{args.batch} x {args.seq} tokens; SAE d_sae={args.d_sae} at {hook}; CPU, "
-        f"{args.threads} thread(s); {clock_name} per forward over {reps} alternated runs "
+        f"{args.threads} thread(s); {clock.name} per forward over {reps} alternated runs "
         "(torch.no_grad). Ratio = gba_lens / SAELens; 'best' uses the fastest run of each "
         "(least disturbed by other processes), 'median' the medians.\n"
     )
@@ -147,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interleaved_steady(  # noqa: ANN202
-    model, sae, hook, tokens, error_term, reps, per_block=2  # noqa: ANN001
+    clock, model, sae, hook, tokens, error_term, reps, per_block=2  # noqa: ANN001
 ):
     """Steady-state forward times of both splicers.
 
@@ -157,14 +129,12 @@ def _interleaved_steady(  # noqa: ANN202
     """
     from gba_lens.adapters import attach
 
-    times = {"ours": [], "ref": []}
+    times = {"ours": _common.Samples(), "ref": _common.Samples()}
 
     def timed(side: str) -> None:
         model(tokens)  # warm-up after (re)attaching
         for _ in range(per_block):
-            start = CLOCK()
-            model(tokens)
-            times[side].append(CLOCK() - start)
+            _common.timed(clock, lambda: model(tokens), times[side])
 
     for i in range(max(1, reps // per_block)):
         for side in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
@@ -177,7 +147,7 @@ def _interleaved_steady(  # noqa: ANN202
                     timed(side)
                 finally:
                     model.reset_saes()
-    return times["ours"], times["ref"]
+    return times["ours"].times, times["ref"].times
 
 
 if __name__ == "__main__":

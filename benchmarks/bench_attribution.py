@@ -22,28 +22,22 @@ measures other processes), best of ``--reps`` runs for the short measurements. U
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable
 
-for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_key, "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("WANDB_MODE", "offline")
+import _common
+
+_common.setup_environment()
 
 import torch  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-CLOCK: Callable[[], float] = time.process_time
-
 
 def build(d_model: int, n_layers: int, n_ctx: int, d_sae: int, d_vocab: int):  # noqa: ANN201
     from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
+    from gba_lens.compat import SAEMetadata
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
@@ -59,21 +53,10 @@ def build(d_model: int, n_layers: int, n_ctx: int, d_sae: int, d_vocab: int):  #
     return model, sae, hook
 
 
-def timed(fn: Callable[[], object], reps: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(reps):
-        start = CLOCK()
-        fn()
-        out.append(CLOCK() - start)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--threads", type=int, default=1)
+    _common.add_clock_args(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=32)
     parser.add_argument("--d-model", type=int, default=256)
@@ -82,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d-sae", type=int, default=1000, help="candidate features")
     parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    global CLOCK
-    clock_name = "CPU time"
-    if args.threads > 1:
-        CLOCK, clock_name = time.perf_counter, "wall time"
+    clock = _common.configure(args.threads, args.wall)
     reps = args.reps or (3 if args.quick else 7)
 
     from gba_lens.adapters import attach
@@ -105,24 +84,25 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 return model(clean)
 
-        t_fwd = timed(forward, reps * 3)
-        t_atp = timed(lambda: attribute(att, clean, corrupt, metric, progress=False), reps)
+        t_fwd = _common.repeat(clock, forward, reps * 3).times
+        t_atp = _common.repeat(clock, lambda: attribute(att, clean, corrupt, metric, progress=False), reps).times
         n_batched = args.d_sae if not args.quick else max(1, args.d_sae // 10)
-        t_batched = timed(
-            lambda: exact_patching(att, clean, corrupt, nodes[:n_batched], metric, progress=False), 1, warmup=0
-        )
+        t_batched = _common.repeat(
+            clock, lambda: exact_patching(att, clean, corrupt, nodes[:n_batched], metric, progress=False), 1, warmup=0
+        ).times
         t_batched = [t * args.d_sae / n_batched for t in t_batched]
         # --quick: time the feature-by-feature loop on a tenth of the features and scale up
         n_naive = args.d_sae if not args.quick else max(1, args.d_sae // 10)
-        t_naive = timed(
+        t_naive = _common.repeat(
+            clock,
             lambda: exact_patching(att, clean, corrupt, nodes[:n_naive], metric, batch_size=1, progress=False),
             1, warmup=0,
-        )
+        ).times
         t_naive = [t * args.d_sae / n_naive for t in t_naive]
         # sanity: AtP agrees with the exact effects it replaces
         res = attribute(att, clean, corrupt, metric, progress=False)
         ex = exact_patching(att, clean, corrupt, nodes[:200], metric, progress=False)
-        from gba_lens.circuits._core import spearman
+        from gba_lens.circuits.statistics import spearman
 
         rho = spearman(res.feature_totals(hook)[:200], torch.tensor(ex["exact"].to_numpy()))
 
@@ -130,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nModel: HookedTransformer d_model={args.d_model}, {args.layers} layers, d_vocab "
         f"{args.d_vocab}; batch {args.batch} x {args.seq} tokens; SAE d_sae={args.d_sae} at {hook} "
-        f"(error term on); CPU, {args.threads} thread(s), {clock_name}; best of {reps} runs for "
+        f"(error term on); CPU, {args.threads} thread(s), {clock.name}; best of {reps} runs for "
         "forward and AtP, one run for exact patching.\n"
     )
     print("| measurement | seconds | forward-pass equivalents | exact / AtP |")

@@ -29,14 +29,12 @@ import logging
 import os
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 
-for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_key, "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("WANDB_MODE", "disabled")
+import _common
+
+_common.setup_environment()
 
 import torch  # noqa: E402
 
@@ -96,12 +94,11 @@ def make_sides(model, dataset, width: int, tokens: int, batch: int) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--threads", type=int, default=1)
+    _common.add_clock_args(parser)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    clock = time.process_time if args.threads == 1 else time.perf_counter
+    clock = _common.configure(args.threads, args.wall)
 
     from gba_lens.models.stdlib_lm import load_stdlib_lm, load_stdlib_tokenizer, stdlib_token_dataset
 
@@ -118,19 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         make_sides(model, dataset, width, 2 * batch, batch)[name]()()
 
-    seconds: dict[str, list[float]] = {n: [] for n in names}
+    samples = {n: _common.Samples() for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
+        for name in _common.rotate(names, r):
             call = sides[name]()
-            start = clock()
-            call()
-            seconds[name].append(clock() - start)
-            print(f"round {r + 1}/{rounds} {name}: {tokens / seconds[name][-1]:,.0f} tokens/s", file=sys.stderr)
+            _common.timed(clock, call, samples[name])
+            _common.log(f"round {r + 1}/{rounds} {name}: {tokens / samples[name].times[-1]:,.0f} tokens/s")
+    seconds = {n: s.times for n, s in samples.items()}
 
     gba, std, stock, acts = names
-    ratio = lambda a, b: statistics.median(seconds[b][i] / seconds[a][i] for i in range(rounds))  # noqa: E731
-    clock_name = "process CPU time, 1 thread" if args.threads == 1 else f"wall time, {args.threads} threads"
+    ratio = lambda a, b: _common.paired_ratio(seconds[b], seconds[a])  # noqa: E731
+    clock_name = f"{clock.name}, {args.threads} thread(s)"
     print(f"## End-to-end SAE training on the stdlib LM ({HOOK}, d_in 128, width {width}, "
           f"batch {batch} tokens, {steps} steps = {tokens:,} tokens per run, {rounds} rounds, {clock_name})\n")
     print("| side | tokens/s (median) | vs standard, SAELens runner | SAE share of run time |")

@@ -39,7 +39,6 @@ Prints markdown tables; a full run also writes them to ``benchmarks/results_trai
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -49,11 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_key, "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TQDM_DISABLE", "1")  # one progress bar per fit() would flood the output
+import _common
+from _common import Clock, Samples, log, paired_ratio, rotate, timed
+
+_common.setup_environment(TQDM_DISABLE="1")  # one progress bar per fit() would flood the output
 
 import torch  # noqa: E402
 
@@ -92,65 +90,6 @@ QUICK = Plan(steps={4096: 3, 512: 30}, fit_steps={4096: 1, 512: 10}, reps=2, war
              e2e_steps={4096: 1, 1024: 5, 512: 5})
 
 
-def log(msg: str) -> None:
-    """Progress to stderr (stdout carries only the markdown)."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------ clocks
-@dataclass
-class Clock:
-    """The timing clock: CPU time of this process (1 thread) or wall time."""
-
-    cpu: bool
-
-    @property
-    def name(self) -> str:
-        return "CPU time" if self.cpu else "wall time"
-
-    def __call__(self) -> float:
-        return time.process_time() if self.cpu else time.perf_counter()
-
-
-@dataclass
-class Samples:
-    """Timings of one measured thing (seconds), on the primary clock and on the wall clock."""
-
-    times: list[float] = field(default_factory=list)
-    wall: list[float] = field(default_factory=list)
-
-    def add(self, t: float, w: float) -> None:
-        self.times.append(t)
-        self.wall.append(w)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def wall_median(self) -> float:
-        return statistics.median(self.wall)
-
-
-def timed(clock: Clock, fn: Callable[[], Any], into: Samples) -> Any:
-    t0, w0 = clock(), time.perf_counter()
-    out = fn()
-    into.add(clock() - t0, time.perf_counter() - w0)
-    return out
-
-
-def paired_ratio(num: list[float], den: list[float]) -> float:
-    """Median of num[i] / den[i]: pairs timed back to back share the machine's load at that
-    moment, so their ratio is steadier than the ratio of the two medians."""
-    return statistics.median(n / d for n, d in zip(num, den, strict=True))
-
-
-def rotate(items: list[Any], i: int) -> list[Any]:
-    """A different order each repetition, so no side always runs right after the same one."""
-    k = i % len(items)
-    return items[k:] + items[:k]
-
-
 # -------------------------------------------------------------------------------- builders
 def make_activations(d_in: int, d_sae: int, n_rows: int) -> torch.Tensor:
     """In-memory 'activations': samples of the paper's sparse mixture (n = d_sae features)."""
@@ -177,7 +116,9 @@ def build_standard(d_in: int, d_sae: int) -> Any:
 
 def saelens_trainer_config(n_steps: int) -> Any:
     """SAELens trainer settings equal to what ``train_sae`` uses (constant lr, no W&B/ckpt)."""
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens import LoggingConfig
+
+    from gba_lens.compat import SAETrainerConfig
 
     return SAETrainerConfig(
         total_training_samples=n_steps * BATCH,
@@ -291,7 +232,7 @@ class SizeResult:
 
 
 def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan) -> SizeResult:
-    from sae_lens.training.sae_trainer import SAETrainer
+    from sae_lens import SAETrainer
 
     from gba_lens.training.data import TensorBatches
     from gba_lens.training.train import train_sae
@@ -419,7 +360,7 @@ def gemm_peak(clock: Clock, reps: int) -> float:
 # ------------------------------------------------------------------------------- profiling
 def profile_steps(d_in: int, d_sae: int, n_steps: int = 5) -> str:
     """torch.profiler op tables of a few GBA and standard steps (self CPU time)."""
-    from sae_lens.training.sae_trainer import SAETrainer
+    from sae_lens import SAETrainer
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from gba_lens.training.data import TensorBatches
@@ -541,16 +482,14 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke-test run (< 60 s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--wall", action="store_true", help="time wall clock, not CPU time")
+    _common.add_clock_args(parser)
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler op tables of GBA and standard steps")
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown output file (default: benchmarks/results_training.md for a "
                              "full run, none for --quick)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    clock = Clock(cpu=not args.wall and args.threads == 1)
+    clock = _common.configure(args.threads, args.wall)
     start = time.perf_counter()
 
     plan = QUICK if args.quick else FULL

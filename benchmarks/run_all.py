@@ -1,9 +1,9 @@
 """Run every ``benchmarks/bench_*.py`` and collect their markdown output into ``results.md``.
 
 Each benchmark runs in its own process (so thread settings and imports do not leak between
-them), offline, with ``OMP_WAIT_POLICY=PASSIVE``. A benchmark prints its markdown tables on
-stdout and its progress on stderr; stdout is collected (headings demoted one level under a
-section per benchmark), stderr goes straight to the terminal. Usage::
+them), in the offline environment of ``_common.OFFLINE_ENV``. A benchmark prints its markdown
+tables on stdout and its progress on stderr; stdout is collected (headings demoted one level under
+a section per benchmark), stderr goes straight to the terminal. Usage::
 
     python benchmarks/run_all.py [--quick] [--only training adapters] [--out FILE] [--timeout S]
 
@@ -22,16 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _common import OFFLINE_ENV
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "WANDB_SILENT": "true",
-    "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads wreck timings on a shared machine
-}
+HERE = Path(__file__).resolve().parent
 
 
 @dataclass

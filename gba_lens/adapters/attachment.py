@@ -21,15 +21,12 @@ at ``hook_name`` itself see the value that flows downstream (the SAE output).
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from sae_lens import SAE
 from torch import nn
-from transformer_lens.hook_points import HookPoint, LensHandle
 
 from gba_lens.adapters.hooks import (
     HOOK_SAE_ACTS_POST,
@@ -37,36 +34,13 @@ from gba_lens.adapters.hooks import (
     HOOK_SAE_INPUT,
     HOOK_SAE_OUTPUT,
     HOOK_SAE_RECONS,
-    ActivationSpec,
     add_lens_hook,
-    alias_names,
-    gating_switch,
-    get_hook_dict,
     model_kind,
-    probe_activations,
     remove_lens_hook,
-    resolve_hook_points,
-    unknown_hook_message,
 )
-from gba_lens.adapters.registry import HookRegistry, _Entry
+from gba_lens.adapters.planning import ATTACHED_SAES, Spliced, plan_splices
+from gba_lens.adapters.registry import HookRegistry
 from gba_lens.adapters.splice import SAESplice
-
-# SAE object -> description of where it is attached; an SAE's hook points can only live at one
-# place in one model at a time (they are shared with the SAE, not copied).
-_ATTACHED_SAES: weakref.WeakKeyDictionary[SAE[Any], str] = weakref.WeakKeyDictionary()
-
-
-@dataclass
-class _Spliced:
-    """Book-keeping for one spliced hook point."""
-
-    hook_name: str
-    hook_point: HookPoint
-    names: list[str]  # every hook_dict name of hook_point, canonical first
-    splice: SAESplice
-    handle: LensHandle | None = None
-    entry: _Entry | None = None
-
 
 class Attachment:
     """SAEs spliced into a model; returned by :func:`attach`.
@@ -74,7 +48,8 @@ class Attachment:
     Attributes:
         model: the model the SAEs are attached to.
         saes: ``{hook_name: sae}`` as passed to :func:`attach`.
-        error_term: whether the reconstruction error is added back (output unchanged).
+        error_term: whether the reconstruction error is added back (output unchanged up to
+            floating-point rounding).
 
     Hook names (``hook_name`` is a key of :attr:`saes`, or on a bridge any alias of it):
 
@@ -99,19 +74,20 @@ class Attachment:
     def __init__(
         self, model: nn.Module, saes: Mapping[str, SAE[Any]], error_term: bool = False
     ) -> None:
-        plan = _plan(model, saes, error_term)  # validates everything first
+        plan = plan_splices(model, saes, error_term)  # validates everything first
         self.model = model
         self.saes: dict[str, SAE[Any]] = dict(saes)
         self.error_term: bool = error_term
-        self._spliced: dict[str, _Spliced] = {}
+        self._spliced: dict[str, Spliced] = {}
         self._alias_to_key: dict[str, str] = {}
         self._attached = False
+        self._lost: list[str] = []  # hook names whose splice was removed behind our back
         self._attach(plan)
 
     # ------------------------------------------------------------------ set-up / tear-down
-    def _attach(self, plan: list[_Spliced]) -> None:
+    def _attach(self, plan: list[Spliced]) -> None:
         registry = HookRegistry(self.model)
-        done: list[_Spliced] = []
+        done: list[Spliced] = []
         try:
             for item in plan:
                 item.entry = registry.add(item.hook_point, item.names, item.splice.hook_points)
@@ -128,7 +104,7 @@ class Attachment:
             self._spliced[item.hook_name] = item
             for name in item.names:
                 self._alias_to_key[name] = item.hook_name
-            _ATTACHED_SAES[item.splice.sae] = (
+            ATTACHED_SAES[item.splice.sae] = (
                 f"{item.hook_name!r} of a {model_kind(self.model)} (id {id(self.model)})"
             )
         self._registry = registry
@@ -142,7 +118,7 @@ class Attachment:
         items = list(self._spliced.values())
         _undo(self.model, self._registry, items)
         for item in items:
-            _ATTACHED_SAES.pop(item.splice.sae, None)
+            ATTACHED_SAES.pop(item.splice.sae, None)
 
     def __enter__(self) -> Attachment:
         return self
@@ -158,8 +134,37 @@ class Attachment:
     # ------------------------------------------------------------------ introspection
     @property
     def attached(self) -> bool:
-        """True until :meth:`detach` is called."""
+        """True until :meth:`detach` is called, or until the splice hooks are found removed.
+
+        Something else can remove the SAE hooks (``model.reset_hooks(including_permanent=True)``
+        removes every hook of every hook point). The attachment then no longer claims to be
+        attached: it warns once, naming the hooks, and detaches the rest (the model is restored
+        to its state without SAEs).
+        """
+        if self._attached:
+            self._check_hooks()
         return self._attached
+
+    @property
+    def hooks_removed_externally(self) -> list[str]:
+        """Hook names whose splice hook was removed by something other than :meth:`detach`."""
+        if self._attached:
+            self._check_hooks()
+        return list(self._lost)
+
+    def _check_hooks(self) -> None:
+        lost = [name for name, item in self._spliced.items() if not _hook_present(item)]
+        if not lost:
+            return
+        self._lost = lost
+        self.detach()
+        warnings.warn(
+            f"The SAE hooks at {lost} were removed by something other than Attachment.detach() "
+            "(e.g. model.reset_hooks(including_permanent=True)): the model no longer runs the "
+            "SAEs, so this Attachment is now detached. Attach again to use them.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     @property
     def hook_names(self) -> list[str]:
@@ -225,7 +230,9 @@ class Attachment:
         return item.names[0]
 
     def __repr__(self) -> str:
-        state = "attached" if self._attached else "detached"
+        state = "attached" if self.attached else "detached"
+        if self._lost:
+            state += f" (hooks at {self._lost} were removed externally)"
         inner = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in self.saes.items())
         return (
             f"Attachment({model_kind(self.model)}, {{{inner}}}, error_term={self.error_term}, "
@@ -247,7 +254,8 @@ def attach(
             for SAEs with ``cfg.reshape_activations="hook_z"`` as well as plain SAEs with that
             ``d_in``), or any other hook point. On a bridge, legacy and canonical names both work.
         error_term: if True the SAE's reconstruction error (computed from the clean activation)
-            is added back, so the model's output is unchanged while the feature activations,
+            is added back, so the model's output is unchanged (up to floating-point rounding:
+            ``recons + (x - recons)`` differs from ``x`` by a few ulps) while the feature activations,
             reconstruction and error are exposed as hook points (gradients reach both features
             and the error node; see :class:`~gba_lens.adapters.splice.SAESplice`). The SAE's own
             ``use_error_term`` flag is ignored.
@@ -271,172 +279,17 @@ def attach(
     return Attachment(model, saes, error_term=error_term)
 
 
-# ---------------------------------------------------------------------- validation / planning
-def _plan(model: nn.Module, saes: Mapping[str, SAE[Any]], error_term: bool) -> list[_Spliced]:
-    """Validate everything and build (unapplied) splices; raises before touching the model."""
-    if not isinstance(saes, Mapping):
-        raise TypeError(
-            f"`saes` must be a mapping {{hook_name: sae}}, got {type(saes).__name__}."
-        )
-    if not saes:
-        raise ValueError("`saes` is empty: pass at least one {hook_name: sae}.")
-    if not isinstance(error_term, bool):
-        raise TypeError(f"`error_term` must be a bool, got {type(error_term).__name__}.")
-    hook_dict = get_hook_dict(model)
-    for name, sae in saes.items():
-        if not isinstance(sae, SAE):
-            raise TypeError(
-                f"The value for {name!r} is a {type(sae).__name__}, not a sae_lens.SAE."
-            )
-    hook_points = resolve_hook_points(model, saes)
-
-    seen_points: dict[int, str] = {}
-    seen_saes: dict[int, str] = {}
-    names_of: dict[str, list[str]] = {}
-    for name, hook_point in hook_points.items():
-        if ".hook_sae_" in name:
-            raise ValueError(
-                f"{name!r} is an SAE hook point of another attachment; attach SAEs to model "
-                "hook points only."
-            )
-        if id(hook_point) in seen_points:
-            raise ValueError(
-                f"{name!r} and {seen_points[id(hook_point)]!r} are the same hook point; attach "
-                "one SAE per hook point."
-            )
-        seen_points[id(hook_point)] = name
-        sae = saes[name]
-        if id(sae) in seen_saes:
-            raise ValueError(
-                f"The same SAE object is given for {seen_saes[id(sae)]!r} and {name!r}; its hook "
-                "points can only be in one place. Pass copy.deepcopy(sae) for the second."
-            )
-        seen_saes[id(sae)] = name
-        if sae in _ATTACHED_SAES:
-            raise ValueError(
-                f"This SAE is already attached at {_ATTACHED_SAES[sae]}; detach that attachment "
-                "first or attach copy.deepcopy(sae)."
-            )
-        names = alias_names(model, hook_point)
-        names_of[name] = names
-        taken = any(f"{n}.{HOOK_SAE_ACTS_POST}" in hook_dict for n in names)
-        if taken or any(isinstance(c, HookPoint) for c in hook_point.children()):
-            raise ValueError(
-                f"An SAE is already attached at {name!r}; detach it before attaching another."
-            )
-        switch = gating_switch(model, [name, *names])
-        if switch is not None:
-            attribute, setter = switch
-            raise ValueError(
-                f"Hook {name!r} only fires when cfg.{attribute} is True: call "
-                f"`model.{setter}(True)` before attaching."
-            )
-
-    specs = probe_activations(model, hook_points)
-    plan: list[_Spliced] = []
-    notes: list[str] = []
-    for name, hook_point in hook_points.items():
-        if name not in specs:
-            raise ValueError(
-                f"Hook {name!r} did not fire during a probe forward pass, so nothing would be "
-                "replaced there. Is it switched off by a model setting (e.g. "
-                "set_use_attn_result / set_use_attn_in / set_use_split_qkv_input)?"
-            )
-        sae = saes[name]
-        head_shape = _check_sae_fits(name, sae, specs[name], notes)
-        plan.append(
-            _Spliced(
-                hook_name=name,
-                hook_point=hook_point,
-                names=names_of[name],
-                splice=SAESplice(sae, error_term=error_term, head_shape=head_shape),
-            )
-        )
-        _note_metadata_hook(model, name, hook_point, sae, notes)
-    for note in notes:  # only once everything validated
-        warnings.warn(note, UserWarning, stacklevel=4)
-    return plan
+def _hook_present(item: Spliced) -> bool:
+    """Whether the splice hook of ``item`` is still on its hook point (TransformerLens's list and
+    PyTorch's hook dict both, as ``HookPoint.remove_hooks`` clears both)."""
+    handle = item.handle
+    if handle is None:
+        return False
+    in_lens = any(h is handle for h in item.hook_point.fwd_hooks)
+    return in_lens and handle.hook.id in item.hook_point._forward_hooks
 
 
-def _check_sae_fits(
-    name: str, sae: SAE[Any], spec: ActivationSpec, notes: list[str]
-) -> tuple[int, int] | None:
-    """Check width / layout / device / dtype (dtype: a note for ``notes``); return the head
-    shape to flatten, if any."""
-    d_in = int(sae.cfg.d_in)
-    d_out = getattr(sae.cfg, "d_out", d_in)
-    if d_out != d_in:
-        raise ValueError(
-            f"The SAE for {name!r} maps d_in={d_in} to d_out={d_out} (a transcoder); attach() "
-            "splices SAEs that reconstruct their input."
-        )
-    feature_shape = spec.feature_shape
-    sae_reshapes = bool(getattr(sae, "hook_z_reshaping_mode", False))
-    head_shape: tuple[int, int] | None = None
-    if len(feature_shape) == 1:
-        width = feature_shape[0]
-        if sae_reshapes:
-            raise ValueError(
-                f"The SAE for {name!r} has reshape_activations='hook_z' (expects "
-                f"[..., n_heads, d_head]) but {name!r} gives [batch, pos, {width}] activations."
-            )
-    elif len(feature_shape) == 2:
-        n_heads, d_head = feature_shape
-        width = n_heads * d_head
-        if not sae_reshapes:
-            head_shape = (n_heads, d_head)
-        if d_in == d_head and d_in != width:
-            raise ValueError(
-                f"The SAE for {name!r} has d_in={d_in} = d_head: per-head SAEs are not "
-                f"supported; attach() flattens the {n_heads} heads to n_heads*d_head={width}."
-            )
-    else:
-        raise ValueError(
-            f"Hook {name!r} gives activations of shape {list(spec.shape)} (batch, pos, ...); "
-            "attach() supports [batch, pos, d] and [batch, pos, n_heads, d_head]."
-        )
-    if d_in != width:
-        if len(feature_shape) == 1:
-            layout = f"{width}-dimensional"
-        else:
-            layout = f"{feature_shape[0]}x{feature_shape[1]} (n_heads x d_head = {width})"
-        raise ValueError(
-            f"SAE d_in={d_in} does not match hook {name!r}, whose activations are {layout} "
-            "per position."
-        )
-    sae_param = next(iter(sae.parameters()), None)
-    if sae_param is not None:
-        if sae_param.device != spec.device:
-            raise ValueError(
-                f"The SAE for {name!r} is on {sae_param.device} but the activations are on "
-                f"{spec.device}: move it with `sae.to({str(spec.device)!r})`."
-            )
-        if sae_param.dtype != spec.dtype:
-            notes.append(
-                f"The SAE for {name!r} is {sae_param.dtype} but the activations are "
-                f"{spec.dtype}: the SAE runs in {sae_param.dtype} and its output is cast to "
-                f"{spec.dtype}. Use `sae.to({spec.dtype})` to avoid the casts."
-            )
-    return head_shape
-
-
-def _note_metadata_hook(
-    model: nn.Module, name: str, hook_point: HookPoint, sae: SAE[Any], notes: list[str]
-) -> None:
-    """Note when the SAE says it was trained on another hook than the one it is put at."""
-    trained_on = getattr(sae.cfg.metadata, "hook_name", None)
-    if not trained_on or trained_on == name:
-        return
-    hook_dict = get_hook_dict(model)
-    if hook_dict.get(trained_on) is not hook_point:
-        known = trained_on in hook_dict
-        where = "" if known else f" ({unknown_hook_message(trained_on, hook_dict, model)})"
-        notes.append(
-            f"The SAE attached at {name!r} has cfg.metadata.hook_name={trained_on!r}{where}."
-        )
-
-
-def _undo(model: nn.Module, registry: HookRegistry, items: list[_Spliced]) -> None:
+def _undo(model: nn.Module, registry: HookRegistry, items: list[Spliced]) -> None:
     """Remove hooks and registered hook points of ``items`` (reverse order), then refresh."""
     errors: list[BaseException] = []
     for item in reversed(items):

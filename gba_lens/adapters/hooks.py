@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformer_lens.hook_points import HookPoint, LensHandle
+
+from gba_lens.compat import HookPoint, LensHandle
 
 # Suffixes of the SAE hook points an attachment adds under each spliced hook name. They are the
 # names SAELens's HookedSAETransformer uses (``f"{hook_name}.hook_sae_acts_post"``, ...).

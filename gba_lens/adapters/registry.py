@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 from gba_lens.adapters.hooks import is_bridge
+from gba_lens.compat import HookPoint
 
 
 @dataclass

@@ -19,13 +19,13 @@ import torch
 from jaxtyping import Float
 from sae_lens import SAE
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 from gba_lens.adapters.hooks import (
     HOOK_SAE_ERROR,
     HOOK_SAE_INPUT,
     HOOK_SAE_OUTPUT,
 )
+from gba_lens.compat import HookPoint
 
 _IDENTITY = nn.Identity()
 
@@ -49,7 +49,8 @@ class SAESplice:
     Args:
         sae: any ``sae_lens.SAE`` (standard, topk, jumprelu, ...). It is used, not copied or
             modified; its hook points become hook points of the model while attached.
-        error_term: add ``error = x - SAE(x)`` back so the output equals the clean activation.
+        error_term: add ``error = x - SAE(x)`` back so the output equals the clean activation
+            (up to floating-point rounding of ``recons + (x - recons)``).
         head_shape: ``(n_heads, d_head)`` when the activation is per-head (``attn.hook_z``) and
             the SAE takes the flattened ``n_heads * d_head`` vector without reshaping itself
             (``cfg.reshape_activations != "hook_z"``); None otherwise.

@@ -10,8 +10,19 @@ experiments run on the same model and SAE objects:
 * attribution - :func:`attribute` (attribution patching or integrated gradients over feature and
   error nodes), :func:`exact_patching`, :func:`verify_attribution`;
 * metrics - :func:`logit_diff_metric`, :func:`token_logit_metric`, :func:`token_prob_metric`,
-  :func:`kl_divergence`; IOI prompt sets in :mod:`gba_lens.circuits.ioi`;
-* logging - :class:`WandbLogger` (offline-safe); plots in :mod:`gba_lens.circuits.plotting`.
+  :func:`kl_divergence`, built on one logit-difference core :func:`answer_logit_diff`; IOI
+  metrics in :mod:`gba_lens.circuits.ioi` (prompt sets: :mod:`gba_lens.tasks.ioi`);
+* logging - :class:`WandbLogger` (on :mod:`gba_lens.wandb_run`); plots in
+  :mod:`gba_lens.circuits.plotting`;
+* types - :data:`Metric`, :data:`TokensLike`, :data:`PositionsLike`, :data:`FeaturesLike`,
+  :data:`ModelOrAttachment`, :data:`Node`, used in the signatures above.
+
+Where things are: ``types`` (public aliases), ``inputs`` (coercion and validation of arguments),
+``forward`` (hooked forward passes), ``replicated`` (R edited copies of a batch in one pass, the
+engine of sweeps, exact patching and IG), ``chunking`` (batches of work with progress),
+``statistics`` (rank correlations), ``attribution`` / ``attribution_result`` / ``patching``,
+``ablation``, ``steering``, ``metrics``, ``ioi``, ``plotting`` (takes plain data),
+``wandb_logging``.
 
 This package is inference-side: it never imports gba_lens training code.
 """
@@ -22,28 +33,22 @@ from gba_lens.circuits.ablation import (
     ablation_hooks,
     ablation_sweep,
 )
-from gba_lens.circuits.attribution import (
-    AttributionResult,
-    attribute,
-    exact_patching,
-    verify_attribution,
-)
-from gba_lens.circuits.ioi import (
-    IOIPromptSet,
-    logit_diff,
-    make_ioi_prompts,
-    mean_logit_diff,
-)
+from gba_lens.circuits.attribution import attribute
+from gba_lens.circuits.attribution_result import AttributionResult, nodes_of
+from gba_lens.circuits.ioi import logit_diff, mean_logit_diff
 from gba_lens.circuits.metrics import (
+    answer_logit_diff,
     kl_divergence,
     logit_diff_metric,
     token_logit_metric,
     token_logprob_metric,
     token_prob_metric,
 )
+from gba_lens.circuits.patching import exact_patching, verify_attribution
 from gba_lens.circuits.plotting import (
     plot_ablation_sweep,
     plot_attribution_heatmap,
+    plot_feature_heatmap,
     plot_steering_sweep,
 )
 from gba_lens.circuits.steering import (
@@ -55,7 +60,16 @@ from gba_lens.circuits.steering import (
     steering_direction,
     steering_sweep,
 )
+from gba_lens.circuits.types import (
+    FeaturesLike,
+    Metric,
+    ModelOrAttachment,
+    Node,
+    PositionsLike,
+    TokensLike,
+)
 from gba_lens.circuits.wandb_logging import WandbLogger
+from gba_lens.tasks.ioi import IOIPromptSet, make_ioi_prompts
 
 __all__ = [
     # ablation
@@ -76,7 +90,9 @@ __all__ = [
     "attribute",
     "exact_patching",
     "verify_attribution",
+    "nodes_of",
     # metrics
+    "answer_logit_diff",
     "logit_diff_metric",
     "token_logit_metric",
     "token_prob_metric",
@@ -91,5 +107,13 @@ __all__ = [
     "plot_steering_sweep",
     "plot_attribution_heatmap",
     "plot_ablation_sweep",
+    "plot_feature_heatmap",
     "WandbLogger",
+    # types
+    "Metric",
+    "TokensLike",
+    "PositionsLike",
+    "FeaturesLike",
+    "ModelOrAttachment",
+    "Node",
 ]

@@ -6,8 +6,8 @@ downstream of a hook is ``decode(features) + error`` where the error is computed
 removes exactly the chosen features' decoder contribution and leaves everything else - including
 the reconstruction error - in place. (SAELens issue #326 is the trap this avoids: with an error
 term recomputed from the *edited* reconstruction, or with no error term, an ablation either does
-nothing or also removes the SAE's error.) With nothing ablated the output equals the clean
-model's exactly.
+nothing or also removes the SAE's error.) With nothing ablated the output equals the attached
+model's exactly (and the clean model's up to floating-point rounding).
 
 * :func:`ablate_features` - ablate a set of features (one or several hooks) and return the
   metric's change;
@@ -28,28 +28,18 @@ import torch
 from sae_lens import SAE
 
 from gba_lens.adapters import Attachment
-from gba_lens.circuits._core import (
-    FeaturesLike,
-    HookFn,
-    Metric,
-    ModelOrAttachment,
-    NodeEdit,
-    PositionsLike,
-    TokensLike,
+from gba_lens.circuits.chunking import progress_chunks
+from gba_lens.circuits.forward import capture, logits_of, scalar_metric, temporary_hooks
+from gba_lens.circuits.inputs import (
     attached,
-    capture,
     d_sae_of,
-    logits_of,
-    progress_chunks,
     normalize_features,
     position_mask,
-    replicates_per_pass,
-    run_replicated,
-    scalar_metric,
-    temporary_hooks,
     to_tokens,
     warn_if_no_error_term,
 )
+from gba_lens.circuits.replicated import NodeEdit, replicates_per_pass, run_replicated
+from gba_lens.circuits.types import FeaturesLike, HookFn, Metric, ModelOrAttachment, PositionsLike, TokensLike
 from gba_lens.circuits.wandb_logging import WandbLogger, log_result
 
 __all__ = [

@@ -31,11 +31,13 @@ Gradients reach both feature and error nodes and upstream nodes through downstre
 
 from __future__ import annotations
 
-import math
+
+from __future__ import annotations
+
 import time
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Int
@@ -43,29 +45,13 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from gba_lens.adapters import Attachment
-from gba_lens.circuits._core import (
-    HookFn,
-    Metric,
-    ModelOrAttachment,
-    NodeEdit,
-    TokensLike,
-    attached,
-    capture,
-    check_same_shape,
-    chunks,
-    hook_key,
-    logits_of,
-    n_chunks,
-    progress_chunks,
-    pearson,
-    replicates_per_pass,
-    run_replicated,
-    scalar_metric,
-    spearman,
-    temporary_hooks,
-    to_tokens,
-)
-from gba_lens.circuits.metrics import logit_diff_metric
+from gba_lens.circuits.attribution_result import TABLE_COLUMNS, AttributionResult, nodes_of  # noqa: F401 - re-exported
+from gba_lens.circuits.chunking import chunks, n_chunks
+from gba_lens.circuits.forward import capture, logits_of, replace_hook, scalar_metric, temporary_hooks
+from gba_lens.circuits.inputs import attached, check_same_shape, node_names, resolve_metric, to_tokens
+from gba_lens.circuits.patching import exact_patching, verify_attribution
+from gba_lens.circuits.replicated import replicates_per_pass
+from gba_lens.circuits.types import Metric, ModelOrAttachment, Node, TokensLike
 from gba_lens.circuits.wandb_logging import WandbLogger, log_result
 
 __all__ = [
@@ -73,194 +59,9 @@ __all__ = [
     "Node",
     "attribute",
     "exact_patching",
+    "nodes_of",
     "verify_attribution",
 ]
-
-#: A node: ``(hook, feature, position)``; ``feature=None`` is the error node, ``position=None``
-#: all positions at once.
-Node = tuple[str, Optional[int], Optional[int]]
-
-TABLE_COLUMNS = ["hook", "node", "feature", "position", "score"]
-
-
-@dataclass
-class AttributionResult:
-    """Scores of every feature and error node; see :func:`attribute`.
-
-    Attributes:
-        feature_scores: ``{hook: [pos, d_sae]}`` score of each feature at each position (summed
-            over prompts).
-        error_scores: ``{hook: [pos]}`` score of the error node at each position.
-        metric_clean / metric_corrupted: the metric on the clean / corrupted prompts.
-        method: ``"atp"`` or ``"ig"``; ``ig_steps``: number of IG steps.
-        patched_metric: IG only: ``{hook: metric with every node at the hook patched}``.
-        position_labels: optional labels of the positions (e.g. tokens of the first prompt).
-    """
-
-    feature_scores: dict[str, torch.Tensor]
-    error_scores: dict[str, torch.Tensor]
-    metric_clean: float
-    metric_corrupted: float
-    method: str
-    n_prompts: int
-    ig_steps: int | None = None
-    patched_metric: dict[str, float] = field(default_factory=dict)
-    position_labels: list[str] | None = None
-    seconds: float = 0.0
-    n_forward: int = 0
-    n_backward: int = 0
-    config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def hooks(self) -> list[str]:
-        return list(self.feature_scores)
-
-    @property
-    def metric_delta(self) -> float:
-        """``metric_corrupted - metric_clean``."""
-        return self.metric_corrupted - self.metric_clean
-
-    def total(self, hook: str | None = None, include_error: bool = True) -> float:
-        """Sum of the scores at ``hook`` (or every hook)."""
-        hooks = [hook] if hook is not None else self.hooks
-        s = 0.0
-        for h in hooks:
-            s += float(self.feature_scores[h].double().sum())
-            if include_error and h in self.error_scores:
-                s += float(self.error_scores[h].double().sum())
-        return s
-
-    def completeness_error(self, hook: str) -> float:
-        """IG: ``|sum of scores - (patched - clean)| / |patched - clean|`` at ``hook``."""
-        if hook not in self.patched_metric:
-            raise ValueError("completeness_error needs an IG result (method='ig').")
-        target = self.patched_metric[hook] - self.metric_clean
-        return abs(self.total(hook) - target) / max(abs(target), 1e-12)
-
-    def feature_totals(self, hook: str) -> torch.Tensor:
-        """``[d_sae]`` scores summed over positions (the estimate for patching every position)."""
-        return self.feature_scores[hook].sum(0)
-
-    def table(
-        self,
-        k: int | None = None,
-        by: Literal["abs", "neg", "pos"] = "abs",
-        include_error: bool = True,
-        per_position: bool = True,
-        hooks: Sequence[str] | None = None,
-    ) -> Any:
-        """A pandas DataFrame of nodes (``hook, node, feature, position, score``), top ``k``.
-
-        ``node`` is ``"feature"`` or ``"error"`` (``feature = -1``); with ``per_position=False``
-        scores are summed over positions (``position = -1``). ``by``: rank by ``|score|``, most
-        negative first, or most positive first. Zero scores are dropped.
-        """
-        import pandas as pd
-
-        if by not in ("abs", "neg", "pos"):
-            raise ValueError(f"by must be 'abs', 'neg' or 'pos', got {by!r}.")
-        parts: list[tuple[str, str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for h in hooks or self.hooks:
-            fs = self.feature_scores[h]
-            if per_position:
-                pos, feat = torch.meshgrid(torch.arange(fs.shape[0]), torch.arange(fs.shape[1]), indexing="ij")
-                parts.append((h, "feature", feat.flatten(), pos.flatten(), fs.flatten()))
-            else:
-                parts.append((h, "feature", torch.arange(fs.shape[1]), torch.full((fs.shape[1],), -1), fs.sum(0)))
-            if include_error and h in self.error_scores:
-                es = self.error_scores[h]
-                if per_position:
-                    parts.append((h, "error", torch.full((len(es),), -1), torch.arange(len(es)), es))
-                else:
-                    parts.append((h, "error", torch.tensor([-1]), torch.tensor([-1]), es.sum()[None]))
-        frames = []
-        for h, kind, feat, pos, score in parts:
-            score = score.double().cpu()
-            key = {"abs": -score.abs(), "neg": score, "pos": -score}[by]
-            keep = score != 0
-            idx = torch.nonzero(keep).flatten()
-            if k is not None and len(idx) > k:
-                idx = idx[torch.topk(-key[idx], k).indices]
-            frames.append(
-                pd.DataFrame(
-                    {"hook": h, "node": kind, "feature": feat[idx].long().numpy(), "position": pos[idx].long().numpy(),
-                     "score": score[idx].numpy()}
-                )
-            )
-        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TABLE_COLUMNS)
-        if len(df):
-            key = {"abs": -df["score"].abs(), "neg": df["score"], "pos": -df["score"]}[by]
-            df = df.loc[key.sort_values(kind="stable").index].reset_index(drop=True)
-        if k is not None:
-            df = df.head(k).reset_index(drop=True)
-        if self.position_labels is not None and len(df):
-            labels = self.position_labels
-            df["token"] = [labels[p] if 0 <= p < len(labels) else "" for p in df["position"]]
-        return df
-
-    def top(self, k: int = 20, **kwargs: Any) -> Any:
-        """The ``k`` top nodes (see :meth:`table`)."""
-        return self.table(k=k, **kwargs)
-
-    def nodes(self, k: int = 20, **kwargs: Any) -> list[Node]:
-        """The ``k`` top nodes as ``(hook, feature | None, position | None)``."""
-        return nodes_of(self.table(k=k, **kwargs))
-
-    def heatmap(self, hook: str | None = None, k: int = 20, **kwargs: Any) -> Any:
-        """Matplotlib heatmap of the top-``k`` features (and the error node) over positions."""
-        from gba_lens.circuits.plotting import plot_attribution_heatmap
-
-        return plot_attribution_heatmap(self, hook=hook, k=k, **kwargs)
-
-
-def nodes_of(table: Any) -> list[Node]:
-    """``(hook, feature | None, position | None)`` for each row of an attribution table."""
-    out: list[Node] = []
-    for row in table.itertuples(index=False):
-        feat = None if row.node == "error" else int(row.feature)
-        pos = None if int(row.position) < 0 else int(row.position)
-        out.append((str(row.hook), feat, pos))
-    return out
-
-
-# ---------------------------------------------------------------------------------- helpers
-def _resolve_metric(
-    metric: Metric | None,
-    answer_tokens: Int[torch.Tensor, "batch 2"] | Sequence[int] | None,
-    answer_positions: Int[torch.Tensor, " batch"] | int,
-) -> Metric:
-    if metric is not None:
-        if not callable(metric):
-            raise TypeError(f"metric must be callable (logits -> scalar), got {type(metric).__name__}.")
-        return metric
-    if answer_tokens is None:
-        raise ValueError(
-            "Give a metric (logits -> scalar) or answer_tokens ([batch, 2]: correct, wrong) for the "
-            "default logit-difference metric."
-        )
-    return logit_diff_metric(answer_tokens, answer_positions)
-
-
-def _node_names(att: Attachment, hooks: Sequence[str], include_error: bool) -> dict[str, tuple[str, str | None]]:
-    if include_error and not att.error_term:
-        raise ValueError(
-            "Attribution to error nodes needs the SAEs attached with error_term=True "
-            "(gba_lens.attach(model, saes, error_term=True)), or pass include_error=False."
-        )
-    out = {}
-    for h in hooks:
-        key = hook_key(att, h)
-        out[key] = (att.feature_hook_name(key), att.error_hook_name(key) if include_error else None)
-    return out
-
-
-def _replace_hook(value: torch.Tensor) -> HookFn:
-    def hook(t: torch.Tensor, hook: Any = None) -> torch.Tensor:  # noqa: ARG001
-        if t.shape != value.shape:
-            raise RuntimeError(f"Replacement of shape {list(value.shape)} for an activation of shape {list(t.shape)}.")
-        return value
-
-    return hook
 
 
 # -------------------------------------------------------------------------------- attribute
@@ -306,13 +107,13 @@ def attribute(
         raise ValueError(f"method must be 'atp' or 'ig', got {method!r}.")
     if method == "ig" and (not isinstance(ig_steps, int) or ig_steps < 1):
         raise ValueError(f"ig_steps must be a positive int, got {ig_steps!r}.")
-    metric_fn = _resolve_metric(metric, answer_tokens, answer_positions)
+    metric_fn = resolve_metric(metric, answer_tokens, answer_positions)
     start = time.perf_counter()
     with attached(model, saes) as att:
         clean = to_tokens(att.model, clean_tokens)
         corrupt = to_tokens(att.model, corrupted_tokens)
         check_same_shape(clean, corrupt)
-        names = _node_names(att, hooks if hooks is not None else list(att.saes), include_error)
+        names = node_names(att, hooks if hooks is not None else list(att.saes), include_error)
         flat = [n for pair in names.values() for n in pair if n is not None]
         corr_logits, corr = capture(att.model, corrupt, flat)
         metric_corrupt = float(scalar_metric(metric_fn, corr_logits))
@@ -346,7 +147,7 @@ def attribute(
                 if e_scores is not None:
                     error_scores[key] = e_scores
                 # the end of the path, exactly: every node at the hook patched to corrupted
-                ends = [(fname, _replace_hook(corr[fname]))] + ([(ename, _replace_hook(corr[ename]))] if ename else [])
+                ends = [(fname, replace_hook(corr[fname]))] + ([(ename, replace_hook(corr[ename]))] if ename else [])
                 with torch.no_grad(), temporary_hooks(att.model, ends):
                     patched[key] = float(scalar_metric(metric_fn, logits_of(att.model(clean))))
                 n_forward += fwd + 1
@@ -400,11 +201,11 @@ def _integrated_gradients(
             return v.reshape(r * batch, *x0.shape[1:]).detach().requires_grad_(True)
 
         leaves = [interp(f0, f1)]
-        hooks = [(fname, _replace_hook(leaves[0]))]
+        hooks = [(fname, replace_hook(leaves[0]))]
         if ename is not None:
             assert e0 is not None and e1 is not None
             leaves.append(interp(e0, e1))
-            hooks.append((ename, _replace_hook(leaves[1])))
+            hooks.append((ename, replace_hook(leaves[1])))
         with torch.enable_grad(), temporary_hooks(att.model, hooks):
             logits = logits_of(att.model(clean.repeat(r, 1)))
             total = sum(scalar_metric(metric, logits[i * batch : (i + 1) * batch]) for i in range(r))
@@ -427,11 +228,11 @@ def _integrated_gradients(
 
 def _log_attribution(logger: WandbLogger | bool, result: AttributionResult) -> None:
     figures = {}
-    try:
-        for h in result.hooks:
+    for h in result.hooks:
+        try:
             figures[f"heatmap/{h}"] = result.heatmap(h)
-    except Exception:  # noqa: BLE001 - plotting is optional for logging
-        pass
+        except Exception as exc:  # noqa: BLE001 - a missing plot must not stop the logging
+            warnings.warn(f"attribution heatmap of {h!r} not logged: {exc!r}", UserWarning, stacklevel=3)
     scalars = dict(metric_clean=result.metric_clean, metric_corrupted=result.metric_corrupted, total_score=result.total(),
                    seconds=result.seconds)
     for h, v in result.patched_metric.items():
@@ -439,134 +240,3 @@ def _log_attribution(logger: WandbLogger | bool, result: AttributionResult) -> N
         scalars[f"patched_metric/{h}"] = v
     log_result(logger, f"attribution_{result.method}", result.config, table=result.top(50), scalars=scalars, figures=figures)
 
-
-# ---------------------------------------------------------------------------- exact patching
-def exact_patching(
-    model: ModelOrAttachment,
-    clean_tokens: TokensLike,
-    corrupted_tokens: TokensLike,
-    nodes: Sequence[Node] | Any,
-    metric: Metric | None = None,
-    *,
-    answer_tokens: Int[torch.Tensor, "batch 2"] | Sequence[int] | None = None,
-    answer_positions: Int[torch.Tensor, " batch"] | int = -1,
-    batch_size: int | None = None,
-    saes: Mapping[str, SAE[Any]] | None = None,
-    progress: bool = True,
-) -> Any:
-    """Patch each node (alone) to its corrupted value in the clean run; measure the metric.
-
-    Args:
-        nodes: ``(hook, feature | None, position | None)`` triples (``None`` feature: the error
-            node; ``None`` position: every position), or a table from
-            :meth:`AttributionResult.table`.
-        batch_size: nodes per forward pass (each node is one edited copy of the batch).
-
-    Returns:
-        A pandas DataFrame ``hook, node, feature, position, exact`` (``exact`` = patched metric
-        minus clean metric), in the order of ``nodes``; ``attrs`` has ``metric_clean``.
-    """
-    import pandas as pd
-
-    node_list = nodes_of(nodes) if hasattr(nodes, "itertuples") else [tuple(n) for n in nodes]
-    metric_fn = _resolve_metric(metric, answer_tokens, answer_positions)
-    with attached(model, saes) as att:
-        clean = to_tokens(att.model, clean_tokens)
-        corrupt = to_tokens(att.model, corrupted_tokens)
-        check_same_shape(clean, corrupt)
-        batch, n_pos = clean.shape
-        need_error = any(f is None for _, f, _ in node_list)
-        hooks = list(dict.fromkeys(hook_key(att, h) for h, _, _ in node_list))
-        names = _node_names(att, hooks, need_error)
-        flat = [n for pair in names.values() for n in pair if n is not None]
-        _, corr = capture(att.model, corrupt, flat)
-        with torch.no_grad():
-            metric_clean = float(scalar_metric(metric_fn, logits_of(att.model(clean))))
-        per_pass = replicates_per_pass(clean, batch_size)
-        exact: list[float] = []
-        iterator = progress_chunks(len(node_list), per_pass, "exact patching", progress)
-        for lo, hi in iterator:
-            chunk = node_list[lo:hi]
-            edits = []
-            groups: dict[tuple[str, bool], list[int]] = {}
-            for i, (h, f, _) in enumerate(chunk):
-                groups.setdefault((hook_key(att, h), f is None), []).append(i)
-            for (key, is_error), reps in groups.items():
-                masks = torch.zeros(len(reps), batch, n_pos, dtype=torch.bool, device=clean.device)
-                for j, i in enumerate(reps):
-                    p = chunk[i][2]
-                    if p is None:
-                        masks[j] = True
-                    else:
-                        if not -n_pos <= p < n_pos:
-                            raise ValueError(f"Position {p} out of range for {n_pos} positions.")
-                        masks[j, :, p] = True
-                rep = torch.tensor(reps, dtype=torch.long)
-                fname, ename = names[key]
-                if is_error:
-                    assert ename is not None
-                    vals = corr[ename][None].expand(len(reps), *corr[ename].shape)
-                    edits.append(NodeEdit(ename, rep, None, masks, vals))
-                else:
-                    feats = torch.tensor([int(chunk[i][1]) for i in reps], dtype=torch.long)  # type: ignore[arg-type]
-                    vals = corr[fname][..., feats.to(clean.device)].permute(2, 0, 1)
-                    edits.append(NodeEdit(fname, rep, feats, masks, vals))
-            exact.extend((run_replicated(att.model, clean, len(chunk), edits, metric_fn) - metric_clean).tolist())
-    df = pd.DataFrame(
-        {
-            "hook": [h for h, _, _ in node_list],
-            "node": ["error" if f is None else "feature" for _, f, _ in node_list],
-            "feature": [-1 if f is None else int(f) for _, f, _ in node_list],
-            "position": [-1 if p is None else int(p) for _, _, p in node_list],
-            "exact": exact,
-        }
-    )
-    df.attrs["metric_clean"] = metric_clean
-    return df
-
-
-def verify_attribution(
-    model: ModelOrAttachment,
-    clean_tokens: TokensLike,
-    corrupted_tokens: TokensLike,
-    result: AttributionResult,
-    metric: Metric | None = None,
-    k: int = 20,
-    *,
-    answer_tokens: Int[torch.Tensor, "batch 2"] | Sequence[int] | None = None,
-    answer_positions: Int[torch.Tensor, " batch"] | int = -1,
-    by: Literal["abs", "neg", "pos"] = "abs",
-    include_error: bool = True,
-    per_position: bool = True,
-    batch_size: int | None = None,
-    saes: Mapping[str, SAE[Any]] | None = None,
-    logger: WandbLogger | bool | None = None,
-    progress: bool = True,
-) -> Any:
-    """Check the top-``k`` attribution estimates against exact patching of those nodes.
-
-    Returns:
-        A pandas DataFrame ``hook, node, feature, position, estimate, exact`` with ``attrs``
-        ``spearman`` and ``pearson`` (correlation of estimate and exact over the rows),
-        ``sign_agreement`` (fraction of rows with the same sign) and ``metric_clean``.
-    """
-    top = result.table(k=k, by=by, include_error=include_error, per_position=per_position)
-    ex = exact_patching(model, clean_tokens, corrupted_tokens, top, metric, answer_tokens=answer_tokens,
-                        answer_positions=answer_positions, batch_size=batch_size, saes=saes, progress=progress)
-    df = top[["hook", "node", "feature", "position"]].copy()
-    if "token" in top:
-        df["token"] = top["token"]
-    df["estimate"] = top["score"].to_numpy()
-    df["exact"] = ex["exact"].to_numpy()
-    est = torch.tensor(df["estimate"].to_numpy())
-    exa = torch.tensor(df["exact"].to_numpy())
-    df.attrs.update(
-        spearman=spearman(est, exa) if len(df) > 1 else float("nan"),
-        pearson=pearson(est, exa) if len(df) > 1 else float("nan"),
-        sign_agreement=float(((est > 0) == (exa > 0)).double().mean()) if len(df) else float("nan"),
-        metric_clean=ex.attrs["metric_clean"],
-        method=result.method,
-    )
-    log_result(logger, f"verify_attribution_{result.method}", dict(k=k, by=by, include_error=include_error, per_position=per_position),
-               table=df, scalars={key: df.attrs[key] for key in ("spearman", "pearson", "sign_agreement") if not math.isnan(df.attrs[key])})
-    return df

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 import torch
 from jaxtyping import Bool, Float, Int
 
-from gba_lens.circuits._core import Metric
+from gba_lens.circuits.types import Metric
 
 __all__ = [
+    "answer_logit_diff",
     "logit_diff_metric",
     "token_logit_metric",
     "token_prob_metric",
@@ -29,7 +30,10 @@ def _final_logits(
 ) -> Float[torch.Tensor, "batch d_vocab"]:
     if logits.ndim != 3:
         raise ValueError(f"Expected logits [batch, pos, d_vocab], got shape {list(logits.shape)}.")
+    n_pos = logits.shape[1]
     if isinstance(positions, int):
+        if not -n_pos <= positions < n_pos:
+            raise ValueError(f"Answer position {positions} is out of range for logits with {n_pos} positions.")
         return logits[:, positions]
     pos = positions.to(logits.device).long()
     if pos.shape[0] != logits.shape[0]:
@@ -37,7 +41,53 @@ def _final_logits(
             f"{pos.shape[0]} answer positions for a batch of {logits.shape[0]} "
             "(a metric built for one batch size is applied to another)."
         )
+    if len(pos) and int(pos.max()) >= n_pos:
+        raise ValueError(
+            f"logits have {n_pos} positions but an answer position is {int(pos.max())}; run the "
+            "model on the prompts the positions belong to."
+        )
     return logits[torch.arange(logits.shape[0], device=logits.device), pos]
+
+
+def answer_logit_diff(
+    logits: Float[torch.Tensor, "batch pos d_vocab"] | Float[torch.Tensor, "batch d_vocab"],
+    answer_tokens: Int[torch.Tensor, "batch 2"] | Int[torch.Tensor, "1 2"],
+    positions: Int[torch.Tensor, " batch"] | int = -1,
+) -> Float[torch.Tensor, " batch"]:
+    """Per-prompt ``logit(answer_tokens[:, 0]) - logit(answer_tokens[:, 1])`` (differentiable).
+
+    The one logit-difference core of gba_lens: :func:`logit_diff_metric` and the IOI metrics
+    (:func:`gba_lens.circuits.ioi.logit_diff`) are built on it.
+
+    Args:
+        logits: ``[batch, pos, d_vocab]`` (taken at ``positions``) or ``[batch, d_vocab]``
+            (already at the answer position; ``positions`` is ignored).
+        answer_tokens: ``[batch, 2]`` ids (column 0 correct, column 1 wrong), or ``[1, 2]``
+            shared by every prompt.
+        positions: the answer position, an int for all prompts or one per prompt.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.ndim == 3:
+        final = _final_logits(logits, positions)
+    elif logits.ndim == 2:
+        final = logits
+    else:
+        raise ValueError(f"logits must be [batch, pos, d_vocab] or [batch, d_vocab], got {tuple(logits.shape)}")
+    if answer_tokens.ndim != 2 or answer_tokens.shape[1] != 2:
+        raise ValueError(f"answer_tokens must be [batch, 2], got shape {list(answer_tokens.shape)}.")
+    if len(answer_tokens) and (int(answer_tokens.max()) >= final.shape[-1] or int(answer_tokens.min()) < 0):
+        raise ValueError(
+            f"answer token ids {int(answer_tokens.min())}..{int(answer_tokens.max())} are outside the "
+            f"logits' vocabulary of {final.shape[-1]}: the answers were built with another tokenizer"
+        )
+    ans = answer_tokens.to(final.device)
+    if ans.shape[0] == 1:
+        ans = ans.expand(final.shape[0], 2)
+    if ans.shape[0] != final.shape[0]:
+        raise ValueError(f"answer_tokens has {ans.shape[0]} rows for a batch of {final.shape[0]}.")
+    picked = final.gather(-1, ans)
+    return picked[:, 0] - picked[:, 1]
 
 
 def _token_column(tokens: int | Sequence[int] | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
@@ -70,12 +120,7 @@ def logit_diff_metric(
         raise ValueError(f"answer_tokens must be [batch, 2], got shape {list(answers.shape)}.")
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        final = _final_logits(logits, positions)
-        ans = answers.to(final.device).expand(final.shape[0], 2) if answers.shape[0] == 1 else answers.to(final.device)
-        if ans.shape[0] != final.shape[0]:
-            raise ValueError(f"answer_tokens has {ans.shape[0]} rows for a batch of {final.shape[0]}.")
-        picked = final.gather(-1, ans)
-        return (picked[:, 0] - picked[:, 1]).mean()
+        return answer_logit_diff(logits, answers, positions).mean()
 
     return metric
 

@@ -1,16 +1,18 @@
-"""Matplotlib plots of circuit results (imported lazily; figures are returned, never shown)."""
+"""Matplotlib plots of circuit results (imported lazily; figures are returned, never shown).
+
+The plots take plain data (DataFrames of sweeps, score tensors); this module imports no other
+circuit module, and the result types call it (``AttributionResult.heatmap``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from jaxtyping import Float
 
-if TYPE_CHECKING:
-    from gba_lens.circuits.attribution import AttributionResult
-
-__all__ = ["plot_steering_sweep", "plot_attribution_heatmap", "plot_ablation_sweep"]
+__all__ = ["plot_ablation_sweep", "plot_attribution_heatmap", "plot_feature_heatmap", "plot_steering_sweep"]
 
 
 def _pyplot() -> Any:
@@ -60,31 +62,30 @@ def plot_ablation_sweep(df: Any, top: int = 20, ax: Any = None) -> Any:
     return fig
 
 
-def plot_attribution_heatmap(
-    result: AttributionResult,
-    hook: str | None = None,
+def plot_feature_heatmap(
+    feature_scores: Float[torch.Tensor, "pos d_sae"],
+    error_scores: Float[torch.Tensor, " pos"] | None = None,
     k: int = 20,
     position_labels: Sequence[str] | None = None,
-    include_error: bool = True,
+    title: str = "",
     ax: Any = None,
 ) -> Any:
-    """Heatmap of attribution scores: top-``k`` features (by total ``|score|``) x positions.
+    """Heatmap of per-position scores: top-``k`` features (by total ``|score|``) x positions.
 
-    The error node of the hook is the last row. Colours are centred on 0 (red: patching lowers
-    the metric, blue: raises it).
+    ``error_scores`` (if given) is the last row, labelled ``error``. Colours are centred on 0
+    (red: patching lowers the metric, blue: raises it).
     """
     plt = _pyplot()
-    hook = hook if hook is not None else result.hooks[0]
-    if hook not in result.feature_scores:
-        raise KeyError(f"No scores for {hook!r}; hooks: {result.hooks}.")
-    fs = result.feature_scores[hook]  # [pos, F]
+    fs = feature_scores.detach().cpu()
+    if fs.ndim != 2:
+        raise ValueError(f"feature_scores must be [pos, d_sae], got shape {list(fs.shape)}.")
     totals = fs.abs().sum(0)
     k = min(k, int((totals > 0).sum()) or 1)
     top = torch.topk(totals, k).indices
     rows = [fs[:, f] for f in top.tolist()]
     names = [f"f{f}" for f in top.tolist()]
-    if include_error and hook in result.error_scores:
-        rows.append(result.error_scores[hook])
+    if error_scores is not None:
+        rows.append(error_scores.detach().cpu())
         names.append("error")
     mat = torch.stack(rows).numpy()
     lim = float(abs(mat).max()) or 1.0
@@ -94,13 +95,32 @@ def plot_attribution_heatmap(
         fig = ax.figure
     im = ax.imshow(mat, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_yticks(range(len(names)), names, fontsize=7)
-    labels = list(position_labels) if position_labels is not None else result.position_labels
-    if labels is not None:
-        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    if position_labels is not None:
+        ax.set_xticks(range(len(position_labels)), list(position_labels), rotation=90, fontsize=7)
     else:
         ax.set_xlabel("position")
-    ax.set_title(f"{result.method.upper()} attribution at {hook}", fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def plot_attribution_heatmap(
+    result: Any,
+    hook: str | None = None,
+    k: int = 20,
+    position_labels: Sequence[str] | None = None,
+    include_error: bool = True,
+    ax: Any = None,
+) -> Any:
+    """:func:`plot_feature_heatmap` of one hook of an attribution result.
+
+    ``result`` is an :class:`~gba_lens.circuits.AttributionResult` (this is what its
+    ``heatmap()`` method draws); the error node of the hook is the last row.
+    """
+    hook = hook if hook is not None else result.hooks[0]
+    if hook not in result.feature_scores:
+        raise KeyError(f"No scores for {hook!r}; hooks: {result.hooks}.")
+    return result.heatmap(hook, k=k, position_labels=position_labels, include_error=include_error, ax=ax)

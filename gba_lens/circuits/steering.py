@@ -22,6 +22,8 @@ normalisation (``normalize_activations != "none"``) that is the normalised space
 from __future__ import annotations
 
 import contextlib
+import math
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,25 +34,12 @@ from jaxtyping import Float
 from sae_lens import SAE
 
 from gba_lens.adapters import Attachment
-from gba_lens.circuits._core import (
-    FeaturesLike,
-    HookFn,
-    Metric,
-    ModelOrAttachment,
-    PositionsLike,
-    TokensLike,
-    attached,
-    hook_key,
-    logits_of,
-    progress_chunks,
-    normalize_features,
-    position_mask,
-    replicates_per_pass,
-    scalar_metric,
-    temporary_hooks,
-    to_tokens,
-)
+from gba_lens.circuits.chunking import progress_chunks
+from gba_lens.circuits.forward import logits_of, scalar_metric, temporary_hooks
+from gba_lens.circuits.inputs import attached, feature_id, hook_key, normalize_features, position_mask, to_tokens
 from gba_lens.circuits.metrics import kl_divergence
+from gba_lens.circuits.replicated import replicates_per_pass
+from gba_lens.circuits.types import FeaturesLike, HookFn, Metric, ModelOrAttachment, PositionsLike, TokensLike
 from gba_lens.circuits.wandb_logging import WandbLogger, log_result
 
 __all__ = [
@@ -83,6 +72,9 @@ class Steer:
     positions: PositionsLike = None
     normalize: bool = False
 
+    def __post_init__(self) -> None:
+        _check_intervention(self.hook, self.feature, "coefficient", self.coefficient)
+
 
 @dataclass(frozen=True)
 class Clamp:
@@ -93,8 +85,24 @@ class Clamp:
     value: float
     positions: PositionsLike = None
 
+    def __post_init__(self) -> None:
+        _check_intervention(self.hook, self.feature, "value", self.value)
+
 
 Intervention = Union[Steer, Clamp]
+
+
+def _check_intervention(hook: Any, feature: Any, what: str, number: Any) -> None:
+    """Type checks of a Steer / Clamp that need no model (the feature's range is checked later)."""
+    if not isinstance(hook, str):
+        raise ValueError(f"The hook must be a hook name (str), got {hook!r}.")
+    feature_id(feature, hook, d_sae=sys.maxsize)
+    try:
+        value = None if isinstance(number, (bool, str, bytes)) else float(number)
+    except (TypeError, ValueError, RuntimeError):
+        value = None
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"The {what} must be a finite number, got {number!r} for {hook!r}.")
 
 
 def steering_direction(
@@ -106,10 +114,8 @@ def steering_direction(
     """
     key = hook_key(attachment, hook)
     sae = attachment.saes[key]
-    d_sae = int(sae.cfg.d_sae)
-    if not 0 <= int(feature) < d_sae:
-        raise ValueError(f"Feature {feature} is out of range for the SAE at {key!r} (d_sae={d_sae}).")
-    direction = sae.W_dec[int(feature)].detach()
+    feature = feature_id(feature, key, int(sae.cfg.d_sae))
+    direction = sae.W_dec[feature].detach()
     if normalize:
         norm = direction.norm()
         if norm == 0:
@@ -176,7 +182,7 @@ def _hooks_for(att: Attachment, items: list[Intervention]) -> tuple[list[tuple[s
             d = steering_direction(att, key, it.feature, it.normalize)
             pre.append((key, _steer_hook(d, torch.tensor([float(it.coefficient)]), it.positions)))
         else:
-            normalize_features(att, {key: [int(it.feature)]})  # validates the id
+            normalize_features(att, {key: [it.feature]})  # validates the id
             post.append((att.feature_hook_name(key), _clamp_hook(int(it.feature), torch.tensor([float(it.value)]), it.positions)))
     return pre, post
 

@@ -1,25 +1,27 @@
-"""Offline-safe W&B logging for the circuit utilities.
+"""W&B logging for the circuit utilities, on top of :mod:`gba_lens.wandb_run`.
 
 Every utility in :mod:`gba_lens.circuits` takes ``logger=``: ``None`` (default, no logging),
 ``True`` (log to the active W&B run, or start one in project ``"gba_lens-circuits"``) or a
 :class:`WandbLogger`. What is logged: the call's configuration (under ``config[<utility>]``),
 the result table (``wandb.Table``), scalars and plots (``wandb.Image`` of matplotlib figures).
 
-Offline safety: when neither ``WANDB_MODE`` nor ``WANDB_API_KEY`` is set, a run is started in
-offline mode (never prompting for a login); with ``WANDB_MODE=disabled`` nothing is written. Any
-exception raised by wandb (not installed, no disk, bad key...) becomes one ``UserWarning`` and
-logging is switched off for that logger: the caller's computation never fails because of W&B.
-(The module is not called ``logging.py`` so that it can never shadow the standard library.)
+The run mode follows :func:`gba_lens.wandb_run.wandb_mode` (``WANDB_MODE`` if set, else online
+iff W&B is configured, else offline; ``disabled`` writes nothing). Any exception raised by wandb
+(not installed, no disk, bad key...) becomes one ``UserWarning`` via a
+:class:`~gba_lens.wandb_run.WandbGuard` and logging is switched off for that logger: the
+caller's computation never fails because of W&B. (The module is not called ``logging.py`` so
+that it can never shadow the standard library.)
 """
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
+
+from gba_lens.wandb_run import WandbGuard, init_run
 
 __all__ = ["WandbLogger", "resolve_logger"]
 
@@ -83,55 +85,47 @@ class WandbLogger:
         self.init_kwargs = init_kwargs
         self._run = run
         self._owns_run = False
-        self.enabled = True
-        self.errors: list[str] = []
+        self._guard = WandbGuard("W&B logging")
 
     # ------------------------------------------------------------------------- run handling
-    def _fail(self, what: str, exc: BaseException) -> None:
-        self.errors.append(f"{what}: {exc!r}")
-        if self.enabled:
-            warnings.warn(
-                f"W&B logging failed ({what}: {exc!r}); continuing without W&B logging.",
-                UserWarning,
-                stacklevel=3,
-            )
-        self.enabled = False
+    @property
+    def enabled(self) -> bool:
+        """False once W&B failed (or the mode is ``disabled``): later calls log nothing."""
+        return self._guard.enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._guard.enabled = bool(value)
+
+    @property
+    def errors(self) -> list[str]:
+        """Every W&B failure seen by this logger (only the first one was warned about)."""
+        return self._guard.errors
+
+    def _start(self) -> Any:
+        import wandb
+
+        if wandb.run is not None:
+            return wandb.run
+        run = init_run(self.project, self.run_name, _jsonable(self.config), **self.init_kwargs)
+        if run is None:  # mode "disabled": the user switched W&B off, which is not a failure
+            self._guard.enabled = False
+        self._owns_run = run is not None
+        return run
 
     @property
     def run(self) -> Any:
         """The W&B run (started on first use); None when logging is off or failed."""
         if not self.enabled:
             return None
-        if self._run is not None:
-            return self._run
-        try:
-            import wandb
-
-            if wandb.run is not None:
-                self._run = wandb.run
-                return self._run
-            if os.environ.get("WANDB_MODE") is None and not os.environ.get("WANDB_API_KEY"):
-                self.init_kwargs.setdefault("mode", "offline")  # never prompt for a login
-            self._run = wandb.init(
-                project=self.project,
-                name=self.run_name,
-                config=_jsonable(self.config),
-                reinit="finish_previous",
-                **self.init_kwargs,
-            )
-            self._owns_run = True
-        except Exception as exc:  # noqa: BLE001 - never crash the caller
-            self._fail("wandb.init", exc)
-            return None
+        if self._run is None:
+            self._run = self._guard.call("wandb.init", self._start)
         return self._run
 
     def finish(self) -> None:
         """Finish the run if this logger started it."""
         if self._owns_run and self._run is not None:
-            try:
-                self._run.finish()
-            except Exception as exc:  # noqa: BLE001
-                self._fail("finish", exc)
+            self._guard.call("finish", self._run.finish)
         self._run = None
         self._owns_run = False
 
@@ -155,47 +149,39 @@ class WandbLogger:
         run = self.run
         if run is None:
             return
-        try:
+        with self._guard.catch("config"):
             run.config.update({self._key(name): _jsonable(config)}, allow_val_change=True)
-        except Exception as exc:  # noqa: BLE001
-            self._fail("config", exc)
 
     def log_scalars(self, values: Mapping[str, float]) -> None:
         """Log scalars (also copied to the run summary)."""
         run = self.run
         if run is None:
             return
-        try:
+        with self._guard.catch("scalars"):
             clean = {self._key(k): float(v) for k, v in values.items()}
             run.log(clean)
             for k, v in clean.items():
                 run.summary[k] = v
-        except Exception as exc:  # noqa: BLE001
-            self._fail("scalars", exc)
 
     def log_table(self, key: str, table: Any) -> None:
         """Log a pandas DataFrame as a ``wandb.Table``."""
         run = self.run
         if run is None:
             return
-        try:
+        with self._guard.catch("table"):
             import wandb
 
             run.log({self._key(key): wandb.Table(dataframe=table.reset_index(drop=True))})
-        except Exception as exc:  # noqa: BLE001
-            self._fail("table", exc)
 
     def log_figure(self, key: str, figure: Any) -> None:
         """Log a matplotlib figure as an image."""
         run = self.run
         if run is None:
             return
-        try:
+        with self._guard.catch("figure"):
             import wandb
 
             run.log({self._key(key): wandb.Image(figure)})
-        except Exception as exc:  # noqa: BLE001
-            self._fail("figure", exc)
 
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
@@ -229,7 +215,7 @@ def log_result(
         return
     if lg is None:
         return
-    try:
+    with lg._guard.catch(name):
         lg.log_config(name, config)
         if table is not None:
             lg.log_table(f"{name}/table", table)
@@ -237,5 +223,3 @@ def log_result(
             lg.log_scalars({f"{name}/{k}": v for k, v in scalars.items()})
         for key, fig in (figures or {}).items():
             lg.log_figure(f"{name}/{key}", fig)
-    except Exception as exc:  # noqa: BLE001 - belt and braces: never crash the caller
-        warnings.warn(f"W&B logging failed: {exc!r}", UserWarning, stacklevel=3)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # imported lazily at run time: keeps `import gba_lens.models`
     from transformer_lens import HookedTransformer
     from transformers import PreTrainedTokenizerFast
 
-    from gba_lens.circuits.ioi import IOIPromptSet
+    from gba_lens.tasks.ioi import IOIPromptSet
 
 __all__ = [
     "IOI_MODEL_DIR",
@@ -167,11 +167,11 @@ def ioi_heldout_prompts(
             held-out templates with training pairs; ``"both"``: held-out pairs in held-out
             templates; ``"train"``: training templates and pairs.
         n_prompts: number of prompts (half ABBA, half BABA).
-        corruption: see :func:`gba_lens.circuits.ioi.make_ioi_prompts`.
+        corruption: see :func:`gba_lens.tasks.ioi.make_ioi_prompts`.
         seed: sampler seed.
         path: model directory (default the committed one).
     """
-    from gba_lens.circuits.ioi import make_ioi_prompts
+    from gba_lens.tasks.ioi import make_ioi_prompts
 
     sp = load_ioi_split(path)
     if split == "pairs":

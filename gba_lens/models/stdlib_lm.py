@@ -18,30 +18,36 @@ n_ctx 128, LayerNorm, exact GELU, byte-level BPE vocabulary of 4096). It loads a
 All three give the same logits to float tolerance (fp32 compute), and greedy ``generate``
 agrees too (the bridge's KV cache is switched off: it is broken for GPT-2 in TransformerLens 3.9).
 
-Data helpers: :func:`stdlib_corpus` (train / val split of the stdlib files, fixed by a hash of
-each file's relative path) and :func:`stdlib_token_dataset` (BOS-prefixed token chunks in a
-``datasets.Dataset`` with a ``"tokens"`` column, ready for SAELens's
-``LanguageModelSAETrainingRunner(cfg, override_model=..., override_dataset=...)``).
+The corpus and token data (:func:`~gba_lens.data.stdlib_corpus.stdlib_corpus`,
+:func:`~gba_lens.data.stdlib_corpus.stdlib_token_dataset`, ...) live in
+:mod:`gba_lens.data.stdlib_corpus`; they are re-exported here for one release.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import logging
-import sysconfig
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
-import numpy as np
 import torch
-from jaxtyping import Int
+
+# Kept for one release: the corpus and token helpers moved to gba_lens.data.
+from gba_lens.data.stdlib_corpus import (  # noqa: F401
+    VAL_MODULUS,
+    Split,
+    split_token_stream,
+    stdlib_corpus,
+    stdlib_files,
+    stdlib_root,
+    stdlib_token_dataset,
+    unigram_cross_entropy,
+)
+from gba_lens.data.tokens import chunk_stream, tokenize_corpus  # noqa: F401
 
 if TYPE_CHECKING:  # heavy imports stay lazy: importing gba_lens.models must be cheap
-    import datasets
     from transformer_lens import HookedTransformer
     from transformer_lens.config import HookedTransformerConfig
     from transformer_lens.model_bridge import TransformerBridge
@@ -93,86 +99,7 @@ BOS_TOKEN = "<|endoftext|>"
 #: A distinct padding token, so padded positions are never mistaken for a document boundary.
 PAD_TOKEN = "<|pad|>"
 
-#: One file in ``1 / VAL_MODULUS`` (by hash of its relative path) is held out for validation.
-VAL_MODULUS = 20
-
-_TEST_DIR_NAMES = frozenset({"test", "tests", "idle_test"})
-# Not Python code people write: machine-specific build data and generated documentation text.
-_EXCLUDED_TOP_LEVEL = frozenset({"site-packages", "dist-packages", "lib-dynload", "pydoc_data"})
-
-Split = Literal["train", "val"]
 Kind = Literal["hooked", "bridge", "hf"]
-
-
-# --------------------------------------------------------------------------------------------
-# Corpus
-# --------------------------------------------------------------------------------------------
-
-
-def stdlib_root() -> Path:
-    """Directory of the running interpreter's pure-Python standard library."""
-    return Path(sysconfig.get_paths()["stdlib"]).resolve()
-
-
-def _is_excluded(rel: Path) -> bool:
-    parts = rel.parts
-    if parts[0] in _EXCLUDED_TOP_LEVEL or parts[0].startswith("config-"):
-        return True
-    if any(p in _TEST_DIR_NAMES or p == "__pycache__" for p in parts[:-1]):
-        return True
-    name = parts[-1]
-    return (
-        name.startswith("test_")
-        or name.endswith("_test.py")
-        or name.startswith("_sysconfigdata")
-    )
-
-
-def _split_of(rel_posix: str) -> Split:
-    digest = hashlib.sha256(rel_posix.encode("utf-8")).hexdigest()
-    return "val" if int(digest[:8], 16) % VAL_MODULUS == 0 else "train"
-
-
-def _check_split(split: str) -> Split:
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    return split  # type: ignore[return-value]
-
-
-def stdlib_files(split: Split = "train", root: Path | None = None) -> list[Path]:
-    """Sorted non-test ``.py`` files of the standard library in ``split``.
-
-    The split is fixed per file by a SHA-256 hash of its path relative to the stdlib root (about
-    one file in 20 is held out), so it does not depend on the order files are found in, and a
-    file keeps its split across Python versions.
-    """
-    split = _check_split(split)
-    root = stdlib_root() if root is None else Path(root).resolve()
-    return [path for _, path, s in _scan(root) if s == split]
-
-
-@functools.lru_cache(maxsize=4)
-def _scan(root: Path) -> tuple[tuple[str, Path, Split], ...]:
-    """(relative posix path, path, split) of every corpus file, sorted; cached per process."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"standard library directory not found: {root}")
-    out = []
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root)
-        if _is_excluded(rel) or not path.is_file():
-            continue
-        rel_posix = rel.as_posix()
-        out.append((rel_posix, path, _split_of(rel_posix)))
-    return tuple(sorted(out, key=lambda item: item[0]))
-
-
-def stdlib_corpus(split: Split = "train", root: Path | None = None) -> list[str]:
-    """Text of every file from :func:`stdlib_files` (UTF-8, undecodable bytes replaced)."""
-    return [_read_text(p) for p in stdlib_files(split, root)]
-
-
-def _read_text(path: Path) -> str:
-    return path.read_bytes().decode("utf-8", errors="replace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,133 +364,3 @@ def load_training_info(path: str | Path | None = None) -> dict[str, Any]:
     """Contents of ``training_info.json`` (validation loss, unigram baseline, settings)."""
     path = _asset_dir(path, need=("training_info.json",))
     return json.loads((path / "training_info.json").read_text())
-
-
-# --------------------------------------------------------------------------------------------
-# Token data
-# --------------------------------------------------------------------------------------------
-
-
-def _special_id(tokenizer: Any, attr: str) -> int:
-    token_id = getattr(tokenizer, attr, None)
-    if token_id is None:
-        raise ValueError(f"tokenizer has no {attr.removesuffix('_id')}; the stdlib data needs one")
-    return int(token_id)
-
-
-def tokenize_corpus(tokenizer: Any, texts: Sequence[str]) -> Int[np.ndarray, " n_tokens"]:
-    """One int32 token stream: each text's tokens followed by the EOS token (file separator).
-
-    Uses the fast tokenizer's batch API directly (all of the stdlib in a few seconds) and skips
-    the model-length check, since the texts are chunked afterwards.
-    """
-    eos = _special_id(tokenizer, "eos_token_id")
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # encode_batch_fast (tokenizers >= 0.21) skips offset tracking: about 2x faster.
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        ids = [e.ids for e in encode(list(texts), add_special_tokens=False)]
-    else:  # a slow tokenizer still works, just slower
-        ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    total = sum(len(x) + 1 for x in ids)
-    stream = np.empty(total, dtype=np.int32)
-    pos = 0
-    for x in ids:
-        stream[pos : pos + len(x)] = x
-        stream[pos + len(x)] = eos
-        pos += len(x) + 1
-    return stream
-
-
-def chunk_stream(
-    stream: Int[np.ndarray, " n_tokens"], context_size: int, bos_id: int
-) -> Int[np.ndarray, "n_rows context"]:
-    """``[n, context_size]`` int64 rows: BOS then ``context_size - 1`` consecutive tokens."""
-    if context_size < 2:
-        raise ValueError(f"context_size must be >= 2, got {context_size}")
-    body = context_size - 1
-    n = len(stream) // body
-    rows = np.empty((n, context_size), dtype=np.int64)
-    rows[:, 0] = bos_id
-    rows[:, 1:] = stream[: n * body].reshape(n, body)
-    return rows
-
-
-# Token streams of whole splits, per (stdlib root, split, tokenizer fingerprint), kept in memory
-# only: tokenising the train split takes a few seconds and tests / tutorials ask for it often.
-_STREAM_CACHE: dict[tuple[str, str, str], np.ndarray] = {}
-
-
-def _tokenizer_fingerprint(tokenizer: Any) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-def split_token_stream(
-    tokenizer: Any, split: Split = "train", min_tokens: int | None = None
-) -> Int[np.ndarray, " n_tokens"]:
-    """Token stream of a split (see :func:`tokenize_corpus`).
-
-    With ``min_tokens``, only the first files needed to reach that many tokens are tokenised
-    (unless the whole split is already cached); otherwise the whole split is tokenised once per
-    process and cached in memory.
-    """
-    split = _check_split(split)
-    key = (str(stdlib_root()), split, _tokenizer_fingerprint(tokenizer))
-    if key in _STREAM_CACHE:
-        return _STREAM_CACHE[key]
-    if min_tokens is not None:
-        # Read and tokenise only the first files. Code averages ~3.5 characters per token here;
-        # budgeting 5 per token leaves a margin.
-        files, texts, budget = stdlib_files(split), [], 5 * min_tokens
-        while len(texts) < len(files) and budget > 0:
-            texts.append(_read_text(files[len(texts)]))
-            budget -= len(texts[-1])
-        stream = tokenize_corpus(tokenizer, texts)
-        if len(stream) >= min_tokens or len(texts) == len(files):
-            return stream
-    stream = tokenize_corpus(tokenizer, stdlib_corpus(split))
-    stream.flags.writeable = False  # shared by later callers
-    _STREAM_CACHE[key] = stream
-    return stream
-
-
-def stdlib_token_dataset(
-    tokenizer: Any,
-    context_size: int = STDLIB_LM_ARCH["n_ctx"],
-    split: Split = "train",
-    max_tokens: int | None = None,
-) -> "datasets.Dataset":
-    """Tokenised stdlib split as a ``datasets.Dataset`` with a ``"tokens"`` column.
-
-    Rows are ``context_size`` long: the BOS token followed by ``context_size - 1`` consecutive
-    tokens of the concatenated split (files separated by EOS, which equals BOS for the stdlib
-    tokenizer). ``max_tokens`` caps the total (``max_tokens // context_size`` rows). Nothing is
-    written to disk. Use it as ``LanguageModelSAETrainingRunner(cfg, override_model=model,
-    override_dataset=ds)`` with ``cfg.context_size == context_size``.
-    """
-    import datasets
-    import pyarrow as pa
-
-    split = _check_split(split)
-    if max_tokens is not None and max_tokens < context_size:
-        raise ValueError(f"max_tokens ({max_tokens}) must be >= context_size ({context_size})")
-    n_rows = None if max_tokens is None else max_tokens // context_size
-    need = None if n_rows is None else n_rows * (context_size - 1)
-    stream = split_token_stream(tokenizer, split, min_tokens=need)
-    rows = chunk_stream(stream, context_size, _special_id(tokenizer, "bos_token_id"))[:n_rows]
-    # Build the Arrow column directly: Dataset.from_dict on Python lists takes seconds here.
-    offsets = pa.array(np.arange(0, rows.size + 1, context_size, dtype=np.int32))
-    column = pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1)))
-    return datasets.Dataset(pa.table({"tokens": column}))
-
-
-def unigram_cross_entropy(
-    train_tokens: Int[np.ndarray, "..."], eval_tokens: Int[np.ndarray, "..."], vocab_size: int
-) -> float:
-    """Cross-entropy (nats/token) of ``eval_tokens`` under add-one-smoothed unigram frequencies
-    of ``train_tokens``: the loss of a model that ignores context."""
-    counts = np.bincount(np.asarray(train_tokens).ravel(), minlength=vocab_size).astype(np.float64)
-    log_p = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
-    return float(-log_p[np.asarray(eval_tokens).ravel()].mean())

@@ -16,21 +16,22 @@ step (the theory's spherical gradient descent). ``unit_norm="encoder"`` (default
 the encoder directions w_m unit-norm, as in the paper's u_m = w_m . x, and leaves the decoder row
 free (it plays the paper's output scale a_m times a direction). This is what makes the bias
 thresholds mean the same thing all through training: with unit-norm *decoder* rows and a free
-encoder, gradient descent shrank the encoder norms (to ~0.4 on the paper's toy) so the
-pre-activations fell under biases set early in training; those neurons then fire below their
-group's target without ever being "dead", and the rule never raises them (measured on the paper
-toy: group 0 fired at 0.3% median against a 10% target; FRR 88/83 -> 98/94 with encoder norms
-fixed; Zipfian SAELens models MCC +0.02 to +0.05). It is also what the ReLU gate needs: with no
-penalty and free encoder norms, ReLU neurons grow until the clamp at -1 can no longer silence them.
+encoder, gradient descent can shrink the encoder norms, so the pre-activations fall under biases
+set early in training; those neurons then fire below their group's target without ever being
+"dead" (the rule only raises the bias of a neuron that never fires), and are lost to recovery.
+It is also what the ReLU gate needs: with no penalty and free encoder norms, ReLU neurons grow
+until the clamp at -1 can no longer silence them.
 ``"decoder"`` (SAELens's convention) is kept as an option.
 
 Input scale: the [-1, 0] bias range only means something when pre-activations are O(1). On its
 first training batch the SAE sets b_pre to the batch mean and s so that the centred inputs
 s x - b_pre have unit mean norm. (SAELens's ``expected_average_only_in`` scales to norm
-sqrt(d_in), which pins the biases at -1: measured in shared/reference/gba-calibration.md.)
+sqrt(d_in) instead; pre-activations of that size are far outside the [-1, 0] bias range, so the
+rule would push every bias to the clamp at -1.)
 With ``centre_inputs=False`` b_pre starts at 0 instead; frozen there (``learn_pre_bias=False``)
-the SAE has no pre-bias at all, which suits data with no offset: on the paper's toy, where the
-mean input is a mix of features, centring and a trained b_pre cost recovery (README).
+the SAE has no pre-bias at all, which suits data with no offset: when the mean input is a mix of
+features (as in the paper's toy) rather than an offset, a centred, trained b_pre absorbs part of
+the features.
 
 Export: with threshold = -b >= 0 and b_enc = 0 the JumpReLU neuron is exactly SAELens's
 ``JumpReLUSAE`` (relu(u) * 1[u > threshold]); the ReLU neuron is SAELens's ``StandardSAE`` with
@@ -83,7 +84,8 @@ class GBAOptions:
     """LTF, the target firing frequency of the last group (targets are geometric in between)."""
     update_interval: int = 1
     """T, optimiser steps between bias updates. The paper uses 50 over ~200k steps; for runs of
-    thousands of steps T = 1 (statistics over each batch) is what recovers features (README, "The GBA implementation"); set 50 for the paper's schedule."""
+    thousands of steps T = 1 (statistics over each batch) is what recovers features, because
+    the biases then get enough updates to settle; set 50 for the paper's schedule."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -91,6 +93,22 @@ class GBAOptions:
     def gba_options(self) -> dict[str, Any]:
         """These options as keyword arguments of :class:`GBATrainingSAEConfig`."""
         return {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
+
+    def __post_init__(self) -> None:
+        self.check_gba_options()
+
+    def check_gba_options(self, d_sae: int | None = None) -> None:
+        """Raise ``ValueError`` naming the first invalid option; ``d_sae``: also check that the
+        SAE has at least one neuron per group. The one place these options are validated: the
+        SAE config and the command-line configs call it."""
+        if self.gating not in ("jumprelu", "relu"):
+            raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
+        if self.update_interval < 1:
+            raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
+        if self.n_groups < 1:
+            raise ValueError(f"n_groups must be >= 1, got {self.n_groups}")
+        if d_sae is not None and self.n_groups > d_sae:
+            raise ValueError(f"n_groups must be in [1, d_sae={d_sae}], got {self.n_groups}")
 
 
 @dataclass
@@ -126,16 +144,11 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.gating not in ("jumprelu", "relu"):
-            raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
+        self.check_gba_options(d_sae=self.d_sae)
         if self.unit_norm not in ("auto", "decoder", "encoder"):
             raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
         if self.input_norm not in ("unit_mean", "none"):
             raise ValueError(f"input_norm must be 'unit_mean' or 'none', got {self.input_norm!r}")
-        if self.update_interval < 1:
-            raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
-        if not 1 <= self.n_groups <= self.d_sae:
-            raise ValueError(f"n_groups must be in [1, d_sae={self.d_sae}], got {self.n_groups}")
 
     @property
     def trains_pre_bias(self) -> bool:

@@ -22,6 +22,7 @@ from sae_lens import (
 from sae_lens.saes.sae import TrainingSAE
 
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.training.device import resolve_device
 
 METHODS = ("gba", "ba", "topk", "batchtopk", "l1", "jumprelu")
 
@@ -34,6 +35,8 @@ def build_sae(method: str, d_in: int, d_sae: int, device: str = "cpu", zero_pre_
     - ``ba``: single-group GBA; ``target`` sets the one target frequency.
     - ``topk`` / ``batchtopk``: ``k``.  ``l1``: ``l1_coefficient``.  ``jumprelu``: ``l0_coefficient``.
 
+    ``device``: a torch device, or ``auto`` (see :func:`~gba_lens.training.device.resolve_device`).
+
     ``zero_pre_bias``: no pre-bias, for data with no offset (the paper's X = H V): b_dec (b_pre)
     is fixed at 0 for every method, so GBA neither centres its inputs nor trains b_pre, and the
     SAELens baselines keep their zero-initialised b_dec out of training.
@@ -43,7 +46,7 @@ def build_sae(method: str, d_in: int, d_sae: int, device: str = "cpu", zero_pre_
     is_gba = method in ("gba", "ba")
     if zero_pre_bias and is_gba:
         params = {**params, "centre_inputs": False, "learn_pre_bias": False}
-    sae = _build(method, {"d_in": d_in, "d_sae": d_sae, "device": device}, dict(params))
+    sae = _build(method, {"d_in": d_in, "d_sae": d_sae, "device": resolve_device(device)}, dict(params))
     if zero_pre_bias and not is_gba:
         with torch.no_grad():
             sae.b_dec.zero_()

@@ -7,8 +7,7 @@ SAELens's trainer loop (through :class:`GBATrainer`) with a resumable data provi
 from __future__ import annotations
 
 import logging
-import os
-import warnings
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,35 +17,65 @@ import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAE
 
-from gba_lens.training.trainer import GBATrainer, latest_checkpoint
+from gba_lens.data.batches import SeededBatches, TensorBatches
+from gba_lens.training.checkpoints import check_finite_sae, load_newest_intact
+from gba_lens.training.device import resolve_device
+from gba_lens.training.run_settings import data_fingerprint, notify, prepare_run_directory
+from gba_lens.training.trainer import GBATrainer, latest_checkpoint, list_checkpoints
+from gba_lens.wandb_run import finish_run, start_run
+
+__all__ = [
+    "TrainConfig",
+    "check_training_numbers",
+    "final_checkpoint",
+    "finish_wandb",
+    "resolve_device",
+    "run_settings",
+    "start_wandb",
+    "train_sae",
+]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    """How to train (shared by GBA and the baselines)."""
+    """How to train (shared by GBA and the baselines).
+
+    The names and defaults this shares with :class:`~gba_lens.training.lm.LMTrainConfig` mean the
+    same there: ``device="auto"`` is resolved by :func:`resolve_device` (cuda if available, else
+    cpu; SAELens's trainer moves the SAE there), and resuming follows one rule
+    (:mod:`gba_lens.training.run_settings`): the checkpoint directory records the run's settings;
+    with ``resume`` (the default) a directory holding checkpoints of the same settings continues
+    from the newest intact one, one of other settings is refused (listing the differences) unless
+    ``resume_anyway`` or ``overwrite``; ``resume=False`` starts afresh and refuses a directory
+    holding another run's checkpoints unless ``overwrite``.
+    """
 
     total_samples: int = 3_000_000
     """Number of activation vectors to train on."""
     batch_size: int = 1024
     """Activation vectors per optimiser step."""
     lr: float = 3e-3
-    """Adam learning rate (GBA needs a larger one than SAELens's 3e-4 default; see README)."""
+    """Adam learning rate (GBA wants more than SAELens's 3e-4 default)."""
     lr_warm_up_steps: int = 0
     """Linear learning-rate warm-up steps."""
     lr_decay_steps: int = 0
     """Linear learning-rate decay over the last steps (0: constant)."""
-    device: str = "cpu"
-    """Torch device to train on."""
+    device: str = "auto"
+    """Torch device to train on (auto: cuda if available, else cpu)."""
     checkpoint_dir: str | None = None
     """Directory for checkpoints; a run with existing checkpoints there resumes from the newest."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
     resume: bool = True
-    """Resume from the newest checkpoint in checkpoint_dir if there is one."""
+    """Resume from the newest checkpoint in checkpoint_dir if there is one (False: start from scratch)."""
+    resume_anyway: bool = False
+    """Continue a run in checkpoint_dir even though its recorded settings differ (with a warning)."""
+    overwrite: bool = False
+    """Remove the checkpoints of a previous run in checkpoint_dir (saying so) and start afresh."""
     wandb_project: str | None = None
-    """Log to this W&B project (offline-safe: set WANDB_MODE=offline; never needs a login)."""
+    """Log to this W&B project (online iff W&B is configured, else offline; never needs a login; failures never stop training)."""
     wandb_run_name: str | None = None
     """W&B run name."""
     log_every: int = 50
@@ -56,12 +85,33 @@ class TrainConfig:
     dead_feature_window: int = 1000
     """Steps without firing after which SAELens counts a latent as dead."""
 
+    def __post_init__(self) -> None:
+        check_training_numbers(
+            positive={"total_samples": self.total_samples, "batch_size": self.batch_size,
+                      "log_every": self.log_every, "histogram_every": self.histogram_every,
+                      "dead_feature_window": self.dead_feature_window},
+            non_negative={"checkpoint_every": self.checkpoint_every, "lr_warm_up_steps": self.lr_warm_up_steps,
+                          "lr_decay_steps": self.lr_decay_steps},
+            positive_finite={"lr": self.lr},
+        )
+        if self.total_samples < self.batch_size:
+            raise ValueError(f"total_samples ({self.total_samples}) < batch_size ({self.batch_size}): not one step")
+        if self.resume_anyway and self.overwrite:
+            raise ValueError("resume_anyway and overwrite contradict each other: pass one")
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+
+def check_training_numbers(*, positive: dict[str, Any] = {}, non_negative: dict[str, Any] = {},  # noqa: B006
+                           positive_finite: dict[str, Any] = {}) -> None:  # noqa: B006
+    """One-line ``ValueError`` for the first count that is not a positive (or non-negative)
+    integer, or number that is not positive and finite. Booleans are not counts."""
+    for name, value in {**positive, **non_negative}.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if value < (1 if name in positive else 0):
+            raise ValueError(f"{name} must be {'>= 1' if name in positive else '>= 0'}, got {value}")
+    for name, value in positive_finite.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
@@ -73,7 +123,7 @@ def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
         lr_scheduler_name="constant",
         lr_warm_up_steps=cfg.lr_warm_up_steps,
         lr_decay_steps=cfg.lr_decay_steps,
-        device=cfg.device,
+        device=resolve_device(cfg.device),
         dead_feature_window=cfg.dead_feature_window,
         feature_sampling_window=max(cfg.dead_feature_window, 100),
         checkpoint_path=cfg.checkpoint_dir,
@@ -90,42 +140,34 @@ def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
     )
 
 
+# Kept for one release: the W&B run is started and finished by gba_lens.wandb_run.
 def start_wandb(project: str | None, run_name: str | None, config: dict[str, Any]) -> bool:
-    """Start a W&B run if asked; never raise. Returns whether logging is on."""
-    if project is None:
-        return False
-    try:
-        import wandb
-
-        if os.environ.get("WANDB_MODE") is None and not _wandb_logged_in():
-            os.environ["WANDB_MODE"] = "offline"  # never ask for a login
-        wandb.init(project=project, name=run_name, config=config, reinit="finish_previous")
-        return True
-    except Exception as exc:  # noqa: BLE001
-        warnings.warn(f"could not start W&B ({exc!r}); training without logging")
-        return False
-
-
-def _wandb_logged_in() -> bool:
-    """An API key from the environment or from ``wandb login`` (netrc); never prompts."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import wandb
-
-        return bool(wandb.login(prompt=False, verify=False))
-    except Exception:  # noqa: BLE001
-        return False
+    """:func:`gba_lens.wandb_run.start_run` (kept for one release)."""
+    return start_run(project, run_name, config)
 
 
 def finish_wandb() -> None:
-    try:
-        import wandb
+    """:func:`gba_lens.wandb_run.finish_run` (kept for one release)."""
+    finish_run()
 
-        if wandb.run is not None:
-            wandb.finish()
-    except Exception as exc:  # noqa: BLE001
-        warnings.warn(f"W&B finish failed: {exc!r}")
+
+def run_settings(sae: TrainingSAE[Any], data: Any, cfg: TrainConfig,
+                 identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What defines a :func:`train_sae` run (recorded in the checkpoint directory, checked on
+    resume): the SAE's config (not its device), the optimiser and schedule, the data stream's
+    identity (a content fingerprint for in-memory activations) and the caller's ``identity``."""
+    sae_cfg = {k: v for k, v in sae.cfg.to_dict().items() if k != "device"}
+    if isinstance(sae_cfg.get("metadata"), dict):  # a SAELens upgrade does not change the run
+        sae_cfg["metadata"] = {k: v for k, v in sae_cfg["metadata"].items() if not k.endswith("_version")}
+    train = {k: getattr(cfg, k) for k in ("total_samples", "batch_size", "lr", "lr_warm_up_steps",
+                                          "lr_decay_steps", "dead_feature_window")}
+    if isinstance(data, TensorBatches):
+        stream: dict[str, Any] = {"kind": "tensor", "seed": data.seed, **data_fingerprint(data.activations)}
+    elif isinstance(data, SeededBatches):
+        stream = {"kind": "seeded", "seed": data.seed, "sampler": getattr(data.sample_fn, "__qualname__", "?")}
+    else:  # any other iterator: only the caller can say what it is (``identity``)
+        stream = {}
+    return {"sae": sae_cfg, "train": train, "data": stream, **(identity or {})}
 
 
 def train_sae(
@@ -134,35 +176,48 @@ def train_sae(
     cfg: TrainConfig,
     *,
     extra_wandb_config: dict[str, Any] | None = None,
+    run_identity: dict[str, Any] | None = None,
 ) -> GBATrainer:
     """Train ``sae`` in place on ``data`` (an iterator of [batch, d_in] tensors).
 
     With ``cfg.checkpoint_dir`` set, a periodic checkpoint is written atomically every
-    ``cfg.checkpoint_every`` steps, and a new call with the same directory resumes from the newest
-    one: SAE weights (and the GBA controller state), optimiser, schedule, counters and the data
-    position, so the resumed run ends where an uninterrupted one would.
+    ``cfg.checkpoint_every`` steps, and a new call with the same directory and settings resumes
+    from the newest intact one: SAE weights (and the GBA controller state), optimiser, schedule,
+    counters and the data position, so the resumed run ends where an uninterrupted one would.
+    ``run_identity``: more settings that define the run (e.g. the data file and the seed),
+    recorded and compared with the rest (see :func:`run_settings`).
+
+    Raises:
+        RunSettingsError: the directory holds another run's checkpoints (see ``TrainConfig``).
+        NonFiniteTrainingError: the SAE became NaN/inf; nothing non-finite was saved.
     """
     trainer_cfg = _trainer_config(cfg)
+    resume = False
+    if cfg.checkpoint_dir is not None:
+        resume = prepare_run_directory(cfg.checkpoint_dir, run_settings(sae, data, cfg, run_identity),
+                                       resume=cfg.resume, resume_anyway=cfg.resume_anyway, overwrite=cfg.overwrite)
     owns_run = False
     if trainer_cfg.logger.log_to_wandb:
         import wandb
 
         if wandb.run is None:
             config = {"train": asdict(cfg), "sae": sae.cfg.to_dict(), **(extra_wandb_config or {})}
-            owns_run = start_wandb(cfg.wandb_project, cfg.wandb_run_name, config)
+            owns_run = start_run(cfg.wandb_project, cfg.wandb_run_name, config)
             trainer_cfg.logger.log_to_wandb = owns_run
     trainer = GBATrainer(
         cfg=trainer_cfg, sae=sae, data_provider=data, checkpoint_every=cfg.checkpoint_every
     )
-    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
-    if checkpoint is not None:
-        logger.info("resuming from %s", checkpoint)
-        trainer.resume_from(checkpoint)
+    if resume:
+        checkpoint = load_newest_intact(list_checkpoints(Path(cfg.checkpoint_dir)), trainer.resume_from)
+        if checkpoint is not None:
+            notify(f"resuming the run in {cfg.checkpoint_dir} at step {trainer.steps_completed} "
+                   f"({checkpoint.name})")
     try:
         trainer.fit()
     finally:
         if owns_run:
-            finish_wandb()
+            finish_run()
+    check_finite_sae(sae, "at the end of training", latest_checkpoint(cfg.checkpoint_dir))
     return trainer
 
 

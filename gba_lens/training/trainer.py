@@ -15,6 +15,10 @@ needs no trainer change at all. What this subclass changes, and why:
 4. W&B logging never stops training: a failing ``wandb.log`` is reported once and logging is
    switched off for the rest of the run.
 5. Extra logged metrics: NMSE and the dead-neuron fraction.
+
+Items 2-4 and the save-on-interrupt of :func:`fit_saving_on_interrupt` live in
+:class:`ResumableTraining`, which the multi-SAE trainer of :mod:`gba_lens.training.lm.runner`
+shares.
 """
 
 from __future__ import annotations
@@ -22,57 +26,99 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME, SPARSITY_FILENAME
+from sae_lens.training._interruption import InterruptedException, interrupt_callback
 from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
+from gba_lens.data.batches import SeekableBatches
+from gba_lens.training.checkpoints import check_finite_sae
 from gba_lens.training.state_io import CheckpointError, atomic_directory, load_state, save_state
+from gba_lens.wandb_run import WandbGuard
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state"
 CHECKPOINT_PREFIX = "step_"
 
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "GBATrainer",
+    "ResumableTraining",
+    "SeekableBatches",  # kept for one release: moved to gba_lens.data.batches
+    "checkpoint_name",
+    "fit_saving_on_interrupt",
+    "latest_checkpoint",
+    "list_checkpoints",
+]
 
-@runtime_checkable
-class SeekableBatches(Protocol):
-    """A data provider that can restart at a given batch index (for exact resumes)."""
 
-    def seek(self, batch_index: int) -> None: ...
+class ResumableTraining:
+    """What GBA's trainers add to a SAELens trainer (``SAETrainer`` or ``MultiSAETrainer``).
+
+    A mixin placed before the SAELens class: guarded W&B calls (:meth:`_safe`), the count of
+    completed steps that checkpoints store, and periodic ``step_<n>`` checkpoints in
+    ``cfg.checkpoint_path`` every ``checkpoint_every`` steps, keeping the newest
+    ``keep_checkpoints``. The subclass calls :meth:`_init_resumable` after SAELens's ``__init__``.
+    """
+
+    cfg: Any
+    n_training_samples: int
+
+    def _init_resumable(self, checkpoint_every: int, keep_checkpoints: int) -> None:
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self._wandb_guard = WandbGuard()
+
+    # ----------------------------------------------------------------- fault-tolerant logging
+    def _safe(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` if W&B logging is on; a failure warns once and turns it off."""
+        if not self.cfg.logger.log_to_wandb:
+            return None
+        result = self._wandb_guard.call("training", fn, *args, **kwargs)
+        if not self._wandb_guard.enabled:
+            self.cfg.logger.log_to_wandb = False
+        return result
+
+    def _log_train_step(self, step_output: Any) -> None:
+        self._safe(super()._log_train_step, step_output)  # type: ignore[misc]
+
+    def _run_and_log_evals(self) -> None:
+        self._safe(super()._run_and_log_evals)  # type: ignore[misc]
+
+    # ---------------------------------------------------------------------------- checkpoints
+    @property
+    def steps_completed(self) -> int:
+        return self.n_training_samples // self.cfg.train_batch_size_samples
+
+    def _checkpoint_if_needed(self) -> None:
+        super()._checkpoint_if_needed()  # type: ignore[misc]
+        if self.checkpoint_every and self.cfg.checkpoint_path is not None:
+            if self.steps_completed % self.checkpoint_every == 0:
+                self.save_checkpoint(checkpoint_name(self.steps_completed))
+                self._prune_checkpoints()
+
+    def _prune_checkpoints(self) -> None:
+        periodic = list_checkpoints(Path(self.cfg.checkpoint_path))
+        for old in periodic[: -self.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
-class GBATrainer(SAETrainer):  # type: ignore[type-arg]
+class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
     """``SAETrainer`` with safe, atomic, resumable checkpoints and fault-tolerant logging."""
 
     def __init__(self, *args: Any, checkpoint_every: int = 0, keep_checkpoints: int = 2, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.checkpoint_every = checkpoint_every
-        self.keep_checkpoints = keep_checkpoints
-        self._logging_failed = False
-
-    # ----------------------------------------------------------------- fault-tolerant logging
-    def _safe(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self.cfg.logger.log_to_wandb:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - logging must never stop training
-            if not self._logging_failed:
-                warnings.warn(f"W&B logging failed ({exc!r}); training continues without logging.")
-            self._logging_failed = True
-            self.cfg.logger.log_to_wandb = False
-            return None
-
-    def _log_train_step(self, step_output: Any) -> None:
-        self._safe(super()._log_train_step, step_output)
-
-    def _run_and_log_evals(self) -> None:
-        self._safe(super()._run_and_log_evals)
+        self._init_resumable(checkpoint_every, keep_checkpoints)
 
     def _log_sparsity_window(self) -> None:
         import wandb
@@ -106,9 +152,11 @@ class GBATrainer(SAETrainer):  # type: ignore[type-arg]
             raise TypeError(f"activations must be floating point, got {batch.dtype}")
         if not torch.isfinite(batch).all():
             bad = (~torch.isfinite(batch)).any(-1).nonzero().flatten()[:5].tolist()
+            last = latest_checkpoint(self.cfg.checkpoint_path)
+            kept = f"the last checkpoint, {last}, is intact" if last is not None else "no checkpoint had been written"
             raise ValueError(
                 f"NaN/inf activations in training batch {self.steps_completed} (rows {bad}...); "
-                "nothing was trained on this batch and the last checkpoint is intact"
+                f"nothing was trained on this batch and {kept}"
             )
         return super().step(batch)
 
@@ -121,10 +169,6 @@ class GBATrainer(SAETrainer):  # type: ignore[type-arg]
         return log
 
     # ---------------------------------------------------------------------------- checkpoints
-    @property
-    def steps_completed(self) -> int:
-        return self.n_training_samples // self.cfg.train_batch_size_samples
-
     def save_checkpoint(
         self,
         checkpoint_name: str,
@@ -135,10 +179,12 @@ class GBATrainer(SAETrainer):  # type: ignore[type-arg]
         if base is None:
             return
         target = Path(base) / checkpoint_name
+        check_finite_sae(self.sae, f"after {self.steps_completed} steps", latest_checkpoint(base))
+        # Everything, the runner's files included, is written before the one rename.
         with atomic_directory(target) as tmp:
-            weights_path, cfg_path = self.sae.save_model(str(tmp))
-            save_file({"sparsity": self.log_feature_sparsity}, str(tmp / SPARSITY_FILENAME))
-            self.save_trainer_state(tmp)
+            weights_path, cfg_path = self.write_checkpoint_files(tmp)
+            if self.save_checkpoint_fn is not None:
+                self.save_checkpoint_fn(checkpoint_path=tmp)
         if self.cfg.logger.log_to_wandb:
             self._safe(
                 self.cfg.logger.log,
@@ -148,8 +194,14 @@ class GBATrainer(SAETrainer):  # type: ignore[type-arg]
                 sparsity_path=target / SPARSITY_FILENAME,
                 wandb_aliases=wandb_aliases,
             )
-        if self.save_checkpoint_fn is not None:
-            self.save_checkpoint_fn(checkpoint_path=target)
+
+    def write_checkpoint_files(self, directory: Path) -> tuple[Path, Path]:
+        """The SAE, its sparsity and the trainer state into ``directory`` (no renaming, no W&B);
+        returns SAELens's weights and cfg paths."""
+        weights_path, cfg_path = self.sae.save_model(str(directory))
+        save_file({"sparsity": self.log_feature_sparsity}, str(Path(directory) / SPARSITY_FILENAME))
+        self.save_trainer_state(Path(directory))
+        return Path(weights_path), Path(cfg_path)
 
     def save_trainer_state(self, checkpoint_path: Path) -> None:
         checkpoint_path = Path(checkpoint_path)
@@ -200,7 +252,10 @@ class GBATrainer(SAETrainer):  # type: ignore[type-arg]
         cfg_file = checkpoint_path / "cfg.json"
         if not cfg_file.exists():
             raise CheckpointError(f"{checkpoint_path} has no cfg.json: not a training checkpoint")
-        saved_arch = json.loads(cfg_file.read_text()).get("architecture")
+        try:
+            saved_arch = json.loads(cfg_file.read_text()).get("architecture")
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise CheckpointError(f"corrupted checkpoint file {cfg_file}: {exc}") from exc
         if saved_arch != self.sae.cfg.architecture():
             raise CheckpointError(
                 f"checkpoint {checkpoint_path} holds a {saved_arch!r} SAE, "
@@ -212,17 +267,44 @@ class GBATrainer(SAETrainer):  # type: ignore[type-arg]
             raise CheckpointError(f"cannot load SAE weights from {checkpoint_path}: {exc}") from exc
         self.load_trainer_state(checkpoint_path)
 
-    def _checkpoint_if_needed(self) -> None:
-        super()._checkpoint_if_needed()
-        if self.checkpoint_every and self.cfg.checkpoint_path is not None:
-            if self.steps_completed % self.checkpoint_every == 0:
-                self.save_checkpoint(f"{CHECKPOINT_PREFIX}{self.steps_completed:09d}")
-                self._prune_checkpoints()
 
-    def _prune_checkpoints(self) -> None:
-        periodic = list_checkpoints(Path(self.cfg.checkpoint_path))  # type: ignore[arg-type]
-        for old in periodic[: -self.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+
+@contextmanager
+def _interrupt_handlers() -> Iterator[None]:
+    """SAELens's SIGINT/SIGTERM -> ``InterruptedException`` handlers, restored afterwards
+    (SAELens leaves them installed); skipped outside the main thread, where ``signal`` fails."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, interrupt_callback)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def fit_saving_on_interrupt(trainer: ResumableTraining) -> Any:
+    """``trainer.fit()``; an interrupt (Ctrl-C, SIGTERM) first writes a resumable checkpoint.
+
+    SAELens's own interruption handler saves only the data position; this saves the whole
+    training state, as a periodic checkpoint would, when the trainer has a checkpoint path.
+    """
+    with _interrupt_handlers():
+        try:
+            return trainer.fit()  # type: ignore[attr-defined]
+        except (KeyboardInterrupt, InterruptedException):
+            if trainer.cfg.checkpoint_path is not None:
+                warnings.warn("interrupted: saving a resumable checkpoint")
+                trainer.save_checkpoint(checkpoint_name(trainer.steps_completed))
+            raise
+
+
+def checkpoint_name(steps_completed: int) -> str:
+    """Name of the periodic checkpoint after ``steps_completed`` steps (sorts by step)."""
+    return f"{CHECKPOINT_PREFIX}{steps_completed:09d}"
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

@@ -1,0 +1,63 @@
+"""Fixtures of the circuit tests: a tiny model with two random SAEs, and the IOI model with GBA SAEs."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from gba_lens.circuits import logit_diff_metric
+
+from circuit_builders import BATCH, D_MODEL, D_VOCAB, HOOK_Z, RESID, SAE_SEED, SEQ, random_sae
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    cfg = HookedTransformerConfig(n_layers=2, d_model=D_MODEL, n_ctx=16, d_head=8, n_heads=4, d_mlp=128,
+                                  d_vocab=D_VOCAB, act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg).eval()
+    saes = {RESID: random_sae(D_MODEL, 64, RESID, 1), HOOK_Z: random_sae(32, 64, HOOK_Z, 2, reshape="hook_z")}
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, D_VOCAB, (BATCH, SEQ), generator=gen)
+    corrupt = clean.clone()
+    corrupt[:, 3] = torch.randint(0, D_VOCAB, (BATCH,), generator=gen)
+    metric = logit_diff_metric(torch.tensor([[1, 2]] * BATCH))
+    with torch.no_grad():
+        ref_logits = model(clean)
+    return model, saes, clean, corrupt, metric, ref_logits
+
+
+@pytest.fixture(scope="session")
+def ioi():
+    """The offline IOI model with small GBA SAEs trained here (a few seconds)."""
+    from gba_lens.models.ioi_model import ioi_heldout_prompts, load_ioi_model
+    from gba_lens.training.methods import build_sae
+    from gba_lens.training.train import TrainConfig, train_sae
+
+    model = load_ioi_model()
+    train = ioi_heldout_prompts(model, "train", n_prompts=300, seed=1)
+    hooks = ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.1.hook_resid_pre"]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.cat([train.clean_tokens, train.corrupted_tokens]),
+                                        names_filter=lambda n: n in hooks)
+    real = torch.cat([train.attention_mask] * 2).bool()
+    saes = {}
+    for i, hook in enumerate(hooks):
+        acts = cache[hook]
+        acts = (acts.flatten(-2) if acts.ndim == 4 else acts)[real]
+        gen = torch.Generator().manual_seed(i)
+
+        def batches(acts=acts, gen=gen):
+            while True:
+                yield acts[torch.randint(0, acts.shape[0], (256,), generator=gen)]
+
+        torch.manual_seed(SAE_SEED + i)
+        sae = build_sae("gba", acts.shape[-1], 128)
+        train_sae(sae, batches(), TrainConfig(total_samples=256 * 300, batch_size=256, lr=3e-3))
+        saes[hook] = sae.to_inference_sae()
+    prompts = ioi_heldout_prompts(model, "pairs", n_prompts=64, seed=2)
+    return model, saes, prompts

@@ -1,0 +1,53 @@
+"""Circuit utilities on the committed offline IOI model with small GBA SAEs trained here."""
+
+from __future__ import annotations
+
+import torch
+
+from gba_lens import attach
+from gba_lens.circuits import (
+    ablate_features,
+    attribute,
+    verify_attribution,
+)
+from gba_lens.circuits.ioi import mean_logit_diff
+
+from circuit_builders import RESID
+
+
+def test_ioi_attribution_finds_features_that_matter(ioi):
+    model, saes, ps = ioi
+    metric = lambda logits: mean_logit_diff(logits, ps)  # noqa: E731
+    with attach(model, saes, error_term=True) as att:
+        res = attribute(att, ps.clean_tokens, ps.corrupted_tokens, metric, progress=False)
+        assert res.metric_clean > 5 and abs(res.metric_corrupted) < 1.5
+        check = verify_attribution(att, ps.clean_tokens, ps.corrupted_tokens, res, metric, k=40, progress=False)
+        # zero-ablate the k features with the most negative AtP totals vs k random active features
+        k, lines = 10, []
+        for hook, min_ratio in (("blocks.0.attn.hook_z", 3.0), ("blocks.1.attn.hook_z", 3.0), (RESID, 2.0)):
+            top = torch.argsort(res.feature_totals(hook))[:k].tolist()
+            top_delta = ablate_features(att, ps.clean_tokens, {hook: top}, metric).delta
+            name = att.feature_hook_name(hook)
+            with torch.no_grad():
+                acts = model.run_with_cache(ps.clean_tokens, names_filter=name)[1][name]
+            active = torch.nonzero((acts[ps.attention_mask.bool()] > 0).any(0)).flatten()
+            gen = torch.Generator().manual_seed(0)
+            random_deltas = [
+                ablate_features(att, ps.clean_tokens, {hook: active[torch.randperm(len(active), generator=gen)[:k]].tolist()},
+                                metric).delta
+                for _ in range(20)
+            ]
+            random_delta = sum(random_deltas) / len(random_deltas)
+            lines.append(f"{hook}: top-{k} ablation {top_delta:+.2f}, random-{k} (active, mean of 20) "
+                         f"{random_delta:+.2f} ({top_delta / random_delta:.1f}x)")
+            assert top_delta < -0.5
+            assert top_delta < min_ratio * random_delta  # both negative: top lowers it min_ratio x more
+        ig = attribute(att, ps.clean_tokens, ps.corrupted_tokens, metric, method="ig", ig_steps=32,
+                       hooks=["blocks.1.hook_resid_pre"], progress=False)
+    target = ig.metric_corrupted - ig.metric_clean
+    completeness = abs(ig.total() - target) / abs(target)
+    print(f"\nIOI model: clean logit diff {res.metric_clean:.2f}, corrupted {res.metric_corrupted:.2f}; "
+          f"AtP vs exact Spearman {check.attrs['spearman']:.3f} (top 40 nodes); IG completeness error "
+          f"{completeness:.2e}; " + "; ".join(lines))
+    assert check.attrs["spearman"] > 0.6
+    assert completeness <= 0.02

@@ -1,0 +1,54 @@
+"""The stdlib corpus and token data: a deterministic train/val split without tests, BOS-prefixed
+rows that continue one token stream, the unigram baseline; and the old import paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gba_lens.data import stdlib_corpus as C
+from gba_lens.data.tokens import tokenize_corpus
+
+
+def test_corpus_split_is_deterministic_and_excludes_tests():
+    train, val = C.stdlib_files("train"), C.stdlib_files("val")
+    assert len(train) > 300 and 10 < len(val) < len(train) / 5
+    assert train == sorted(train, key=lambda p: p.relative_to(C.stdlib_root()).as_posix())
+    assert not set(train) & set(val)
+    rels = [p.relative_to(C.stdlib_root()) for p in train + val]
+    assert not any("test" in r.parts[:-1] or "tests" in r.parts[:-1] for r in rels)
+    assert not any(r.name.startswith("test_") for r in rels)
+    assert C.stdlib_files("val") == val
+    with pytest.raises(ValueError, match="split"):
+        C.stdlib_files("test")  # type: ignore[arg-type]
+
+
+def test_token_dataset_shapes_and_bos(tokenizer, val_rows):
+    assert val_rows.shape == (16, 128)  # the val_rows fixture: 16 rows of 128 tokens
+    assert (val_rows[:, 0] == tokenizer.bos_token_id).all()
+    assert val_rows.max() < len(tokenizer) and val_rows.min() >= 0
+    # consecutive rows continue the same token stream
+    stream = tokenize_corpus(tokenizer, C.stdlib_corpus("val")[:3])
+    assert val_rows[0, 1:].tolist() == stream[:127].tolist()
+    assert val_rows[1, 1:].tolist() == stream[127:254].tolist()
+    ds = C.stdlib_token_dataset(tokenizer, context_size=32, split="val", max_tokens=320)
+    assert ds.column_names == ["tokens"] and len(ds) == 10 and len(ds[0]["tokens"]) == 32
+
+
+def test_unigram_cross_entropy_matches_uniform_case():
+    vocab = 8
+    train = np.arange(vocab).repeat(10)
+    assert C.unigram_cross_entropy(train, np.array([0, 3, 7]), vocab) == pytest.approx(np.log(8))
+
+
+def test_old_import_paths_still_work():
+    from gba_lens.data import activations, batches, tokens
+    from gba_lens.models import stdlib_lm
+    from gba_lens.training import data as training_data
+    from gba_lens.training.lm import sources
+
+    assert stdlib_lm.stdlib_token_dataset is C.stdlib_token_dataset
+    assert stdlib_lm.chunk_stream is tokens.chunk_stream and stdlib_lm.tokenize_corpus is tokenize_corpus
+    assert training_data.TensorBatches is batches.TensorBatches
+    assert training_data.load_activations is activations.load_activations
+    assert sources.rows_dataset is tokens.rows_dataset
