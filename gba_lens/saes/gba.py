@@ -107,6 +107,9 @@ class GBAOptions:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:
             raise ValueError(f"n_groups must be >= 1, got {self.n_groups}")
+        if not 0.0 < self.lowest_target <= self.highest_target <= 1.0:  # NaN fails too
+            raise ValueError(f"need 0 < lowest_target <= highest_target <= 1, got "
+                             f"lowest_target={self.lowest_target}, highest_target={self.highest_target}")
         if d_sae is not None and self.n_groups > d_sae:
             raise ValueError(f"n_groups must be in [1, d_sae={d_sae}], got {self.n_groups}")
 

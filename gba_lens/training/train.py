@@ -65,11 +65,11 @@ class TrainConfig:
     device: str = "auto"
     """Torch device to train on (auto: cuda if available, else cpu)."""
     checkpoint_dir: str | None = None
-    """Directory for checkpoints; a run with existing checkpoints there resumes from the newest."""
+    """Directory for checkpoints and the run's recorded settings (run_settings.json)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
     resume: bool = True
-    """Resume from the newest checkpoint in checkpoint_dir if there is one (False: start from scratch)."""
+    """Resume the run in checkpoint_dir if its recorded settings match (False: start afresh, refusing a directory that holds another run's checkpoints)."""
     resume_anyway: bool = False
     """Continue a run in checkpoint_dir even though its recorded settings differ (with a warning)."""
     overwrite: bool = False

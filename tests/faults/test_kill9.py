@@ -70,15 +70,21 @@ TINY_LM = ["--training-tokens", "6144", "--batch-tokens", "512", "--width", "32"
 HOOKS = ["--hook", "blocks.0.hook_resid_post", "--hook", "blocks.1.hook_resid_post"]  # repeated: both
 
 
-@pytest.mark.parametrize("where", ["step", "save"])
-def test_lm_multi_hook_survives_kill9(tmp_path, where):
+@pytest.fixture(scope="module")
+def lm_reference(tmp_path_factory):
+    ref = tmp_path_factory.mktemp("lm_reference")
+    assert run_in_child(lambda: cli.main(["train", *HOOKS, *TINY_LM, "--out", str(ref)])) == ("exit", 0)
+    return ref
+
+
+@pytest.mark.parametrize("where", ["step", "save", "step+corrupt"])
+def test_lm_multi_hook_survives_kill9(lm_reference, tmp_path, where):
     from gba_lens.training.trainer import GBATrainer
 
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    assert run_in_child(lambda: cli.main(["train", *HOOKS, *TINY_LM, "--out", str(ref)])) == ("exit", 0)
+    ref, out = lm_reference, tmp_path / "run"
 
     def killed_run():
-        if where == "step":  # two SAEs step per batch: call 15 is batch 8, after the step-6 checkpoint
+        if where.startswith("step"):  # two SAEs step per batch: call 15 is batch 8, after the step-6 checkpoint
             kill_on_call(GBATrainer, "step", 15)
         else:  # the second checkpoint, after the first hook is written: half a multi-hook save
             kill_on_call(GBATrainer, "write_checkpoint_files", 3, after=True)
@@ -87,6 +93,14 @@ def test_lm_multi_hook_survives_kill9(tmp_path, where):
     assert run_in_child(killed_run) == ("killed", 9)
     FIGURES["bytes lost"] += unverifiable_bytes(out / "checkpoints")
     FIGURES["kills survived"] += 1
+    if where == "step+corrupt":  # and a bit flip in one hook of the newest checkpoint: step 3 is used
+        weights = out / "checkpoints" / "step_000000006" / "blocks.1.hook_resid_post" / "sae_weights.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-7] ^= 0x01
+        weights.write_bytes(bytes(data))
+        FIGURES["corruptions detected"] += 1
     assert run_in_child(lambda: cli.main(["train", *HOOKS, *TINY_LM, "--out", str(out)])) == ("exit", 0)
+    if where == "step+corrupt":
+        assert (out / "checkpoints" / "corrupt-step_000000006").is_dir()
     for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post"):
         assert_identical(ref / hook, out / hook)

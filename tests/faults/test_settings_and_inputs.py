@@ -124,6 +124,8 @@ BAD = [
     (["--n-groups", "64"], "n_groups must be in [1, d_sae=32]"),
     (["--lr", "1", "--lr", "2"], "--lr is given more than once"),
     (["--resume-anyway", "--overwrite"], "contradict"),
+    (["--highest-target", "nan"], "need 0 < lowest_target <= highest_target <= 1"),
+    (["--lowest-target", "0.5"], "need 0 < lowest_target <= highest_target <= 1"),
 ]
 
 

@@ -52,7 +52,7 @@ class LMTrainConfig(LMSourceArgs, GBAOptions):
     """
 
     hook: list[str] = field(default_factory=list)
-    """Hook name(s), e.g. blocks.6.hook_resid_pre. Several hooks are trained together from one model pass. Default: blocks.<n_layers // 2>.hook_resid_pre."""
+    """Hook name(s), e.g. blocks.6.hook_resid_pre. Several hooks (--hook a b, or --hook a --hook b) are trained together from one model pass. Default: blocks.<n_layers // 2>.hook_resid_pre."""
     width: list[int] = field(default_factory=list)
     """SAE width(s) (d_sae). Several widths give one SAE per hook and width. Default: 16 x the hook's width."""
     exclude_special_tokens: bool = False

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from gba_lens.training.checkpoints import load_newest_intact
@@ -32,14 +33,40 @@ def checkpoint_candidates(resume_from: str | Path | Sequence[str | Path] | None)
     return [Path(p) for p in resume_from]
 
 
-def resume_and_replay(candidates: Sequence[Path], load: Callable[[Path], None], steps_done: Callable[[], int],
+def resume_and_replay(candidates: Sequence[Path], load: Callable[[Path], None], trainer: Any,
                       data_provider: Iterator[Any]) -> Path | None:
-    """Load the newest intact of ``candidates`` (see :func:`load_newest_intact`), then draw the
-    ``steps_done()`` batches it had trained on from ``data_provider``; returns the checkpoint."""
+    """Load the newest intact of ``candidates`` into ``trainer`` (see :func:`load_newest_intact`),
+    then draw the batches it had trained on from ``data_provider`` (and, when W&B logging is on,
+    the tokens SAELens's in-training evaluations read from the same store); returns the checkpoint."""
     checkpoint = load_newest_intact(candidates, load)
     if checkpoint is None:
         return None
-    notify(f"resuming the run from {checkpoint} at step {steps_done()} (replaying the data it trained on)")
-    for _ in tqdm(range(steps_done()), desc="replaying the data already trained on", leave=False):
+    steps = trainer.steps_completed
+    notify(f"resuming the run from {checkpoint} at step {steps} (replaying the data it trained on)")
+    for step in tqdm(range(steps), desc="replaying the data already trained on", leave=False):
         next(data_provider)
+        _replay_evaluation(trainer, step, data_provider)
     return checkpoint
+
+
+@torch.no_grad()
+def _replay_evaluation(trainer: Any, step: int, data_provider: Iterator[Any]) -> None:
+    """SAELens's evaluator reads tokens from the activation store at the steps where the trainer
+    evaluates (W&B logging on): read them again, so later batches are the same. Its metrics are
+    discarded (they were logged by the killed run)."""
+    logger_cfg = trainer.cfg.logger
+    every = logger_cfg.wandb_log_frequency * logger_cfg.eval_every_n_wandb_logs
+    if not logger_cfg.log_to_wandb or trainer.evaluator is None or (step + 1) % every:
+        return
+    saes = dict(trainer.saes) if hasattr(trainer, "saes") else {"": trainer.sae}
+    for sae in saes.values():
+        sae.eval()
+    try:
+        if hasattr(trainer, "saes"):
+            trainer.evaluator(saes=trainer.saes, data_provider=data_provider, hook_names=trainer.hook_names,
+                              activation_scalers={n: t.activation_scaler for n, t in trainer.trainers.items()})
+        else:
+            trainer.evaluator(trainer.sae, data_provider, trainer.activation_scaler)
+    finally:
+        for sae in saes.values():
+            sae.train()

@@ -39,6 +39,7 @@ import torch
 from datasets import Array2D, Features, Sequence, Value
 from sae_lens import CacheActivationsRunner, LanguageModelSAETrainingRunner
 from sae_lens.config import CacheActivationsRunnerConfig
+from sae_lens.constants import SPARSITY_FILENAME
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
@@ -143,7 +144,7 @@ class GBALanguageModelRunner(LanguageModelSAETrainingRunner):
             )
             trainer = self.trainer
             self.resumed_from = resume_and_replay(checkpoint_candidates(self.resume_from), trainer.resume_from,
-                                                  lambda: trainer.steps_completed, data_provider)
+                                                  trainer, data_provider)
             self._compile_sae_if_needed()
             return self.run_trainer_with_interruption_handling(self.trainer)
 
@@ -211,12 +212,18 @@ class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
         if base is None:
             return
         check_finite_sae(dict(self.saes), f"after {self.steps_completed} steps", latest_checkpoint(base))
-        with atomic_directory(Path(base) / checkpoint_name) as tmp:
+        target = Path(base) / checkpoint_name
+        files = {}
+        with atomic_directory(target) as tmp:
             for name, trainer in self.trainers.items():
                 (tmp / name).mkdir()
-                trainer.write_checkpoint_files(tmp / name)
+                files[name] = trainer.write_checkpoint_files(tmp / name)
             if self.save_checkpoint_fn is not None:
                 self.save_checkpoint_fn(checkpoint_path=tmp)
+        for name, (weights, cfg_file) in files.items():  # as SAELens: each SAE as a W&B artifact
+            self._safe(self.cfg.logger.log, self.trainers[name], target / name / weights.name,
+                       target / name / cfg_file.name, sparsity_path=target / name / SPARSITY_FILENAME,
+                       wandb_aliases=wandb_aliases)
 
 
 class GBAMultiSAERunner(MultiSAETrainingRunner):
@@ -259,7 +266,7 @@ class GBAMultiSAERunner(MultiSAETrainingRunner):
             )
             trainer = self.trainer
             self.resumed_from = resume_and_replay(checkpoint_candidates(self.resume_from), trainer.load_checkpoint,
-                                                  lambda: trainer.steps_completed, data_provider)
+                                                  trainer, data_provider)
             return fit_saving_on_interrupt(self.trainer)
 
 

@@ -1,0 +1,111 @@
+"""A checkpoint directory records its run's settings; a new run resumes, refuses or overwrites
+by the table of :mod:`gba_lens.training.run_settings`; nothing non-finite is ever saved."""
+
+import json
+
+import pytest
+import torch
+
+from gba_lens.data.batches import SeededBatches, TensorBatches
+from gba_lens.training.checkpoints import NonFiniteTrainingError
+from gba_lens.training.run_settings import (
+    SETTINGS_FILENAME,
+    RunSettingsError,
+    data_fingerprint,
+    prepare_run_directory,
+    settings_differences,
+)
+from gba_lens.training.train import TrainConfig, train_sae
+from gba_lens.training.trainer import list_checkpoints
+from training_builders import relu_sampler, tiny_gba_sae
+
+SETTINGS = {"train": {"lr": 0.003, "batch_size": 64}, "data": {"path": "a"}}
+
+
+def _with_checkpoint(tmp_path, settings=SETTINGS):
+    assert prepare_run_directory(tmp_path, settings) is False  # empty: a fresh run, settings recorded
+    (tmp_path / "step_000000004").mkdir()
+    return tmp_path
+
+
+def test_identical_settings_resume_and_different_ones_are_refused_by_name(tmp_path):
+    run = _with_checkpoint(tmp_path)
+    assert json.loads((run / SETTINGS_FILENAME).read_text()) == SETTINGS
+    assert prepare_run_directory(run, SETTINGS) is True
+    changed = {"train": {"lr": 0.01, "batch_size": 64}, "data": {"path": "b"}}
+    with pytest.raises(RunSettingsError, match=r'data\.path: "a" -> "b"; train\.lr: 0\.003 -> 0\.01'):
+        prepare_run_directory(run, changed)
+    assert (run / "step_000000004").exists()  # refusing touches nothing
+
+
+def test_resume_anyway_continues_and_records_the_new_settings(tmp_path):
+    run = _with_checkpoint(tmp_path)
+    changed = {**SETTINGS, "seed": 1}
+    with pytest.warns(UserWarning, match=r"resume-anyway.*seed: \(unset\) -> 1"):
+        assert prepare_run_directory(run, changed, resume_anyway=True) is True
+    assert json.loads((run / SETTINGS_FILENAME).read_text())["seed"] == 1
+
+
+def test_no_resume_refuses_another_runs_checkpoints_unless_overwrite(tmp_path):
+    run = _with_checkpoint(tmp_path)
+    with pytest.raises(RunSettingsError, match="never reuses or deletes"):
+        prepare_run_directory(run, SETTINGS, resume=False)
+    with pytest.warns(UserWarning, match="removed the previous run's 1 checkpoint"):
+        assert prepare_run_directory(run, {"new": True}, resume=False, overwrite=True) is False
+    assert not (run / "step_000000004").exists()
+    assert json.loads((run / SETTINGS_FILENAME).read_text()) == {"new": True}
+    with pytest.raises(RunSettingsError, match="contradict"):
+        prepare_run_directory(run, SETTINGS, resume_anyway=True, overwrite=True)
+
+
+def test_checkpoints_without_recorded_settings_are_not_resumed_blindly(tmp_path):
+    (tmp_path / "step_000000004").mkdir()
+    with pytest.raises(RunSettingsError, match="no readable run_settings.json"):
+        prepare_run_directory(tmp_path, SETTINGS)
+    (tmp_path / SETTINGS_FILENAME).write_text("{not json")
+    with pytest.raises(RunSettingsError, match="no readable"):
+        prepare_run_directory(tmp_path, SETTINGS)
+
+
+def test_fingerprint_and_differences():
+    x = torch.randn(1000, 4)
+    assert data_fingerprint(x) == data_fingerprint(x.clone())
+    assert data_fingerprint(x) != data_fingerprint(x.flip(0))
+    assert data_fingerprint(x)["shape"] == [1000, 4]
+    assert settings_differences({"a": (1, 2)}, {"a": [1, 2]}) == []  # as JSON reads them back
+
+
+def _cfg(tmp_path, **kw):
+    return TrainConfig(**{"total_samples": 16 * 32, "batch_size": 32, "checkpoint_dir": str(tmp_path),
+                          "checkpoint_every": 4, **kw})
+
+
+def test_python_api_applies_the_same_rules(tmp_path):
+    sample = relu_sampler(6)
+    train_sae(tiny_gba_sae(6, 12, n_groups=2), SeededBatches(sample, 32), _cfg(tmp_path))
+    with pytest.raises(RunSettingsError, match="train.lr"):
+        train_sae(tiny_gba_sae(6, 12, n_groups=2), SeededBatches(sample, 32), _cfg(tmp_path, lr=0.1))
+    with pytest.raises(RunSettingsError, match="sae.n_groups: 2 -> 3"):
+        train_sae(tiny_gba_sae(6, 12, n_groups=3), SeededBatches(sample, 32), _cfg(tmp_path))
+    with pytest.raises(RunSettingsError, match="data.seed: 0 -> 1"):
+        train_sae(tiny_gba_sae(6, 12, n_groups=2), SeededBatches(sample, 32, seed=1), _cfg(tmp_path))
+    with pytest.raises(RunSettingsError, match="never reuses"):
+        train_sae(tiny_gba_sae(6, 12, n_groups=2), SeededBatches(sample, 32), _cfg(tmp_path, resume=False))
+
+
+@pytest.mark.parametrize("bad", [dict(batch_size=0), dict(total_samples=-1), dict(checkpoint_every=-1),
+                                 dict(lr=float("nan")), dict(lr=0.0), dict(batch_size=2.5),
+                                 dict(total_samples=8, batch_size=16), dict(resume_anyway=True, overwrite=True)])
+def test_train_config_refuses_bad_numbers(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_non_finite_sae_is_never_checkpointed_and_the_error_names_the_intact_one(tmp_path):
+    acts = torch.relu(torch.randn(16 * 32, 6))
+    acts[8 * 32 + 5 :, 2] = 3e37  # from batch 8 on: finite inputs that overflow the SAE
+    data = TensorBatches(acts, 32)
+    data._perm, data._epoch = torch.arange(acts.shape[0]), 0  # in order
+    with pytest.raises(NonFiniteTrainingError, match=r"step_000000008, is intact"):
+        train_sae(tiny_gba_sae(6, 12, n_groups=2), data, _cfg(tmp_path))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000004", "step_000000008"]
