@@ -9,6 +9,10 @@ Options are the fields of :class:`~gba_lens.training.lm.LMTrainConfig` /
     gba-lens train --hook blocks.0.hook_resid_post blocks.1.hook_resid_post   one pass, two SAEs
     gba-lens cache --hook blocks.1.hook_resid_pre --tokens 2000000 --out acts/
     gba-lens train --cache-dir acts/ --hook blocks.1.hook_resid_pre --width 1024 2048 4096
+    torchrun --nproc_per_node 8 -m gba_lens train --model gpt2 ...        data parallel, one SAE
+    torchrun --nproc_per_node 2 -m gba_lens train --hook H0 H1 --distribute-hooks   one SAE per rank
+
+(docs/experiments/scaling_out.md: what a torchrun launch guarantees, and the GPU recipe.)
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ def cmd_train(args: LMTrainConfig) -> int:
     from gba_lens.training.lm import train_gba_on_model
 
     results = train_gba_on_model(args)
+    if results is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     print()
     print(results.table())
     print(

@@ -1,6 +1,7 @@
 """``gba-lens train-activations``: a GBA SAE trained on cached activations.
 
     gba-lens train-activations --activations acts.safetensors --d-sae 4096
+    torchrun --nproc_per_node 8 -m gba_lens train-activations ...   # data parallel, same SAE
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class TrainActivationsArgs(GBAOptions):
     epochs: float = 1.0
     """Passes over the cached activations."""
     batch_size: int = 1024
-    """Activations per step."""
+    """Activations per step (over all processes under torchrun: each trains on batch_size / N)."""
     lr: float = 3e-3
     """Adam learning rate."""
     device: str = "cpu"
@@ -63,6 +64,7 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
     from gba_lens.data.activations import load_activations
     from gba_lens.data.batches import TensorBatches
     from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+    from gba_lens.training.distributed import is_main_process
     from gba_lens.training.run_settings import data_fingerprint, file_identity
     from gba_lens.training.train import TrainConfig, train_sae
 
@@ -89,6 +91,8 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
                                 **data_fingerprint(acts)},
                 "epochs": args.epochs, "seed": args.seed}
     train_sae(sae, TensorBatches(acts, args.batch_size, seed=args.seed), cfg, run_identity=identity)
+    if not is_main_process():  # under torchrun, rank 0 alone reports and writes the SAE
+        return 0
     sae.eval()
     with torch.no_grad():
         sample = acts[: min(len(acts), 20_000)].to(args.device)

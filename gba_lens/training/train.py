@@ -20,6 +20,7 @@ from sae_lens.saes.sae import TrainingSAE
 from gba_lens.data.batches import SeededBatches, TensorBatches
 from gba_lens.training.checkpoints import check_finite_sae, load_newest_intact
 from gba_lens.training.device import resolve_device
+from gba_lens.training.distributed import is_distributed, is_main_process
 from gba_lens.training.run_settings import data_fingerprint, notify, prepare_run_directory
 from gba_lens.training.trainer import GBATrainer, latest_checkpoint, list_checkpoints
 from gba_lens.wandb_run import finish_run, start_run
@@ -187,15 +188,35 @@ def train_sae(
     ``run_identity``: more settings that define the run (e.g. the data file and the seed),
     recorded and compared with the rest (see :func:`run_settings`).
 
+    Under ``torchrun --nproc_per_node W`` each process calls this with the same ``sae``, ``data``
+    (the global stream) and ``cfg`` (the global batch size): rank r trains on its ``batch_size / W``
+    rows of every batch, with DDP, and the result is the SAE a single process would train
+    (:mod:`gba_lens.training.distributed`). Only rank 0 logs and writes checkpoints; rank 0 checks
+    the run directory and every rank follows its decision.
+
     Raises:
         RunSettingsError: the directory holds another run's checkpoints (see ``TrainConfig``).
         NonFiniteTrainingError: the SAE became NaN/inf; nothing non-finite was saved.
     """
     trainer_cfg = _trainer_config(cfg)
+    trainer_cls: type[GBATrainer] = GBATrainer
+    if is_distributed():
+        from gba_lens.training import distributed
+
+        distributed.ensure_process_group()
     resume = False
     if cfg.checkpoint_dir is not None:
-        resume = prepare_run_directory(cfg.checkpoint_dir, run_settings(sae, data, cfg, run_identity),
-                                       resume=cfg.resume, resume_anyway=cfg.resume_anyway, overwrite=cfg.overwrite)
+        settings = run_settings(sae, data, cfg, run_identity)
+
+        def prepare() -> bool:
+            return prepare_run_directory(cfg.checkpoint_dir, settings, resume=cfg.resume,
+                                         resume_anyway=cfg.resume_anyway, overwrite=cfg.overwrite)
+
+        resume = distributed.on_main_then_share(prepare) if is_distributed() else prepare()
+    if is_distributed():  # one rank of a torchrun launch: data parallel (gba_lens.training.distributed)
+        trainer_cls = distributed.DistributedGBATrainer
+        data = distributed.shard_batches(data, distributed.rank(), distributed.world_size(), cfg.batch_size)
+        trainer_cfg.logger.log_to_wandb &= distributed.is_main_process()
     owns_run = False
     if trainer_cfg.logger.log_to_wandb:
         import wandb
@@ -204,12 +225,12 @@ def train_sae(
             config = {"train": asdict(cfg), "sae": sae.cfg.to_dict(), **(extra_wandb_config or {})}
             owns_run = start_run(cfg.wandb_project, cfg.wandb_run_name, config)
             trainer_cfg.logger.log_to_wandb = owns_run
-    trainer = GBATrainer(
+    trainer = trainer_cls(
         cfg=trainer_cfg, sae=sae, data_provider=data, checkpoint_every=cfg.checkpoint_every
     )
     if resume:
         checkpoint = load_newest_intact(list_checkpoints(Path(cfg.checkpoint_dir)), trainer.resume_from)
-        if checkpoint is not None:
+        if checkpoint is not None and is_main_process():
             notify(f"resuming the run in {cfg.checkpoint_dir} at step {trainer.steps_completed} "
                    f"({checkpoint.name})")
     try:

@@ -91,6 +91,12 @@ class LMTrainConfig(LMSourceArgs, GBAOptions):
     """W&B run name."""
     log_every: int = 50
     """Steps between W&B training logs (SAELens also runs its evals every 10 logs)."""
+    autocast: bool = False
+    """bf16 autocast of the SAE training step (SAELens's ``autocast``; for GPUs)."""
+    autocast_lm: bool = False
+    """bf16 autocast of the model's forward passes that collect activations (SAELens's ``autocast_lm``)."""
+    distribute_hooks: bool = False
+    """Under torchrun: each rank trains its share of the hooks' SAEs (hook i on rank i mod N) on every token, instead of data parallel."""
 
     def __post_init__(self) -> None:
         if isinstance(self.hook, str):  # a single name from Python

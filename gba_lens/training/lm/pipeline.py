@@ -20,9 +20,17 @@ from sae_lens import SAE
 from torch import nn
 
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.training import distributed
 from gba_lens.training.device import resolve_device
 from gba_lens.training.lm.cache import after_cached_rows, cache_lm_activations, check_cache
 from gba_lens.training.lm.config import LMCacheConfig, LMTrainConfig
+from gba_lens.training.lm.distributed import (
+    gather_evaluations,
+    hook_share,
+    rank_checkpoint_dir,
+    rank_source,
+    rank_store_batch,
+)
 from gba_lens.training.lm.evaluate import (
     SAEEvalResult,
     evaluate_sae,
@@ -145,13 +153,15 @@ def _train_group(run: _Run, group: list[_PlannedSAE], run_dir: Path, trained: _T
     else:
         runner_cfg = runner_config(cfg, run.loaded, run.source, run.sae_cfgs[group[0].name], group[0].hook,
                                    run.device, run.wandb_on, run_dir, run.cache_dir)
+        if _data_parallel(cfg):  # this rank's store yields its share of each batch
+            runner_cfg.train_batch_size_tokens = rank_store_batch(cfg.batch_tokens)
     with quiet_saelens():
         torch.manual_seed(cfg.seed)
         if multi:
             runner: Any = GBAMultiSAERunner(runner_cfg, **common)
             saes = runner.run()
         else:
-            runner = GBALanguageModelRunner(runner_cfg, **common)
+            runner = GBALanguageModelRunner(runner_cfg, **common, data_parallel=_data_parallel(cfg))
             saes = {group[0].name: runner.run()}
     assert runner.trainer is not None
     for p in group:
@@ -226,7 +236,11 @@ def _save_and_evaluate(run: _Run, plan: list[_PlannedSAE], trained: _Trained,
     return saes, evals
 
 
-def train_gba_on_model(cfg: LMTrainConfig, *, model: nn.Module | None = None) -> LMTrainResults:
+def _data_parallel(cfg: LMTrainConfig) -> bool:
+    return distributed.is_distributed() and not cfg.distribute_hooks
+
+
+def train_gba_on_model(cfg: LMTrainConfig, *, model: nn.Module | None = None) -> LMTrainResults | None:
     """Train GBA SAEs on hook points of a language model and evaluate them on held-out tokens.
 
     Args:
@@ -234,12 +248,17 @@ def train_gba_on_model(cfg: LMTrainConfig, *, model: nn.Module | None = None) ->
         model: an already-loaded TransformerLens model to use instead of ``cfg.model`` (e.g. in a
             notebook that attaches the SAE to the same model afterwards).
 
+    Under ``torchrun`` every rank calls this; ranks other than 0 return ``None``.
+
     Raises:
         UnknownHookNameError: a hook name is not in ``model.hook_dict`` (close matches listed),
             before anything is trained.
         ValueError: inconsistent settings, or a cache / checkpoint whose ``d_in`` does not match.
     """
     device = resolve_device(cfg.device)
+    if distributed.is_distributed():  # one rank of a torchrun launch (gba_lens.training.lm.distributed)
+        distributed.ensure_process_group()
+        device = distributed.rank_device(device)
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     loaded = wrap_model(model, cfg.model) if model is not None else load_model(cfg.model, cfg.model_kind, device)
@@ -251,17 +270,29 @@ def train_gba_on_model(cfg: LMTrainConfig, *, model: nn.Module | None = None) ->
     cache_dir, cache_info = _prepare_cache(cfg, loaded, hooks, d_ins, device)
     source = _load_source(cfg, loaded, cache_dir, cache_info)
     checkpoint_dir = out / "checkpoints"
+    mine = plan  # the SAEs this process trains
+    if _data_parallel(cfg):
+        source = rank_source(source, len(plan), cache_dir)
+    elif distributed.is_distributed() and cfg.distribute_hooks:
+        mine, checkpoint_dir = hook_share(plan), rank_checkpoint_dir(checkpoint_dir)
 
     # Refuses, before anything runs, a directory holding another run (see run_settings).
-    resume = prepare_run_directory(checkpoint_dir, run_settings(cfg, loaded, source, plan, d_ins, cache_info),
-                                   resume=cfg.resume, resume_anyway=cfg.resume_anyway, overwrite=cfg.overwrite)
+    # Data parallel: rank 0 checks the shared directory and every rank follows its decision;
+    # with --distribute-hooks each rank has a directory of its own.
+    settings = run_settings(cfg, loaded, source, plan, d_ins, cache_info)
+
+    def prepare() -> bool:
+        return prepare_run_directory(checkpoint_dir, settings, resume=cfg.resume,
+                                     resume_anyway=cfg.resume_anyway, overwrite=cfg.overwrite)
+
+    resume = distributed.on_main_then_share(prepare) if _data_parallel(cfg) else prepare()
     run_config = {"gba_lens": asdict(cfg), "model_name": loaded.model_name, "hooks": {p.name: p.hook for p in plan},
                   "d_in": d_ins, "dataset_path": source.dataset_path, "context_size": source.context_size}
-    wandb_on = start_run(cfg.wandb_project, cfg.wandb_run_name, run_config)
+    wandb_on = distributed.is_main_process() and start_run(cfg.wandb_project, cfg.wandb_run_name, run_config)
     run = _Run(cfg, resume, loaded, source, device, d_ins, sae_cfgs, wandb_on, cache_dir)
     try:
         # Several SAEs from one model pass, unless each reads the cache (the model never runs).
-        groups = [plan] if len(plan) > 1 and cache_dir is None else [[p] for p in plan]
+        groups = [mine] if len(mine) > 1 and cache_dir is None else [[p] for p in mine]
         trained = _Trained()
         start = time.perf_counter()
         for group in groups:
@@ -270,11 +301,22 @@ def train_gba_on_model(cfg: LMTrainConfig, *, model: nn.Module | None = None) ->
         if cache_dir is not None:
             trained.rows_used = int(cache_info.get("dataset_rows_used", trained.rows_used))
         train_seconds = time.perf_counter() - start
+        if _data_parallel(cfg):
+            if not distributed.is_main_process():
+                return None  # rank 0 alone saves, evaluates and reports
+            trained.rows_used *= distributed.world_size()  # every rank read as many rows of its shard
         if cfg.resume and not any(trained.resumed.values()):
             logger.info("no checkpoint in %s: trained from scratch", checkpoint_dir)
         check_finite_sae(dict(trained.saes), "at the end of training", latest_checkpoint(checkpoint_dir))
 
-        saes, evals = _save_and_evaluate(run, plan, trained, out)
+        saes, evals = _save_and_evaluate(run, mine, trained, out)
+        if mine is not plan:  # --distribute-hooks: rank 0 reports every rank's SAEs
+            evals = gather_evaluations(evals)
+            if not distributed.is_main_process():
+                return None
+            evals = {p.name: evals[p.name] for p in plan}
+            saes = {p.name: saes[p.name] if p.name in saes else SAE.load_from_disk(str(out / p.name), device=device)
+                    for p in plan}
         plot_path = plot_group_frequencies(list(evals.values()), out / PLOT_FILENAME)
         # Activation vectors consumed per second: one pass for all SAEs of a multi-SAE run, one
         # pass per SAE when several widths are trained one after another from a cache.

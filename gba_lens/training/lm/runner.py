@@ -48,6 +48,8 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import nn
 
 from gba_lens.training.checkpoints import check_finite_sae
+from gba_lens.training.distributed import DistributedGBATrainer, is_distributed
+from gba_lens.training.lm.distributed import rank_trainer_config
 from gba_lens.training.lm.resume import checkpoint_candidates, resume_and_replay
 from gba_lens.training.state_io import CheckpointError, atomic_directory
 from gba_lens.training.trainer import GBATrainer, ResumableTraining, fit_saving_on_interrupt, latest_checkpoint
@@ -106,10 +108,11 @@ class GBALanguageModelRunner(LanguageModelSAETrainingRunner):
 
     Constructed exactly like SAELens's runner (``cfg``, ``override_dataset``, ``override_model``,
     ``override_sae``), plus ``checkpoint_every`` (steps between resumable checkpoints in
-    ``cfg.checkpoint_path``) and ``resume_from`` (a checkpoint directory to continue from, or
-    several, oldest first: the newest intact one is used, see :mod:`gba_lens.training.lm.resume`).
-    ``run()`` returns the trained SAE; the trainer stays available as ``self.trainer`` and the
-    checkpoint it resumed from as ``self.resumed_from``.
+    ``cfg.checkpoint_path``), ``resume_from`` (a checkpoint directory to continue from, or
+    several, oldest first: the newest intact one is used, see :mod:`gba_lens.training.lm.resume`)
+    and ``data_parallel`` (default: when launched on several ranks). ``run()`` returns the trained
+    SAE; the trainer stays available as ``self.trainer`` and the checkpoint it resumed from as
+    ``self.resumed_from``.
     """
 
     trainer: GBATrainer | None
@@ -123,19 +126,25 @@ class GBALanguageModelRunner(LanguageModelSAETrainingRunner):
         *,
         checkpoint_every: int = 0,
         resume_from: str | Path | list[Path] | None = None,
+        data_parallel: bool | None = None,
     ) -> None:
         super().__init__(cfg, override_dataset, override_model, override_sae)
         self.checkpoint_every = checkpoint_every
         self.resume_from = resume_from
         self.resumed_from: Path | None = None
+        self.data_parallel = is_distributed() if data_parallel is None else data_parallel
         self.trainer = None
 
     def run(self) -> TrainingSAE[Any]:  # type: ignore[override]
         self._set_sae_metadata()
         with _prefetched(self.activations_store, self.cfg.prefetch_llm_batches) as data_provider:
-            # The one place that differs from SAELens: GBATrainer instead of SAETrainer.
-            self.trainer = GBATrainer(
-                cfg=self.cfg.to_sae_trainer_config(),
+            # The one place that differs from SAELens: GBATrainer instead of SAETrainer (one rank's
+            # DistributedGBATrainer under torchrun: gba_lens.training.lm.distributed).
+            trainer_cls, trainer_cfg = GBATrainer, self.cfg.to_sae_trainer_config()
+            if self.data_parallel:
+                trainer_cls, trainer_cfg = DistributedGBATrainer, rank_trainer_config(trainer_cfg)
+            self.trainer = trainer_cls(
+                cfg=trainer_cfg,
                 sae=self.sae,
                 data_provider=data_provider,
                 evaluator=self.evaluator,

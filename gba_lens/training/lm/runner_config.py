@@ -65,6 +65,8 @@ def _shared_runner_fields(
         checkpoint_path=str(checkpoint_dir),
         output_path=None,
         n_batches_for_norm_estimate=1,  # GBA normalises inside the SAE; nothing to estimate
+        autocast=cfg.autocast,
+        autocast_lm=cfg.autocast_lm,
     )
 
 

@@ -1,0 +1,87 @@
+"""One rank of the distributed tests (launched by ``torchrun`` from ``test_distributed.py``).
+
+    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang]
+
+Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) with checkpoints
+in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
+that rank raises, hangs or (diverge) shifts one of its GBA biases when asked for global batch N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from safetensors.torch import save_file  # noqa: E402
+
+from gba_lens.data.batches import SeededBatches  # noqa: E402
+from gba_lens.training.distributed import is_main_process, rank  # noqa: E402
+from gba_lens.training.train import TrainConfig, train_sae  # noqa: E402
+from training_builders import relu_sampler, tiny_gba_sae  # noqa: E402
+
+D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
+
+
+def make_sae():
+    # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
+    return tiny_gba_sae(D_IN, D_SAE, update_interval=3)
+
+
+def make_stream():
+    return SeededBatches(relu_sampler(D_IN, scale=3), BATCH, seed=5)
+
+
+def make_cfg(out: str) -> TrainConfig:
+    return TrainConfig(total_samples=STEPS * BATCH, batch_size=BATCH, lr=1e-2, device="cpu",
+                       checkpoint_dir=os.path.join(out, "checkpoints"), checkpoint_every=4,
+                       lr_decay_steps=8, log_every=5)
+
+
+class FailsAt:
+    """The global stream, failing (raise or hang) when asked for batch ``n``."""
+
+    def __init__(self, inner, n, mode):
+        self.inner, self.n, self.mode = inner, n, mode
+
+    def seek(self, i):
+        self.inner.seek(i)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.inner.index == self.n:
+            if self.mode == "hang":
+                time.sleep(3600)
+            if self.mode == "diverge":  # this rank's GBA biases drift from the others'
+                self.sae.b_enc.data[0] += 0.5
+                return next(self.inner)
+            raise RuntimeError(f"injected failure at batch {self.n}")
+        return next(self.inner)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--fail-at", type=int, default=-1)
+    parser.add_argument("--fail-mode", default="raise", choices=["raise", "hang", "diverge"])
+    args = parser.parse_args()
+    stream = make_stream()
+    if rank() == args.fail_rank:
+        stream = FailsAt(stream, args.fail_at, args.fail_mode)
+    sae = make_sae()
+    if isinstance(stream, FailsAt):
+        stream.sae = sae
+    train_sae(sae, stream, make_cfg(args.out))
+    if is_main_process():
+        save_file({k: v.contiguous() for k, v in sae.state_dict().items()},
+                  os.path.join(args.out, "state.safetensors"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Data parallel under torchrun (gloo, 2 CPU processes): the same SAE as one process, exact
+resumes after a failed rank, and failures that end the run instead of hanging it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+import dist_worker
+from gba_lens.data.activations import save_activations
+from gba_lens.data.batches import SeededBatches, TensorBatches
+from gba_lens.training.distributed import PreSharded, shard_batches
+from gba_lens.training.trainer import latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
+
+
+def _torchrun(args: list[str], timeout_s: float = 60) -> tuple[int, str, float]:
+    """Run ``torchrun --nproc_per_node 2 args``; return (exit code, stderr, seconds)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "GBA_LENS_DIST_TIMEOUT": str(timeout_s)}
+    env.pop("WORLD_SIZE", None)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    return proc.returncode, proc.stderr, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def single_process_state(tmp_path_factory):
+    """The SAE one process trains on the worker's stream (global batch B, no interruption)."""
+    sae = dist_worker.make_sae()
+    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path_factory.mktemp("one"))))
+    return sae.state_dict()
+
+
+@pytest.fixture
+def activations_file(tmp_path):
+    acts = torch.relu(torch.randn(2048, 12, generator=torch.Generator().manual_seed(0))) * 3
+    path = tmp_path / "acts.safetensors"
+    save_activations(path, acts)
+    return path, acts
+
+
+def _assert_same_sae(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert state.keys() == reference.keys()
+    for key in reference:  # weights, GBA biases, b_pre, input scale, controller statistics
+        assert torch.allclose(state[key], reference[key], atol=1e-6), key
+    assert reference["b_enc"].min() < 0  # the biases moved: the comparison is not trivial
+
+
+def test_shards_of_a_global_batch_are_disjoint_and_cover_it():
+    acts = torch.randn(96, 4)
+    for stream in (TensorBatches(acts, 16, seed=1), SeededBatches(lambda n: torch.randn(n, 4), 16, seed=1)):
+        stream.seek(7)
+        whole = next(stream)
+        parts = []
+        for r in range(2):
+            shard = shard_batches(stream, r, 2, 16)
+            shard.seek(7)
+            parts.append(next(shard))
+        assert torch.equal(torch.cat(parts), whole)
+    assert shard_batches(PreSharded(TensorBatches(acts, 8)), 0, 2, 16).__class__ is PreSharded
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        shard_batches(TensorBatches(acts, 15), 0, 2, 15)
+
+
+def test_failed_rank_stops_the_run_and_a_resume_matches_one_process(tmp_path, single_process_state):
+    out = str(tmp_path / "run")
+    code, err, seconds = _torchrun([str(WORKER), out, "--fail-rank", "1", "--fail-at", "14"])
+    assert code != 0
+    assert "gba-lens: rank 1 of 2 failed at step 14" in err, err[-3000:]
+    assert seconds < 240  # start-up dominates; the peer's failure is noticed at once
+    assert latest_checkpoint(Path(out) / "checkpoints").name == "step_000000012"
+    assert not (Path(out) / "state.safetensors").exists()
+
+    code, err, _ = _torchrun([str(WORKER), out])  # same command: resumes from step 12 on both ranks
+    assert code == 0, err[-3000:]
+    _assert_same_sae(load_file(str(Path(out) / "state.safetensors")), single_process_state)
+
+
+@pytest.mark.slow
+def test_hung_rank_ends_the_run_at_the_collective_timeout(tmp_path):
+    code, err, seconds = _torchrun([str(WORKER), str(tmp_path), "--fail-rank", "1", "--fail-at", "5",
+                                    "--fail-mode", "hang"], timeout_s=15)
+    assert code != 0
+    assert "gba-lens: rank 0 of 2 stopped: a collective failed" in err, err[-3000:]
+    assert seconds < 240
+
+
+@pytest.mark.slow
+def test_ranks_whose_biases_drift_apart_stop_at_the_next_logging_step(tmp_path):
+    code, err, _ = _torchrun([str(WORKER), str(tmp_path), "--fail-rank", "1", "--fail-at", "12",
+                              "--fail-mode", "diverge"])
+    assert code != 0
+    # log_every 5: parameters are compared on steps 4, 9, 14, ...
+    assert "failed at step 14: RankDivergenceError: b_enc differs between ranks" in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_train_activations_on_two_ranks_trains_the_one_process_sae(tmp_path, activations_file):
+    from sae_lens import SAE
+
+    from gba_lens import cli
+
+    path, _ = activations_file
+    args = ["train-activations", "--activations", str(path), "--d_sae", "48", "--n_groups", "4",
+            "--batch_size", "256", "--epochs", "1", "--checkpoint_every", "4"]
+    assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
+    code, err, _ = _torchrun(["-m", "gba_lens", *args, "--out", str(tmp_path / "two")])
+    assert code == 0, err[-3000:]
+    one = SAE.load_from_disk(tmp_path / "one" / "sae").state_dict()
+    two = SAE.load_from_disk(tmp_path / "two" / "sae").state_dict()
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
+
+
+@pytest.mark.slow
+def test_lm_train_on_two_ranks_reports_once_and_resumes(tmp_path):
+    """``gba-lens train`` (offline stdlib LM): each rank streams its shard; rank 0 alone reports."""
+    args = ["-m", "gba_lens", "train", "--batch_tokens", "1024", "--width", "128", "--eval_tokens", "1024",
+            "--checkpoint_every", "4", "--out", str(tmp_path)]
+    code, err, _ = _torchrun([*args, "--training_tokens", "8192"])
+    assert code == 0, err[-3000:]
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_000000008"
+    # 4 more steps from step 8: a longer schedule is a changed setting, continued on request
+    code, err, _ = _torchrun([*args, "--training_tokens", "12288", "--resume-anyway"])
+    assert code == 0, err[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["resumed_from"].endswith("step_000000008")
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_000000012"
+
+
+@pytest.mark.slow
+def test_distribute_hooks_trains_each_hook_on_its_own_rank_as_one_process_would(tmp_path):
+    from safetensors.torch import load_file as load
+
+    from gba_lens.training.lm import LMTrainConfig, train_gba_on_model
+
+    common = dict(training_tokens=8192, batch_tokens=1024, width=[128], eval_tokens=1024)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    code, err, _ = _torchrun(["-m", "gba_lens", "train", "--hook", *hooks, "--distribute-hooks",
+                              *[x for k, v in common.items() for x in (f"--{k}", str(v[0] if isinstance(v, list) else v))],
+                              "--checkpoint_every", "4", "--out", str(tmp_path / "two")])
+    assert code == 0, err[-3000:]
+    assert sorted(json.loads((tmp_path / "two" / "results.json").read_text())["saes"]) == hooks
+    assert (tmp_path / "two" / "checkpoints" / "rank1_of_2" / "step_000000008").is_dir()
+    # rank 1 trained hook 1 exactly as a one-process, one-hook run does
+    train_gba_on_model(LMTrainConfig(hook=[hooks[1]], out=str(tmp_path / "one"), **common))
+    one = load(str(tmp_path / "one" / hooks[1] / "sae_weights.safetensors"))
+    two = load(str(tmp_path / "two" / hooks[1] / "sae_weights.safetensors"))
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-6), key
