@@ -5,6 +5,7 @@ One module per command group, each defining :class:`~gba_lens.cli.command.Comman
     gba-lens recover --preset paper-toy|zipf|resonance     gba_lens/cli/recover.py
     gba-lens train-activations --activations acts.safetensors   gba_lens/cli/train_activations.py
     gba-lens train / gba-lens cache                        gba_lens/cli/lm.py
+    gba-lens dashboard                                     gba_lens/cli/dashboard.py
 
 Each command's options are a dataclass; its attribute docstrings are the ``--help`` text.
 
@@ -21,7 +22,7 @@ import warnings
 
 import simple_parsing
 
-from gba_lens.cli import recover, train_activations
+from gba_lens.cli import dashboard, recover, train_activations
 from gba_lens.cli.argv import normalise_argv
 from gba_lens.cli.command import Command
 from gba_lens.cli.recover import RecoverArgs, cmd_recover
@@ -44,6 +45,7 @@ COMMANDS: list[Command] = [
     recover.COMMAND,
     train_activations.COMMAND,
     *_lm_commands(),
+    dashboard.COMMAND,
 ]
 
 
