@@ -13,7 +13,10 @@ collection / plain (goal: >= 0.5x).
 * collection, full forward - the same with the early stop switched off, so the ratio is the cost
   of the statistics alone.
 
-Usage::
+Timing as in every benchmark (``_common``): CPU time of this process with one torch thread, wall
+time with several or ``--wall``; the three sides run in rotated order each repetition; tokens/s
+from the median time of each side, and a ratio is the median of per-repetition ratios of sides
+timed back to back. Usage::
 
     python benchmarks/bench_dashboard.py [--quick] [--threads 1] [--wall]
 """
@@ -21,24 +24,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 import warnings
 
-for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_key, "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _common
+
+_common.setup_environment()
 
 import torch  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 HOOK = "blocks.1.hook_resid_pre"
-
-
-L0 = 64
+L0 = 64  # features firing per token, whatever the width
 
 
 def make_sae(d_in: int, d_sae: int, model, tokens):  # noqa: ANN001, ANN201
@@ -55,14 +53,12 @@ def make_sae(d_in: int, d_sae: int, model, tokens):  # noqa: ANN001, ANN201
     return sae
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--wall", action="store_true", help="wall time instead of process CPU time")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    clock = time.perf_counter if args.wall or args.threads > 1 else time.process_time
+    _common.add_clock_args(parser)
+    args = parser.parse_args(argv)
+    clock = _common.configure(args.threads, args.wall)
 
     import gba_lens.dashboard.stream as stream
     from gba_lens.adapters import attach
@@ -95,29 +91,29 @@ def main() -> None:
         finally:
             stream._stop_layer = original
 
-    sides = {"plain forward, SAE attached": plain, "collection": collection, "collection, full forward": collection_full}
+    sides = {"plain": plain, "collection": collection, "full": collection_full}
     print(f"# Dashboard collection pass vs forward pass\n\nstdlib LM, hook {HOOK}, {n_tok:,} tokens per run "
-          f"({batch} x {ctx} per batch), {args.threads} thread(s), {'wall' if clock is time.perf_counter else 'CPU'} "
-          f"time, median of {reps}.\n")
+          f"({batch} x {ctx} per batch), {args.threads} thread(s), {clock.name}, median of {reps}; "
+          "ratio = median of per-repetition ratios.\n")
     print("| d_sae | plain tok/s | collection tok/s | ratio | collection (full forward) tok/s | ratio |")
     print("|---|---|---|---|---|---|")
     for d_sae in widths:
         sae = make_sae(128, d_sae, model, tokens)
-        times: dict[str, list[float]] = {name: [] for name in sides}
         for fn in sides.values():
             fn(sae)  # warm-up
+        samples = {name: _common.Samples() for name in sides}
         for rep in range(reps):
-            order = list(sides.items()) if rep % 2 == 0 else list(reversed(sides.items()))
-            for name, fn in order:
-                start = clock()
-                fn(sae)
-                times[name].append(clock() - start)
-            print(f"d_sae={d_sae} rep {rep + 1}/{reps}", file=sys.stderr)
-        rate = {name: n_tok / statistics.median(t) for name, t in times.items()}
-        p, c, f = rate["plain forward, SAE attached"], rate["collection"], rate["collection, full forward"]
-        print(f"| {d_sae:,} | {p:,.0f} | {c:,.0f} | {c / p:.2f}x | {f:,.0f} | {f / p:.2f}x |")
+            for name in _common.rotate(list(sides), rep):
+                _common.timed(clock, lambda fn=sides[name]: fn(sae), samples[name])
+            _common.log(f"d_sae={d_sae} rep {rep + 1}/{reps}: "
+                        + ", ".join(f"{n} {n_tok / s.times[-1]:,.0f} tok/s" for n, s in samples.items()))
+        p, c, f = (n_tok / samples[name].median for name in sides)
+        c_ratio = _common.paired_ratio(samples["plain"].times, samples["collection"].times)
+        f_ratio = _common.paired_ratio(samples["plain"].times, samples["full"].times)
+        print(f"| {d_sae:,} | {p:,.0f} | {c:,.0f} | {c_ratio:.2f}x | {f:,.0f} | {f_ratio:.2f}x |")
     print("\nGoal: collection / plain >= 0.5x.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

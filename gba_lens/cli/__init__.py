@@ -3,6 +3,7 @@
 One module per command group, each defining :class:`~gba_lens.cli.command.Command` objects:
 
     gba-lens recover --preset paper-toy|zipf|resonance     gba_lens/cli/recover.py
+    gba-lens compare --preset synthbench|lm                gba_lens/cli/compare.py
     gba-lens train-activations --activations acts.safetensors   gba_lens/cli/train_activations.py
     gba-lens train / gba-lens cache                        gba_lens/cli/lm.py
     gba-lens dashboard                                     gba_lens/cli/dashboard.py
@@ -22,7 +23,7 @@ import warnings
 
 import simple_parsing
 
-from gba_lens.cli import dashboard, recover, train_activations
+from gba_lens.cli import compare, dashboard, recover, train_activations
 from gba_lens.cli.argv import normalise_argv
 from gba_lens.cli.command import Command
 from gba_lens.cli.recover import RecoverArgs, cmd_recover
@@ -43,6 +44,7 @@ def _lm_commands() -> list[Command]:
 # The registration point: the subcommands of ``gba-lens``, in the order ``--help`` lists them.
 COMMANDS: list[Command] = [
     recover.COMMAND,
+    compare.COMMAND,
     train_activations.COMMAND,
     *_lm_commands(),
     dashboard.COMMAND,

@@ -68,7 +68,7 @@ def test_every_registered_command_is_a_subcommand_and_old_paths_still_import():
     from gba_lens.synthetic import experiments
 
     names = [c.name for c in cli.COMMANDS]
-    assert names == ["recover", "train-activations", "train", "cache", "dashboard"]
+    assert names == ["recover", "compare", "train-activations", "train", "cache", "dashboard"]
     sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
     assert list(sub.choices) == names
     assert lm_cli.cmd_train is cli.lm.cmd_train

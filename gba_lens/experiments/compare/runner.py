@@ -1,0 +1,28 @@
+"""Run a comparison preset and write its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gba_lens.experiments.compare.config import CompareConfig
+
+
+def run_compare(cfg: CompareConfig, progress: bool = True) -> dict[str, Any]:
+    """Run ``cfg.preset`` and write compare_<preset>.{md,json,png} to ``cfg.out`` (and W&B if
+    asked); returns the results (JSON-ready), with ``files`` naming what was written."""
+    from gba_lens.experiments.compare import report
+
+    if cfg.preset == "synthbench":
+        from gba_lens.experiments.compare.synthbench import run_synthbench
+
+        results = run_synthbench(cfg, progress=progress)
+    else:
+        from gba_lens.experiments.compare.lm_frontier import run_lm_frontier
+
+        results = run_lm_frontier(cfg, progress=progress)
+    results["config"] = {k: v for k, v in vars(cfg).items()}
+    results["files"] = report.write(results, Path(cfg.out))
+    if cfg.wandb_project:
+        report.log_wandb(results, cfg.wandb_project)
+    return results

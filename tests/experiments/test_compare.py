@@ -1,0 +1,146 @@
+"""``gba-lens compare`` on tiny configurations: the pool cache, every method, the sweeps, the files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from gba_lens.experiments.compare import CompareConfig, run_compare
+from gba_lens.experiments.compare import methods as M
+from gba_lens.experiments.compare import report
+from gba_lens.experiments.compare.lm_frontier import LMScale, run_lm_frontier
+from gba_lens.experiments.compare.pool import SynthScale, load_or_build_pool, pool_key
+from gba_lens.experiments.compare.synthbench import SYNTH_METHODS, run_synthbench
+
+TINY = SynthScale("tiny", num_features=96, hidden_dim=12, width=24, roots=1, samples=3072, pool_samples=3072,
+                  eval_samples=512, batch_size=256, orthogonalization_steps=5)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def test_pool_is_cached_keyed_by_config_and_reused(tmp_path):
+    first = load_or_build_pool(TINY, tmp_path)
+    assert not first.from_cache and first.directory is not None
+    assert first.train is not None and first.train.shape == (TINY.pool_samples, TINY.hidden_dim)
+    again = load_or_build_pool(TINY, tmp_path)
+    assert again.from_cache and again.directory == first.directory
+    assert torch.equal(again.train, first.train)
+    assert torch.equal(again.eval_features.to_dense(), first.eval_features.to_dense())
+    assert torch.equal(again.model.feature_dict.feature_vectors, first.model.feature_dict.feature_vectors)
+    assert again.true_l0 == pytest.approx(first.true_l0)
+    other = dataclasses.replace(TINY, num_features=100)
+    assert pool_key(other, 0) != pool_key(TINY, 0) != pool_key(TINY, 1)
+    assert load_or_build_pool(other, tmp_path).directory != first.directory
+
+
+def test_eval_replay_returns_the_stored_rows_in_order(tmp_path):
+    pool = load_or_build_pool(TINY, tmp_path)
+    replay = pool.replay()
+    dense = pool.eval_features.to_dense()
+    assert torch.equal(replay.sample(100), dense[:100])
+    assert torch.equal(replay.sample(50), dense[100:150])
+    with pytest.raises(ValueError, match="evaluation samples"):
+        replay.sample(TINY.eval_samples)
+
+
+def test_synthbench_every_method_trains_sweeps_bracket_true_l0_and_files_are_written(tmp_path):
+    cfg = CompareConfig(preset="synthbench", quick=True, seeds=[0, 1], out=str(tmp_path / "out"))
+    results = run_synthbench(cfg, progress=False, scale=TINY)
+    true_l0 = results["true_l0"]
+    assert {r["method"] for r in results["runs"]} == set(SYNTH_METHODS)
+    for run in results["runs"]:
+        for key in ("mcc", "f1", "precision", "recall", "uniqueness", "explained_variance", "l0", "dead_fraction"):
+            assert math.isfinite(run[key]), (run["method"], key)
+        assert 0 <= run["mcc"] <= 1 and 0 <= run["dead_fraction"] <= 1
+    for method in ("batchtopk", "matryoshka"):  # k at 0.5x, 1x, 2x the true L0
+        ks = sorted(p["knob_value"] for p in results["points"] if p["method"] == method)
+        assert ks[0] < true_l0 < ks[-1] and true_l0 in ks
+    assert all(p["seeds"] == 2 for p in results["points"])
+    assert {r["method"] for r in results["at_true_l0"]} == set(SYNTH_METHODS)
+    results["config"] = vars(cfg)
+    files = report.write(results, tmp_path / "out")
+    text = (tmp_path / "out" / "compare_synthbench.md").read_text()
+    assert "Matryoshka BatchTopK" in text and "MCC" in text and "gba-lens compare --preset synthbench" in text
+    assert json.loads((tmp_path / "out" / "compare_synthbench.json").read_text())["true_l0"] == pytest.approx(true_l0)
+    assert (tmp_path / "out" / "compare_synthbench.png").stat().st_size > 0
+    assert set(files) == {"md", "json", "png"}
+
+
+def test_penalty_grid_is_extended_until_its_l0s_bracket_the_target():
+    # L0 falls as the coefficient grows.
+    assert M.extend_grid([1, 3], [20, 12], l0_low=5, l0_high=10) == pytest.approx(9)
+    assert M.extend_grid([1, 3], [4, 2], l0_low=5, l0_high=10) == pytest.approx(1 / 3)
+    assert M.extend_grid([1, 3, 9], [20, 8, 3], l0_low=5, l0_high=10) is None
+    assert M.extend_grid([1, 3, 9], [30, 21, 20.5], l0_low=5, l0_high=10) is None  # saturated
+
+
+def test_interpolation_at_an_l0_in_log_space():
+    points = [{"l0": 4.0, "mcc": 0.4}, {"l0": 16.0, "mcc": 0.8}]
+    assert M.interpolate_at_l0(points, "mcc", 8.0) == pytest.approx(0.6)
+    assert M.interpolate_at_l0(points, "mcc", 32.0) is None
+    assert M.nearest_to_l0(points, 10.0)["l0"] == 16.0
+
+
+def test_every_variant_builds_saelens_class_and_converts_to_inference():
+    for method in M.ALL_METHODS:
+        knob = {"gba": 1.0, "jumprelu": 1.0, "l1": 1.0}.get(method, 4.0)
+        sae = M.build(M.Variant(method, knob), d_in=8, width=32, device="cpu")
+        inference = M.to_inference(sae, hook_name="blocks.0.hook_resid_pre")
+        x = torch.randn(5, 8)
+        assert inference.decode(inference.encode(x)).shape == (5, 8)
+        assert inference.cfg.metadata.hook_name == "blocks.0.hook_resid_pre"
+    assert M.matryoshka_widths(256) == [8, 32, 128, 256]
+
+
+def test_config_rejects_bad_input():
+    with pytest.raises(ValueError, match="preset"):
+        CompareConfig(preset="nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="full-16k"):
+        CompareConfig(preset="lm", full_16k=True)
+    assert CompareConfig().resolved_seeds() == [0, 1, 2]
+    assert CompareConfig(quick=True).resolved_seeds() == [0]
+
+
+def test_lm_preset_on_a_tiny_cache_gives_a_frontier_per_hook(tmp_path):
+    scale = LMScale(cache_tokens=1024, train_tokens=1024, eval_tokens=256, batch_size=256, width_multiple=1,
+                    ks=(8, 16), gba_scales=(1.0,), penalty_grids=(("l1", (3.0,)),), max_extensions=0,
+                    eval_batch_prompts=2)
+    cfg = CompareConfig(preset="lm", methods=["gba", "batchtopk", "l1"], out=str(tmp_path / "out"))
+    results = run_lm_frontier(cfg, progress=False, scale=scale)
+    hooks = list(results["hooks"])
+    assert len(hooks) == 2 and any("resid" in h for h in hooks) and any("mlp_out" in h for h in hooks)
+    for hook in hooks:
+        runs = [r for r in results["runs"] if r["hook"] == hook]
+        assert {r["method"] for r in runs} == {"gba", "batchtopk", "l1"}
+        for r in runs:
+            for key in ("ce_loss_score", "kl_div_with_sae", "explained_variance", "l0", "dead_fraction",
+                        "dense_fraction"):
+                assert math.isfinite(r[key]), (hook, r["method"], key)
+        assert sum(r["hook"] == hook for r in results["frontier_at"]) == 3
+    # The cache is made once per hook and reused by a second run.
+    again = run_lm_frontier(dataclasses.replace(cfg, methods=["gba"]), progress=False, scale=scale)
+    assert {h: i["cache"] for h, i in again["hooks"].items()} == {h: i["cache"] for h, i in results["hooks"].items()}
+    results["config"] = vars(cfg)
+    report.write(results, tmp_path / "out")
+    text = (tmp_path / "out" / "compare_lm.md").read_text()
+    assert all(h in text for h in hooks) and "CE loss recovered" in text
+    assert (tmp_path / "out" / "compare_lm.png").stat().st_size > 0
+
+
+def test_run_compare_writes_the_report(tmp_path, monkeypatch):
+    import gba_lens.experiments.compare.synthbench as synthbench
+
+    monkeypatch.setattr(synthbench, "resolve_scale", lambda cfg: TINY)
+    cfg = CompareConfig(preset="synthbench", methods=["gba", "batchtopk"], seeds=[0], out=str(tmp_path))
+    results = run_compare(cfg, progress=False)
+    assert set(results["files"]) == {"md", "json", "png"}
+    assert (tmp_path / "compare_synthbench.md").exists()
