@@ -11,10 +11,11 @@ from pathlib import Path
 
 from gba_lens.cli.command import Command
 from gba_lens.saes.gba import GBAOptions
+from gba_lens.training.run_options import RunOptions
 
 
 @dataclass
-class TrainActivationsArgs(GBAOptions):
+class TrainActivationsArgs(GBAOptions, RunOptions):
     """Train a GBA SAE on cached activations (safetensors file or SAELens activation cache)."""
 
     activations: str = ""
@@ -29,22 +30,14 @@ class TrainActivationsArgs(GBAOptions):
     """Activations per step (over all processes under torchrun: each trains on batch_size / N)."""
     lr: float = 3e-3
     """Adam learning rate."""
-    device: str = "cpu"
-    """Torch device."""
+    device: str = "auto"
+    """Torch device (auto: cuda if available, else cpu)."""
     out: str = "runs/gba_sae"
     """Output directory: checkpoints/ (resumable) and sae/ (plain SAELens format)."""
     checkpoint_every: int = 500
     """Steps between resumable checkpoints."""
-    wandb_project: str | None = None
-    """W&B project (offline-safe; never needs a login)."""
     seed: int = 0
     """Seed for initialisation and shuffling."""
-    resume: bool = True
-    """Resume the run in OUT/checkpoints if its recorded settings match (false, or --no-resume: start afresh, refusing a directory that holds another run)."""
-    resume_anyway: bool = False
-    """Continue the run in OUT/checkpoints even though its recorded settings differ (with a warning)."""
-    overwrite: bool = False
-    """Remove the previous run's checkpoints in OUT/checkpoints (saying so) and start afresh."""
 
     def check(self) -> None:
         """One-line ``ValueError`` for the first invalid option (before anything is loaded)."""
@@ -56,6 +49,7 @@ class TrainActivationsArgs(GBAOptions):
                                non_negative={"checkpoint_every": self.checkpoint_every},
                                positive_finite={"epochs": self.epochs, "lr": self.lr})
         self.check_gba_options(d_sae=self.d_sae)
+        self.check_run_options()
 
 
 def cmd_train_activations(args: TrainActivationsArgs) -> int:
@@ -64,11 +58,13 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
     from gba_lens.data.activations import load_activations
     from gba_lens.data.batches import TensorBatches
     from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
-    from gba_lens.training.distributed import is_main_process
+    from gba_lens.training.device import resolve_device
+    from gba_lens.training.distributed import is_main_process, rank_device
     from gba_lens.training.run_settings import data_fingerprint, file_identity
     from gba_lens.training.train import TrainConfig, train_sae
 
     args.check()
+    device = rank_device(resolve_device(args.device))  # under torchrun: this rank's GPU
     acts = load_activations(args.activations, args.hook_name)
     finite = torch.isfinite(acts)
     if not bool(finite.all()):
@@ -80,13 +76,13 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
     if total < args.batch_size:
         raise ValueError(f"--epochs {args.epochs} of {acts.shape[0]} activations is less than one batch of {args.batch_size}")
     torch.manual_seed(args.seed)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=acts.shape[1], d_sae=args.d_sae, device=args.device,
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=acts.shape[1], d_sae=args.d_sae, device=device,
                                               **args.gba_options()))
     out = Path(args.out)
-    cfg = TrainConfig(total_samples=total, batch_size=args.batch_size, lr=args.lr, device=args.device,
+    cfg = TrainConfig(total_samples=total, batch_size=args.batch_size, lr=args.lr, device=device,
                       checkpoint_dir=str(out / "checkpoints"), checkpoint_every=args.checkpoint_every,
-                      wandb_project=args.wandb_project, resume=args.resume, resume_anyway=args.resume_anyway,
-                      overwrite=args.overwrite)
+                      wandb_project=args.wandb_project, wandb_run_name=args.wandb_run_name, resume=args.resume,
+                      resume_anyway=args.resume_anyway, overwrite=args.overwrite)
     identity = {"activations": {**file_identity(args.activations), "hook_name": args.hook_name,
                                 **data_fingerprint(acts)},
                 "epochs": args.epochs, "seed": args.seed}
@@ -95,7 +91,7 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
         return 0
     sae.eval()
     with torch.no_grad():
-        sample = acts[: min(len(acts), 20_000)].to(args.device)
+        sample = acts[: min(len(acts), 20_000)].to(device)
         feats = sae.encode(sample)
         recon = sae.decode(feats)
         nmse = ((recon - sample).pow(2).sum(-1).mean() / (sample - sample.mean(0)).pow(2).sum(-1).mean()).item()

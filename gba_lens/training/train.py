@@ -21,6 +21,7 @@ from gba_lens.data.batches import SeededBatches, TensorBatches
 from gba_lens.training.checkpoints import check_finite_sae, load_newest_intact
 from gba_lens.training.device import resolve_device
 from gba_lens.training.distributed import is_distributed, is_main_process
+from gba_lens.training.run_options import RunOptions
 from gba_lens.training.run_settings import data_fingerprint, notify, prepare_run_directory
 from gba_lens.training.trainer import GBATrainer, latest_checkpoint, list_checkpoints
 from gba_lens.wandb_run import finish_run, start_run
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     """How to train (shared by GBA and the baselines).
 
     The names and defaults this shares with :class:`~gba_lens.training.lm.LMTrainConfig` mean the
@@ -69,16 +70,6 @@ class TrainConfig:
     """Directory for checkpoints and the run's recorded settings (run_settings.json)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
-    resume: bool = True
-    """Resume the run in checkpoint_dir if its recorded settings match (False: start afresh, refusing a directory that holds another run's checkpoints)."""
-    resume_anyway: bool = False
-    """Continue a run in checkpoint_dir even though its recorded settings differ (with a warning)."""
-    overwrite: bool = False
-    """Remove the checkpoints of a previous run in checkpoint_dir (saying so) and start afresh."""
-    wandb_project: str | None = None
-    """Log to this W&B project (online iff W&B is configured, else offline; never needs a login; failures never stop training)."""
-    wandb_run_name: str | None = None
-    """W&B run name."""
     log_every: int = 50
     """Steps between W&B log entries."""
     histogram_every: int = 10
@@ -97,8 +88,7 @@ class TrainConfig:
         )
         if self.total_samples < self.batch_size:
             raise ValueError(f"total_samples ({self.total_samples}) < batch_size ({self.batch_size}): not one step")
-        if self.resume_anyway and self.overwrite:
-            raise ValueError("resume_anyway and overwrite contradict each other: pass one")
+        self.check_run_options()
 
 
 def check_training_numbers(*, positive: dict[str, Any] = {}, non_negative: dict[str, Any] = {},  # noqa: B006

@@ -3,13 +3,16 @@ its docstring is the ``--help`` text).
 
 The names and defaults that :class:`~gba_lens.training.train.TrainConfig` shares mean the same
 there: ``lr``, ``lr_warm_up_steps``, ``lr_decay_steps``, ``device`` (``auto``),
-``checkpoint_every``, ``resume`` (``True``), ``wandb_project``, ``wandb_run_name``, ``log_every``.
+``checkpoint_every``, ``log_every``, and the resume / W&B options of
+:class:`~gba_lens.training.run_options.RunOptions` (inherited by both).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+from gba_lens.training.run_options import RunOptions
 
 from gba_lens.saes.gba import GBAOptions
 
@@ -39,7 +42,7 @@ class LMSourceArgs:
 
 
 @dataclass
-class LMTrainConfig(LMSourceArgs, GBAOptions):
+class LMTrainConfig(LMSourceArgs, GBAOptions, RunOptions):
     """Train GBA SAEs on a language model's hook points (SAELens runners + GBA trainer), then evaluate them on held-out tokens.
 
     Resuming (the same rule as ``TrainConfig``, see :mod:`gba_lens.training.run_settings`):
@@ -79,16 +82,6 @@ class LMTrainConfig(LMSourceArgs, GBAOptions):
     """Output directory: one SAELens SAE per hook/width, results.json, results.md, a PNG, checkpoints/."""
     checkpoint_every: int = 0
     """Steps between resumable checkpoints in OUT/checkpoints (0: none)."""
-    resume: bool = True
-    """Resume the run in OUT/checkpoints if its recorded settings match (false, or --no-resume: start afresh, refusing a directory that holds another run)."""
-    resume_anyway: bool = False
-    """Continue the run in OUT/checkpoints even though its recorded settings differ (with a warning)."""
-    overwrite: bool = False
-    """Remove the previous run's checkpoints in OUT/checkpoints (saying so) and start afresh."""
-    wandb_project: str | None = None
-    """Log training and the final evaluation to this W&B project (online iff W&B is configured, else offline; failures never stop training)."""
-    wandb_run_name: str | None = None
-    """W&B run name."""
     log_every: int = 50
     """Steps between W&B training logs (SAELens also runs its evals every 10 logs)."""
     autocast: bool = False
@@ -121,8 +114,7 @@ class LMTrainConfig(LMSourceArgs, GBAOptions):
             raise ValueError(f"widths must be integers >= 1, got {self.width}")
         if len(set(self.hook)) != len(self.hook):
             raise ValueError(f"hooks given more than once: {self.hook}")
-        if self.resume_anyway and self.overwrite:
-            raise ValueError("resume_anyway and overwrite contradict each other: pass one")
+        self.check_run_options()
         if self.training_tokens < self.batch_tokens:
             raise ValueError(f"training_tokens ({self.training_tokens}) < batch_tokens ({self.batch_tokens}): not one step")
         if len(set(self.width)) != len(self.width):
