@@ -200,6 +200,9 @@ def init_run(
 
     settings = _with_init_timeout(init_kwargs.pop("settings", None), timeout)
     kwargs: dict[str, Any] = {"reinit": "finish_previous", **init_kwargs}
+    if "dir" not in kwargs and os.environ.get("WANDB_DIR"):
+        # wandb reads WANDB_DIR once per process; pass the current value so each run honours it
+        kwargs["dir"] = os.environ["WANDB_DIR"]
     kwargs.update(project=project, name=name, config=config, settings=settings)
     if mode != "online":
         return wandb.init(mode=mode, **kwargs)

@@ -28,7 +28,7 @@ def load_dashboard_model(spec: str | None, device: str, sae: Any | None = None) 
         from transformer_lens.model_bridge import TransformerBridge
 
         return TransformerBridge.boot_transformers(str(path), device=device), str(path)
-    from sae_lens.load_model import load_model
+    from gba_lens.compat import load_model
 
     metadata = getattr(getattr(sae, "cfg", None), "metadata", None)
     kwargs = dict(getattr(metadata, "model_from_pretrained_kwargs", None) or {})

@@ -106,7 +106,7 @@ def _silence_saelens_training_bar() -> None:
     has no switch for it, so the module's ``tqdm`` name is replaced. This patches SAELens's module
     globals and is therefore done only in worker processes, which end with the pool.
     """
-    from sae_lens.training import sae_trainer
+    from gba_lens.compat import sae_trainer_module as sae_trainer
 
     sae_trainer.tqdm = functools.partial(sae_trainer.tqdm, disable=True)
 

@@ -292,7 +292,7 @@ def stdlib_hooked_config(
 
 def _load_hooked(path: Path, device: str | torch.device) -> "HookedTransformer":
     from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    from gba_lens.compat import convert_gpt2_weights
 
     hf_model = load_stdlib_hf_model(path, device="cpu")
     cfg = stdlib_hooked_config(hf_model.config, device=device)

@@ -114,7 +114,7 @@ class GroupBiasAdaptation(nn.Module):
         """
         y = pre_acts.detach().reshape(-1, pre_acts.shape[-1])
         fired = (y > 0).to(y.dtype) if fired is None else fired.reshape(y.shape)
-        self.accumulate(fired.sum(0), y.amax(0), y.shape[0])
+        self.accumulate(fired.sum(0, dtype=torch.float32), y.amax(0).float(), y.shape[0])
 
     @torch.no_grad()
     def accumulate(

@@ -50,20 +50,19 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from numpy.typing import NDArray
-from sae_lens import JumpReLUSAEConfig, StandardSAEConfig
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
-from sae_lens.saes.sae import (
+from sae_lens import (
     SAE,
+    JumpReLUSAEConfig,
     SAEConfig,
-    TrainCoefficientConfig,
+    StandardSAEConfig,
     TrainingSAE,
     TrainingSAEConfig,
-    TrainStepInput,
-    TrainStepOutput,
+    register_sae_training_class,
 )
 from torch import nn
 from typing_extensions import override
 
+from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 
 ARCHITECTURE = "gba"
@@ -250,9 +249,13 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     def firing_statistics(
         self, y: Float[torch.Tensor, "... d_sae"], gate: Float[torch.Tensor, "... d_sae"]
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Per-neuron firing count and peak pre-activation of a batch, for the bias controller."""
+        """Per-neuron firing count and peak pre-activation of a batch, for the bias controller.
+
+        Counted in float32 whatever the compute dtype (under bf16 autocast a bf16 sum is exact only
+        up to 256 firings per neuron).
+        """
         flat_y, flat_gate = y.detach().reshape(-1, y.shape[-1]), gate.detach().reshape(-1, y.shape[-1])
-        return flat_gate.sum(0), flat_y.amax(0), flat_y.shape[0]
+        return flat_gate.sum(0, dtype=torch.float32), flat_y.amax(0).float(), flat_y.shape[0]
 
     @override
     def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:

@@ -333,7 +333,7 @@ def _gba_patches(sae: GBATrainingSAE) -> dict[str, Callable[..., Any]]:
 def _progress_on_rank_0_only() -> Iterator[None]:
     """SAELens's trainer draws its bar with its module's ``tqdm``; other ranks get a disabled one
     (tqdm reads ``TQDM_DISABLE`` only when imported, too early to set it per rank)."""
-    from sae_lens.training import sae_trainer
+    from gba_lens.compat import sae_trainer_module as sae_trainer
 
     if dist.get_rank() == 0:
         yield

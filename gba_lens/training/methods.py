@@ -19,7 +19,7 @@ from sae_lens import (
     TopKTrainingSAE,
     TopKTrainingSAEConfig,
 )
-from sae_lens.saes.sae import TrainingSAE
+from sae_lens import TrainingSAE
 
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.device import resolve_device

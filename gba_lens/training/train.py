@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.config import LoggingConfig, SAETrainerConfig
-from sae_lens.saes.sae import TrainingSAE
+from sae_lens import LoggingConfig
+from sae_lens import TrainingSAE
+
+from gba_lens.compat import SAETrainerConfig
 
 from gba_lens.data.batches import SeededBatches, TensorBatches
 from gba_lens.training.checkpoints import check_finite_sae, load_newest_intact
@@ -142,14 +144,20 @@ def finish_wandb() -> None:
     finish_run()
 
 
+_TRAINING_RESULT_METADATA = frozenset({"l0", "num_dead_features"})
+
+
 def run_settings(sae: TrainingSAE[Any], data: Any, cfg: TrainConfig,
                  identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """What defines a :func:`train_sae` run (recorded in the checkpoint directory, checked on
     resume): the SAE's config (not its device), the optimiser and schedule, the data stream's
     identity (a content fingerprint for in-memory activations) and the caller's ``identity``."""
     sae_cfg = {k: v for k, v in sae.cfg.to_dict().items() if k != "device"}
-    if isinstance(sae_cfg.get("metadata"), dict):  # a SAELens upgrade does not change the run
-        sae_cfg["metadata"] = {k: v for k, v in sae_cfg["metadata"].items() if not k.endswith("_version")}
+    if isinstance(sae_cfg.get("metadata"), dict):
+        # Neither a SAELens upgrade (*_version) nor what SAELens's trainer writes into the metadata
+        # at the end of a run (l0, num_dead_features) changes what the run is.
+        sae_cfg["metadata"] = {k: v for k, v in sae_cfg["metadata"].items()
+                               if not k.endswith("_version") and k not in _TRAINING_RESULT_METADATA}
     train = {k: getattr(cfg, k) for k in ("total_samples", "batch_size", "lr", "lr_warm_up_steps",
                                           "lr_decay_steps", "dead_feature_window")}
     if isinstance(data, TensorBatches):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME, SPARSITY_FILENAME
+from gba_lens.compat import ACTIVATION_SCALER_CFG_FILENAME, SPARSITY_FILENAME
 from sae_lens.training._interruption import InterruptedException, interrupt_callback
 from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file

@@ -129,7 +129,9 @@ def held_out_data(cfg: CompareConfig, loaded: Any, info: dict[str, Any], scale: 
 def evaluate(sae: Any, loaded: Any, data: Any, ctx: int, hook: str, scale: LMScale, scaling_factor: float,
              device: str) -> dict[str, float]:
     """SAELens ``run_evals`` on the held-out tokens (a fresh store each time: same tokens)."""
-    from sae_lens.evals import EvalConfig, run_evals
+    from sae_lens import run_evals
+
+    from gba_lens.compat import EvalConfig
     from sae_lens.training.activation_scaler import ActivationScaler
 
     from gba_lens.training.lm.evaluate import make_eval_store

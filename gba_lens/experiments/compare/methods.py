@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from sae_lens import SAE
-from sae_lens.saes.sae import TrainingSAE
+from sae_lens import TrainingSAE
 
 from gba_lens.training.methods import build_sae
 from gba_lens.training.train import TrainConfig, train_sae
@@ -198,7 +198,7 @@ def interpolate_at_l0(points: Sequence[dict[str, Any]], metric: str, l0: float) 
 def quiet_trainer() -> Iterator[None]:
     """Silence SAELens's per-run "Training SAE" bar and its warnings; the comparison draws one bar
     over all runs. (SAETrainer.fit has no switch for its bar, so the module's tqdm is wrapped.)"""
-    from sae_lens.training import sae_trainer
+    from gba_lens.compat import sae_trainer_module as sae_trainer
 
     original = sae_trainer.tqdm
     sae_trainer.tqdm = functools.partial(original, disable=True)

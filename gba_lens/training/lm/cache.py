@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.config import CacheActivationsRunnerConfig
+from sae_lens import CacheActivationsRunnerConfig
 from torch import nn
 
 from gba_lens.training.lm.config import LMCacheConfig

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 from sae_lens import SAE
-from sae_lens.evals import EvalConfig, run_evals
+from sae_lens import run_evals
+
+from gba_lens.compat import EvalConfig
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.activations_store import ActivationsStore
 from torch import nn
@@ -161,7 +163,7 @@ def evaluate_sae(
 
 def special_token_ids(model: nn.Module) -> list[int]:
     """The tokenizer's special tokens (BOS/EOS/PAD...), as SAELens's evals exclude them."""
-    from sae_lens.util import get_special_token_ids
+    from gba_lens.compat import get_special_token_ids
 
     tok = getattr(model, "tokenizer", None)
     return [] if tok is None else list(get_special_token_ids(tok))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from sae_lens import SAE
-from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
+from gba_lens.compat import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
 from safetensors.torch import save_file
 
 from gba_lens.saes.gba import GBATrainingSAE

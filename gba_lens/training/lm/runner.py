@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from datasets import Array2D, Features, Sequence, Value
 from sae_lens import CacheActivationsRunner, LanguageModelSAETrainingRunner
-from sae_lens.config import CacheActivationsRunnerConfig
-from sae_lens.constants import SPARSITY_FILENAME
+from sae_lens import CacheActivationsRunnerConfig
+from gba_lens.compat import SPARSITY_FILENAME
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
-from sae_lens.saes.sae import TrainingSAE
+from sae_lens import TrainingSAE
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from sae_lens.training.prefetch import PrefetchingIterator
 from sae_lens.training.sae_trainer import SAETrainer
@@ -290,7 +290,7 @@ class OfflineCacheActivationsRunner(CacheActivationsRunner):
 
     def __init__(self, cfg: CacheActivationsRunnerConfig, model: nn.Module, override_dataset: Any = None) -> None:
         # Not calling super().__init__: it would load the model from the hub (see above).
-        from sae_lens.cache_activations_runner import _mk_activations_store
+        from gba_lens.compat import _mk_activations_store
 
         self.cfg = cfg
         self.model = model  # type: ignore[assignment]

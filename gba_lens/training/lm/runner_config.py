@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from gba_lens.saes.gba import GBATrainingSAEConfig

@@ -123,7 +123,7 @@ def load_model(spec: str | None, kind: ModelKind = "auto", device: str = "cpu") 
         raise ValueError(f"--model {spec} is a file; pass a model name or a save_pretrained directory")
     if kind == "bridge":
         return LoadedModel(_boot_bridge(spec, device), spec, "TransformerBridge")
-    from sae_lens.load_model import load_model as saelens_load_model
+    from gba_lens.compat import load_model as saelens_load_model
 
     # The same call and defaults as LanguageModelSAETrainingRunner uses when it loads the model.
     kwargs: dict[str, Any] = {"center_writing_weights": False}
