@@ -28,12 +28,12 @@ from jaxtyping import Float, Int
 
 SATURATED = 0.8
 """f_m >= 0.8 p_k: held at target (the bias rule keeps a saturated neuron just under p_k)."""
-SLACK = 0.5
-"""f_m < 0.5 p_k: clearly under target."""
+SLACK = 0.7
+"""f_m < 0.7 p_k: under target."""
 LIVE = 0.02
 """f_m < 0.02 p_k: dead or being revived; no vote."""
-INITIAL_AVERAGE = 0.65
-"""f_m starts at 0.65 p_k, between SLACK and SATURATED, so that no neuron votes before it has data."""
+INITIAL_AVERAGE = 0.75
+"""f_m starts at 0.75 p_k, between SLACK and SATURATED, so that no neuron votes before it has data."""
 
 
 @torch.no_grad()
