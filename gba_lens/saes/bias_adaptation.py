@@ -16,6 +16,10 @@ and every T optimiser steps, for each neuron m of group k:
 with rbar_k the mean of the positive r_m over group k. Then the statistics are reset.
 Single-group BA (the analysed algorithm) is K = 1.
 
+With ``targets="adaptive"`` the group targets start on the geometric range and then move after
+every update by the rule of :mod:`gba_lens.saes.target_adaptation`; the default ``"geometric"``
+keeps them fixed.
+
 The statistics are sums and maxima (``fire_count``, ``n_samples``, ``peak``) so that data-parallel
 training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_statistics``.
 """
@@ -27,6 +31,10 @@ from collections.abc import Callable
 import torch
 from jaxtyping import Float
 from torch import nn
+
+from gba_lens.saes.target_adaptation import INITIAL_AVERAGE, adapt_group_targets
+
+TARGET_MODES = ("geometric", "adaptive")
 
 
 def group_targets(n_groups: int, highest: float, lowest: float) -> torch.Tensor:
@@ -57,6 +65,7 @@ class GroupBiasAdaptation(nn.Module):
         n_samples   []        samples seen since the last update (sum)
         target      [d_sae]   each neuron's group target p_k
         group       [d_sae]   each neuron's group index k
+        average     [d_sae]   (``targets="adaptive"`` only) slow average of the window frequencies
     """
 
     fire_count: torch.Tensor
@@ -76,9 +85,13 @@ class GroupBiasAdaptation(nn.Module):
         dead_eps: float = 1e-6,
         bias_min: float = -1.0,
         bias_max: float = 0.0,
+        targets: str = "geometric",
         device: str | torch.device = "cpu",
     ):
         super().__init__()
+        if targets not in TARGET_MODES:
+            raise ValueError(f"targets must be one of {TARGET_MODES}, got {targets!r}")
+        self.targets = targets
         self.n_groups = n_groups
         self.gamma_minus = gamma_minus
         self.gamma_plus = gamma_plus
@@ -94,6 +107,8 @@ class GroupBiasAdaptation(nn.Module):
         self.register_buffer("fire_count", torch.zeros(d_sae, device=device))
         self.register_buffer("peak", torch.zeros(d_sae, device=device))
         self.register_buffer("n_samples", torch.zeros((), device=device))
+        if self.targets == "adaptive":
+            self.register_buffer("average", INITIAL_AVERAGE * self.target.clone())
 
     @property
     def group_targets(self) -> torch.Tensor:
@@ -175,6 +190,8 @@ class GroupBiasAdaptation(nn.Module):
         lowered = (bias - self.gamma_minus * r).clamp_(min=self.bias_min)
         raised = (bias + self.gamma_plus * rbar).clamp_(max=self.bias_max)
         bias.copy_(torch.where(over_active, lowered, torch.where(dead, raised, bias)))
+        if self.targets == "adaptive":
+            adapt_group_targets(self.target, self.group, self.average, p, self.n_groups)
         if not with_stats:
             return {}
         return {"over_active_fraction": over_active.float().mean(), "dead_fraction": dead.float().mean()}

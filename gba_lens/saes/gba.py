@@ -85,6 +85,11 @@ class GBAOptions:
     """T, optimiser steps between bias updates. The paper uses 50 over ~200k steps; for runs of
     thousands of steps T = 1 (statistics over each batch) is what recovers features, because
     the biases then get enough updates to settle; set 50 for the paper's schedule."""
+    targets: Literal["geometric", "adaptive"] = "geometric"
+    """``geometric``: fixed targets from HTF down to LTF (the paper's rule). ``adaptive``: the
+    targets start there and each group's target then follows its neurons (raised while more of
+    them are held at target than sit under it, lowered otherwise; see
+    :mod:`gba_lens.saes.target_adaptation`). Ignored for K = 1."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -102,6 +107,8 @@ class GBAOptions:
         SAE config and the command-line configs call it."""
         if self.gating not in ("jumprelu", "relu"):
             raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
+        if self.targets not in ("geometric", "adaptive"):
+            raise ValueError(f"targets must be 'geometric' or 'adaptive', got {self.targets!r}")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:
@@ -189,6 +196,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             gamma_minus=cfg.gamma_minus,
             gamma_plus=cfg.gamma_plus,
             dead_eps=cfg.dead_eps,
+            targets=cfg.targets if cfg.n_groups > 1 else "geometric",
             device=self.device,
         )
         self.b_dec.requires_grad_(cfg.trains_pre_bias)

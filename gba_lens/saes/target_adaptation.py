@@ -1,0 +1,61 @@
+"""Adaptive firing targets: GBA's group targets moved by what the neurons find (``targets="adaptive"``).
+
+The geometric range (HTF ... LTF) is a prior on the feature-frequency spectrum. In adaptive mode
+the groups start on that range and each group's target then follows its own neurons, read from a
+slow per-neuron average f_m of the window frequencies p_m (f_m <- f_m + beta (p_m - f_m)):
+
+    saturated_m = f_m >= SATURATED * p_k     the neuron is held down by its target: there is more
+                                             of its feature(s) than the target lets it claim
+    slack_m     = LIVE * p_k <= f_m < SLACK * p_k
+                                             alive but well under target: no feature at the
+                                             target's frequency is left for it to claim
+
+and after every bias update, for each group k with n_k neurons:
+
+    log p_k <- log p_k + eta * (#saturated_k - #slack_k) / n_k,   p_k clamped to [p_min, p_max]
+
+an integral controller whose rest point is a target that as many of the group's live neurons
+sit under as are held at. Neurons under LIVE * p_k (dead or nearly so) do not vote: the bias rule
+is still reviving them. The only statistics it needs are the bias rule's own window frequencies
+(sums), so data-parallel training reduces nothing more; f_m and the targets are updated
+identically on every rank.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+
+SATURATED = 0.8
+"""f_m >= 0.8 p_k: held at target (the bias rule keeps a saturated neuron just under p_k)."""
+SLACK = 0.7
+"""f_m < 0.7 p_k: under target."""
+LIVE = 0.02
+"""f_m < 0.02 p_k: dead or being revived; no vote."""
+INITIAL_AVERAGE = 0.75
+"""f_m starts at 0.75 p_k, between SLACK and SATURATED, so that no neuron votes before it has data."""
+
+
+@torch.no_grad()
+def adapt_group_targets(
+    target: Float[torch.Tensor, " d_sae"],
+    group: Int[torch.Tensor, " d_sae"],
+    average: Float[torch.Tensor, " d_sae"],
+    frequency: Float[torch.Tensor, " d_sae"],
+    n_groups: int,
+    beta: float = 0.01,
+    eta: float = 0.003,
+    bounds: tuple[float, float] = (1e-4, 0.5),
+) -> Float[torch.Tensor, " n_groups"]:
+    """One step of the rule above, in place on ``average`` (f_m) and ``target`` (p_k per neuron).
+
+    ``frequency``: this window's p_m. Returns the group drive (#saturated - #slack) / n_k.
+    """
+    average.add_(frequency - average, alpha=beta)
+    saturated = average >= SATURATED * target
+    slack = (average < SLACK * target) & (average >= LIVE * target)
+    votes = saturated.to(target.dtype) - slack.to(target.dtype)
+    drive = torch.zeros(n_groups, device=target.device, dtype=target.dtype).index_add_(0, group, votes)
+    drive /= torch.bincount(group, minlength=n_groups).clamp(min=1).to(target.dtype)
+    target.mul_(torch.exp(eta * drive)[group]).clamp_(*bounds)
+    return drive

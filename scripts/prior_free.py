@@ -1,0 +1,93 @@
+"""GBA's target modes side by side (docs/experiments/prior_free.md): the geometric default and
+``targets="adaptive"``, same budgets, on the paper toy, Zipf A/B/C and the synthbench model.
+
+    python scripts/prior_free.py zipf --samples 500000 --seeds 0 1 2
+    python scripts/prior_free.py toy --samples 300000 --seeds 0 1 2
+    python scripts/prior_free.py synthbench --samples 750000 --seeds 0 1 2 --cache runs/compare_synthbench/cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}}
+
+
+def zipf(args: argparse.Namespace) -> list[dict]:
+    from gba_lens.experiments import runner
+    from gba_lens.experiments.results import summarise
+    from gba_lens.experiments.runner import Job
+    from gba_lens.experiments.runs import MethodSpec
+    from gba_lens.experiments.zipf import ZIPF_CONFIGS, zipf_model
+    from gba_lens.training.train import TrainConfig
+
+    train = TrainConfig(total_samples=args.samples, batch_size=1024, lr=1e-2,
+                        lr_decay_steps=int(0.3 * args.samples / 1024))
+    out = []
+    for zcfg in ZIPF_CONFIGS[: args.models]:
+        specs = [MethodSpec(f"GBA {m}", "gba", p) for m, p in MODES.items()]
+        jobs = [Job(s, zipf_model, (zcfg, seed, "cpu"), zcfg.width, train, seed, 20_000)
+                for seed in args.seeds for s in specs]
+        for r in summarise(runner.run_jobs(jobs, 1, desc=zcfg.name, progress=False), specs):
+            out.append(_row(zcfg.name.split(":")[0], r))
+    return out
+
+
+def toy(args: argparse.Namespace) -> list[dict]:
+    from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup, run_paper_toy
+    from gba_lens.experiments.runs import MethodSpec
+
+    specs = [MethodSpec(f"GBA {m}", "gba", {**p, **PAPER_TOY_SAE}) for m, p in MODES.items()]
+    rows, _ = run_paper_toy(PaperToySetup(samples=args.samples, seeds=tuple(args.seeds)), specs,
+                            progress=False, workers=1)
+    return [_row("paper toy", r) for r in rows]
+
+
+def synthbench(args: argparse.Namespace) -> list[dict]:
+    import dataclasses
+
+    from gba_lens.experiments.compare import methods as M
+    from gba_lens.experiments.compare.pool import DEFAULT_SCALE, load_or_build_pool
+    from gba_lens.experiments.compare.synthbench import _run, train_config
+
+    scale = dataclasses.replace(DEFAULT_SCALE, samples=args.samples)
+    pool = load_or_build_pool(scale, args.cache)
+    train = train_config(scale, "cpu")
+    out = []
+    for mode, params in MODES.items():
+        runs = [_run(M.Variant("gba", 1.0, tuple(params.items())), pool, scale, train, seed) for seed in args.seeds]
+        row = {"model": "synthbench", "method": f"GBA {mode}", "seeds": len(runs),
+               "true_l0": runs[0]["true_l0"]}
+        for k in ("mcc", "f1", "l0", "explained_variance", "dead_fraction"):
+            vals = [r[k] for r in runs]
+            row[k] = sum(vals) / len(vals)
+            row[k + "_std"] = (sum((v - row[k]) ** 2 for v in vals) / max(1, len(vals) - 1)) ** 0.5
+        out.append(row)
+    return out
+
+
+def _row(model: str, r) -> dict:
+    row = {"model": model, "method": r.method, "seeds": r.seeds, "true_l0": r.true_l0}
+    for k in ("mcc", "f1", "l0", "explained_variance", "dead_fraction", "frr_08", "frr_09"):
+        row[k], row[k + "_std"] = r.metric(k).mean, r.metric(k).std
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("experiment", choices=("zipf", "toy", "synthbench"))
+    p.add_argument("--samples", type=int, default=500_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--models", type=int, default=3, help="Zipf: the first N of A, B, C")
+    p.add_argument("--cache", default="runs/compare_synthbench/cache")
+    args = p.parse_args(argv)
+    rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
