@@ -9,12 +9,11 @@ collection / plain (goal: >= 0.5x).
 * plain - ``with attach(model, {hook: sae}, error_term=True): model(batch)`` for every batch;
 * collection - ``gba_lens.dashboard.collect(model, sae, hook, batches)``: the same forward with
   the per-feature statistics updated from each batch (top-k contexts, band samples, histograms,
-  counts). On a HookedTransformer it stops after the hook's block, as shipped;
-* collection, full forward - the same with the early stop switched off, so the ratio is the cost
-  of the statistics alone.
+  counts). It ends each forward pass once the SAE's activations have been handed over (the
+  rest of the model, the decoder and the error term's clean pass are not needed), as shipped.
 
 Timing as in every benchmark (``_common``): CPU time of this process with one torch thread, wall
-time with several or ``--wall``; the three sides run in rotated order each repetition; tokens/s
+time with several or ``--wall``; the two sides run in rotated order each repetition; tokens/s
 from the median time of each side, and a ratio is the median of per-repetition ratios of sides
 timed back to back. Usage::
 
@@ -60,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     clock = _common.configure(args.threads, args.wall)
 
-    import gba_lens.dashboard.stream as stream
     from gba_lens.adapters import attach
     from gba_lens.dashboard import collect
     from gba_lens.models.stdlib_lm import load_stdlib_lm, stdlib_token_dataset
@@ -83,20 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     def collection(sae) -> None:  # noqa: ANN001
         collect(model, sae, HOOK, tokens, batch_size=batch, progress=False)
 
-    def collection_full(sae) -> None:  # noqa: ANN001
-        original = stream._stop_layer
-        stream._stop_layer = lambda model, hook: None
-        try:
-            collect(model, sae, HOOK, tokens, batch_size=batch, progress=False)
-        finally:
-            stream._stop_layer = original
-
-    sides = {"plain": plain, "collection": collection, "full": collection_full}
+    sides = {"plain": plain, "collection": collection}
     print(f"# Dashboard collection pass vs forward pass\n\nstdlib LM, hook {HOOK}, {n_tok:,} tokens per run "
           f"({batch} x {ctx} per batch), {args.threads} thread(s), {clock.name}, median of {reps}; "
           "ratio = median of per-repetition ratios.\n")
-    print("| d_sae | plain tok/s | collection tok/s | ratio | collection (full forward) tok/s | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| d_sae | plain tok/s | collection tok/s | ratio |")
+    print("|---|---|---|---|")
     for d_sae in widths:
         sae = make_sae(128, d_sae, model, tokens)
         for fn in sides.values():
@@ -107,10 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                 _common.timed(clock, lambda fn=sides[name]: fn(sae), samples[name])
             _common.log(f"d_sae={d_sae} rep {rep + 1}/{reps}: "
                         + ", ".join(f"{n} {n_tok / s.times[-1]:,.0f} tok/s" for n, s in samples.items()))
-        p, c, f = (n_tok / samples[name].median for name in sides)
+        p, c = (n_tok / samples[name].median for name in sides)
         c_ratio = _common.paired_ratio(samples["plain"].times, samples["collection"].times)
-        f_ratio = _common.paired_ratio(samples["plain"].times, samples["full"].times)
-        print(f"| {d_sae:,} | {p:,.0f} | {c:,.0f} | {c_ratio:.2f}x | {f:,.0f} | {f_ratio:.2f}x |")
+        print(f"| {d_sae:,} | {p:,.0f} | {c:,.0f} | {c_ratio:.2f}x |")
     print("\nGoal: collection / plain >= 0.5x.")
     return 0
 

@@ -138,21 +138,27 @@ class FeatureStats:
                 f"expected activations [batch, pos, {self.d_sae}] matching tokens {list(tokens.shape)}, "
                 f"got {list(acts.shape)}"
             )
-        acts = acts.detach().to(self.device, torch.float32)
-        tokens = tokens.to(self.device)
+        acts = acts.detach().to(self.device, torch.float32).contiguous()
+        tokens = tokens.to(self.device).contiguous()
         batch, n_pos, _ = acts.shape
         flat = acts.reshape(batch * n_pos, self.d_sae)
-        # The only passes over the whole [tokens, d_sae] matrix: compare and nonzero. Everything
-        # else works on the firing entries, O(L0 x tokens).
-        where = (flat > 0).nonzero()  # [n_fired, 2]: (flat token index, feature)
+        # The only pass over the whole [tokens, d_sae] matrix is one nonzero, straight on the
+        # floats (no [tokens, d_sae] bool temporary), giving flat indices for 1-D gathers; entries
+        # that are nonzero but not positive (or NaN) are dropped afterwards. Everything else works
+        # on the firing entries, O(L0 x tokens).
+        fired = flat.view(-1).nonzero().squeeze(1)
+        values = flat.view(-1).take(fired)
+        keep = values > 0
         if mask is not None:
-            mask = mask.to(self.device)
-            where = where[mask.flatten()[where[:, 0]]]
+            mask = mask.to(self.device).contiguous()
+            keep &= mask.view(-1).take(fired // self.d_sae)
             self.n_tokens += int(mask.sum())
         else:
             self.n_tokens += batch * n_pos
+        if not bool(keep.all()):
+            fired, values = fired[keep], values[keep]
+        where = torch.stack([fired // self.d_sae, fired % self.d_sae], dim=1)  # (flat token, feature)
         feats = where[:, 1]
-        values = flat[where[:, 0], feats]
         self.fire_count += torch.bincount(feats, minlength=self.d_sae)
         self.act_sum += torch.bincount(feats, weights=values.double(), minlength=self.d_sae)
         batch_max = torch.zeros(self.d_sae, device=self.device).scatter_reduce_(0, feats, values, "amax")
@@ -215,15 +221,16 @@ class FeatureStats:
         self, acts: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, feats: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Window tokens ``[n, w]`` (-1 outside the row) and the feature's activations there."""
-        n_pos = tokens.shape[1]
+        n_pos, d_sae = tokens.shape[1], acts.shape[-1]
         offsets = torch.arange(-self.window.left, self.window.right + 1, device=self.device)
         at = pos[:, None] + offsets
         inside = (at >= 0) & (at < n_pos)
-        at = at.clamp(0, n_pos - 1)
-        win_tokens = torch.where(inside, tokens[rows[:, None], at], -1).to(torch.int32)
-        win_acts = torch.where(inside, acts[rows[:, None], at, feats[:, None]], 0.0)
+        # flat indices and take(): far cheaper than multi-tensor advanced indexing of [b, p, d_sae]
+        flat_at = rows[:, None] * n_pos + at.clamp_(0, n_pos - 1)
+        win_tokens = torch.where(inside, tokens.take(flat_at), -1).to(torch.int32)
+        win_acts = torch.where(inside, acts.take(flat_at * d_sae + feats[:, None]), 0.0)
         if self._mask is not None:
-            win_acts = win_acts * self._mask[rows[:, None], at]
+            win_acts = win_acts * self._mask.take(flat_at)
         return win_tokens, win_acts.half()
 
     def _update_top(self, where: torch.Tensor, values: torch.Tensor, acts: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -248,35 +255,43 @@ class FeatureStats:
         """Merge candidates (``group`` = state row, ``rank`` < size within it) into the state
         tensors ``{prefix}_*``, keeping per row the ``size`` best by ``{prefix}_value`` (largest)
         or ``{prefix}_key`` (smallest)."""
-        n_pos = tokens.shape[1]
-        rows, pos = where[:, 0] // n_pos, where[:, 0] % n_pos
-        win_tokens, win_acts = self._windows(acts, tokens, rows, pos, where[:, 1])
         groups, slot = torch.unique(group, return_inverse=True)
-        g, w = len(groups), self.window.width
-        fresh = {
-            **new,
-            "where": torch.stack([rows + self.n_rows, pos], dim=-1),
-            "tokens": win_tokens,
-            "acts": win_acts,
-        }
+        g = len(groups)
         score_name = "value" if largest else "key"
         score = getattr(self, f"{prefix}_{score_name}")
         empty = -math.inf if largest else math.inf
         new_score = torch.full((g, size), empty, device=self.device)
-        new_score[slot, rank] = fresh[score_name]
+        new_score[slot, rank] = new[score_name]
         both = torch.cat([score[groups], new_score], dim=1)
         best, pick = both.topk(size, dim=1, largest=largest)
         score[groups] = best
+        # windows only for the candidates that made it into the state (often a small fraction)
+        cand_at = torch.full((g, size), -1, dtype=torch.long, device=self.device)
+        cand_at[slot, rank] = torch.arange(len(slot), device=self.device)
+        cand = cand_at.gather(1, (pick - size).clamp(min=0))
+        # a newcomer: picked from the candidates and not one of their empty slots (those are
+        # only picked when fewer than ``size`` entries exist; the old side is empty there too)
+        in_g, in_j = ((pick >= size) & (cand >= 0)).nonzero(as_tuple=True)
+        won = cand[in_g, in_j]
+        where = where[won]
+        n_pos = tokens.shape[1]
+        rows, pos = where[:, 0] // n_pos, where[:, 0] % n_pos
+        win_tokens, win_acts = self._windows(acts, tokens, rows, pos, where[:, 1])
+        fresh = {
+            **{name: value[won] for name, value in new.items()},
+            "where": torch.stack([rows + self.n_rows, pos], dim=-1),
+            "tokens": win_tokens,
+            "acts": win_acts,
+        }
+        keep_old = pick.clamp(max=size - 1)  # slots taken by a newcomer are overwritten below
         for name, value in fresh.items():
             if name == score_name:
                 continue
             state = getattr(self, f"{prefix}_{name}")
-            fill = -1 if name in ("where", "tokens") else 0
-            block = torch.full((g, size, *state.shape[2:]), fill, dtype=state.dtype, device=self.device)
-            block[slot, rank] = value.to(state.dtype)
-            both = torch.cat([state[groups], block], dim=1)
-            idx = pick.reshape(g, size, *([1] * (both.ndim - 2))).expand(g, size, *both.shape[2:])
-            state[groups] = both.gather(1, idx)
+            idx = keep_old.reshape(g, size, *([1] * (state.ndim - 2))).expand(g, size, *state.shape[2:])
+            out = state[groups].gather(1, idx)
+            out[in_g, in_j] = value.to(state.dtype)
+            state[groups] = out
 
     def _update_bands(
         self, where: torch.Tensor, values: torch.Tensor, acts: torch.Tensor, tokens: torch.Tensor

@@ -2,8 +2,11 @@
 
 The SAE is spliced in with :func:`gba_lens.attach` (``error_term=True``, so the model computes
 what it computes without the SAE) and a hook on its ``hook_sae_acts_post`` point hands each
-batch's feature activations to the statistics; nothing of the batch is kept afterwards. On a
-``HookedTransformer`` the forward pass stops after the hook's block (nothing later is needed).
+batch's feature activations to the statistics; nothing of the batch is kept afterwards. Once
+the statistics have the activations, the hook ends the forward pass (a private exception, caught
+here; TransformerLens removes its hooks in a ``finally``): nothing later is needed, neither the
+decoder nor the rest of the model. That also skips the second, hook-free SAE pass the splice
+runs for its error term whenever a hook sits on the SAE (identical output, but not needed here).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from gba_lens.adapters.hooks import model_device, resolve_hook_points
 from gba_lens.dashboard.collect import FeatureStats
 
 __all__ = ["TokensLike", "token_batches", "collect", "excluded_token_ids"]
+
+
+class _Collected(Exception):
+    """Raised by the collection hook to end a forward pass once the features are collected."""
 
 #: A ``[rows, pos]`` tensor / array, a ``datasets`` dataset with a ``tokens`` or ``input_ids``
 #: column, or any iterable of token rows.
@@ -146,11 +153,17 @@ def collect(
             toks = current["tokens"]
             mask = ~torch.isin(toks, excluded) if len(excluded) else None
             stats.update(acts.reshape(*toks.shape, -1), toks, mask)
+            raise _Collected
 
         def run(batch: torch.Tensor) -> None:
             current["tokens"] = batch.to(device)
             kwargs = {"stop_at_layer": stop} if stop is not None else {}
-            model.run_with_hooks(current["tokens"], fwd_hooks=[(name, feed)], **kwargs)
+            try:
+                model.run_with_hooks(current["tokens"], fwd_hooks=[(name, feed)], **kwargs)
+            except _Collected:
+                pass
+            else:
+                raise RuntimeError(f"the SAE's feature hook {name!r} did not fire during the forward pass")
             bar.update(batch.numel())
 
         run(first)
