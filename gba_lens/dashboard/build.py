@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gba_lens.adapters import Attachment
 from gba_lens.adapters.hooks import model_device, resolve_hook_points
 from gba_lens.dashboard.collect import FeatureStats
 from gba_lens.dashboard.data import TokenStrings, feature_page, gba_groups, index_rows
@@ -119,7 +120,8 @@ def build(
     """Collect feature statistics over ``tokens`` and write the dashboard to ``out_dir``.
 
     Args:
-        sae_or_dir: a ``sae_lens.SAE`` (any architecture) or an SAELens SAE directory.
+        sae_or_dir: a ``sae_lens.SAE`` (any architecture), an SAELens SAE directory, or an
+            :class:`~gba_lens.adapters.Attachment` (its SAE at ``hook`` is read where it is spliced).
         model: the TransformerLens model the SAE reads (``HookedTransformer`` or bridge).
         hook: hook point; None uses the SAE's ``cfg.metadata.hook_name``.
         tokens: ``[rows, pos]`` token ids, a ``datasets`` dataset with a ``tokens`` /
@@ -137,6 +139,16 @@ def build(
     Raises ValueError (one line) for an unknown hook (with close names), an SAE whose ``d_in``
     does not match the hook, an empty dataset, or feature indices out of range.
     """
+    attachment = sae_or_dir if isinstance(sae_or_dir, Attachment) else None
+    if attachment is not None:
+        if hook is None:
+            if len(attachment.hook_names) != 1:
+                raise ValueError(f"the attachment has SAEs at {attachment.hook_names}: pass hook=")
+            hook = attachment.hook_names[0]
+        try:
+            sae_or_dir = attachment.splice(hook).sae
+        except KeyError:
+            raise ValueError(f"the attachment has no SAE at {hook!r}; it has {attachment.hook_names}") from None
     sae, sae_dir = load_sae(sae_or_dir, device=model_device(model))
     if hook is None:
         hook = getattr(sae.cfg.metadata, "hook_name", None)
@@ -146,7 +158,7 @@ def build(
     d_sae = int(sae.cfg.d_sae)
     wanted = _check_features(features, d_sae)
     stats = collect(
-        model, sae, hook, tokens, batch_size=batch_size, max_tokens=max_tokens, exclude_tokens=exclude_tokens,
+        model, attachment or sae, hook, tokens, batch_size=batch_size, max_tokens=max_tokens, exclude_tokens=exclude_tokens,
         progress=progress, top_k=top_k, samples_per_band=samples_per_band,
         context_left=context_left, context_right=context_right,
     )

@@ -12,6 +12,7 @@ runs for its error term whenever a hook sits on the SAE (identical output, but n
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from jaxtyping import Int
 from torch import nn
 from tqdm.auto import tqdm
 
-from gba_lens.adapters import attach
+from gba_lens.adapters import Attachment, attach
 from gba_lens.adapters.hooks import model_device, resolve_hook_points
 from gba_lens.dashboard.collect import FeatureStats
 
@@ -129,6 +130,14 @@ def collect(
             close names, or an SAE whose ``d_in`` does not match the hook's width.
     """
     resolve_hook_points(model, [hook])  # unknown hook: one line with close matches
+    attachment = sae if isinstance(sae, Attachment) else None
+    if attachment is not None:  # an SAE already spliced in: read it where it is
+        if not attachment.attached:
+            raise ValueError("the attachment is no longer attached: pass its SAE, or attach it again")
+        try:
+            sae = attachment.splice(hook).sae
+        except KeyError:
+            raise ValueError(f"the attachment has no SAE at {hook!r}; it has {attachment.hook_names}") from None
     batches = token_batches(tokens, batch_size, max_tokens)
     first = next(batches, None)
     if first is None or first.numel() == 0:
@@ -145,7 +154,7 @@ def collect(
         total = min(int(np.prod(tokens.shape)), max_tokens or int(np.prod(tokens.shape)))
     bar = tqdm(total=total, unit="tok", desc="dashboard: collecting", disable=not progress)
 
-    with attach(model, {hook: sae}, error_term=True) as att:
+    with nullcontext(attachment) if attachment is not None else attach(model, {hook: sae}, error_term=True) as att:
         name = att.feature_hook_name(hook)
         current: dict[str, torch.Tensor] = {}
 

@@ -140,3 +140,29 @@ def test_any_saelens_architecture_from_disk(arch, tiny_model, tiny_tokens, tmp_p
     assert result.meta["summary"]["alive"] > 0 and result.pages
     if arch == "topk":  # exactly k features fire per token
         assert int(result.stats.fire_count.sum()) == 3 * tiny_tokens.numel()
+
+
+def test_an_attached_sae_is_read_where_it_is_spliced(tmp_path):
+    """``build(attachment, ...)``: the SAE already spliced in is used as is (no second splice),
+    with the same statistics as building from the bare SAE; the attachment stays in place."""
+    import gba_lens
+    from gba_lens.dashboard import build
+    from gba_lens.models.stdlib_lm import load_stdlib_lm
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    model = load_stdlib_lm()
+    hook = "blocks.1.hook_resid_pre"
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=model.cfg.d_model, d_sae=32, metadata=SAEMetadata(hook_name=hook)))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.2)
+    tokens = torch.randint(0, model.cfg.d_vocab, (8, 32), generator=torch.Generator().manual_seed(1))
+    bare = build(sae, model, hook, tokens, tmp_path / "bare", progress=False, n_nearest=0)
+    with gba_lens.attach(model, {hook: sae}, error_term=True) as att:
+        attached = build(att, model, None, tokens, tmp_path / "att", progress=False, n_nearest=0)
+        assert att.attached
+        with pytest.raises(ValueError, match="no SAE at"):
+            build(att, model, "blocks.0.hook_resid_pre", tokens, tmp_path / "x", progress=False)
+    assert torch.equal(bare.stats.fire_count, attached.stats.fire_count) and bare.stats.fire_count.sum() > 0
+    assert bare.pages.keys() == attached.pages.keys()
