@@ -166,3 +166,26 @@ def test_an_attached_sae_is_read_where_it_is_spliced(tmp_path):
             build(att, model, "blocks.0.hook_resid_pre", tokens, tmp_path / "x", progress=False)
     assert torch.equal(bare.stats.fire_count, attached.stats.fire_count) and bare.stats.fire_count.sum() > 0
     assert bare.pages.keys() == attached.pages.keys()
+
+
+def test_a_bridge_model_is_collected_and_left_as_it_was(tmp_path):
+    """The pass ends early by raising out of the forward; on a TransformerBridge the hooks are
+    removed and the model computes exactly what it did before."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from transformer_lens import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from gba_lens.dashboard import build
+
+    model = TransformerBridge.boot_native(TransformerBridgeConfig(
+        d_model=64, d_head=16, n_layers=2, n_ctx=32, n_heads=4, d_vocab=100, act_fn="gelu", seed=0))
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=64, d_sae=32))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.3)
+    tokens = torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(0))
+    before = model(tokens)
+    result = build(sae, model, "blocks.1.hook_resid_pre", tokens, tmp_path, progress=False, n_nearest=0, n_logits=0)
+    assert int(result.stats.fire_count.sum()) > 0
+    assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
+    assert torch.equal(model(tokens), before)
