@@ -144,3 +144,32 @@ def test_run_compare_writes_the_report(tmp_path, monkeypatch):
     results = run_compare(cfg, progress=False)
     assert set(results["files"]) == {"md", "json", "png"}
     assert (tmp_path / "compare_synthbench.md").exists()
+
+
+def test_wandb_logging_of_a_comparison_is_offline_and_never_raises(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import wandb
+
+    from gba_lens.experiments.compare.report import log_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    png = tmp_path / "curves.png"
+    plt.figure()
+    plt.savefig(png)
+    plt.close("all")
+    results = {"preset": "synthbench", "runs": [{"method": "gba", "mcc": 0.5, "l0": 2.0}],
+               "at_true_l0": [{"method": "gba", "mcc": 0.5}], "files": {"png": str(png)}}
+    assert log_wandb(results, "gba-lens-test") is True
+    assert wandb.run is None  # finished
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "Table", broken)
+    with pytest.warns(UserWarning, match="no W&B today"):
+        assert log_wandb(results, "gba-lens-test") is False
+    assert wandb.run is None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gba_lens.experiments.compare.methods import ALL_METHODS, LABELS
+from gba_lens.experiments.report import pyplot, save_figure
 
 COLOURS = {"gba": "tab:red", "topk": "tab:gray", "batchtopk": "tab:blue", "matryoshka": "tab:green",
            "jumprelu": "tab:orange", "l1": "tab:purple", "matching_pursuit": "tab:brown"}
@@ -92,7 +92,7 @@ def _rate(results: dict[str, Any], method: str) -> str:
 
 
 def plot_synthbench(results: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("mcc", "MCC"), ("f1", "F1"), ("explained_variance", "explained variance"), ("uniqueness", "uniqueness")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
     for ax, (metric, title) in zip(axes, panels):
@@ -109,7 +109,7 @@ def plot_synthbench(results: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{results['scale']['name']}: {len(results['seeds'])} seeds (mean ± std)", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------- lm
@@ -139,7 +139,7 @@ def lm_markdown(results: dict[str, Any], command: str) -> str:
 
 
 def plot_lm(results: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     hooks = list(results["hooks"])
     panels = [("ce_loss_score", "CE loss recovered"), ("explained_variance", "explained variance")]
     fig, axes = plt.subplots(len(hooks), len(panels), figsize=(5.2 * len(panels), 3.6 * len(hooks)), squeeze=False)
@@ -158,7 +158,7 @@ def plot_lm(results: dict[str, Any], path: Path) -> None:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{results['model']}: sparsity-fidelity frontiers", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -191,42 +191,30 @@ def write(results: dict[str, Any], out: Path) -> dict[str, str]:
 
 def log_wandb(results: dict[str, Any], project: str) -> bool:
     """The per-run metrics as a table, the summary and the figure; never raises."""
-    from gba_lens.wandb_run import finish_run, start_run
+    from gba_lens.wandb_run import WandbGuard, finish_run, start_run
 
     config = {k: v for k, v in results.items() if k in ("preset", "scale", "train", "seeds", "model", "dataset")}
     if not start_run(project, name=f"compare-{results['preset']}", config=config):
         return False
+    guard = WandbGuard(f"W&B logging of compare --preset {results['preset']}")
     try:
-        import wandb
-
-        runs = results["runs"]
-        keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, (int, float, str))})
-        wandb.log({"runs": wandb.Table(columns=keys, data=[[r.get(k) for k in keys] for r in runs]),
-                   "curves": wandb.Image(results["files"]["png"])})
-        for row in results.get("at_true_l0", []):
-            wandb.run.summary[f"{row['method']}/mcc_at_true_l0"] = row["mcc"]
-        return True
-    except Exception as exc:  # noqa: BLE001 - W&B must never stop the comparison
-        warnings.warn(f"W&B logging failed: {exc!r}")
-        return False
+        with guard.catch("log results"):
+            _log_results(results)
+        return guard.enabled
     finally:
         finish_run()
 
 
+def _log_results(results: dict[str, Any]) -> None:
+    import wandb
+
+    runs = results["runs"]
+    keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, (int, float, str))})
+    wandb.log({"runs": wandb.Table(columns=keys, data=[[r.get(k) for k in keys] for r in runs]),
+               "curves": wandb.Image(results["files"]["png"])})
+    for row in results.get("at_true_l0", []):
+        wandb.run.summary[f"{row['method']}/mcc_at_true_l0"] = row["mcc"]
+
+
 def _methods(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [m for m in ALL_METHODS if any(r["method"] == m for r in rows)]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
