@@ -55,7 +55,7 @@ class TrainActivationsArgs(GBAOptions, RunOptions):
 def cmd_train_activations(args: TrainActivationsArgs) -> int:
     import torch
 
-    from gba_lens.data.activations import load_activations
+    from gba_lens.data.activations import first_non_finite_row, map_activations
     from gba_lens.data.batches import TensorBatches
     from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
     from gba_lens.training.device import resolve_device
@@ -65,11 +65,10 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
 
     args.check()
     device = rank_device(resolve_device(args.device))  # under torchrun: this rank's GPU
-    acts = load_activations(args.activations, args.hook_name)
-    finite = torch.isfinite(acts)
-    if not bool(finite.all()):
-        row = int((~finite).any(-1).nonzero()[0])
-        raise ValueError(f"{args.activations}: {int((~finite).sum())} NaN/inf activation values (first in row {row})")
+    acts = map_activations(args.activations, args.hook_name)  # rows read per batch: O(batch) per rank
+    bad = first_non_finite_row(acts)
+    if bad is not None:
+        raise ValueError(f"{args.activations}: {bad[1]} NaN/inf activation values (first in row {bad[0]})")
     if args.batch_size > acts.shape[0]:
         raise ValueError(f"--batch-size {args.batch_size} exceeds the {acts.shape[0]} activations in {args.activations}")
     total = int(args.epochs * acts.shape[0]) // args.batch_size * args.batch_size
@@ -91,7 +90,7 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
         return 0
     sae.eval()
     with torch.no_grad():
-        sample = acts[: min(len(acts), 20_000)].to(device)
+        sample = acts[: min(len(acts), 20_000)].to(device=device, dtype=torch.float32)
         feats = sae.encode(sample)
         recon = sae.decode(feats)
         nmse = ((recon - sample).pow(2).sum(-1).mean() / (sample - sample.mean(0)).pow(2).sum(-1).mean()).item()

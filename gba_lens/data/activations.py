@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["load_activations", "save_activations"]
+__all__ = ["first_non_finite_row", "load_activations", "map_activations", "save_activations"]
+
+# safetensors dtype -> (numpy dtype of the mapped bytes, torch dtype of the rows)
+_MAPPABLE = {"F64": (np.float64, torch.float64), "F32": (np.float32, torch.float32),
+             "F16": (np.float16, torch.float16), "BF16": (np.uint16, torch.bfloat16)}
 
 
 def load_activations(path: str | Path, hook_name: str | None = None) -> Float[torch.Tensor, "n d_in"]:
@@ -54,17 +60,69 @@ def load_activations(path: str | Path, hook_name: str | None = None) -> Float[to
             close = difflib.get_close_matches(hook_name, columns, n=3)
             raise KeyError(f"{path} has no activations for {hook_name!r}; close matches: {close}")
         acts = ds.with_format("torch")[:][hook_name]  # [:] first: datasets 5 returns a lazy Column
-    if acts.ndim < 2:
+    _check_shape(path, tuple(acts.shape))
+    return acts.float().reshape(-1, acts.shape[-1])
+
+
+def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
+    if len(shape) < 2:
         raise ValueError(
-            f"{path}: activations have shape {tuple(acts.shape)}; they must be [n, d_in] "
+            f"{path}: activations have shape {shape}; they must be [n, d_in] "
             "(or [..., d_in], e.g. [batch, context, d_in], flattened to rows)"
         )
-    if acts.shape[-1] == 0:
-        raise ValueError(f"{path}: activations have shape {tuple(acts.shape)}: d_in is 0")
-    acts = acts.float().reshape(-1, acts.shape[-1])
-    if acts.shape[0] == 0:
+    if shape[-1] == 0:
+        raise ValueError(f"{path}: activations have shape {shape}: d_in is 0")
+    if int(np.prod(shape[:-1])) == 0:
         raise ValueError(f"{path}: no activations cached")
-    return acts
+
+
+def map_activations(path: str | Path, hook_name: str | None = None) -> torch.Tensor:
+    """Cached activations as a [n, d_in] tensor backed by the file (memory-mapped, copy-on-write).
+
+    Rows are read from disk when indexed, so a process holds a batch of them, not the dataset, and
+    processes on one machine share the file's pages (data-parallel ranks). The rows keep the file's
+    dtype (float32, float16, bfloat16 or float64). Only ``.safetensors`` files can be mapped; a
+    SAELens cache directory is loaded into memory as by :func:`load_activations`.
+    """
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        return load_activations(path, hook_name)
+    try:
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+    except (OSError, struct.error, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+    header.pop("__metadata__", None)
+    key = hook_name if hook_name in header else "activations" if "activations" in header else None
+    if key is None:
+        if len(header) != 1:
+            raise ValueError(f"{path} holds {sorted(header)}; pass hook_name to choose one")
+        key = next(iter(header))
+    entry = header[key]
+    shape = tuple(int(n) for n in entry["shape"])
+    _check_shape(path, shape)
+    if entry["dtype"] not in _MAPPABLE:
+        raise ValueError(f"{path}: activations of dtype {entry['dtype']} (need one of {sorted(_MAPPABLE)})")
+    np_dtype, torch_dtype = _MAPPABLE[entry["dtype"]]
+    start, end = (int(n) for n in entry["data_offsets"])
+    if end - start != int(np.prod(shape)) * np.dtype(np_dtype).itemsize or 8 + header_len + end > path.stat().st_size:
+        raise ValueError(f"{path}: the {key!r} tensor's byte range does not match its shape {shape} (truncated?)")
+    mapped = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + header_len + start, shape=shape)
+    return torch.from_numpy(mapped).view(torch_dtype).reshape(-1, shape[-1])
+
+
+def first_non_finite_row(activations: Float[torch.Tensor, "n d_in"], chunk_rows: int = 65536) -> tuple[int, int] | None:
+    """(first row, count) of NaN/inf values, checked a chunk of rows at a time (a mapped file is
+    read once, never held in memory); None if every value is finite."""
+    first, count = -1, 0
+    for start in range(0, activations.shape[0], chunk_rows):
+        bad = ~torch.isfinite(activations[start : start + chunk_rows])
+        n_bad = int(bad.sum())
+        if n_bad and first < 0:
+            first = start + int(bad.any(-1).nonzero()[0])
+        count += n_bad
+    return None if count == 0 else (first, count)
 
 
 def save_activations(path: str | Path, activations: Float[torch.Tensor, "n d_in"], **metadata: str) -> None:

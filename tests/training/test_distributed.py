@@ -94,6 +94,20 @@ def test_failed_rank_stops_the_run_and_a_resume_matches_one_process(tmp_path, si
     _assert_same_sae(load_file(str(Path(out) / "state.safetensors")), single_process_state)
 
 
+def test_sparse_step_on_two_ranks_trains_the_one_process_sae(tmp_path, single_process_state):
+    """GBA's sparse step under DDP (gradients reduced through its custom backward, sparse feature
+    activations in the step output) ends where one process with the dense step does."""
+    out = tmp_path / "run"
+    code, err, _ = _torchrun([str(WORKER), str(out), "--sparse-step", "on"])
+    assert code == 0, err[-3000:]
+    state = load_file(str(out / "state.safetensors"))
+    assert 0 < state["step_density"] < 1
+    assert state.keys() == single_process_state.keys()
+    for key, value in single_process_state.items():
+        assert torch.allclose(state[key], value, rtol=1e-4, atol=1e-5), key
+    assert single_process_state["b_enc"].min() < 0
+
+
 @pytest.mark.slow
 def test_hung_rank_ends_the_run_at_the_collective_timeout(tmp_path):
     code, err, seconds = _torchrun([str(WORKER), str(tmp_path), "--fail-rank", "1", "--fail-at", "5",

@@ -19,7 +19,7 @@ import torch
 from sae_lens import SAE
 from torch import nn
 
-from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.saes.gba import EXECUTION_OPTIONS, GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training import distributed
 from gba_lens.training.device import resolve_device
 from gba_lens.training.lm.cache import after_cached_rows, cache_lm_activations, check_cache
@@ -132,7 +132,7 @@ def run_settings(cfg: LMTrainConfig, loaded: LoadedModel, source: TokenSource, p
     return {
         "model": {"name": loaded.model_name, "class": loaded.model_class_name},
         "saes": {p.name: {"hook": p.hook, "width": p.width, "d_in": d_ins[p.hook]} for p in plan},
-        "gba": cfg.gba_options(),
+        "gba": {k: v for k, v in cfg.gba_options().items() if k not in EXECUTION_OPTIONS},
         "train": train,
         "data": data,
     }

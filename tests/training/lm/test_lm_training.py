@@ -320,3 +320,23 @@ def test_checkpoints_are_safetensors_and_resume(model, tmp_path):
     assert not torch.equal(w_first, w_second)  # it did train two more steps ...
     assert (w_second - w_first).abs().max() < 0.03  # ... starting from the checkpoint
     assert second.training_saes[HOOK].input_scale == first.training_saes[HOOK].input_scale
+
+
+@pytest.mark.parametrize("hooks", [[HOOK], [HOOK, "blocks.0.hook_resid_post"]], ids=["one-hook", "multi-hook"])
+def test_runner_trains_through_the_sparse_step(model, tmp_path, monkeypatch, hooks):
+    """``gba-lens train`` with the sparse step (SAELens's single- and multi-SAE trainers read its
+    sparse feature activations); the saved SAE is a plain SAELens SAE as with the dense step."""
+    from gba_lens.saes import sparse_step
+
+    steps: list[int] = []
+    real = sparse_step.sparse_gated_autoencode
+    monkeypatch.setattr(sparse_step, "sparse_gated_autoencode",
+                        lambda *a, **k: steps.append(1) or real(*a, **k))
+    res = train_gba_on_model(
+        LMTrainConfig(hook=hooks, out=str(tmp_path), sparse_step="on", **{**TINY, "width": [256]}), model=model
+    )
+    assert len(steps) == 4 * len(hooks)  # 4096 tokens / 1024 per step, every step of every SAE
+    for hook in hooks:
+        sae = SAE.load_from_disk(str(tmp_path / hook))
+        assert sae.cfg.d_sae == 256 and sae.cfg.architecture() == "jumprelu"
+        assert res.evals[hook].metrics["l0"] > 0

@@ -1,0 +1,83 @@
+"""Memory-mapped activation files: the rows ``load_activations`` gives, read per batch, so that a
+process (one data-parallel rank) holds a batch of them and never the dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gba_lens.data.activations import first_non_finite_row, load_activations, map_activations, save_activations
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_mapped_rows_are_the_loaded_rows_in_the_files_dtype(tmp_path, dtype):
+    acts = torch.randn(3, 50, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    path = tmp_path / "a.safetensors"
+    save_file({"other": torch.zeros(2, 2), "blocks.0.hook_resid_pre": acts}, str(path), metadata={"x": "1"})
+    mapped = map_activations(path, "blocks.0.hook_resid_pre")
+    assert mapped.dtype == dtype and mapped.shape == (150, 8)
+    assert torch.equal(mapped.float(), load_activations(path, "blocks.0.hook_resid_pre"))
+    rows = torch.tensor([149, 3, 77])
+    assert torch.equal(mapped[rows], acts.reshape(-1, 8)[rows])
+    mapped[0] += 1  # copy-on-write: the file is never changed
+    assert torch.equal(map_activations(path, "blocks.0.hook_resid_pre")[0], acts.reshape(-1, 8)[0])
+
+
+def test_mapping_refuses_what_loading_refuses_with_one_line(tmp_path):
+    path = tmp_path / "two.safetensors"
+    save_file({"a": torch.zeros(4, 2), "b": torch.zeros(4, 2)}, str(path))
+    with pytest.raises(ValueError, match=r"holds \['a', 'b'\]; pass hook_name"):
+        map_activations(path)
+    save_file({"activations": torch.zeros(5)}, str(tmp_path / "flat.safetensors"))
+    with pytest.raises(ValueError, match="must be \\[n, d_in\\]"):
+        map_activations(tmp_path / "flat.safetensors")
+    save_activations(tmp_path / "ok.safetensors", torch.ones(100, 4))
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-40])
+    with pytest.raises(ValueError, match="byte range does not match its shape"):
+        map_activations(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        map_activations(tmp_path / "junk.safetensors")
+    save_file({"activations": torch.zeros(3, 2, dtype=torch.int32)}, str(tmp_path / "int.safetensors"))
+    with pytest.raises(ValueError, match="dtype I32"):
+        map_activations(tmp_path / "int.safetensors")
+
+
+def test_non_finite_values_are_found_a_chunk_at_a_time():
+    acts = torch.zeros(1000, 3)
+    assert first_non_finite_row(acts, chunk_rows=64) is None
+    acts[700, 1], acts[900, 0], acts[901, 2] = float("nan"), float("inf"), float("-inf")
+    assert first_non_finite_row(acts, chunk_rows=64) == (700, 3)
+
+
+def test_a_process_reading_batches_holds_a_batch_not_the_file(tmp_path):
+    """Anonymous memory (not file pages, which the OS shares and reclaims) grows by far less than
+    the 256 MiB file while batches of 1024 rows are drawn from all over it."""
+    path = tmp_path / "big.safetensors"
+    save_activations(path, torch.randn(65536, 1024))
+    child = textwrap.dedent(f"""
+        import json, torch
+        from gba_lens.data.activations import first_non_finite_row, map_activations
+        from gba_lens.data.batches import TensorBatches
+        def anon_kib():
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+        before = anon_kib()
+        acts = map_activations({str(path)!r})
+        assert first_non_finite_row(acts) is None
+        batches = TensorBatches(acts, 1024, seed=0)
+        total = sum(float(next(batches).sum()) for _ in range(64))  # one epoch: every row read
+        print(json.dumps({{"growth_kib": anon_kib() - before, "rows": acts.shape[0]}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rows"] == 65536
+    assert result["growth_kib"] < 64 * 1024, result  # 256 MiB file; a batch is 4 MiB
