@@ -25,6 +25,7 @@ every rank makes a checkpoint written by rank 0 mid-window exact for all ranks.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import inspect
 import os
@@ -48,6 +49,7 @@ __all__ = [
     "RankDivergenceError",
     "all_reduce",
     "ensure_process_group",
+    "fitting_on_ranks",
     "is_distributed",
     "is_main_process",
     "rank",
@@ -329,20 +331,44 @@ def _gba_patches(sae: GBATrainingSAE) -> dict[str, Callable[..., Any]]:
 
 
 @contextmanager
-def _progress_on_rank_0_only() -> Iterator[None]:
-    """SAELens's trainer draws its bar with its module's ``tqdm``; other ranks get a disabled one
-    (tqdm reads ``TQDM_DISABLE`` only when imported, too early to set it per rank)."""
-    from gba_lens.compat import sae_trainer_module as sae_trainer
+def _progress_on_rank_0_only(*modules: Any) -> Iterator[None]:
+    """SAELens's trainers draw their bars with their module's ``tqdm`` (``modules``; default the
+    single-SAE trainer's); other ranks get a disabled one (tqdm reads ``TQDM_DISABLE`` only when
+    imported, too early to set it per rank)."""
+    from gba_lens.compat import sae_trainer_module
 
     if dist.get_rank() == 0:
         yield
         return
-    original = sae_trainer.tqdm
-    sae_trainer.tqdm = functools.partial(original, disable=True)
+    modules = modules or (sae_trainer_module,)
+    originals = [module.tqdm for module in modules]
+    for module, original in zip(modules, originals):
+        module.tqdm = functools.partial(original, disable=True)
     try:
         yield
     finally:
-        sae_trainer.tqdm = original
+        for module, original in zip(modules, originals):
+            module.tqdm = original
+
+
+@contextmanager
+def fitting_on_ranks(saes: list[nn.Module], device: torch.device, step: Callable[[], int],
+                     *progress_modules: Any) -> Iterator[None]:
+    """Around one rank's ``fit()``: every SAE's training forward under DDP (:func:`data_parallel`),
+    progress bars on rank 0 only, a failure reported with this rank and ``step()`` before it
+    propagates, and a barrier at the end (rank 0's final checkpoint is on disk before any rank
+    returns)."""
+    with contextlib.ExitStack() as stack:
+        for sae in saes:
+            sae.to(device)
+            stack.enter_context(data_parallel(sae, device))
+        stack.enter_context(_progress_on_rank_0_only(*progress_modules))
+        try:
+            yield
+        except BaseException as exc:
+            report_rank_failure(exc, step())
+            raise
+    dist.barrier()
 
 
 class DistributedGBATrainer(GBATrainer):
@@ -361,15 +387,8 @@ class DistributedGBATrainer(GBATrainer):
             self.cfg.logger.log_to_wandb = False
 
     def fit(self) -> Any:
-        self.sae.to(self.cfg.device)
-        with data_parallel(self.sae, torch.device(self.cfg.device)), _progress_on_rank_0_only():
-            try:
-                result = super().fit()
-            except BaseException as exc:
-                report_rank_failure(exc, self.n_training_steps)
-                raise
-        dist.barrier()  # rank 0's final checkpoint is on disk before any rank returns
-        return result
+        with fitting_on_ranks([self.sae], torch.device(self.cfg.device), lambda: self.n_training_steps):
+            return super().fit()
 
     def step(self, batch: torch.Tensor) -> Any:
         local = batch.shape[0]

@@ -64,6 +64,36 @@ class FailsAt:
         return next(self.inner)
 
 
+HOOKS = ("hook_a", "hook_b")
+
+
+def train_multi(out: str | None, world: int = 1, this_rank: int = 0) -> dict:
+    """Two GBA SAEs (one per hook, one pass) by ``GBAMultiSAETrainer``, on the seeded global
+    batches; with ``world`` > 1 this rank trains data parallel on its rows of each batch."""
+    from gba_lens.training.lm.runner import GBAMultiSAETrainer
+    from gba_lens.training.train import _trainer_config
+
+    stream = make_stream()
+    share = BATCH // world
+
+    def batches():
+        while True:
+            rows = next(stream)[this_rank * share : (this_rank + 1) * share]
+            yield {"hook_a": rows, "hook_b": rows.flip(-1) * 0.5 + 1}
+
+    saes = {hook: tiny_gba_sae(D_IN, D_SAE, seed=i, update_interval=2, sparse_step="off")
+            for i, hook in enumerate(HOOKS)}
+    cfg = _trainer_config(TrainConfig(total_samples=STEPS * BATCH, batch_size=share, lr=1e-2, device="cpu",
+                                      lr_decay_steps=8, log_every=5))
+    trainer = GBAMultiSAETrainer(cfg=cfg, saes=saes, hook_names={h: h for h in HOOKS}, data_provider=batches(),
+                                 evaluator=None, save_checkpoint_fn=None, data_parallel=world > 1)
+    trainer.fit()
+    state = {f"{hook}.{k}": v.contiguous() for hook, sae in saes.items() for k, v in sae.state_dict().items()}
+    if out is not None:
+        save_file(state, os.path.join(out, "multi.safetensors"))
+    return state
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -71,7 +101,14 @@ def main() -> None:
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--fail-mode", default="raise", choices=["raise", "hang", "diverge"])
     parser.add_argument("--sparse-step", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--multi", action="store_true", help="two SAEs by GBAMultiSAETrainer (data parallel)")
     args = parser.parse_args()
+    if args.multi:
+        from gba_lens.training.distributed import ensure_process_group, world_size
+
+        ensure_process_group()
+        train_multi(args.out if is_main_process() else None, world_size(), rank())
+        return
     stream = make_stream()
     if rank() == args.fail_rank:
         stream = FailsAt(stream, args.fail_at, args.fail_mode)

@@ -161,6 +161,69 @@ def test_lm_train_on_two_ranks_reports_once_and_resumes(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_000000012"
 
 
+def test_multi_sae_trainer_on_two_ranks_trains_the_one_process_saes(tmp_path):
+    """SAELens's multi-SAE coordinator with a DistributedGBATrainer per SAE: the same two SAEs as
+    one process stepping both on the whole batch."""
+    reference = dist_worker.train_multi(None)
+    code, err, _ = _torchrun([str(WORKER), str(tmp_path), "--multi"])
+    assert code == 0, err[-3000:]
+    state = load_file(str(tmp_path / "multi.safetensors"))
+    assert state.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.allclose(state[key], value, atol=1e-6), key
+    for hook in dist_worker.HOOKS:
+        assert reference[f"{hook}.b_enc"].min() < 0  # the biases moved: the comparison is not trivial
+    assert not torch.equal(reference["hook_a.W_enc"], reference["hook_b.W_enc"])
+
+
+@pytest.mark.slow
+def test_lm_train_several_hooks_data_parallel_from_one_pass_and_resumes(tmp_path):
+    """``gba-lens train`` with two hooks from one model pass, data parallel: both SAEs trained,
+    checkpointed together and continued together by a resumed run."""
+    from sae_lens import SAE
+
+    hooks = ["blocks.1.hook_resid_pre", "blocks.0.hook_resid_post"]
+    common = ["-m", "gba_lens", "train", "--batch_tokens", "1024", "--width", "64", "--eval_tokens", "1024",
+              "--checkpoint_every", "4"]
+    code, err, _ = _torchrun([*common, "--hook", *hooks, "--training_tokens", "8192", "--out", str(tmp_path / "two")])
+    assert code == 0, err[-3000:]
+    step8 = latest_checkpoint(tmp_path / "two" / "checkpoints")
+    assert step8.name == "step_000000008" and {p.name for p in step8.iterdir()} >= set(hooks)
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert set(results["saes"]) == set(hooks)
+    assert all(0 < results["saes"][h]["metrics"]["l0"] <= 64 for h in hooks)
+
+    saved = SAE.load_from_disk(tmp_path / "two" / hooks[0]).state_dict()
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    code, err, _ = _torchrun([*common, "--hook", *hooks, "--training_tokens", "12288", "--resume-anyway",
+                              "--out", str(tmp_path / "two")])
+    assert code == 0, err[-3000:]
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["resumed_from"][hooks[0]].endswith(
+        f"step_000000008/{hooks[0]}")
+    assert latest_checkpoint(tmp_path / "two" / "checkpoints").name == "step_000000012"
+
+
+@pytest.mark.slow
+def test_lm_train_from_an_activation_cache_on_two_ranks(tmp_path):
+    """``--cache-dir`` under torchrun: each rank reads its shard of a cache built beforehand by one
+    process; an empty cache directory is refused before anything runs."""
+    from gba_lens import cli
+
+    hook = "blocks.1.hook_resid_pre"
+    cache = tmp_path / "cache"
+    common = ["train", "--hook", hook, "--batch_tokens", "1024", "--width", "64", "--eval_tokens", "1024",
+              "--training_tokens", "8192", "--cache_dir", str(cache)]
+    code, err, _ = _torchrun(["-m", "gba_lens", *common, "--out", str(tmp_path / "refused")])
+    assert code != 0 and "--cache-dir must already hold a cache" in err, err[-3000:]
+    assert cli.main(["cache", "--hook", hook, "--tokens", "8192", "--out", str(cache)]) == 0
+    code, err, _ = _torchrun(["-m", "gba_lens", *common, "--out", str(tmp_path / "two")])
+    assert code == 0, err[-3000:]
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["from_cache"] == str(cache)
+    assert results["dataset_rows_used"] == json.loads((cache / "gba_lens_cache.json").read_text())["dataset_rows_used"]
+    assert 0 < results["saes"][hook]["metrics"]["l0"] <= 64
+
+
 @pytest.mark.slow
 def test_distribute_hooks_trains_each_hook_on_its_own_rank_as_one_process_would(tmp_path):
     from safetensors.torch import load_file as load

@@ -7,8 +7,9 @@ one store buffer, never the dataset. The SAE is trained by
 :class:`~gba_lens.training.distributed.DistributedGBATrainer` (DDP, GBA statistics all-reduced,
 rank 0 alone logging and writing checkpoints); rank 0 then saves, evaluates and reports alone.
 
-Not covered yet (a clear error instead): several hooks / widths from one model pass (SAELens's
-multi-SAE trainer) and training from an activation cache (``--cache-dir``).
+Several hooks / widths from one model pass train data parallel too (SAELens's multi-SAE trainer,
+each SAE stepped by a ``DistributedGBATrainer``), and so does training from an activation cache
+(``--cache-dir``): each rank reads a contiguous shard of the cache's rows.
 
 With ``--distribute-hooks`` the ranks instead split the SAEs: rank r trains SAEs r, r + N, ... of
 the run (one per hook and width) on every token, as a single process would, with its own model
@@ -31,15 +32,11 @@ from gba_lens.training import distributed
 from gba_lens.training.lm.sources import TokenSource
 
 __all__ = ["gather_evaluations", "hook_share", "rank_checkpoint_dir", "rank_source", "rank_store_batch",
-           "rank_trainer_config"]
+           "rank_trainer_config", "shard_cached_activations"]
 
 
-def rank_source(source: TokenSource, n_saes: int, cache_dir: Any) -> TokenSource:
-    """This rank's shard of the training tokens (after checking the run can be data parallel)."""
-    if n_saes > 1:
-        raise ValueError("under torchrun, gba-lens train trains one SAE per run: pass one --hook and one --width")
-    if cache_dir is not None:
-        raise ValueError("under torchrun, gba-lens train reads tokens, not an activation cache: drop --cache-dir")
+def rank_source(source: TokenSource) -> TokenSource:
+    """This rank's shard of the training tokens."""
     from datasets import load_dataset
     from datasets.distributed import split_dataset_by_node
 
@@ -48,6 +45,20 @@ def rank_source(source: TokenSource, n_saes: int, cache_dir: Any) -> TokenSource
         train = load_dataset(source.dataset_path, split="train", streaming=source.streaming)
     shard = split_dataset_by_node(train, rank=distributed.rank(), world_size=distributed.world_size())
     return replace(source, train=shard)
+
+
+def shard_cached_activations(store: Any) -> None:
+    """Give an ``ActivationsStore`` that reads a SAELens activation cache this rank's contiguous
+    shard of the cache's rows (a memory-mapped Arrow table: nothing else is read)."""
+    if store.cached_activation_dataset is None:
+        return
+    from datasets.distributed import split_dataset_by_node
+
+    rows = len(store.cached_activation_dataset)
+    if rows < distributed.world_size():
+        raise ValueError(f"the activation cache has {rows} rows for {distributed.world_size()} processes")
+    store.cached_activation_dataset = split_dataset_by_node(
+        store.cached_activation_dataset, rank=distributed.rank(), world_size=distributed.world_size())
 
 
 def rank_store_batch(batch_tokens: int) -> int:

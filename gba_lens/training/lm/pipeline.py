@@ -153,12 +153,12 @@ def _train_group(run: _Run, group: list[_PlannedSAE], run_dir: Path, trained: _T
     else:
         runner_cfg = runner_config(cfg, run.loaded, run.source, run.sae_cfgs[group[0].name], group[0].hook,
                                    run.device, run.wandb_on, run_dir, run.cache_dir)
-        if _data_parallel(cfg):  # this rank's store yields its share of each batch
-            runner_cfg.train_batch_size_tokens = rank_store_batch(cfg.batch_tokens)
+    if _data_parallel(cfg):  # this rank's store yields its share of each batch
+        runner_cfg.train_batch_size_tokens = rank_store_batch(cfg.batch_tokens)
     with quiet_saelens():
         torch.manual_seed(cfg.seed)
         if multi:
-            runner: Any = GBAMultiSAERunner(runner_cfg, **common)
+            runner: Any = GBAMultiSAERunner(runner_cfg, **common, data_parallel=_data_parallel(cfg))
             saes = runner.run()
         else:
             runner = GBALanguageModelRunner(runner_cfg, **common, data_parallel=_data_parallel(cfg))
@@ -184,6 +184,9 @@ def _prepare_cache(cfg: LMTrainConfig, loaded: LoadedModel, hooks: list[str], d_
     if len(hooks) > 1:
         raise ValueError("--cache-dir trains from one cached hook; pass a single --hook")
     if not cache_dir.exists() or not any(cache_dir.iterdir()):
+        if _data_parallel(cfg):  # filling takes as long as the training: not while peers wait
+            raise ValueError(f"under torchrun, --cache-dir must already hold a cache: build it first with "
+                             f"one process (gba-lens cache --hook {hooks[0]} --out {cache_dir} ...)")
         cache_lm_activations(
             LMCacheConfig(model=cfg.model, model_kind=cfg.model_kind, dataset=cfg.dataset,
                           context_size=cfg.context_size, store_batch_prompts=cfg.store_batch_prompts,
@@ -272,7 +275,7 @@ def train_gba_on_model(cfg: LMTrainConfig, *, model: nn.Module | None = None) ->
     checkpoint_dir = out / "checkpoints"
     mine = plan  # the SAEs this process trains
     if _data_parallel(cfg):
-        source = rank_source(source, len(plan), cache_dir)
+        source = rank_source(source)
     elif distributed.is_distributed() and cfg.distribute_hooks:
         mine, checkpoint_dir = hook_share(plan), rank_checkpoint_dir(checkpoint_dir)
 
@@ -304,7 +307,8 @@ def train_gba_on_model(cfg: LMTrainConfig, *, model: nn.Module | None = None) ->
         if _data_parallel(cfg):
             if not distributed.is_main_process():
                 return None  # rank 0 alone saves, evaluates and reports
-            trained.rows_used *= distributed.world_size()  # every rank read as many rows of its shard
+            if cache_dir is None:  # every rank read as many rows of its shard (a cache counts them all)
+                trained.rows_used *= distributed.world_size()
         if cfg.resume and not any(trained.resumed.values()):
             logger.info("no checkpoint in %s: trained from scratch", checkpoint_dir)
         check_finite_sae(dict(trained.saes), "at the end of training", latest_checkpoint(checkpoint_dir))

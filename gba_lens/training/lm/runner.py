@@ -48,8 +48,8 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import nn
 
 from gba_lens.training.checkpoints import check_finite_sae
-from gba_lens.training.distributed import DistributedGBATrainer, is_distributed
-from gba_lens.training.lm.distributed import rank_trainer_config
+from gba_lens.training.distributed import DistributedGBATrainer, fitting_on_ranks, is_distributed
+from gba_lens.training.lm.distributed import rank_trainer_config, shard_cached_activations
 from gba_lens.training.lm.resume import checkpoint_candidates, resume_and_replay
 from gba_lens.training.state_io import CheckpointError, atomic_directory
 from gba_lens.training.trainer import GBATrainer, ResumableTraining, fit_saving_on_interrupt, latest_checkpoint
@@ -134,6 +134,8 @@ class GBALanguageModelRunner(LanguageModelSAETrainingRunner):
         self.resumed_from: Path | None = None
         self.data_parallel = is_distributed() if data_parallel is None else data_parallel
         self.trainer = None
+        if self.data_parallel:  # training from an activation cache: this rank reads its shard of it
+            shard_cached_activations(self.activations_store)
 
     def run(self) -> TrainingSAE[Any]:  # type: ignore[override]
         self._set_sae_metadata()
@@ -181,6 +183,10 @@ class _PrefixedGBATrainer(GBATrainer):
         self._safe(log)
 
 
+class _PrefixedDistributedGBATrainer(_PrefixedGBATrainer, DistributedGBATrainer):
+    """One SAE of a data-parallel multi-SAE run: DDP step, global counters, rank-0 checkpoints."""
+
+
 class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
     """``MultiSAETrainer`` whose per-SAE trainers are GBATrainers, with guarded W&B calls.
 
@@ -188,16 +194,42 @@ class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
     nothing but an (empty) optimiser and counters at that point, so they are replaced right
     after with GBATrainers built from the same per-SAE config. Checkpoints are then written by
     GBATrainer (safetensors, one directory per SAE, in SAELens's multi-SAE layout).
+
+    ``data_parallel`` (one rank of a torchrun launch; ``cfg`` holds this rank's batch, the data
+    provider yields this rank's rows): every SAE is stepped by a
+    :class:`~gba_lens.training.distributed.DistributedGBATrainer` (DDP, GBA statistics all-reduced,
+    ranks checked to agree), counters and checkpoints are global, and rank 0 alone logs and writes.
     """
 
-    def __init__(self, *args: Any, checkpoint_every: int = 0, keep_checkpoints: int = 2, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, checkpoint_every: int = 0, keep_checkpoints: int = 2,
+                 data_parallel: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.data_parallel = data_parallel
+        trainer_cls: type[_PrefixedGBATrainer] = _PrefixedGBATrainer
+        if data_parallel:  # the run's batch is global: so are the counters and the checkpoint names
+            self.cfg = rank_trainer_config(self.cfg)
+            self.cfg.logger.log_to_wandb &= not _is_other_rank()
+            trainer_cls = _PrefixedDistributedGBATrainer
         per_sae_cfg = replace(self.cfg, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False)
         self.trainers = {  # type: ignore[assignment]
-            name: _PrefixedGBATrainer(cfg=per_sae_cfg, sae=sae, data_provider=iter(()), log_prefix=name)
+            name: trainer_cls(cfg=per_sae_cfg, sae=sae, data_provider=iter(()), log_prefix=name)
             for name, sae in self.saes.items()
         }
         self._init_resumable(checkpoint_every, keep_checkpoints)
+
+    def fit(self) -> dict[str, TrainingSAE[Any]]:
+        if not self.data_parallel:
+            return super().fit()
+        import sys
+
+        multi_module = sys.modules[MultiSAETrainer.__module__]  # its progress bar: rank 0 only
+        with fitting_on_ranks(list(self.saes.values()), torch.device(self.cfg.device),
+                              lambda: self.n_training_steps, multi_module):
+            return super().fit()
+
+    def _prune_checkpoints(self) -> None:
+        if not (self.data_parallel and _is_other_rank()):
+            super()._prune_checkpoints()
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Each SAE's weights and trainer state from ``path/<name>`` (GBATrainer.resume_from:
@@ -218,7 +250,12 @@ class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
         renamed into place at once: a multi-SAE checkpoint is complete or absent. (SAELens writes
         the SAEs one after another into the final directory.) Nothing non-finite is saved."""
         base = self.cfg.checkpoint_path
-        if base is None:
+        if base is None or (self.data_parallel and _is_other_rank()):
+            return
+        if len({trainer.n_training_samples for trainer in self.trainers.values()}) > 1:
+            # An interrupt between two SAEs' steps: the SAEs are at different steps; the newest
+            # periodic checkpoint stays the resume point.
+            warnings.warn("interrupted inside a training step: no checkpoint written", stacklevel=2)
             return
         check_finite_sae(dict(self.saes), f"after {self.steps_completed} steps", latest_checkpoint(base))
         target = Path(base) / checkpoint_name
@@ -233,6 +270,12 @@ class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
             self._safe(self.cfg.logger.log, self.trainers[name], target / name / weights.name,
                        target / name / cfg_file.name, sparsity_path=target / name / SPARSITY_FILENAME,
                        wandb_aliases=wandb_aliases)
+
+
+def _is_other_rank() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_initialized() and dist.get_rank() != 0
 
 
 class GBAMultiSAERunner(MultiSAETrainingRunner):
@@ -253,11 +296,13 @@ class GBAMultiSAERunner(MultiSAETrainingRunner):
         *,
         checkpoint_every: int = 0,
         resume_from: str | Path | list[Path] | None = None,
+        data_parallel: bool | None = None,
     ) -> None:
         super().__init__(cfg, override_dataset, override_model, override_saes)
         self.checkpoint_every = checkpoint_every
         self.resume_from = resume_from
         self.resumed_from: Path | None = None
+        self.data_parallel = is_distributed() if data_parallel is None else data_parallel
         self.trainer = None
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
@@ -272,6 +317,7 @@ class GBAMultiSAERunner(MultiSAETrainingRunner):
                 evaluator=self.evaluator,
                 save_checkpoint_fn=self._save_runner_checkpoint_files,
                 checkpoint_every=self.checkpoint_every,
+                data_parallel=self.data_parallel,
             )
             trainer = self.trainer
             self.resumed_from = resume_and_replay(checkpoint_candidates(self.resume_from), trainer.load_checkpoint,
