@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +14,7 @@ from jaxtyping import Float
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["first_non_finite_row", "load_activations", "map_activations", "save_activations"]
+__all__ = ["ChunkedRows", "first_non_finite_row", "load_activations", "map_activations", "save_activations"]
 
 # safetensors dtype -> (numpy dtype of the mapped bytes, torch dtype of the rows)
 _MAPPABLE = {"F64": (np.float64, torch.float64), "F32": (np.float32, torch.float32),
@@ -76,15 +78,17 @@ def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{path}: no activations cached")
 
 
-def map_activations(path: str | Path, hook_name: str | None = None) -> torch.Tensor:
+def map_activations(path: str | Path, hook_name: str | None = None) -> torch.Tensor | ChunkedRows:
     """Cached activations as a [n, d_in] tensor backed by the file (memory-mapped, copy-on-write).
 
     Rows are read from disk when indexed, so a process holds a batch of them, not the dataset, and
     processes on one machine share the file's pages (data-parallel ranks). The rows keep the file's
-    dtype (float32, float16, bfloat16 or float64). Only ``.safetensors`` files can be mapped; a
-    SAELens cache directory is loaded into memory as by :func:`load_activations`.
+    dtype (float32, float16, bfloat16 or float64). A SAELens cache directory (Arrow files) is mapped
+    the same way: one tensor per Arrow chunk, joined by :class:`ChunkedRows`.
     """
     path = Path(path)
+    if path.is_dir():
+        return _map_cache_directory(path, hook_name)
     if not path.is_file() or path.suffix != ".safetensors":
         return load_activations(path, hook_name)
     try:
@@ -112,9 +116,74 @@ def map_activations(path: str | Path, hook_name: str | None = None) -> torch.Ten
     return torch.from_numpy(mapped).view(torch_dtype).reshape(-1, shape[-1])
 
 
-def first_non_finite_row(activations: Float[torch.Tensor, "n d_in"], chunk_rows: int = 65536) -> tuple[int, int] | None:
-    """(first row, count) of NaN/inf values, checked a chunk of rows at a time (a mapped file is
-    read once, never held in memory); None if every value is finite."""
+class ChunkedRows:
+    """[n, d_in] rows kept in several tensors (the memory-mapped Arrow chunks of a SAELens cache),
+    indexed like one tensor: ``rows[index_tensor]``, ``rows[a:b]``, ``rows[i]``, ``shape``, ``dtype``,
+    ``len``. An index gathers from the blocks it touches; nothing is joined in memory."""
+
+    def __init__(self, blocks: list[torch.Tensor]):
+        if not blocks or len({(b.shape[1], b.dtype) for b in blocks}) != 1:
+            raise ValueError("ChunkedRows needs one or more [n_i, d_in] blocks of one width and dtype")
+        self.blocks = blocks
+        self.ends = torch.tensor([b.shape[0] for b in blocks]).cumsum(0)
+        self.shape = torch.Size([int(self.ends[-1]), blocks[0].shape[1]])
+        self.dtype = blocks[0].dtype
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if isinstance(index, int):
+            return self[torch.tensor([index])][0]
+        if isinstance(index, slice):
+            index = torch.arange(*index.indices(self.shape[0]))
+        rows = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        block = torch.searchsorted(self.ends, rows, right=True)
+        out = torch.empty(rows.numel(), self.shape[1], dtype=self.dtype)
+        for b in torch.unique(block).tolist():
+            mask = block == b
+            out[mask] = self.blocks[b][rows[mask] - (int(self.ends[b - 1]) if b else 0)]
+        return out
+
+
+def _map_cache_directory(path: Path, hook_name: str | None) -> torch.Tensor | ChunkedRows:
+    """The activations of a SAELens cache directory, each Arrow chunk viewed without a copy."""
+    import datasets
+    import pyarrow as pa
+
+    if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
+        raise ValueError(f"{path} is not a SAELens activation cache (no dataset_info.json)")
+    ds = datasets.load_from_disk(str(path))
+    if hook_name is None and len(ds.column_names) == 1:
+        hook_name = ds.column_names[0]
+    if hook_name not in ds.column_names:
+        return load_activations(path, hook_name)  # the loader's own error (close matches)
+    column = ds.data.table.column(hook_name)
+    d_in = ds.features[hook_name].shape[-1]
+    blocks = []
+    try:
+        for chunk in column.chunks:
+            values = getattr(chunk, "storage", chunk)
+            while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type):
+                values = values.flatten()
+            with warnings.catch_warnings():  # read-only Arrow memory: the rows are only ever read
+                warnings.filterwarnings("ignore", message=".*not writable.*")
+                blocks.append(torch.from_numpy(values.to_numpy(zero_copy_only=True)).reshape(-1, d_in))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError):
+        return load_activations(path, hook_name)  # an Arrow layout that cannot be viewed: load it
+    blocks = [b for b in blocks if b.shape[0]]
+    if not blocks:
+        raise ValueError(f"{path}: no activations cached")
+    return blocks[0] if len(blocks) == 1 else ChunkedRows(blocks)
+
+
+def first_non_finite_row(activations: torch.Tensor | ChunkedRows, chunk_rows: int | None = None) -> tuple[int, int] | None:
+    """(first row, count) of NaN/inf values, checked ``chunk_rows`` rows at a time (default: 2^22
+    values; a mapped file is read once, never held in memory); None if every value is finite."""
+    chunk_rows = chunk_rows or max(1, 2**22 // max(activations.shape[1], 1))
     first, count = -1, 0
     for start in range(0, activations.shape[0], chunk_rows):
         bad = ~torch.isfinite(activations[start : start + chunk_rows])

@@ -81,3 +81,29 @@ def test_a_process_reading_batches_holds_a_batch_not_the_file(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["rows"] == 65536
     assert result["growth_kib"] < 64 * 1024, result  # 256 MiB file; a batch is 4 MiB
+
+
+def test_a_saelens_cache_directory_is_mapped_chunk_by_chunk(tmp_path):
+    """Arrow chunks (one per cache shard) viewed without a copy and indexed as one tensor."""
+    from datasets import Array2D, Dataset, Features
+
+    from gba_lens.data.activations import ChunkedRows
+    from gba_lens.data.batches import TensorBatches
+
+    hook = "blocks.0.hook_resid_pre"
+    values = torch.randn(30, 4, 6, generator=torch.Generator().manual_seed(0))
+    features = Features({hook: Array2D(shape=(4, 6), dtype="float32")})
+    Dataset.from_dict({hook: values.numpy()}, features=features).save_to_disk(str(tmp_path / "cache"), num_shards=3)
+    mapped = map_activations(tmp_path / "cache")
+    assert isinstance(mapped, ChunkedRows) and len(mapped.blocks) == 3
+    loaded = load_activations(tmp_path / "cache")
+    assert mapped.shape == loaded.shape == (120, 6) and mapped.dtype == torch.float32
+    assert torch.equal(mapped[0:120], loaded) and torch.equal(mapped[7], loaded[7])
+    rows = torch.tensor([119, 0, 41, 40, 39, 80])
+    assert torch.equal(mapped[rows], loaded[rows])
+    with pytest.raises(IndexError, match="out of range"):
+        mapped[torch.tensor([120])]
+    a, b = TensorBatches(mapped, 16, seed=3), TensorBatches(loaded, 16, seed=3)
+    for _ in range(10):  # more than one epoch
+        assert torch.equal(next(a), next(b))
+    assert first_non_finite_row(mapped, chunk_rows=7) is None
