@@ -45,11 +45,10 @@ SPARSE_STEP_MODES: tuple[str, ...] = ("auto", "on", "off")
 
 AUTO_THRESHOLDS: dict[str, tuple[int, float]] = {"cpu": (1024, 0.05)}
 """Device type -> (smallest width, largest active fraction) at which ``sparse_step="auto"`` takes
-the sparse step. CPU (``benchmarks/bench_sparse_step.py``, one thread, batch 1024, d_in 512): the
-sparse step is faster than the dense one from width 256 at L0 20 (1.7x at 512, 2.5x at 1024) and up
-to an active fraction of ~0.09 at width 16,384 (1.9x at 0.03, 1.4x at 0.06, 0.7x at 0.12); the
-thresholds keep a margin. A device not listed (GPU: not measured yet) keeps the dense step under
-"auto"; ``sparse_step="on"`` still forces the sparse one."""
+the sparse step: inside the region where it was measured to beat the dense step, with a margin (CPU:
+from width 512 at L0 20, up to an active fraction of ~0.065 at width 16,384; see
+``benchmarks/bench_sparse_step.py`` and docs/experiments/sparse_step.md). A device not listed (GPU:
+not measured yet) keeps the dense step under "auto"; ``sparse_step="on"`` still forces it."""
 
 
 @dataclass(frozen=True)
