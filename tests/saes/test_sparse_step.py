@@ -271,3 +271,21 @@ def test_a_long_run_differs_from_the_dense_run_no_more_than_float_rounding_does(
     assert distance(dense, perturbed) > 0
     assert distance(dense, sparse) <= 3 * distance(dense, perturbed) + 1e-5
     assert abs(nmse(sparse) - nmse(dense)) <= 0.05 * nmse(dense)
+
+
+@pytest.mark.parametrize("options", [{"apply_b_dec_to_input": False}, {"dtype": "float64"}], ids=["no-b_dec-in", "float64"])
+def test_other_saelens_settings_keep_the_dense_gradients(step_input, options):
+    dense, sparse = _pair(16, 512, **options)
+    x = _inputs(128, 16).to(dense.W_enc.dtype)
+    for sae in (dense, sparse):
+        sae.training_forward_pass(step_input(x)).loss.backward()
+    tolerance = 1e-12 if options.get("dtype") == "float64" else 1e-5
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
+        if p.grad is not None:
+            assert (p.grad - q.grad).abs().max() <= tolerance * p.grad.abs().max(), name
+
+
+def test_a_forced_sparse_step_refuses_inputs_that_are_not_batch_by_d_in(step_input):
+    _, sparse = _pair(16, 512)
+    with pytest.raises(ValueError, match=r"sparse_step='on' cannot run: the input has shape \(4, 8, 16\)"):
+        sparse.training_forward_pass(step_input(_inputs(32, 16).reshape(4, 8, 16)))
