@@ -10,13 +10,13 @@ so everything but the encoder forward only needs the nnz active (sample, latent)
     decode         x_hat = Z W_dec                       Z sparse [batch, d_sae] (CSR)
     dL/dz          values of (g W_dec^T) on Z's pattern   sampled dense-dense product (SDDMM)
     dL/dW_dec      Z^T g                                  sparse x dense
-    dL/dW_enc      (G^T x_c)^T                            G = dL/du, same pattern as Z
+    dL/dW_enc      x_c^T G                                G = dL/du (Z's pattern); dense x sparse
     dL/db_dec      -W_enc (sum over the batch of G)       a matrix-vector product (see below)
 
 each O(nnz * d_in) instead of O(batch * d_in * d_sae). The encoder forward stays dense: every
 pre-activation is needed, to know which latents fire and for the bias controller's peak statistic.
-Built from torch's own sparse ops (CSR ``sparse.mm``, ``sparse.sampled_addmm``) so the same code
-runs on CPU and GPU.
+Built from torch's own sparse ops (CSR ``sparse.mm`` / ``addmm_``, ``sparse.sampled_addmm``) so the
+same code runs on CPU and GPU.
 
 Why b_dec needs only a matrix-vector product: SAELens's ``process_sae_in`` ends with
 ``sae_in - b_dec * apply_b_dec_to_input`` and has no other parameter, so the encoder-side gradient
