@@ -48,6 +48,10 @@ from sae_lens.evals import EvalConfig
 # one (SAETrainer.fit always draws its own bar and has no switch for it).
 from sae_lens.training import sae_trainer as sae_trainer_module
 
+# training/lm/runner.py: the same for SAELens's multi-SAE coordinator, whose bar only rank 0 draws
+# in a data-parallel run.
+from sae_lens.training import multi_sae_trainer as multi_sae_trainer_module
+
 # training/trainer.py: SAELens's SIGINT/SIGTERM handler and the exception it raises, so an
 # interrupted LM run writes a resumable checkpoint.
 from sae_lens.training._interruption import InterruptedException, interrupt_callback
@@ -146,4 +150,5 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
                   "attach() registers SAE hook points in it (adapters/registry.py)"),
 )
 
-__all__ = [*IMPORTED_NAMES, "sae_trainer_module", "IMPORTED_NAMES", "PRIVATE_MEMBERS", "PrivateMember"]
+__all__ = [*IMPORTED_NAMES, "sae_trainer_module", "multi_sae_trainer_module", "IMPORTED_NAMES", "PRIVATE_MEMBERS",
+           "PrivateMember"]

@@ -22,3 +22,24 @@ torch.set_num_threads(1)
 def _wandb_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     yield
+
+
+@pytest.fixture
+def online_wandb_fails(monkeypatch):
+    """W&B configured (an API key: the rule says online) but its server unreachable: ``wandb.init``
+    in online mode raises as a timed-out connection does; offline mode works. Yields the modes
+    ``wandb.init`` was called with."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    real_init = wandb.init
+    modes = []
+
+    def flaky_init(**kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("Timed out initializing run")
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", flaky_init)
+    yield modes

@@ -29,12 +29,15 @@ def test_imported_name_exists(name: str, module: str) -> None:
     assert getattr(compat, name) is getattr(source, name), f"gba_lens.compat.{name} is not {module}.{name}"
 
 
-def test_sae_trainer_module_is_saelens_module() -> None:
+@pytest.mark.parametrize("name, module_name", [("sae_trainer_module", "sae_lens.training.sae_trainer"),
+                                               ("multi_sae_trainer_module", "sae_lens.training.multi_sae_trainer")])
+def test_trainer_modules_are_saelens_modules_with_a_tqdm(name: str, module_name: str) -> None:
     try:
-        module = importlib.import_module("sae_lens.training.sae_trainer")
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        pytest.fail(_gone("module sae_lens.training.sae_trainer") + f" ({exc})")
-    assert compat.sae_trainer_module is module
+        pytest.fail(_gone(f"module {module_name}") + f" ({exc})")
+    assert getattr(compat, name) is module
+    assert callable(getattr(module, "tqdm", None)), f"{module_name} no longer draws its bar with its own tqdm"
 
 
 @pytest.mark.parametrize(

@@ -147,18 +147,8 @@ def test_disabled_and_no_project_never_touch_wandb(clean_env, monkeypatch):
     assert start_run("p") is False
 
 
-def test_failed_online_start_falls_back_offline_with_one_warning(clean_env, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    real_init = wandb.init
-    modes = []
-
-    def flaky_init(**kwargs):
-        modes.append(kwargs["mode"])
-        if kwargs["mode"] == "online":
-            raise wandb.errors.CommError("Timed out initializing run")
-        return real_init(**kwargs)
-
-    monkeypatch.setattr(wandb, "init", flaky_init)
+def test_failed_online_start_falls_back_offline_with_one_warning(clean_env, tmp_path, online_wandb_fails):
+    modes = online_wandb_fails
     before = _env_snapshot()
     with pytest.warns(UserWarning, match="logging offline instead") as record:
         assert start_run("gba-test", dir=str(tmp_path))

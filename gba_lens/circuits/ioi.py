@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float
 
 from gba_lens.circuits.metrics import answer_logit_diff
+from gba_lens.tasks import ioi as tasks_ioi
 from gba_lens.tasks.ioi import (
     IOI_NAMES,
     IOI_OBJECTS,
@@ -26,15 +27,7 @@ from gba_lens.tasks.ioi import (
 )
 
 __all__ = [
-    "IOI_TEMPLATES",
-    "IOI_NAMES",
-    "IOI_PLACES",
-    "IOI_OBJECTS",
-    "Corruption",
-    "IOIPromptSet",
-    "single_token_names",
-    "make_ioi_prompts",
-    "babatemplate",
+    *tasks_ioi.__all__,
     "logit_diff",
     "mean_logit_diff",
     "logit_diff_accuracy",

@@ -39,31 +39,44 @@ def load_activations(path: str | Path, hook_name: str | None = None) -> Float[to
             tensors = load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
-        key = hook_name if hook_name in tensors else "activations" if "activations" in tensors else None
-        if key is None:
-            if len(tensors) != 1:
-                raise ValueError(f"{path} holds {sorted(tensors)}; pass hook_name to choose one")
-            key = next(iter(tensors))
-        acts = tensors[key]
+        acts = tensors[_tensor_key(path, list(tensors), hook_name)]
     else:
-        import datasets
-
-        if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
-            raise ValueError(f"{path} is not a SAELens activation cache (no dataset_info.json)")
-        ds = datasets.load_from_disk(str(path))
-        columns = ds.column_names
-        if hook_name is None:
-            if len(columns) != 1:
-                raise ValueError(f"{path} caches {columns}; pass hook_name to choose one")
-            hook_name = columns[0]
-        if hook_name not in columns:
-            import difflib
-
-            close = difflib.get_close_matches(hook_name, columns, n=3)
-            raise KeyError(f"{path} has no activations for {hook_name!r}; close matches: {close}")
-        acts = ds.with_format("torch")[:][hook_name]  # [:] first: datasets 5 returns a lazy Column
+        ds, column = _open_cache(path, hook_name)
+        acts = ds.with_format("torch")[:][column]  # [:] first: datasets 5 returns a lazy Column
     _check_shape(path, tuple(acts.shape))
     return acts.float().reshape(-1, acts.shape[-1])
+
+
+def _tensor_key(path: Path, names: list[str], hook_name: str | None) -> str:
+    """The tensor of a safetensors file that holds the activations: ``hook_name``, else
+    ``activations``, else the only one."""
+    for key in (hook_name, "activations"):
+        if key in names:
+            return key
+    if len(names) != 1:
+        raise ValueError(f"{path} holds {sorted(names)}; pass hook_name to choose one")
+    return names[0]
+
+
+def _open_cache(path: Path, hook_name: str | None) -> tuple[Any, str]:
+    """A SAELens cache directory as a Hugging Face dataset, and the column of ``hook_name`` (the
+    only column when it is None)."""
+    import datasets
+
+    if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
+        raise ValueError(f"{path} is not a SAELens activation cache (no dataset_info.json)")
+    ds = datasets.load_from_disk(str(path))
+    columns = ds.column_names
+    if hook_name is None:
+        if len(columns) != 1:
+            raise ValueError(f"{path} caches {columns}; pass hook_name to choose one")
+        hook_name = columns[0]
+    if hook_name not in columns:
+        import difflib
+
+        close = difflib.get_close_matches(hook_name, columns, n=3)
+        raise KeyError(f"{path} has no activations for {hook_name!r}; close matches: {close}")
+    return ds, hook_name
 
 
 def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
@@ -98,11 +111,7 @@ def map_activations(path: str | Path, hook_name: str | None = None) -> torch.Ten
     except (OSError, struct.error, ValueError) as exc:
         raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
     header.pop("__metadata__", None)
-    key = hook_name if hook_name in header else "activations" if "activations" in header else None
-    if key is None:
-        if len(header) != 1:
-            raise ValueError(f"{path} holds {sorted(header)}; pass hook_name to choose one")
-        key = next(iter(header))
+    key = _tensor_key(path, list(header), hook_name)
     entry = header[key]
     shape = tuple(int(n) for n in entry["shape"])
     _check_shape(path, shape)
@@ -151,16 +160,9 @@ class ChunkedRows:
 
 def _map_cache_directory(path: Path, hook_name: str | None) -> torch.Tensor | ChunkedRows:
     """The activations of a SAELens cache directory, each Arrow chunk viewed without a copy."""
-    import datasets
     import pyarrow as pa
 
-    if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
-        raise ValueError(f"{path} is not a SAELens activation cache (no dataset_info.json)")
-    ds = datasets.load_from_disk(str(path))
-    if hook_name is None and len(ds.column_names) == 1:
-        hook_name = ds.column_names[0]
-    if hook_name not in ds.column_names:
-        return load_activations(path, hook_name)  # the loader's own error (close matches)
+    ds, hook_name = _open_cache(path, hook_name)
     column = ds.data.table.column(hook_name)
     d_in = ds.features[hook_name].shape[-1]
     blocks = []

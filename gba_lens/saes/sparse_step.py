@@ -165,8 +165,7 @@ class _SparseGatedAutoencode(torch.autograd.Function):
         peak = u.amax(0) + bias
         crow = _compressed(rows, batch)
         decoded = torch.sparse.mm(_csr(crow, cols, values, (batch, d_sae)), W_dec)
-        by_latent = torch.argsort(cols, stable=True)  # Z^T's entries in CSR order (stable: rows sorted)
-        ctx.save_for_backward(x_centred, W_enc, W_dec, crow, rows, cols, values, by_latent)
+        ctx.save_for_backward(x_centred, W_enc, W_dec, crow, rows, cols, values)
         ctx.has_b_dec = b_dec is not None and b_dec_subtracted
         hidden_pre = u.add_(bias)  # y, in u's storage (u is not needed any more)
         fire_count = torch.bincount(cols, minlength=d_sae).to(torch.float32)
@@ -178,7 +177,7 @@ class _SparseGatedAutoencode(torch.autograd.Function):
     def backward(ctx: Any, grad_decoded: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if grad_decoded is None:  # the reconstruction did not reach the loss
             return (None,) * 7
-        x_centred, W_enc, W_dec, crow, rows, cols, values, by_latent = ctx.saved_tensors
+        x_centred, W_enc, W_dec, crow, rows, cols, values = ctx.saved_tensors
         batch, d_sae = x_centred.shape[0], W_enc.shape[1]
         grad = grad_decoded.contiguous()
         pattern = _csr(crow, cols, values, (batch, d_sae))
@@ -186,6 +185,7 @@ class _SparseGatedAutoencode(torch.autograd.Function):
         grad_u = torch.sparse.sampled_addmm(pattern, grad, W_dec.t(), beta=0.0).values()
         grad_W_dec = grad_W_enc = grad_b_dec = None
         if ctx.needs_input_grad[2]:  # Z^T g, with Z^T's entries ordered by latent
+            by_latent = torch.argsort(cols, stable=True)  # stable: rows stay sorted within a latent
             z_t = _csr(_compressed(cols, d_sae), rows[by_latent], values[by_latent], (d_sae, batch))
             grad_W_dec = W_dec.new_empty(W_dec.shape).addmm_(z_t, grad, beta=0.0)
         if ctx.needs_input_grad[1]:  # x_c^T G, straight into W_enc's [d_in, d_sae] layout

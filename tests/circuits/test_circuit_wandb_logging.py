@@ -56,22 +56,10 @@ def test_wandb_failure_never_crashes(tiny, monkeypatch):
     assert res2.total() == pytest.approx(res.total())
 
 
-def test_logger_falls_back_offline_when_the_server_fails(tiny, tmp_path, monkeypatch):
-    import wandb
-
+def test_logger_falls_back_offline_when_the_server_fails(tiny, tmp_path, monkeypatch, online_wandb_fails):
     model, saes, clean, corrupt, metric, _ = tiny
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # configured: the rule says online
-    real_init = wandb.init
-    modes = []
-
-    def flaky_init(**kwargs):
-        modes.append(kwargs["mode"])
-        if kwargs["mode"] == "online":
-            raise wandb.errors.CommError("Timed out initializing run")
-        return real_init(**kwargs)
-
-    monkeypatch.setattr(wandb, "init", flaky_init)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # configured by the fixture's key: the rule says online
+    modes = online_wandb_fails
     logger = WandbLogger(project="circuits-test", dir=str(tmp_path))
     with pytest.warns(UserWarning, match="logging offline instead") as record:
         attribute(model, clean, corrupt, metric, saes=saes, logger=logger, progress=False)

@@ -19,6 +19,8 @@ from gba_lens.dashboard import build
 from gba_lens.models.stdlib_lm import load_stdlib_lm, stdlib_token_dataset
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+# A developer machine without a browser skips these, saying what to install; CI never does:
+# .ci/run installs Debian's chromium when it is missing.
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless Chromium not found: install it with `apt-get install -y chromium`"
 )

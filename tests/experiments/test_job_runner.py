@@ -40,6 +40,8 @@ def test_worker_processes_give_the_same_numbers_as_one_process(start_method, mon
         assert torch.equal(a.directions, b.directions) and torch.equal(a.frequencies, b.frequencies)
         assert b.sae is None  # the SAE stays in the worker
     assert rows_here == [dataclasses.replace(r, seconds=h.seconds) for r, h in zip(rows_pool, rows_here)]
+    # The equality above would also hold if neither side had computed consistency (it needs every
+    # seed's directions back from the workers): the pooled rows do carry it.
     assert 1.0 in rows_pool[0].consistency and "consistency_1" in rows_pool[0].as_row()
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import save_file  # noqa: E402
 from gba_lens.data.batches import SeededBatches  # noqa: E402
 from gba_lens.training.distributed import is_main_process, rank  # noqa: E402
 from gba_lens.training.train import TrainConfig, train_sae  # noqa: E402
-from training_builders import relu_sampler, tiny_gba_sae  # noqa: E402
+from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae  # noqa: E402
 
 D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
 
@@ -41,27 +41,19 @@ def make_cfg(out: str) -> TrainConfig:
                        lr_decay_steps=8, log_every=5)
 
 
-class FailsAt:
-    """The global stream, failing (raise or hang) when asked for batch ``n``."""
+def fails_at(inner, n, mode, sae):
+    """The global stream, failing when asked for batch ``n``: raise, hang, or (diverge) shift one
+    of this rank's GBA biases so that the ranks' SAEs drift apart."""
 
-    def __init__(self, inner, n, mode):
-        self.inner, self.n, self.mode = inner, n, mode
+    def fail():
+        if mode == "hang":
+            time.sleep(3600)
+        if mode == "diverge":
+            sae.b_enc.data[0] += 0.5
+            return
+        raise RuntimeError(f"injected failure at batch {n}")
 
-    def seek(self, i):
-        self.inner.seek(i)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.inner.index == self.n:
-            if self.mode == "hang":
-                time.sleep(3600)
-            if self.mode == "diverge":  # this rank's GBA biases drift from the others'
-                self.sae.b_enc.data[0] += 0.5
-                return next(self.inner)
-            raise RuntimeError(f"injected failure at batch {self.n}")
-        return next(self.inner)
+    return InterruptedAt(inner, n, fail)
 
 
 HOOKS = ("hook_a", "hook_b")
@@ -110,11 +102,9 @@ def main() -> None:
         train_multi(args.out if is_main_process() else None, world_size(), rank())
         return
     stream = make_stream()
-    if rank() == args.fail_rank:
-        stream = FailsAt(stream, args.fail_at, args.fail_mode)
     sae = make_sae(args.sparse_step)
-    if isinstance(stream, FailsAt):
-        stream.sae = sae
+    if rank() == args.fail_rank:
+        stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))
     if is_main_process():
         save_file({k: v.contiguous() for k, v in sae.state_dict().items()},

@@ -24,6 +24,8 @@ from gba_lens.training.trainer import latest_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_worker.py")
 
+# Every torch wheel for Linux (the pinned CPU wheel included) ships gloo; only a custom build without
+# it cannot run these, and says so.
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
 
 

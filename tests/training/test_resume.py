@@ -10,7 +10,7 @@ from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.state_io import CheckpointError, write_checksums
 from gba_lens.training.train import TrainConfig, train_sae
 from gba_lens.training.trainer import latest_checkpoint, list_checkpoints
-from training_builders import relu_sampler, tiny_gba_sae
+from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae
 
 STEPS, BATCH = 24, 64
 
@@ -33,22 +33,13 @@ class Killed(Exception):
     pass
 
 
-class DiesAt:
+def dies_at(inner, n):
     """A data stream that dies (like a killed process) when asked for batch ``n``."""
 
-    def __init__(self, inner, n):
-        self.inner, self.n = inner, n
+    def die():
+        raise Killed
 
-    def seek(self, i):
-        self.inner.seek(i)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.inner.index == self.n:
-            raise Killed
-        return next(self.inner)
+    return InterruptedAt(inner, n, die)
 
 
 def test_killed_run_resumes_as_if_uninterrupted(tmp_path):
@@ -57,12 +48,12 @@ def test_killed_run_resumes_as_if_uninterrupted(tmp_path):
 
     run_dir = tmp_path / "killed"
     with pytest.raises(Killed):
-        train_sae(_sae(), DiesAt(SeededBatches(_sample, BATCH, seed=3), 13), _cfg(run_dir))
+        train_sae(_sae(), dies_at(SeededBatches(_sample, BATCH, seed=3), 13), _cfg(run_dir))
     assert latest_checkpoint(run_dir).name == "step_000000010"  # the last periodic checkpoint
 
     resumed = GBATrainingSAE(GBATrainingSAEConfig(d_in=10, d_sae=40, n_groups=4, update_interval=4))
     # the same kind of stream as the killed run (the directory records the data's identity)
-    trainer = train_sae(resumed, DiesAt(SeededBatches(_sample, BATCH, seed=3), -1), _cfg(run_dir))
+    trainer = train_sae(resumed, dies_at(SeededBatches(_sample, BATCH, seed=3), -1), _cfg(run_dir))
     assert trainer.n_training_steps == STEPS
 
     full_state, resumed_state = full.state_dict(), resumed.state_dict()

@@ -1,4 +1,4 @@
-"""Shared builders of the training tests: a small seeded GBA SAE and a non-negative sampler."""
+"""Shared builders of the training tests: a small seeded GBA SAE, a non-negative sampler, a stream that fails at a batch."""
 
 from __future__ import annotations
 
@@ -23,3 +23,22 @@ def relu_sampler(d_in: int, scale: float = 1.0) -> Callable[[int], torch.Tensor]
         return torch.relu(torch.randn(n, d_in)) * scale
 
     return sample
+
+
+class InterruptedAt:
+    """A seekable batch stream that calls ``at_batch()`` when asked for batch ``n`` (to raise,
+    hang or tamper, as a failing process would), then goes on."""
+
+    def __init__(self, inner: Any, n: int, at_batch: Callable[[], None]):
+        self.inner, self.n, self.at_batch = inner, n, at_batch
+
+    def seek(self, i: int) -> None:
+        self.inner.seek(i)
+
+    def __iter__(self) -> InterruptedAt:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.inner.index == self.n:
+            self.at_batch()
+        return next(self.inner)

@@ -48,7 +48,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import nn
 
 from gba_lens.training.checkpoints import check_finite_sae
-from gba_lens.training.distributed import DistributedGBATrainer, fitting_on_ranks, is_distributed
+from gba_lens.training.distributed import DistributedGBATrainer, fitting_on_ranks, is_distributed, is_main_process
 from gba_lens.training.lm.distributed import rank_trainer_config, shard_cached_activations
 from gba_lens.training.lm.resume import checkpoint_candidates, resume_and_replay
 from gba_lens.training.state_io import CheckpointError, atomic_directory
@@ -208,7 +208,7 @@ class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
         trainer_cls: type[_PrefixedGBATrainer] = _PrefixedGBATrainer
         if data_parallel:  # the run's batch is global: so are the counters and the checkpoint names
             self.cfg = rank_trainer_config(self.cfg)
-            self.cfg.logger.log_to_wandb &= not _is_other_rank()
+            self.cfg.logger.log_to_wandb &= is_main_process()
             trainer_cls = _PrefixedDistributedGBATrainer
         per_sae_cfg = replace(self.cfg, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False)
         self.trainers = {  # type: ignore[assignment]
@@ -220,15 +220,14 @@ class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
     def fit(self) -> dict[str, TrainingSAE[Any]]:
         if not self.data_parallel:
             return super().fit()
-        import sys
+        from gba_lens.compat import multi_sae_trainer_module  # its progress bar: rank 0 only
 
-        multi_module = sys.modules[MultiSAETrainer.__module__]  # its progress bar: rank 0 only
         with fitting_on_ranks(list(self.saes.values()), torch.device(self.cfg.device),
-                              lambda: self.n_training_steps, multi_module):
+                              lambda: self.n_training_steps, multi_sae_trainer_module):
             return super().fit()
 
     def _prune_checkpoints(self) -> None:
-        if not (self.data_parallel and _is_other_rank()):
+        if not self.data_parallel or is_main_process():
             super()._prune_checkpoints()
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -250,7 +249,7 @@ class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
         renamed into place at once: a multi-SAE checkpoint is complete or absent. (SAELens writes
         the SAEs one after another into the final directory.) Nothing non-finite is saved."""
         base = self.cfg.checkpoint_path
-        if base is None or (self.data_parallel and _is_other_rank()):
+        if base is None or (self.data_parallel and not is_main_process()):
             return
         if len({trainer.n_training_samples for trainer in self.trainers.values()}) > 1:
             # An interrupt between two SAEs' steps: the SAEs are at different steps; the newest
@@ -270,12 +269,6 @@ class GBAMultiSAETrainer(ResumableTraining, MultiSAETrainer):
             self._safe(self.cfg.logger.log, self.trainers[name], target / name / weights.name,
                        target / name / cfg_file.name, sparsity_path=target / name / SPARSITY_FILENAME,
                        wandb_aliases=wandb_aliases)
-
-
-def _is_other_rank() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_initialized() and dist.get_rank() != 0
 
 
 class GBAMultiSAERunner(MultiSAETrainingRunner):
