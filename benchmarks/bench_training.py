@@ -100,11 +100,15 @@ def make_activations(d_in: int, d_sae: int, n_rows: int) -> torch.Tensor:
     return torch.cat([model.sample(BATCH) for _ in range(n_rows // BATCH)])
 
 
+GBA_OPTIONS: dict[str, Any] = {}
+"""Options of the GBA SAE under test (``--valley-thresholds`` sets one)."""
+
+
 def build_gba(d_in: int, d_sae: int) -> Any:
     from gba_lens.training.methods import build_sae
 
     torch.manual_seed(0)
-    return build_sae("gba", d_in, d_sae)
+    return build_sae("gba", d_in, d_sae, **GBA_OPTIONS)
 
 
 def build_standard(d_in: int, d_sae: int) -> Any:
@@ -265,6 +269,9 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan) -> SizeResult:
     # with T > 1 ``update`` = ``apply_rule`` + ``reset``. Wrapping those two counts either path once.
     inst.wrap(gba.bias_adaptation, "apply_rule", "update")
     inst.wrap(gba.bias_adaptation, "reset", "update")
+    if gba.valley_thresholds is not None:  # its histogram is a statistic, its step an update
+        inst.wrap(gba.valley_thresholds, "observe", "observe")
+        inst.wrap(gba.valley_thresholds, "apply", "update")
     inst.wrap(gba, "project_weights", "project")
     sides: list[tuple[str, Callable[[], None], Samples]] = [
         ("gba", gba_step, res.step_gba), ("std", std_step, res.step_std), ("gemm", gemms, res.gemm)
@@ -488,8 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown output file (default: benchmarks/results_training.md for a "
                              "full run, none for --quick)")
+    parser.add_argument("--valley-thresholds", action="store_true",
+                        help="GBA with valley_thresholds=True (step sizes only; writes no file unless --out)")
     args = parser.parse_args(argv)
     clock = _common.configure(args.threads, args.wall)
+    if args.valley_thresholds:
+        GBA_OPTIONS["valley_thresholds"] = True
     start = time.perf_counter()
 
     plan = QUICK if args.quick else FULL
@@ -500,19 +511,20 @@ def main(argv: list[str] | None = None) -> int:
         sizes.append(measure_size(d_in, d_sae, clock, plan))
     gen_cases = [("paper toy", 128, 42, 1024), ("small", 512, 128, 512), ("large", 4096, 512, 4096)]
     gens = []
-    for label, n, d, d_sae in gen_cases:
+    for label, n, d, d_sae in ([] if args.valley_thresholds else gen_cases):
         log(f"[bench_training] generator {label} (n {n}, d {d}) ...")
         gens.append(measure_generator(label, n, d, d_sae, clock, plan))
     peak = gemm_peak(clock, 5)
     md = report(sizes, gens, peak, clock, args.threads, args.quick)
     md += f"\n\nCommand: `python benchmarks/bench_training.py{' --quick' if args.quick else ''}" \
+          f"{' --valley-thresholds' if args.valley_thresholds else ''}" \
           f"{f' --threads {args.threads}' if args.threads != 1 else ''}`; " \
           f"total wall time {time.perf_counter() - start:.0f} s.\n"
     if args.profile:
         md += "\n" + "\n".join(profile_steps(d_in, d_sae) for d_in, d_sae in SIZES)
     print(md)
     out = args.out if args.out is not None else (
-        None if args.quick else Path(__file__).with_name("results_training.md"))
+        None if args.quick or args.valley_thresholds else Path(__file__).with_name("results_training.md"))
     if out is not None:
         out.write_text(md + "\n")
         log(f"[bench_training] wrote {out}")

@@ -1,5 +1,5 @@
-"""GBA's target modes side by side (docs/experiments/prior_free.md): the geometric default and
-``targets="adaptive"``, same budgets, on the paper toy, Zipf A/B/C and the synthbench model.
+"""GBA's target modes side by side (docs/experiments/prior_free.md): the geometric default,
+``targets="adaptive"`` and ``valley_thresholds=True``, same budgets, on the paper toy, Zipf A/B/C and the synthbench model.
 
     python scripts/prior_free.py zipf --samples 500000 --seeds 0 1 2
     python scripts/prior_free.py toy --samples 300000 --seeds 0 1 2
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}}
+MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valley_thresholds": True}}
 
 
 def zipf(args: argparse.Namespace) -> list[dict]:
@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", type=int, default=3, help="Zipf: the first N of A, B, C")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
+    p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
     args = p.parse_args(argv)
+    for mode in set(MODES) - set(args.modes):
+        del MODES[mode]
     rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
     for row in rows:
         print(json.dumps(row), flush=True)

@@ -45,7 +45,7 @@ only (:mod:`gba_lens.saes.sparse_step`, option ``sparse_step``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -66,73 +66,12 @@ from typing_extensions import override
 
 from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
-from gba_lens.saes.sparse_step import SPARSE_STEP_MODES, SparseStepPolicy, active_latent_index
+from gba_lens.saes.gba_options import EXECUTION_OPTIONS, GBAOptions  # noqa: F401  (re-exported)
+from gba_lens.saes.sparse_step import SparseStepPolicy, active_latent_index
 from gba_lens.saes.sparse_step import sparse_training_forward_pass
+from gba_lens.saes.valley_thresholds import ValleyThresholds
 
 ARCHITECTURE = "gba"
-# GBA options that change how a step is computed, not what is trained (not in a run's settings).
-EXECUTION_OPTIONS = ("sparse_step",)
-
-
-@dataclass(kw_only=True)
-class GBAOptions:
-    """The GBA hyperparameters a user chooses: part of :class:`GBATrainingSAEConfig`, and of the
-    command-line configs (``gba-lens train``, ``gba-lens train-activations``), so that their
-    defaults and ``--help`` text exist once. Keyword-only, so that it can sit beside SAELens's
-    positional ``d_in`` / ``d_sae``."""
-
-    n_groups: int = 10
-    """K, the number of neuron groups (K = 1 is single-group BA)."""
-    highest_target: float = 0.1
-    """HTF, the target firing frequency of the first group (arXiv v1: 0.1; ICLR: 0.5)."""
-    lowest_target: float = 1e-3
-    """LTF, the target firing frequency of the last group (targets are geometric in between)."""
-    update_interval: int = 1
-    """T, optimiser steps between bias updates. The paper uses 50 over ~200k steps; for runs of
-    thousands of steps T = 1 (statistics over each batch) is what recovers features, because
-    the biases then get enough updates to settle; set 50 for the paper's schedule."""
-    targets: Literal["geometric", "adaptive"] = "geometric"
-    """``geometric``: fixed targets from HTF down to LTF (the paper's rule). ``adaptive``: the
-    targets start there and each group's target then follows its neurons (raised while more of
-    them are held at target than sit under it, lowered otherwise; see
-    :mod:`gba_lens.saes.target_adaptation`). Ignored for K = 1."""
-    gating: Literal["jumprelu", "relu"] = "jumprelu"
-    """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
-    z = relu(u + b) (exported as SAELens ``standard``)."""
-    sparse_step: Literal["auto", "on", "off"] = "auto"
-    """Compute the training step on the active latents only (:mod:`gba_lens.saes.sparse_step`):
-    ``auto`` uses it on CPU for SAEs of at least 1024 latents once at most a fraction 0.05 of the
-    (sample, latent) entries fire (on GPU, not measured yet, it keeps the dense step); ``on`` /
-    ``off`` force it. Both give the same SAE up to float rounding."""
-
-    def gba_options(self) -> dict[str, Any]:
-        """These options as keyword arguments of :class:`GBATrainingSAEConfig`."""
-        return {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
-
-    def __post_init__(self) -> None:
-        self.check_gba_options()
-
-    def check_gba_options(self, d_sae: int | None = None) -> None:
-        """Raise ``ValueError`` naming the first invalid option; ``d_sae``: also check that the
-        SAE has at least one neuron per group. The one place these options are validated: the
-        SAE config and the command-line configs call it."""
-        if self.gating not in ("jumprelu", "relu"):
-            raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
-        if self.sparse_step not in SPARSE_STEP_MODES:
-            raise ValueError(f"sparse_step must be one of {SPARSE_STEP_MODES}, got {self.sparse_step!r}")
-        if self.targets not in ("geometric", "adaptive"):
-            raise ValueError(f"targets must be 'geometric' or 'adaptive', got {self.targets!r}")
-        if self.update_interval < 1:
-            raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
-        if self.n_groups < 1:
-            raise ValueError(f"n_groups must be >= 1, got {self.n_groups}")
-        if not 0.0 < self.lowest_target <= self.highest_target <= 1.0:  # NaN fails too
-            raise ValueError(f"need 0 < lowest_target <= highest_target <= 1, got "
-                             f"lowest_target={self.lowest_target}, highest_target={self.highest_target}")
-        if d_sae is not None and self.n_groups > d_sae:
-            raise ValueError(f"n_groups must be in [1, d_sae={d_sae}], got {self.n_groups}")
-
-
 @dataclass
 class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
     """Configuration of a GBA SAE. Defaults follow the paper (arXiv v1) except where noted."""
@@ -212,6 +151,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             targets=cfg.targets if cfg.n_groups > 1 else "geometric",
             device=self.device,
         )
+        self.valley_thresholds = ValleyThresholds(cfg.d_sae, self.device) if cfg.valley_thresholds else None
         self.b_dec.requires_grad_(cfg.trains_pre_bias)
         # 0 means "not estimated yet"; set from the first training batch.
         self.register_buffer("input_scale", torch.zeros((), dtype=torch.float32, device=self.device))
@@ -367,6 +307,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         batch_stats = self.combine_batch_statistics(*batch_stats)
         self.step_density.copy_(batch_stats[0].sum() / (batch_stats[2] * self.cfg.d_sae))
 
+        valley = self.valley_thresholds
+        if valley is not None:  # u of this batch, before the rule moves the biases
+            valley.observe(output.hidden_pre.reshape(-1, self.cfg.d_sae), self.b_enc, batch_stats[2])
         controller = self.bias_adaptation
         log = step_input.is_logging_step
         if self.cfg.update_interval == 1 and self._window_empty:
@@ -379,10 +322,19 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         if window:
             output.metrics["gba/over_active_fraction"] = window["over_active_fraction"]
             output.metrics["gba/window_dead_fraction"] = window["dead_fraction"]
+        if valley is not None and valley.window_full:
+            self.reduce_window_statistics(valley)
+            valley_fraction = valley.apply(self.b_enc.data, controller.bias_min, controller.bias_max)
+            if log:
+                output.metrics["gba/valley_fraction"] = valley_fraction
 
         if step_input.is_logging_step:
             output.metrics.update(self._logging_metrics(output))
         return output
+
+    def reduce_window_statistics(self, statistics: ValleyThresholds) -> None:
+        """Combine a window's statistics across data-parallel ranks: nothing to do in one process
+        (data-parallel training replaces this with an all-reduce)."""
 
     @torch.no_grad()
     def _logging_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
@@ -415,7 +367,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
-        for key in [k for k in state_dict if k.startswith("bias_adaptation.")]:
+        for key in [k for k in state_dict if k.startswith(("bias_adaptation.", "valley_thresholds."))]:
             del state_dict[key]
         state_dict.pop("step_density", None)
         scale = state_dict.pop("input_scale")

@@ -327,7 +327,8 @@ def _gba_patches(sae: GBATrainingSAE) -> dict[str, Callable[..., Any]]:
         dist.all_gather(gathered, local)
         cls.initialize_from_batch(sae, torch.cat(gathered))  # rank order = the global batch's rows
 
-    return {"combine_batch_statistics": combine_batch_statistics, "initialize_from_batch": initialize_from_batch}
+    return {"combine_batch_statistics": combine_batch_statistics, "initialize_from_batch": initialize_from_batch,
+            "reduce_window_statistics": lambda statistics: statistics.reduce_statistics(all_reduce)}
 
 
 @contextmanager

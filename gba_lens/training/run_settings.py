@@ -83,6 +83,11 @@ def _plain(settings: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=str))
 
 
+OPTIONS_ADDED_LATER = {"valley_thresholds": False}
+"""Settings a run recorded before they existed lacks, with the value that trains as such a run
+did: a record without one resumes when the new value is that one."""
+
+
 def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"name: old -> new"`` for each setting (dotted name) that differs."""
     flat_old, flat_new = _flatten(_plain(old)), _flatten(_plain(new))
@@ -90,6 +95,9 @@ def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     lines = []
     for key in sorted(flat_old.keys() | flat_new.keys()):
         a, b = flat_old.get(key, missing), flat_new.get(key, missing)
+        name = key.rsplit(".", 1)[-1]
+        if a is missing and name in OPTIONS_ADDED_LATER and b == OPTIONS_ADDED_LATER[name]:
+            continue
         if a != b:
             lines.append(f"{key}: {'(unset)' if a is missing else json.dumps(a)} -> "
                          f"{'(unset)' if b is missing else json.dumps(b)}")

@@ -1,6 +1,6 @@
 """One rank of the distributed tests (launched by ``torchrun`` from ``test_distributed.py``).
 
-    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on]
+    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on] [--valley]
 
 Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) with checkpoints
 in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
@@ -26,9 +26,17 @@ from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae  # noqa:
 D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
 
 
-def make_sae(sparse_step="auto"):
+VALLEY_WINDOW = 256
+"""Valley-threshold window of the tests (samples): 4 global batches, so that a run applies 6."""
+
+
+def make_sae(sparse_step="auto", valley=False):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
-    return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step)
+    if valley:
+        from gba_lens.saes import valley_thresholds
+
+        valley_thresholds.WINDOW_SAMPLES = VALLEY_WINDOW
+    return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley)
 
 
 def make_stream():
@@ -94,6 +102,7 @@ def main() -> None:
     parser.add_argument("--fail-mode", default="raise", choices=["raise", "hang", "diverge"])
     parser.add_argument("--sparse-step", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--multi", action="store_true", help="two SAEs by GBAMultiSAETrainer (data parallel)")
+    parser.add_argument("--valley", action="store_true", help="GBA with valley thresholds")
     args = parser.parse_args()
     if args.multi:
         from gba_lens.training.distributed import ensure_process_group, world_size
@@ -102,7 +111,7 @@ def main() -> None:
         train_multi(args.out if is_main_process() else None, world_size(), rank())
         return
     stream = make_stream()
-    sae = make_sae(args.sparse_step)
+    sae = make_sae(args.sparse_step, args.valley)
     if rank() == args.fail_rank:
         stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))

@@ -110,6 +110,24 @@ def test_sparse_step_on_two_ranks_trains_the_one_process_sae(tmp_path, single_pr
     assert single_process_state["b_enc"].min() < 0
 
 
+def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monkeypatch):
+    """The valley thresholds' histograms, peaks and window counts are the global batch's on every
+    rank (all-reduced before each window is applied), as one process sees them."""
+    from gba_lens.saes import valley_thresholds
+
+    monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", valley_thresholds.WINDOW_SAMPLES)
+    sae = dist_worker.make_sae(valley=True)
+    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
+    reference = sae.state_dict()
+    out = tmp_path / "run"
+    code, err, _ = _torchrun([str(WORKER), str(out), "--valley"])
+    assert code == 0, err[-3000:]
+    state = load_file(str(out / "state.safetensors"))
+    _assert_same_sae(state, reference)
+    assert "valley_thresholds.histogram" in state
+    assert not torch.equal(reference["valley_thresholds.scale"], torch.ones(dist_worker.D_SAE))  # windows ran
+
+
 @pytest.mark.slow
 def test_hung_rank_ends_the_run_at_the_collective_timeout(tmp_path):
     code, err, seconds = _torchrun([str(WORKER), str(tmp_path), "--fail-rank", "1", "--fail-at", "5",

@@ -75,6 +75,13 @@ def test_fingerprint_and_differences():
     assert settings_differences({"a": (1, 2)}, {"a": [1, 2]}) == []  # as JSON reads them back
 
 
+def test_a_record_from_before_an_option_existed_matches_only_the_option_off():
+    old = {"gba": {"n_groups": 10}}  # written before valley_thresholds existed
+    assert settings_differences(old, {"gba": {"n_groups": 10, "valley_thresholds": False}}) == []
+    assert settings_differences(old, {"gba": {"n_groups": 10, "valley_thresholds": True}}) == [
+        "gba.valley_thresholds: (unset) -> true"]
+
+
 def _cfg(tmp_path, **kw):
     return TrainConfig(**{"total_samples": 16 * 32, "batch_size": 32, "checkpoint_dir": str(tmp_path),
                           "checkpoint_every": 4, **kw})

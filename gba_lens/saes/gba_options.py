@@ -1,0 +1,79 @@
+"""GBA's user-facing options: defaults, validation and ``--help`` text in one place.
+
+:class:`GBAOptions` is part of :class:`~gba_lens.saes.gba.GBATrainingSAEConfig` and of the
+command-line configs (``gba-lens train``, ``gba-lens train-activations``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
+
+# GBA options that change how a step is computed, not what is trained (not in a run's settings).
+EXECUTION_OPTIONS = ("sparse_step",)
+
+
+@dataclass(kw_only=True)
+class GBAOptions:
+    """The GBA hyperparameters a user chooses: part of :class:`GBATrainingSAEConfig`, and of the
+    command-line configs (``gba-lens train``, ``gba-lens train-activations``), so that their
+    defaults and ``--help`` text exist once. Keyword-only, so that it can sit beside SAELens's
+    positional ``d_in`` / ``d_sae``."""
+
+    n_groups: int = 10
+    """K, the number of neuron groups (K = 1 is single-group BA)."""
+    highest_target: float = 0.1
+    """HTF, the target firing frequency of the first group (arXiv v1: 0.1; ICLR: 0.5)."""
+    lowest_target: float = 1e-3
+    """LTF, the target firing frequency of the last group (targets are geometric in between)."""
+    update_interval: int = 1
+    """T, optimiser steps between bias updates. The paper uses 50 over ~200k steps; for runs of
+    thousands of steps T = 1 (statistics over each batch) is what recovers features, because
+    the biases then get enough updates to settle; set 50 for the paper's schedule."""
+    targets: Literal["geometric", "adaptive"] = "geometric"
+    """``geometric``: fixed targets from HTF down to LTF (the paper's rule). ``adaptive``: the
+    targets start there and each group's target then follows its neurons (raised while more of
+    them are held at target than sit under it, lowered otherwise; see
+    :mod:`gba_lens.saes.target_adaptation`). Ignored for K = 1."""
+    valley_thresholds: bool = False
+    """Move each neuron's threshold to the valley of its own pre-activation histogram, once that
+    histogram shows a second mode (the inputs where the neuron's feature is present), so that
+    it fires at its feature's frequency rather than at its group's target
+    (:mod:`gba_lens.saes.valley_thresholds`). The targets still drive the search for features."""
+    gating: Literal["jumprelu", "relu"] = "jumprelu"
+    """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
+    z = relu(u + b) (exported as SAELens ``standard``)."""
+    sparse_step: Literal["auto", "on", "off"] = "auto"
+    """Compute the training step on the active latents only (:mod:`gba_lens.saes.sparse_step`):
+    ``auto`` uses it on CPU for SAEs of at least 1024 latents once at most a fraction 0.05 of the
+    (sample, latent) entries fire (on GPU, not measured yet, it keeps the dense step); ``on`` /
+    ``off`` force it. Both give the same SAE up to float rounding."""
+
+    def gba_options(self) -> dict[str, Any]:
+        """These options as keyword arguments of :class:`GBATrainingSAEConfig`."""
+        return {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
+
+    def __post_init__(self) -> None:
+        self.check_gba_options()
+
+    def check_gba_options(self, d_sae: int | None = None) -> None:
+        """Raise ``ValueError`` naming the first invalid option; ``d_sae``: also check that the
+        SAE has at least one neuron per group. The one place these options are validated: the
+        SAE config and the command-line configs call it."""
+        if self.gating not in ("jumprelu", "relu"):
+            raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
+        if self.sparse_step not in SPARSE_STEP_MODES:
+            raise ValueError(f"sparse_step must be one of {SPARSE_STEP_MODES}, got {self.sparse_step!r}")
+        if self.targets not in ("geometric", "adaptive"):
+            raise ValueError(f"targets must be 'geometric' or 'adaptive', got {self.targets!r}")
+        if self.update_interval < 1:
+            raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
+        if self.n_groups < 1:
+            raise ValueError(f"n_groups must be >= 1, got {self.n_groups}")
+        if not 0.0 < self.lowest_target <= self.highest_target <= 1.0:  # NaN fails too
+            raise ValueError(f"need 0 < lowest_target <= highest_target <= 1, got "
+                             f"lowest_target={self.lowest_target}, highest_target={self.highest_target}")
+        if d_sae is not None and self.n_groups > d_sae:
+            raise ValueError(f"n_groups must be in [1, d_sae={d_sae}], got {self.n_groups}")

@@ -1,0 +1,143 @@
+"""Valley thresholds: each neuron's threshold moved to the valley of its own pre-activation histogram.
+
+GBA's bias rule makes a neuron fire at (at most) its group's target frequency. A neuron that has
+found a feature rarer than its target then keeps firing at the target, on inputs where the feature
+is absent: its firing frequency is the prior's, not the feature's. Its pre-activation u = w . x over
+the data shows what it should be: a large mode near 0 (inputs without the feature, spread by
+interference) and a second mode further out (inputs with it). With ``valley_thresholds`` each
+neuron keeps a histogram of u over a window of samples (about 10k), and when the histogram has a
+second mode the neuron's threshold moves to the lowest bin between the two modes:
+
+    smoothed h_j (a [1, 2, 1] / 4 kernel), j over BINS bins of u in [0, 1.25 * max u of the last window]
+    noise mode  = argmax_j h_j
+    mode score  = (h_j + 1) / (min_{noise mode <= i <= j} h_i + 1)     for j past the noise mode
+    second mode = argmax_j score_j, kept if its score >= PROMINENCE and h_j >= MIN_MODE_COUNT
+    valley      = argmin h_i over noise mode <= i <= second mode
+    b_m <- b_m + STEP * (-(valley's u) - b_m), clamped to the bias range
+
+A neuron without a second mode (a mixture, or a feature buried in interference) is left to the
+bias rule. The threshold then follows the data in both directions: down for a feature more
+frequent than the target, up for a rarer one. The group targets stay the search: they decide which
+neurons get selective enough to find a feature at all.
+
+Statistics are sums (histogram counts, samples) and a maximum (max u), so data-parallel training
+all-reduces them before a window is applied. To keep the cost a few percent of a training step,
+each step adds at most ROWS_PER_STEP rows of the global batch (every k-th row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import nn
+
+BINS = 32
+"""Histogram bins over [0, 1.25 * the last window's max u] (one more, unused, counts u <= 0)."""
+ROWS_PER_STEP = 512
+"""At most this many rows of each global batch enter the histogram (every k-th row)."""
+WINDOW_SAMPLES = 10_240
+"""Samples per histogram window (the valley step runs when a window is full)."""
+PROMINENCE = 2.0
+"""A second mode must be at least twice as high as the lowest bin between it and the noise mode."""
+MIN_MODE_COUNT = 5.0
+"""... and hold at least this many (smoothed) samples in its bin."""
+STEP = 1.0
+"""Fraction of the way to the valley a threshold moves per window (1: all the way)."""
+
+
+@torch.no_grad()
+def find_valleys(
+    histogram: Float[torch.Tensor, "d_sae bins"],
+) -> tuple[Bool[torch.Tensor, " d_sae"], Int[torch.Tensor, " d_sae"]]:
+    """Which neurons' histograms have a second mode, and the valley bin before it (see the module).
+
+    Returns ``(has_valley, valley_bin)``; ``valley_bin`` is meaningful where ``has_valley``.
+    """
+    n_bins = histogram.shape[1]
+    smoothed = histogram.clone()
+    smoothed[:, 1:-1] = 0.25 * histogram[:, :-2] + 0.5 * histogram[:, 1:-1] + 0.25 * histogram[:, 2:]
+    bins = torch.arange(n_bins, device=histogram.device)[None]
+    noise_mode = smoothed.argmax(1, keepdim=True)
+    past_noise = bins >= noise_mode
+    big = torch.full_like(smoothed, float("inf"))
+    lowest_so_far = torch.cummin(torch.where(past_noise, smoothed, big), 1).values
+    score = torch.where(bins > noise_mode, (smoothed + 1) / (lowest_so_far + 1), torch.zeros_like(smoothed))
+    score[:, -2:] = 0  # the last bin also holds everything beyond the range: no mode
+    best, mode = score.max(1)
+    has_valley = (best >= PROMINENCE) & (smoothed.gather(1, mode[:, None])[:, 0] >= MIN_MODE_COUNT)
+    between = past_noise & (bins <= mode[:, None])
+    valley_bin = torch.where(between, smoothed, big).argmin(1)
+    return has_valley, valley_bin
+
+
+class ValleyThresholds(nn.Module):
+    """The per-neuron histograms and the valley step (GBA's ``valley_thresholds`` option).
+
+    Buffers (saved with training checkpoints; an exported SAE carries none of them):
+        histogram  [d_sae, BINS + 1]  counts of u per bin since the last window (column 0: u <= 0)
+        scale      [d_sae]            the bins span [0, 1.25 * scale] (the last window's max u)
+        peak       [d_sae]            max u since the last window
+        n_samples  []                 samples in the window (of the global batch)
+    """
+
+    histogram: torch.Tensor
+    scale: torch.Tensor
+    peak: torch.Tensor
+    n_samples: torch.Tensor
+
+    def __init__(self, d_sae: int, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.register_buffer("histogram", torch.zeros(d_sae, BINS + 1, device=device))
+        self.register_buffer("scale", torch.ones(d_sae, device=device))
+        self.register_buffer("peak", torch.zeros(d_sae, device=device))
+        self.register_buffer("n_samples", torch.zeros((), device=device))
+        self._count: int | None = None  # n_samples on the host, so that no step waits on the GPU
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None  # read again from the loaded buffer
+
+    @torch.no_grad()
+    def observe(self, hidden_pre: Float[torch.Tensor, "rows d_sae"], bias: Float[torch.Tensor, " d_sae"],
+                global_rows: int) -> None:
+        """Add u = y - b of every k-th row of this batch (``hidden_pre`` y = u + b). ``global_rows``
+        is the batch size over all ranks, so that each rank of a data-parallel run takes the rows
+        one process would (k divides the per-rank batch when that is a multiple of k)."""
+        stride = max(1, global_rows // ROWS_PER_STEP)
+        u = hidden_pre.detach()[::stride].to(torch.float32, copy=True).sub_(bias.detach().float())
+        d_sae = u.shape[1]
+        self.peak.copy_(torch.maximum(self.peak, u.amax(0)))
+        column = u.mul_((BINS / 1.25) / self.scale).floor_().clamp_(-1, BINS - 1).add_(1).long()
+        column += torch.arange(d_sae, device=u.device) * (BINS + 1)
+        self.histogram.view(-1).add_(torch.bincount(column.view(-1), minlength=d_sae * (BINS + 1)).to(self.histogram.dtype))
+        added = -(-global_rows // stride)
+        if self._count is None:
+            self._count = int(self.n_samples.item())
+        self._count += added
+        self.n_samples += added
+
+    @property
+    def window_full(self) -> bool:
+        return self._count is not None and self._count >= WINDOW_SAMPLES
+
+    def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
+        """Combine the window across data-parallel ranks (``n_samples`` is already global)."""
+        all_reduce(self.histogram, "sum")
+        all_reduce(self.peak, "max")
+
+    @torch.no_grad()
+    def apply(self, bias: Float[torch.Tensor, " d_sae"], bias_min: float, bias_max: float) -> torch.Tensor:
+        """Move the thresholds of the neurons with a valley, start a new window; returns the
+        fraction of neurons that had one (0-dim tensor)."""
+        has_valley, valley_bin = find_valleys(self.histogram[:, 1:])
+        valley_u = (valley_bin.to(bias.dtype) + 0.5) * (1.25 / BINS) * self.scale.to(bias.dtype)
+        moved = (bias + STEP * (-valley_u - bias)).clamp_(bias_min, bias_max)
+        bias.copy_(torch.where(has_valley, moved, bias))
+        self.scale.copy_(torch.where(self.peak > 0, self.peak, self.scale))
+        self.histogram.zero_()
+        self.peak.zero_()
+        self.n_samples.zero_()
+        self._count = 0
+        return has_valley.float().mean()
