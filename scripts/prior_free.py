@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valley_thresholds": True}}
+MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valley_thresholds": True},
+         "valley+adaptive": {"valley_thresholds": True, "targets": "adaptive"}}
 
 
 def zipf(args: argparse.Namespace) -> list[dict]:

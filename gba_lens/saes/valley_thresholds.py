@@ -40,7 +40,9 @@ ROWS_PER_STEP = 512
 WINDOW_SAMPLES = 10_240
 """Samples per histogram window (the valley step runs when a window is full)."""
 PROMINENCE = 2.0
-"""A second mode must be at least twice as high as the lowest bin between it and the noise mode."""
+"""A second mode must be at least twice as high as the lowest bin between it and the noise mode.
+Lower values find more valleys: better on features that separate from the interference (Zipf
+models), worse where they overlap it (synthbench, the stdlib LM); see docs/experiments/prior_free.md."""
 MIN_MODE_COUNT = 5.0
 """... and hold at least this many (smoothed) samples in its bin."""
 STEP = 1.0
@@ -109,8 +111,10 @@ class ValleyThresholds(nn.Module):
         u = hidden_pre.detach()[::stride].to(torch.float32, copy=True).sub_(bias.detach().float())
         d_sae = u.shape[1]
         self.peak.copy_(torch.maximum(self.peak, u.amax(0)))
-        column = u.mul_((BINS / 1.25) / self.scale).floor_().clamp_(-1, BINS - 1).add_(1).long()
-        column += torch.arange(d_sae, device=u.device) * (BINS + 1)
+        # column 1 + floor(u / bin width), clamped to [0, BINS] (0: u <= 0); truncating the
+        # non-negative value is the floor, and int32 halves the cost of the pass and the count
+        column = u.mul_((BINS / 1.25) / self.scale).add_(1).clamp_(0, BINS).to(torch.int32)
+        column += torch.arange(0, d_sae * (BINS + 1), BINS + 1, device=u.device, dtype=torch.int32)
         self.histogram.view(-1).add_(torch.bincount(column.view(-1), minlength=d_sae * (BINS + 1)).to(self.histogram.dtype))
         added = -(-global_rows // stride)
         if self._count is None:
