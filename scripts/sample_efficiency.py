@@ -1,13 +1,16 @@
-"""Samples each method needs on the Zipf models (docs/experiments/prior_free.md, issue 18's item 3).
+"""Samples each method needs on the Zipf models and synthbench (docs/experiments/prior_free.md, issue 18's item 3).
 
 Each budget is its own run with the zipf preset's schedule scaled to it (lr 1e-2, linear decay
 over the last 30% of the steps), so "MCC after n samples" is the MCC of a run of n samples. For
 each method: the smallest budget (log-interpolated) at which its MCC reaches 95% of its own MCC at
 the largest budget, and the one at which it reaches the best baseline's MCC at the largest budget.
 A baseline's sparsity sweep is counted: L1's samples are multiplied by the number of coefficients
-it was swept over (3), BatchTopK's by 1 (its k was set to the true L0, which a user does not know).
+it was swept over (3), BatchTopK's by 1 on the Zipf models (its k was set to the true L0, which a
+user does not know) and by 3 on synthbench (the compare preset sweeps k over 0.5, 1, 2 x the true
+L0), as Matryoshka's.
 
     python scripts/sample_efficiency.py --seeds 0 1 2
+    python scripts/sample_efficiency.py --synthbench --seeds 0 1 2 --cache runs/compare_synthbench/cache
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", type=int, default=3)
+    p.add_argument("--synthbench", action="store_true", help="the compare preset's synthbench model instead")
+    p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
+    if args.synthbench:
+        return synthbench(args)
     for zcfg in ZIPF_CONFIGS[: args.models]:
         curves: dict[str, dict[int, list[float]]] = {}
         for seed in args.seeds:
@@ -45,17 +52,48 @@ def main(argv: list[str] | None = None) -> None:
                 jobs = [Job(s, zipf_model, (zcfg, seed, "cpu"), zcfg.width, train, seed, 20_000) for s in specs]
                 for rec in runner.run_jobs(jobs, 1, progress=False):
                     curves.setdefault(rec.label, {}).setdefault(budget, []).append(rec.result.mcc)
-        mean = {m: {b: statistics.mean(v) for b, v in c.items()} for m, c in curves.items()}
-        final = {m: c[BUDGETS[-1]] for m, c in mean.items()}
-        best_baseline = max(final["L1 coef 0.3"], final["BatchTopK"])
-        for method, curve in mean.items():
-            sweep = L1_SWEEP if method.startswith("L1") else 1
-            row = {"model": zcfg.name.split(":")[0], "method": method, "seeds": len(args.seeds),
-                   "mcc": {b: round(v, 4) for b, v in curve.items()},
-                   "samples_to_95pct_own": _reach(curve, 0.95 * final[method], sweep),
-                   "samples_to_best_baseline": _reach(curve, best_baseline, sweep),
-                   "best_baseline_mcc": round(best_baseline, 4)}
-            print(json.dumps(row), flush=True)
+        _report(zcfg.name.split(":")[0], curves, {m: L1_SWEEP if m.startswith("L1") else 1 for m in curves},
+                ("L1 coef 0.3", "BatchTopK"), len(args.seeds))
+
+
+SYNTH_BUDGETS = (46_875, 93_750, 187_500, 375_000, 750_000)
+
+
+def synthbench(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from gba_lens.experiments.compare import methods as M
+    from gba_lens.experiments.compare.pool import DEFAULT_SCALE, load_or_build_pool
+    from gba_lens.experiments.compare.synthbench import _run, train_config
+
+    pool = load_or_build_pool(DEFAULT_SCALE, args.cache)
+    k = pool.true_l0
+    variants = {"GBA": (M.Variant("gba", 1.0), 1),
+                "GBA valley": (M.Variant("gba", 1.0, (("valley_thresholds", True),)), 1),
+                "BatchTopK": (M.l0_knob_sweep("batchtopk", [k])[0], 3),
+                "Matryoshka": (M.l0_knob_sweep("matryoshka", [k])[0], 3)}
+    curves: dict[str, dict[int, list[float]]] = {}
+    for seed in args.seeds:
+        for budget in SYNTH_BUDGETS:
+            scale = dataclasses.replace(DEFAULT_SCALE, samples=budget)
+            for name, (variant, _) in variants.items():
+                rec = _run(variant, pool, scale, train_config(scale, "cpu"), seed)
+                curves.setdefault(name, {}).setdefault(budget, []).append(rec["mcc"])
+    _report("synthbench", curves, {name: sweep for name, (_, sweep) in variants.items()},
+            ("BatchTopK", "Matryoshka"), len(args.seeds))
+
+
+def _report(model: str, curves: dict[str, dict[int, list[float]]], sweeps: dict[str, int],
+            baselines: tuple[str, ...], n_seeds: int) -> None:
+    mean = {m: {b: statistics.mean(v) for b, v in c.items()} for m, c in curves.items()}
+    final = {m: c[max(c)] for m, c in mean.items()}
+    best_baseline = max(final[b] for b in baselines)
+    for method, curve in mean.items():
+        row = {"model": model, "method": method, "seeds": n_seeds, "mcc": {b: round(v, 4) for b, v in curve.items()},
+               "samples_to_95pct_own": _reach(curve, 0.95 * final[method], sweeps[method]),
+               "samples_to_best_baseline": _reach(curve, best_baseline, sweeps[method]),
+               "best_baseline_mcc": round(best_baseline, 4)}
+        print(json.dumps(row), flush=True)
 
 
 def _reach(curve: dict[int, float], level: float, sweep: int) -> float | None:

@@ -149,3 +149,17 @@ def test_valley_thresholds_recover_zipfian_features_better_than_the_target_rule_
     geometric, valley = results[False], results[True]
     assert valley.f1 > geometric.f1 + 0.1
     assert valley.mcc > geometric.mcc + 0.03
+
+
+def test_the_sparse_step_feeds_the_same_histograms_as_the_dense_step(step_input):
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.relu(torch.randn(128, 8, generator=gen)) * 2 for _ in range(3)]
+    states = []
+    for mode in ("off", "on"):
+        sae = _sae(valley_thresholds=True, sparse_step=mode)
+        for step, x in enumerate(batches):
+            sae.training_forward_pass(step_input(x, step))
+        states.append(sae.valley_thresholds.state_dict())
+    assert states[0]["histogram"].sum() == 3 * 128 * 32
+    for key, value in states[0].items():
+        assert torch.equal(states[1][key], value), key
