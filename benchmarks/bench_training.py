@@ -100,15 +100,11 @@ def make_activations(d_in: int, d_sae: int, n_rows: int) -> torch.Tensor:
     return torch.cat([model.sample(BATCH) for _ in range(n_rows // BATCH)])
 
 
-GBA_OPTIONS: dict[str, Any] = {}
-"""Options of the GBA SAE under test (``--valley-thresholds`` sets one)."""
-
-
-def build_gba(d_in: int, d_sae: int) -> Any:
+def build_gba(d_in: int, d_sae: int, **options: Any) -> Any:
     from gba_lens.training.methods import build_sae
 
     torch.manual_seed(0)
-    return build_sae("gba", d_in, d_sae, **GBA_OPTIONS)
+    return build_sae("gba", d_in, d_sae, **options)
 
 
 def build_standard(d_in: int, d_sae: int) -> Any:
@@ -235,7 +231,7 @@ class SizeResult:
     reps: int = 0
 
 
-def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan) -> SizeResult:
+def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, **gba_options: Any) -> SizeResult:
     from sae_lens import SAETrainer
 
     from gba_lens.training.data import TensorBatches
@@ -247,7 +243,7 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan) -> SizeResult:
     acts = make_activations(d_in, d_sae, plan.data_batches * BATCH)
 
     # --- raw step loops + GEMM roofline, interleaved step by step ---------------------------
-    gba = build_gba(d_in, d_sae)
+    gba = build_gba(d_in, d_sae, **gba_options)
     std = build_standard(d_in, d_sae)
     gba_trainer = GBATrainer(cfg=saelens_trainer_config(10**6), sae=gba,
                              data_provider=TensorBatches(acts, BATCH, seed=1))
@@ -288,7 +284,7 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan) -> SizeResult:
     assert gba_trainer.sae.bias_adaptation.n_samples.item() == 0  # update ran (T = 1) and reset
 
     # --- the harness: one whole fit() per repetition, interleaved ---------------------------
-    gba_fit = build_gba(d_in, d_sae)
+    gba_fit = build_gba(d_in, d_sae, **gba_options)
     std_fit = build_standard(d_in, d_sae)
 
     def fit_gba(seed: int) -> None:
@@ -499,8 +495,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="GBA with valley_thresholds=True (step sizes only; writes no file unless --out)")
     args = parser.parse_args(argv)
     clock = _common.configure(args.threads, args.wall)
-    if args.valley_thresholds:
-        GBA_OPTIONS["valley_thresholds"] = True
     start = time.perf_counter()
 
     plan = QUICK if args.quick else FULL
@@ -508,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = []
     for d_in, d_sae in SIZES:
         log(f"[bench_training] d_in {d_in}, d_sae {d_sae} ...")
-        sizes.append(measure_size(d_in, d_sae, clock, plan))
+        sizes.append(measure_size(d_in, d_sae, clock, plan, valley_thresholds=args.valley_thresholds))
     gen_cases = [("paper toy", 128, 42, 1024), ("small", 512, 128, 512), ("large", 4096, 512, 4096)]
     gens = []
     for label, n, d, d_sae in ([] if args.valley_thresholds else gen_cases):

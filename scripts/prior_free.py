@@ -28,7 +28,7 @@ def zipf(args: argparse.Namespace) -> list[dict]:
                         lr_decay_steps=int(0.3 * args.samples / 1024))
     out = []
     for zcfg in ZIPF_CONFIGS[: args.models]:
-        specs = [MethodSpec(f"GBA {m}", "gba", p) for m, p in MODES.items()]
+        specs = [MethodSpec(f"GBA {m}", "gba", MODES[m]) for m in args.modes]
         jobs = [Job(s, zipf_model, (zcfg, seed, "cpu"), zcfg.width, train, seed, 20_000)
                 for seed in args.seeds for s in specs]
         for r in summarise(runner.run_jobs(jobs, 1, desc=zcfg.name, progress=False), specs):
@@ -40,7 +40,7 @@ def toy(args: argparse.Namespace) -> list[dict]:
     from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup, run_paper_toy
     from gba_lens.experiments.runs import MethodSpec
 
-    specs = [MethodSpec(f"GBA {m}", "gba", {**p, **PAPER_TOY_SAE}) for m, p in MODES.items()]
+    specs = [MethodSpec(f"GBA {m}", "gba", {**MODES[m], **PAPER_TOY_SAE}) for m in args.modes]
     rows, _ = run_paper_toy(PaperToySetup(samples=args.samples, seeds=tuple(args.seeds)), specs,
                             progress=False, workers=1)
     return [_row("paper toy", r) for r in rows]
@@ -57,8 +57,8 @@ def synthbench(args: argparse.Namespace) -> list[dict]:
     pool = load_or_build_pool(scale, args.cache)
     train = train_config(scale, "cpu")
     out = []
-    for mode, params in MODES.items():
-        runs = [_run(M.Variant("gba", 1.0, tuple(params.items())), pool, scale, train, seed) for seed in args.seeds]
+    for mode in args.modes:
+        runs = [_run(M.Variant("gba", 1.0, tuple(MODES[mode].items())), pool, scale, train, seed) for seed in args.seeds]
         row = {"model": "synthbench", "method": f"GBA {mode}", "seeds": len(runs),
                "true_l0": runs[0]["true_l0"]}
         for k in ("mcc", "f1", "l0", "explained_variance", "dead_fraction"):
@@ -85,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
     args = p.parse_args(argv)
-    for mode in set(MODES) - set(args.modes):
-        del MODES[mode]
     rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
     for row in rows:
         print(json.dumps(row), flush=True)

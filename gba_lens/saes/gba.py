@@ -66,7 +66,7 @@ from typing_extensions import override
 
 from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
-from gba_lens.saes.gba_options import EXECUTION_OPTIONS, GBAOptions  # noqa: F401  (re-exported)
+from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.sparse_step import SparseStepPolicy, active_latent_index
 from gba_lens.saes.sparse_step import sparse_training_forward_pass
 from gba_lens.saes.valley_thresholds import ValleyThresholds

@@ -13,6 +13,9 @@ from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 
 # GBA options that change how a step is computed, not what is trained (not in a run's settings).
 EXECUTION_OPTIONS = ("sparse_step",)
+# Options added after runs were first recorded, with the value that trains as those runs did: a
+# recorded run without one resumes when the new value is that one.
+OPTIONS_ADDED_LATER = {"valley_thresholds": False}
 
 
 @dataclass(kw_only=True)

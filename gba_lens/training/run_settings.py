@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from gba_lens.saes.gba_options import OPTIONS_ADDED_LATER
+
 __all__ = [
     "SETTINGS_FILENAME",
     "RunSettingsError",
@@ -81,11 +83,6 @@ def _flatten(settings: Any, prefix: str = "") -> dict[str, Any]:
 def _plain(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` as JSON would read it back (tuples as lists, other objects as strings)."""
     return json.loads(json.dumps(settings, default=str))
-
-
-OPTIONS_ADDED_LATER = {"valley_thresholds": False}
-"""Settings a run recorded before they existed lacks, with the value that trains as such a run
-did: a record without one resumes when the new value is that one."""
 
 
 def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ from sae_lens import TrainingSAE
 from gba_lens.compat import SAETrainerConfig
 
 from gba_lens.data.batches import SeededBatches, TensorBatches
-from gba_lens.saes.gba import EXECUTION_OPTIONS
+from gba_lens.saes.gba_options import EXECUTION_OPTIONS
 from gba_lens.training.checkpoints import check_finite_sae, load_newest_intact
 from gba_lens.training.device import resolve_device
 from gba_lens.training.distributed import is_distributed, is_main_process

@@ -32,10 +32,6 @@ VALLEY_WINDOW = 256
 
 def make_sae(sparse_step="auto", valley=False):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
-    if valley:
-        from gba_lens.saes import valley_thresholds
-
-        valley_thresholds.WINDOW_SAMPLES = VALLEY_WINDOW
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley)
 
 
@@ -110,6 +106,10 @@ def main() -> None:
         ensure_process_group()
         train_multi(args.out if is_main_process() else None, world_size(), rank())
         return
+    if args.valley:
+        from gba_lens.saes import valley_thresholds
+
+        valley_thresholds.WINDOW_SAMPLES = VALLEY_WINDOW
     stream = make_stream()
     sae = make_sae(args.sparse_step, args.valley)
     if rank() == args.fail_rank:

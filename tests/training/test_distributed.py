@@ -115,7 +115,7 @@ def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monk
     rank (all-reduced before each window is applied), as one process sees them."""
     from gba_lens.saes import valley_thresholds
 
-    monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", valley_thresholds.WINDOW_SAMPLES)
+    monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", dist_worker.VALLEY_WINDOW)
     sae = dist_worker.make_sae(valley=True)
     dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
     reference = sae.state_dict()

@@ -19,7 +19,8 @@ import torch
 from sae_lens import SAE
 from torch import nn
 
-from gba_lens.saes.gba import EXECUTION_OPTIONS, GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.saes.gba_options import EXECUTION_OPTIONS
 from gba_lens.training import distributed
 from gba_lens.training.device import resolve_device
 from gba_lens.training.lm.cache import after_cached_rows, cache_lm_activations, check_cache
