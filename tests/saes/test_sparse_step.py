@@ -242,25 +242,30 @@ def test_a_long_run_differs_from_the_dense_run_no_more_than_float_rounding_does(
     """Over hundreds of steps GBA's discrete rule amplifies any rounding difference (a firing count
     off by one moves a bias by a whole step), so no two runs stay bitwise close: the sparse run's
     distance to the dense run is compared with the dense run's distance to itself when its initial
-    encoder is perturbed by 1e-7 (relative)."""
+    encoder is perturbed by a few float32 ulps (1e-6 relative, two draws). A perturbation of one ulp
+    sometimes moves no firing count at all in 250 steps (the distance then stays ~1e-7, while the
+    sparse step's rounding, at every step, always does), hence a few ulps; and the mean absolute
+    difference, which one flipped bias does not dominate as it does the maximum."""
     acts = (_inputs(16384, 24, seed=9) * 2).relu()
 
-    def run(mode, perturb=False):
+    def run(mode, perturb=None):
         torch.manual_seed(0)
         sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=24, d_sae=1024, sparse_step=mode, highest_target=0.03,
                                                   lowest_target=0.001))
-        if perturb:
+        if perturb is not None:
             with torch.no_grad():
-                sae.W_enc.mul_(1 + 1e-7 * torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(1)))
+                noise = torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(perturb))
+                sae.W_enc.mul_(1 + 1e-6 * noise)
         train_sae(sae, TensorBatches(acts, 256, seed=0), TrainConfig(total_samples=250 * 256, batch_size=256,
                                                                      lr=3e-3, device="cpu"))
         return sae
 
-    dense, sparse, perturbed = run("off"), run("on"), run("off", perturb=True)
+    dense, sparse = run("off"), run("on")
+    perturbed = [run("off", perturb=seed) for seed in (1, 2)]
     assert 0 < sparse.step_density.item() < SPARSE_MAX_DENSITY  # the sparse run was sparse throughout its end
 
     def distance(a, b):
-        return (a.W_dec - b.W_dec).abs().max().item()
+        return (a.W_dec - b.W_dec).abs().mean().item()
 
     def nmse(sae):
         x = acts[:2048]
@@ -268,8 +273,9 @@ def test_a_long_run_differs_from_the_dense_run_no_more_than_float_rounding_does(
             sae.eval()
             return (((sae(x) - x) ** 2).sum(-1).mean() / ((x - x.mean(0)) ** 2).sum(-1).mean()).item()
 
-    assert distance(dense, perturbed) > 0
-    assert distance(dense, sparse) <= 3 * distance(dense, perturbed) + 1e-5
+    rounding = max(distance(dense, p) for p in perturbed)
+    assert rounding > 0
+    assert distance(dense, sparse) <= 2 * rounding
     assert abs(nmse(sparse) - nmse(dense)) <= 0.05 * nmse(dense)
 
 
