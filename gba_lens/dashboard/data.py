@@ -31,7 +31,8 @@ class GBAGroups:
 def gba_groups(sae: Any) -> GBAGroups | None:
     """Groups and targets from the SAE's config metadata (written by gba_lens when it trains a
     GBA SAE: ``training_architecture == "gba"`` with ``n_groups``, ``highest_target``,
-    ``lowest_target``), or None for other SAEs."""
+    ``lowest_target`` and, since ``target_l0``, the targets at the end of training,
+    ``group_targets``), or None for other SAEs."""
     from gba_lens.saes.bias_adaptation import group_index, group_targets
 
     metadata = getattr(sae.cfg, "metadata", None)
@@ -41,7 +42,10 @@ def gba_groups(sae: Any) -> GBAGroups | None:
         return None
     d_sae = int(sae.cfg.d_sae)
     n_groups = int(details["n_groups"])
-    targets = group_targets(n_groups, float(details["highest_target"]), float(details["lowest_target"]))
+    if details.get("group_targets") is not None:  # where training moved them
+        targets = [float(t) for t in details["group_targets"]]
+    else:
+        targets = group_targets(n_groups, float(details["highest_target"]), float(details["lowest_target"])).tolist()
     return GBAGroups(group_index(d_sae, n_groups), [float(t) for t in targets])
 
 

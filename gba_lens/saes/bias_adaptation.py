@@ -18,7 +18,9 @@ Single-group BA (the analysed algorithm) is K = 1.
 
 With ``targets="adaptive"`` the group targets start on the geometric range and then move after
 every update by the rule of :mod:`gba_lens.saes.target_adaptation`; the default ``"geometric"``
-keeps them fixed.
+keeps them fixed. With a requested L0 (``target_l0``) the targets are the geometric ones times a
+common scale that :mod:`gba_lens.saes.l0_control` moves, and a third branch raises live neurons
+under their target (by the dead branch's step), so that the L0 meets the request.
 
 The statistics are sums and maxima (``fire_count``, ``n_samples``, ``peak``) so that data-parallel
 training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_statistics``.
@@ -32,6 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import nn
 
+from gba_lens.saes.l0_control import L0Control
 from gba_lens.saes.target_adaptation import INITIAL_AVERAGE, adapt_group_targets
 
 TARGET_MODES = ("geometric", "adaptive")
@@ -66,6 +69,7 @@ class GroupBiasAdaptation(nn.Module):
         target      [d_sae]   each neuron's group target p_k
         group       [d_sae]   each neuron's group index k
         average     [d_sae]   (``targets="adaptive"`` only) slow average of the window frequencies
+        l0_control.*          (``target_l0`` only) the target scale, see :class:`L0Control`
     """
 
     fire_count: torch.Tensor
@@ -86,6 +90,7 @@ class GroupBiasAdaptation(nn.Module):
         bias_min: float = -1.0,
         bias_max: float = 0.0,
         targets: str = "geometric",
+        target_l0: float | None = None,
         device: str | torch.device = "cpu",
     ):
         super().__init__()
@@ -108,7 +113,12 @@ class GroupBiasAdaptation(nn.Module):
         self.register_buffer("peak", torch.zeros(d_sae, device=device))
         self.register_buffer("n_samples", torch.zeros((), device=device))
         if self.targets == "adaptive":
+            if target_l0 is not None:
+                raise ValueError("target_l0 and targets='adaptive' both move the targets; set one of them")
             self.register_buffer("average", INITIAL_AVERAGE * self.target.clone())
+        self.l0_control = L0Control(target_l0, self.target) if target_l0 is not None else None
+        if self.l0_control is not None:
+            self.target.copy_(self.l0_control.scaled_targets())
 
     @property
     def group_targets(self) -> torch.Tensor:
@@ -179,6 +189,8 @@ class GroupBiasAdaptation(nn.Module):
         the SAE passes the batch's own, skipping the buffers)."""
         p = fire_count / n_samples                      # p_m (n_samples >= 1 by construction)
         r = peak.clamp(min=0)                           # r_m
+        if self.l0_control is not None:
+            self.l0_control.step(self.target, p)
         # rbar_k: mean of the positive peaks of group k (0 if none is positive); r is >= 0, so
         # summing r over the group sums exactly its positive peaks.
         sums = torch.zeros(2, self.n_groups, device=r.device, dtype=r.dtype).index_add_(
@@ -189,7 +201,9 @@ class GroupBiasAdaptation(nn.Module):
         dead = p < self.dead_eps  # never fired; disjoint from over_active as every target > eps
         lowered = (bias - self.gamma_minus * r).clamp_(min=self.bias_min)
         raised = (bias + self.gamma_plus * rbar).clamp_(max=self.bias_max)
-        bias.copy_(torch.where(over_active, lowered, torch.where(dead, raised, bias)))
+        # A requested L0 also raises live neurons under target (see l0_control); else only the dead.
+        under = dead if self.l0_control is None else ~over_active & (p < self.target)
+        bias.copy_(torch.where(over_active, lowered, torch.where(under, raised, bias)))
         if self.targets == "adaptive":
             adapt_group_targets(self.target, self.group, self.average, p, self.n_groups)
         if not with_stats:

@@ -37,7 +37,7 @@ Export: with threshold = -b >= 0 and b_enc = 0 the JumpReLU neuron is exactly SA
 b_enc = b. The input scale folds into W_enc, W_dec and b_dec, and the controller's statistics are
 dropped, so ``save_inference_model`` writes a plain SAELens SAE (cfg.json + safetensors) that
 ``sae_lens.SAE.load_from_disk`` loads without gba_lens. The GBA hyperparameters travel in the
-config's metadata (``training_architecture_details``).
+config's metadata (``training_architecture_details``), with the group targets at the end of training.
 
 Training step: SAELens's dense one, or for wide SAEs the same step computed on the active latents
 only (:mod:`gba_lens.saes.sparse_step`, option ``sparse_step``).
@@ -45,7 +45,9 @@ only (:mod:`gba_lens.saes.sparse_step`, option ``sparse_step``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -149,6 +151,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             gamma_plus=cfg.gamma_plus,
             dead_eps=cfg.dead_eps,
             targets=cfg.targets if cfg.n_groups > 1 else "geometric",
+            target_l0=cfg.target_l0,
             device=self.device,
         )
         self.valley_thresholds = ValleyThresholds(cfg.d_sae, self.device) if cfg.valley_thresholds else None
@@ -382,11 +385,26 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         for key in list(state_dict):
             state_dict[key] = state_dict[key].contiguous()
 
+    def inference_cfg_dict(self) -> dict[str, Any]:
+        """SAELens's inference config, its metadata's ``training_architecture_details`` completed by
+        the group targets at the end of training (``group_targets``): with ``target_l0`` or adaptive
+        targets they are not the HTF ... LTF of the config."""
+        cfg_dict = self.cfg.get_inference_sae_cfg_dict()
+        details = cfg_dict["metadata"]["training_architecture_details"]
+        details["group_targets"] = [float(t) for t in self.bias_adaptation.group_targets.tolist()]
+        return cfg_dict
+
+    @override
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        weights_path, cfg_path = super().save_inference_model(path)
+        cfg_path.write_text(json.dumps(self.inference_cfg_dict()))  # SAELens's, plus the final targets
+        return weights_path, cfg_path
+
     def to_inference_sae(self) -> SAE[Any]:
         """The equivalent plain SAELens SAE (``JumpReLUSAE`` or ``StandardSAE``), in memory."""
         state_dict = {k: v.detach().clone() for k, v in self.state_dict().items()}
         self.process_state_dict_for_saving_inference(state_dict)
-        cfg_dict = self.cfg.get_inference_sae_cfg_dict()
+        cfg_dict = self.inference_cfg_dict()
         sae = SAE.from_dict(cfg_dict)
         sae.load_state_dict(state_dict)
         return sae

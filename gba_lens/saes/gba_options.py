@@ -15,7 +15,7 @@ from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 EXECUTION_OPTIONS = ("sparse_step",)
 # Options added after runs were first recorded, with the value that trains as those runs did: a
 # recorded run without one resumes when the new value is that one.
-OPTIONS_ADDED_LATER = {"valley_thresholds": False}
+OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None}
 
 
 @dataclass(kw_only=True)
@@ -40,6 +40,11 @@ class GBAOptions:
     targets start there and each group's target then follows its neurons (raised while more of
     them are held at target than sit under it, lowered otherwise; see
     :mod:`gba_lens.saes.target_adaptation`). Ignored for K = 1."""
+    target_l0: float | None = None
+    """Ask for an L0 (mean active latents per input) instead of a frequency range: the geometric
+    targets are scaled together until the SAE fires this many latents, and live neurons under
+    their target are raised as dead ones are (:mod:`gba_lens.saes.l0_control`). None: the
+    targets are HTF ... LTF as given. Not with ``targets="adaptive"``."""
     valley_thresholds: bool = False
     """Move each neuron's threshold to the valley of its own pre-activation histogram, once that
     histogram shows a second mode (the inputs where the neuron's feature is present), so that
@@ -71,6 +76,10 @@ class GBAOptions:
             raise ValueError(f"sparse_step must be one of {SPARSE_STEP_MODES}, got {self.sparse_step!r}")
         if self.targets not in ("geometric", "adaptive"):
             raise ValueError(f"targets must be 'geometric' or 'adaptive', got {self.targets!r}")
+        if self.target_l0 is not None and not 0.0 < self.target_l0 <= (d_sae or float("inf")):
+            raise ValueError(f"target_l0 must be > 0{f' and <= d_sae={d_sae}' if d_sae else ''}, got {self.target_l0}")
+        if self.target_l0 is not None and self.targets == "adaptive":
+            raise ValueError("target_l0 and targets='adaptive' both move the targets; set one of them")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:

@@ -48,6 +48,22 @@ def test_train_activations_command(tmp_path, capsys, activations_file):
     assert sae.cfg.d_sae == 48 and sae.cfg.architecture() == "jumprelu"
 
 
+def test_train_activations_passes_a_requested_l0_to_the_sae(tmp_path, capsys, activations_file):
+    path, _ = activations_file
+    code = cli.main(["train-activations", "--activations", str(path), "--d-sae", "48", "--n-groups", "4",
+                     "--batch-size", "256", "--epochs", "2", "--target-l0", "3", "--out", str(tmp_path / "run")])
+    assert code == 0
+    details = SAE.load_from_disk(tmp_path / "run" / "sae").cfg.metadata.training_architecture_details
+    assert details["target_l0"] == 3.0
+    capsys.readouterr()
+    for bad in ("0", "49"):  # not > 0, more than d_sae: refused before anything is written
+        code = cli.main(["train-activations", "--activations", str(path), "--d-sae", "48", "--target-l0", bad,
+                         "--out", str(tmp_path / f"bad{bad}")])
+        assert code != 0
+        assert "target_l0 must be > 0" in capsys.readouterr().err
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
 def test_load_activations_rejects_bad_files(tmp_path):
     bad = tmp_path / "acts.safetensors"
     bad.write_bytes(b"not a safetensors file")

@@ -128,6 +128,20 @@ def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monk
     assert not torch.equal(reference["valley_thresholds.scale"], torch.ones(dist_worker.D_SAE))  # windows ran
 
 
+def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
+    """The L0 controller reads the rule's global window frequencies, so its L0 average and target
+    scale evolve identically on every rank, as in one process."""
+    sae = dist_worker.make_sae(target_l0=4.0)
+    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
+    reference = sae.state_dict()
+    out = tmp_path / "run"
+    code, err, _ = _torchrun([str(WORKER), str(out), "--target-l0", "4"])
+    assert code == 0, err[-3000:]
+    state = load_file(str(out / "state.safetensors"))
+    _assert_same_sae(state, reference)
+    assert reference["bias_adaptation.l0_control.l0_average"].item() > 0  # the controller read the windows
+
+
 @pytest.mark.slow
 def test_hung_rank_ends_the_run_at_the_collective_timeout(tmp_path):
     code, err, seconds = _torchrun([str(WORKER), str(tmp_path), "--fail-rank", "1", "--fail-at", "5",

@@ -1,0 +1,84 @@
+"""A requested L0: GBA's targets scaled so that the SAE fires ``target_l0`` latents per input.
+
+The paper's rule holds each neuron at or under its group's target p_k, so the SAE's L0 (the sum of
+the neurons' firing frequencies) is at most the sum of the targets, and it falls short of it by the
+neurons that sit under their targets. With ``target_l0`` set:
+
+* the targets keep the geometric shape of HTF ... LTF, times one common scale s, started so that
+  the targets sum to the requested L0 and then moved by an integral controller on the measured
+  L0 (an exponential average over the bias-rule windows, like SynthSAEBench's L0 autotuner):
+
+      L0_avg <- L0_avg + beta (L0_window - L0_avg),     L0_window = sum_m p_m
+      e       = log target_l0 - log L0_avg
+      log s  <- log s + eta * e    only while |e| < log CAPTURE,  p_k = min(s * p_k^geometric, P_MAX)
+
+  Far from the request the rule itself moves the L0 (a new SAE fires on most inputs, and every
+  neuron over its target is lowered whatever the target): integrating then would only wind the
+  scale up (down) by the time the L0 arrives, and it would overshoot for hundreds of steps. The
+  scale is also kept within a factor BOUND of its start.
+
+* the rule gets a third branch: a live neuron under its target is raised by the dead branch's
+  step (gamma_plus * rbar_k), so that every neuron fires at its target and the L0 at the request.
+
+The only statistic is the rule's own window frequencies, so data-parallel training reduces nothing
+more, and the scale evolves identically on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float
+from torch import nn
+
+BETA = 0.05
+"""Weight of each window in the L0 average (T = 1: a window is a batch; ~20 batches of memory)."""
+ETA = 0.02
+"""Integral gain on log s per window."""
+P_MAX = 0.5
+"""No target above this frequency."""
+CAPTURE = 2.0
+"""The scale integrates only while the average L0 is within this factor of the request."""
+BOUND = 4.0
+"""... and stays within this factor of its start (targets summing to the request)."""
+
+
+class L0Control(nn.Module):
+    """The target scale and the L0 average (buffers, so a resumed run continues exactly).
+
+    Buffers:
+        base_target  [d_sae]  the geometric targets the scale multiplies
+        log_scale    []       log s
+        l0_average   []       the average window L0 (-1 before the first window)
+    """
+
+    base_target: torch.Tensor
+    log_scale: torch.Tensor
+    l0_average: torch.Tensor
+
+    def __init__(self, target_l0: float, base_target: Float[torch.Tensor, " d_sae"]):
+        super().__init__()
+        if not 0.0 < target_l0 <= base_target.shape[0]:
+            raise ValueError(f"target_l0 must be in (0, d_sae={base_target.shape[0]}], got {target_l0}")
+        self.target_l0 = float(target_l0)
+        self.register_buffer("base_target", base_target.clone())
+        start = math.log(self.target_l0 / float(base_target.sum()))
+        self.start = start
+        self.register_buffer("log_scale", torch.tensor(start, device=base_target.device))
+        self.register_buffer("l0_average", torch.tensor(-1.0, device=base_target.device))
+
+    def scaled_targets(self) -> torch.Tensor:
+        """[d_sae] the geometric targets times the current scale."""
+        return (self.base_target * self.log_scale.exp()).clamp(max=P_MAX)
+
+    @torch.no_grad()
+    def step(self, target: Float[torch.Tensor, " d_sae"], frequency: Float[torch.Tensor, " d_sae"]) -> None:
+        """Move the scale by this window's L0 and write the scaled targets into ``target``."""
+        l0 = frequency.sum().to(self.l0_average.dtype)
+        average = torch.where(self.l0_average < 0, l0, self.l0_average + BETA * (l0 - self.l0_average))
+        self.l0_average.copy_(average)
+        error = math.log(self.target_l0) - torch.log(average.clamp(min=1e-6))
+        self.log_scale.add_(torch.where(error.abs() < math.log(CAPTURE), ETA * error, torch.zeros_like(error)))
+        self.log_scale.clamp_(self.start - math.log(BOUND), self.start + math.log(BOUND))
+        target.copy_(self.scaled_targets())
