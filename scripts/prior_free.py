@@ -13,10 +13,19 @@ import json
 import sys
 
 MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valley_thresholds": True},
-         "valley+adaptive": {"valley_thresholds": True, "targets": "adaptive"}}
+         "valley+adaptive": {"valley_thresholds": True, "targets": "adaptive"}, "told-l0": {},
+         "valley+told-l0": {"valley_thresholds": True}}
+"""``told-l0``: ``target_l0`` set to the model's true L0 (the top-W L0 on synthbench): GBA told what the
+other modes must find, for comparison with the k-methods at the true L0."""
+
+
+def options(mode: str, true_l0: float) -> dict:
+    return {**MODES[mode], "target_l0": true_l0} if mode.endswith("told-l0") else MODES[mode]
 
 
 def zipf(args: argparse.Namespace) -> list[dict]:
+    import dataclasses
+
     from gba_lens.experiments import runner
     from gba_lens.experiments.results import summarise
     from gba_lens.experiments.runner import Job
@@ -29,8 +38,11 @@ def zipf(args: argparse.Namespace) -> list[dict]:
     out = []
     for zcfg in ZIPF_CONFIGS[: args.models]:
         specs = [MethodSpec(f"GBA {m}", "gba", MODES[m]) for m in args.modes]
-        jobs = [Job(s, zipf_model, (zcfg, seed, "cpu"), zcfg.width, train, seed, 20_000)
-                for seed in args.seeds for s in specs]
+        jobs = []
+        for seed in args.seeds:
+            true_l0 = float(zipf_model(zcfg, seed).activation_generator.firing_probabilities.sum())
+            jobs += [Job(dataclasses.replace(s, params=options(m, true_l0)), zipf_model, (zcfg, seed, "cpu"),
+                         zcfg.width, train, seed, 20_000) for m, s in zip(args.modes, specs)]
         for r in summarise(runner.run_jobs(jobs, 1, desc=zcfg.name, progress=False), specs):
             out.append(_row(zcfg.name.split(":")[0], r))
     return out
@@ -40,7 +52,7 @@ def toy(args: argparse.Namespace) -> list[dict]:
     from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup, run_paper_toy
     from gba_lens.experiments.runs import MethodSpec
 
-    specs = [MethodSpec(f"GBA {m}", "gba", {**MODES[m], **PAPER_TOY_SAE}) for m in args.modes]
+    specs = [MethodSpec(f"GBA {m}", "gba", {**options(m, 11.5), **PAPER_TOY_SAE}) for m in args.modes]
     rows, _ = run_paper_toy(PaperToySetup(samples=args.samples, seeds=tuple(args.seeds)), specs,
                             progress=False, workers=1)
     return [_row("paper toy", r) for r in rows]
@@ -50,15 +62,17 @@ def synthbench(args: argparse.Namespace) -> list[dict]:
     import dataclasses
 
     from gba_lens.experiments.compare import methods as M
-    from gba_lens.experiments.compare.pool import DEFAULT_SCALE, load_or_build_pool
+    from gba_lens.experiments.compare.pool import DEFAULT_SCALE, load_or_build_pool, top_width_l0
     from gba_lens.experiments.compare.synthbench import _run, train_config
 
     scale = dataclasses.replace(DEFAULT_SCALE, samples=args.samples)
     pool = load_or_build_pool(scale, args.cache)
     train = train_config(scale, "cpu")
     out = []
+    top_w = top_width_l0(pool.eval_features, scale.width)
     for mode in args.modes:
-        runs = [_run(M.Variant("gba", 1.0, tuple(MODES[mode].items())), pool, scale, train, seed) for seed in args.seeds]
+        variant = M.Variant("gba", 1.0, tuple(options(mode, top_w).items()))
+        runs = [_run(variant, pool, scale, train, seed) for seed in args.seeds]
         row = {"model": "synthbench", "method": f"GBA {mode}", "seeds": len(runs),
                "true_l0": runs[0]["true_l0"]}
         for k in ("mcc", "f1", "l0", "explained_variance", "dead_fraction"):

@@ -11,6 +11,10 @@ L0), as Matryoshka's.
 
     python scripts/sample_efficiency.py --seeds 0 1 2
     python scripts/sample_efficiency.py --synthbench --seeds 0 1 2 --cache runs/compare_synthbench/cache
+    python scripts/sample_efficiency.py --toy --seeds 0 1 2
+
+On the paper toy the baseline is TopK at K = 20 (the paper's best row), its sweep counted x 3
+(the paper's table sweeps K over 20, 30, 50); the toy's schedule (batch 512, lr 3e-3, no decay).
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--synthbench", action="store_true", help="the compare preset's synthbench model instead")
+    p.add_argument("--toy", action="store_true", help="the paper toy instead (GBA at its defaults, TopK K = 20)")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
     if args.synthbench:
         return synthbench(args)
+    if args.toy:
+        return toy(args)
     for zcfg in ZIPF_CONFIGS[: args.models]:
         curves: dict[str, dict[int, list[float]]] = {}
         for seed in args.seeds:
@@ -81,6 +88,30 @@ def synthbench(args: argparse.Namespace) -> None:
                 curves.setdefault(name, {}).setdefault(budget, []).append(rec["mcc"])
     _report("synthbench", curves, {name: sweep for name, (_, sweep) in variants.items()},
             ("BatchTopK", "Matryoshka"), len(args.seeds))
+
+
+def toy(args: argparse.Namespace) -> None:
+    from gba_lens.experiments import runner
+    from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup
+    from gba_lens.experiments.runner import Job
+    from gba_lens.experiments.runs import MethodSpec
+    from gba_lens.experiments.zipf import PAPER_TOPK
+    from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+    from gba_lens.training.train import TrainConfig
+
+    setup = PaperToySetup()
+    specs = [MethodSpec("GBA", "gba", dict(PAPER_TOY_SAE)),
+             MethodSpec("GBA valley", "gba", {"valley_thresholds": True, **PAPER_TOY_SAE}),
+             MethodSpec("TopK K=20", "topk", {"k": 20, **PAPER_TOPK, **PAPER_TOY_SAE})]
+    curves: dict[str, dict[int, list[float]]] = {}
+    for seed in args.seeds:
+        for budget in BUDGETS:
+            train = TrainConfig(total_samples=budget, batch_size=setup.batch_size, lr=setup.lr, device="cpu")
+            jobs = [Job(s, SparseMixtureModel, (SparseMixtureConfig(seed=setup.data_seed), "cpu"), setup.width,
+                        train, seed, setup.eval_samples) for s in specs]
+            for rec in runner.run_jobs(jobs, 1, progress=False):
+                curves.setdefault(rec.label, {}).setdefault(budget, []).append(rec.result.mcc)
+    _report("paper toy", curves, {"GBA": 1, "GBA valley": 1, "TopK K=20": 3}, ("TopK K=20",), len(args.seeds))
 
 
 def _report(model: str, curves: dict[str, dict[int, list[float]]], sweeps: dict[str, int],

@@ -1,0 +1,69 @@
+"""GBA asked for an L0 (``target_l0``) beside the k-methods at the same L0, on the lm preset's data
+(docs/experiments/prior_free.md): the stdlib LM's two default hooks, its cached activations, its
+schedule and its held-out evaluation (CE loss recovered, explained variance). One JSON line per run.
+
+    python scripts/lm_at_l0.py --l0 6 8 16 32 --methods gba gba-valley
+    python scripts/lm_at_l0.py --l0 4 6 --methods topk batchtopk matryoshka
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+METHODS = ("gba", "gba-valley", "gba-geometric", "topk", "batchtopk", "matryoshka")
+
+
+def variant(method: str, l0: float):
+    from gba_lens.experiments.compare import methods as M
+
+    if method == "gba":
+        return M.Variant("gba", 1.0, (("target_l0", l0),))
+    if method == "gba-valley":
+        return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True)))
+    if method == "gba-geometric":  # the defaults (one run, whatever --l0 says)
+        return M.Variant("gba", 1.0)
+    return M.l0_knob_sweep(method, [l0])[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--l0", type=float, nargs="+", default=[8.0, 16.0, 32.0])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["gba"])
+    p.add_argument("--out", default="runs/compare_lm", help="where the lm preset keeps its activation cache")
+    args = p.parse_args(argv)
+
+    from gba_lens.data import TensorBatches, load_activations
+    from gba_lens.experiments.compare import methods as M
+    from gba_lens.experiments.compare.config import CompareConfig
+    from gba_lens.experiments.compare.lm_frontier import DEFAULT_LM, cached_activations, default_hooks
+    from gba_lens.experiments.compare.lm_frontier import evaluate, held_out_data
+    from gba_lens.training.lm.sources import load_model, validate_hooks
+    from gba_lens.training.train import TrainConfig
+
+    scale, cfg = DEFAULT_LM, CompareConfig(preset="lm", out=args.out)
+    loaded = load_model(cfg.model, "auto", "cpu")
+    hooks = default_hooks(loaded.n_layers)
+    d_ins = validate_hooks(loaded.model, hooks)
+    steps = scale.train_tokens // scale.batch_size
+    train = TrainConfig(total_samples=scale.train_tokens, batch_size=scale.batch_size, lr=scale.lr,
+                        lr_decay_steps=int(scale.lr_decay_fraction * steps), device="cpu")
+    runs = [(m, l0) for m in args.methods for l0 in (args.l0[:1] if m == "gba-geometric" else args.l0)]
+    for hook in hooks:
+        directory, info = cached_activations(cfg, loaded, hook, scale, "cpu")
+        acts = load_activations(directory, hook)
+        scaling_factor = float(math.sqrt(acts.shape[1]) / acts.norm(dim=1).mean())  # as the preset
+        acts = acts * scaling_factor
+        data, ctx = held_out_data(cfg, loaded, info, scale)
+        for method, l0 in runs:
+            sae, _ = M.train_variant(variant(method, l0), TensorBatches(acts, scale.batch_size, seed=0),
+                                     acts.shape[1], scale.width_multiple * d_ins[hook], train, 0)
+            m = evaluate(M.to_inference(sae, hook), loaded, data, ctx, hook, scale, scaling_factor, "cpu")
+            print(json.dumps({"hook": hook, "method": method, "asked_l0": l0, "l0": m["l0"],
+                              "ce_loss_score": m["ce_loss_score"], "explained_variance": m["explained_variance"],
+                              "dead_fraction": m["dead_fraction"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
