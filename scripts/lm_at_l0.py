@@ -4,6 +4,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
 
     python scripts/lm_at_l0.py --l0 6 8 16 32 --methods gba gba-valley
     python scripts/lm_at_l0.py --l0 4 6 --methods topk batchtopk matryoshka
+    python scripts/lm_at_l0.py --l0 16 --methods gba --range 0.1 1e-4   # the targets' shape
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import math
 METHODS = ("gba", "gba-valley", "gba-geometric", "topk", "batchtopk", "matryoshka")
 
 
-def variant(method: str, l0: float):
+def variant(method: str, l0: float, target_range: tuple[float, ...] = ()):
     from gba_lens.experiments.compare import methods as M
 
+    shape = (("highest_target", target_range[0]), ("lowest_target", target_range[1])) if target_range else ()
     if method == "gba":
-        return M.Variant("gba", 1.0, (("target_l0", l0),))
+        return M.Variant("gba", 1.0, (("target_l0", l0), *shape))
     if method == "gba-valley":
-        return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True)))
+        return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True), *shape))
     if method == "gba-geometric":  # the defaults (one run, whatever --l0 says)
         return M.Variant("gba", 1.0)
     return M.l0_knob_sweep(method, [l0])[0]
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--l0", type=float, nargs="+", default=[8.0, 16.0, 32.0])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["gba"])
+    p.add_argument("--range", type=float, nargs=2, default=(), metavar=("HTF", "LTF"),
+                   help="GBA's target range, whose shape target_l0 scales (default 0.1 1e-3)")
     p.add_argument("--out", default="runs/compare_lm", help="where the lm preset keeps its activation cache")
     args = p.parse_args(argv)
 
@@ -57,10 +61,10 @@ def main(argv: list[str] | None = None) -> None:
         acts = acts * scaling_factor
         data, ctx = held_out_data(cfg, loaded, info, scale)
         for method, l0 in runs:
-            sae, _ = M.train_variant(variant(method, l0), TensorBatches(acts, scale.batch_size, seed=0),
+            sae, _ = M.train_variant(variant(method, l0, tuple(args.range)), TensorBatches(acts, scale.batch_size, seed=0),
                                      acts.shape[1], scale.width_multiple * d_ins[hook], train, 0)
             m = evaluate(M.to_inference(sae, hook), loaded, data, ctx, hook, scale, scaling_factor, "cpu")
-            print(json.dumps({"hook": hook, "method": method, "asked_l0": l0, "l0": m["l0"],
+            print(json.dumps({"hook": hook, "method": method, "asked_l0": l0, "range": args.range, "l0": m["l0"],
                               "ce_loss_score": m["ce_loss_score"], "explained_variance": m["explained_variance"],
                               "dead_fraction": m["dead_fraction"]}), flush=True)
 

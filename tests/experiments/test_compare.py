@@ -101,6 +101,13 @@ def test_every_variant_builds_saelens_class_and_converts_to_inference():
     assert M.matryoshka_widths(256) == [8, 32, 128, 256]
 
 
+def test_gba_knob_scales_the_default_range_and_a_range_given_in_the_variant_wins():
+    scaled = M.sae_params(M.Variant("gba", 2.0), 64)
+    assert (scaled["highest_target"], scaled["lowest_target"]) == pytest.approx((0.2, 2e-3))
+    given = M.sae_params(M.Variant("gba", 2.0, (("lowest_target", 1e-4), ("target_l0", 8.0))), 64)
+    assert (given["highest_target"], given["lowest_target"], given["target_l0"]) == pytest.approx((0.2, 1e-4, 8.0))
+
+
 def test_config_rejects_bad_input():
     with pytest.raises(ValueError, match="preset"):
         CompareConfig(preset="nope")  # type: ignore[arg-type]

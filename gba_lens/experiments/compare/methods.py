@@ -94,8 +94,9 @@ def sae_params(variant: Variant, width: int) -> dict[str, Any]:
     """The SAELens config parameters of a sweep point (defaults for everything else)."""
     m, v = variant.method, variant.knob
     params: dict[str, Any] = dict(variant.params)
-    if m == "gba":
-        params |= {"highest_target": min(1.0, GBA_DEFAULT_RANGE[0] * v), "lowest_target": GBA_DEFAULT_RANGE[1] * v}
+    if m == "gba":  # the knob scales the default range; a range given in the variant's params wins
+        params = {"highest_target": min(1.0, GBA_DEFAULT_RANGE[0] * v), "lowest_target": GBA_DEFAULT_RANGE[1] * v,
+                  **params}
     elif m == "topk":
         params |= {"k": max(1, int(round(v)))}
     elif m in ("batchtopk", "matryoshka"):
