@@ -21,7 +21,8 @@ neurons that sit under their targets. With ``target_l0`` set:
   step (gamma_plus * rbar_k), so that every neuron fires at its target and the L0 at the request.
 
 The only statistic is the rule's own window frequencies, so data-parallel training reduces nothing
-more, and the scale evolves identically on every rank.
+more, and the scale evolves identically on every rank. Logged as ``gba/l0_average`` and
+``gba/target_scale`` (s over its start).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class L0Control(nn.Module):
         self.target_l0 = float(target_l0)
         self.register_buffer("base_target", base_target.clone())
         start = math.log(self.target_l0 / float(base_target.sum()))
-        self.start = start
+        self.start = start  # log s at the start (targets summing to the request)
         self.register_buffer("log_scale", torch.tensor(start, device=base_target.device))
         self.register_buffer("l0_average", torch.tensor(-1.0, device=base_target.device))
 

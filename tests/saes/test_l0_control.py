@@ -87,7 +87,9 @@ def test_the_controller_is_checkpointed_and_an_exported_sae_does_not_carry_it(st
 
     straight = sae()
     for step, x in enumerate(batches):
-        straight.training_forward_pass(step_input(x, step))
+        out = straight.training_forward_pass(step_input(x, step))
+    assert out.metrics["gba/l0_average"] == straight.bias_adaptation.l0_control.l0_average > 0  # logged
+    assert "gba/target_scale" in out.metrics
     state = straight.state_dict()
     assert {"bias_adaptation.l0_control.log_scale", "bias_adaptation.l0_control.l0_average",
             "bias_adaptation.l0_control.base_target"} <= state.keys()
