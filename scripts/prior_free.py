@@ -42,7 +42,7 @@ def zipf(args: argparse.Namespace) -> list[dict]:
         for seed in args.seeds:
             probabilities = zipf_model(zcfg, seed).activation_generator.firing_probabilities
             top_w_l0 = float(probabilities.sort(descending=True).values[: zcfg.width].sum())
-            jobs += [Job(dataclasses.replace(s, params=options(m, top_w_l0)), zipf_model, (zcfg, seed, "cpu"),
+            jobs += [Job(dataclasses.replace(s, params=options(m, top_w_l0 * args.l0_multiple)), zipf_model, (zcfg, seed, "cpu"),
                          zcfg.width, train, seed, 20_000) for m, s in zip(args.modes, specs)]
         for r in summarise(runner.run_jobs(jobs, 1, desc=zcfg.name, progress=False), specs):
             out.append(_row(zcfg.name.split(":")[0], r))
@@ -53,7 +53,7 @@ def toy(args: argparse.Namespace) -> list[dict]:
     from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup, run_paper_toy
     from gba_lens.experiments.runs import MethodSpec
 
-    specs = [MethodSpec(f"GBA {m}", "gba", {**options(m, 11.5), **PAPER_TOY_SAE}) for m in args.modes]
+    specs = [MethodSpec(f"GBA {m}", "gba", {**options(m, 11.5 * args.l0_multiple), **PAPER_TOY_SAE}) for m in args.modes]
     rows, _ = run_paper_toy(PaperToySetup(samples=args.samples, seeds=tuple(args.seeds)), specs,
                             progress=False, workers=1)
     return [_row("paper toy", r) for r in rows]
@@ -72,7 +72,7 @@ def synthbench(args: argparse.Namespace) -> list[dict]:
     out = []
     top_w = top_width_l0(pool.eval_features, scale.width)
     for mode in args.modes:
-        variant = M.Variant("gba", 1.0, tuple(options(mode, top_w).items()))
+        variant = M.Variant("gba", 1.0, tuple(options(mode, top_w * args.l0_multiple).items()))
         runs = [_run(variant, pool, scale, train, seed) for seed in args.seeds]
         row = {"model": "synthbench", "method": f"GBA {mode}", "seeds": len(runs),
                "true_l0": runs[0]["true_l0"]}
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", type=int, default=3, help="Zipf: the first N of A, B, C")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
+    p.add_argument("--l0-multiple", type=float, default=1.0, help="told-l0 modes: ask for this multiple of the L0")
     args = p.parse_args(argv)
     rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
     for row in rows:
