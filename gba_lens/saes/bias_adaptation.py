@@ -18,7 +18,8 @@ Single-group BA (the analysed algorithm) is K = 1.
 
 With ``targets="adaptive"`` the group targets start on the geometric range and then move after
 every update by the rule of :mod:`gba_lens.saes.target_adaptation`; the default ``"geometric"``
-keeps them fixed. With a requested L0 (``target_l0``) the targets are the geometric ones times a
+keeps them fixed. With ``targets="valleys"`` each group's target becomes the median frequency of
+the features its neurons found (their valleys, see ``follow_valleys``). With a requested L0 (``target_l0``) the targets are the geometric ones times a
 common scale that :mod:`gba_lens.saes.l0_control` moves, and a third branch raises live neurons
 under their target (by the dead branch's step), so that the L0 meets the request.
 
@@ -35,9 +36,9 @@ from jaxtyping import Float
 from torch import nn
 
 from gba_lens.saes.l0_control import L0Control
-from gba_lens.saes.target_adaptation import INITIAL_AVERAGE, adapt_group_targets
+from gba_lens.saes.target_adaptation import INITIAL_AVERAGE, adapt_group_targets, targets_from_valleys
 
-TARGET_MODES = ("geometric", "adaptive")
+TARGET_MODES = ("geometric", "adaptive", "valleys")
 
 
 def group_targets(n_groups: int, highest: float, lowest: float) -> torch.Tensor:
@@ -112,9 +113,9 @@ class GroupBiasAdaptation(nn.Module):
         self.register_buffer("fire_count", torch.zeros(d_sae, device=device))
         self.register_buffer("peak", torch.zeros(d_sae, device=device))
         self.register_buffer("n_samples", torch.zeros((), device=device))
+        if self.targets != "geometric" and target_l0 is not None:
+            raise ValueError(f"target_l0 and targets={self.targets!r} both move the targets; set one of them")
         if self.targets == "adaptive":
-            if target_l0 is not None:
-                raise ValueError("target_l0 and targets='adaptive' both move the targets; set one of them")
             self.register_buffer("average", INITIAL_AVERAGE * self.target.clone())
         self.l0_control = L0Control(target_l0, self.target) if target_l0 is not None else None
         if self.l0_control is not None:
@@ -209,6 +210,13 @@ class GroupBiasAdaptation(nn.Module):
         if not with_stats:
             return {}
         return {"over_active_fraction": over_active.float().mean(), "dead_fraction": dead.float().mean()}
+
+    @torch.no_grad()
+    def follow_valleys(self, has_valley: torch.Tensor, frequency: Float[torch.Tensor, " d_sae"]) -> None:
+        """``targets="valleys"``: after a valley window, the group targets from the features found
+        (:func:`~gba_lens.saes.target_adaptation.targets_from_valleys`); other modes: nothing."""
+        if self.targets == "valleys":
+            targets_from_valleys(self.target, self.group, self.n_groups, has_valley, frequency)
 
     @torch.no_grad()
     def reset(self) -> None:

@@ -327,9 +327,10 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             output.metrics["gba/window_dead_fraction"] = window["dead_fraction"]
         if valley is not None and valley.window_full:
             self.reduce_window_statistics(valley)
-            valley_fraction = valley.apply(self.b_enc.data, controller.bias_min, controller.bias_max)
+            found = valley.apply(self.b_enc.data, controller.bias_min, controller.bias_max)
+            controller.follow_valleys(found.has_valley, found.frequency)
             if log:
-                output.metrics["gba/valley_fraction"] = valley_fraction
+                output.metrics["gba/valley_fraction"] = found.fraction
 
         if step_input.is_logging_step:
             output.metrics.update(self._logging_metrics(output))

@@ -35,16 +35,18 @@ class GBAOptions:
     """T, optimiser steps between bias updates. The paper uses 50 over ~200k steps; for runs of
     thousands of steps T = 1 (statistics over each batch) is what recovers features, because
     the biases then get enough updates to settle; set 50 for the paper's schedule."""
-    targets: Literal["geometric", "adaptive"] = "geometric"
+    targets: Literal["geometric", "adaptive", "valleys"] = "geometric"
     """``geometric``: fixed targets from HTF down to LTF (the paper's rule). ``adaptive``: the
     targets start there and each group's target then follows its neurons (raised while more of
-    them are held at target than sit under it, lowered otherwise; see
-    :mod:`gba_lens.saes.target_adaptation`). Ignored for K = 1."""
+    them are held at target than sit under it, lowered otherwise). ``valleys`` (with
+    ``valley_thresholds``): a group's target becomes the median frequency of the features its
+    neurons found, once a tenth of them have (see :mod:`gba_lens.saes.target_adaptation`).
+    Ignored for K = 1."""
     target_l0: float | None = None
     """Ask for an L0 (mean active latents per input) instead of a frequency range: the geometric
     targets are scaled together until the SAE fires this many latents, and live neurons under
     their target are raised as dead ones are (:mod:`gba_lens.saes.l0_control`). None: the
-    targets are HTF ... LTF as given. Not with ``targets="adaptive"``."""
+    targets are HTF ... LTF as given. Only with ``targets="geometric"``."""
     valley_thresholds: bool = False
     """Move each neuron's threshold to the valley of its own pre-activation histogram, once that
     histogram shows a second mode (the inputs where the neuron's feature is present), so that
@@ -74,12 +76,14 @@ class GBAOptions:
             raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
         if self.sparse_step not in SPARSE_STEP_MODES:
             raise ValueError(f"sparse_step must be one of {SPARSE_STEP_MODES}, got {self.sparse_step!r}")
-        if self.targets not in ("geometric", "adaptive"):
-            raise ValueError(f"targets must be 'geometric' or 'adaptive', got {self.targets!r}")
+        if self.targets not in ("geometric", "adaptive", "valleys"):
+            raise ValueError(f"targets must be 'geometric', 'adaptive' or 'valleys', got {self.targets!r}")
+        if self.targets == "valleys" and not self.valley_thresholds:
+            raise ValueError("targets='valleys' reads the valley thresholds' histograms: set valley_thresholds=True")
         if self.target_l0 is not None and not 0.0 < self.target_l0 <= (d_sae or float("inf")):
             raise ValueError(f"target_l0 must be > 0{f' and <= d_sae={d_sae}' if d_sae else ''}, got {self.target_l0}")
-        if self.target_l0 is not None and self.targets == "adaptive":
-            raise ValueError("target_l0 and targets='adaptive' both move the targets; set one of them")
+        if self.target_l0 is not None and self.targets != "geometric":
+            raise ValueError(f"target_l0 and targets={self.targets!r} both move the targets; set one of them")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:

@@ -1,4 +1,6 @@
-"""Adaptive firing targets: GBA's group targets moved by what the neurons find (``targets="adaptive"``).
+"""Firing targets from the data: GBA's group targets moved by what the neurons find.
+
+Two rules: ``targets="adaptive"`` (below) and ``targets="valleys"`` (:func:`targets_from_valleys`).
 
 The geometric range (HTF ... LTF) is a prior on the feature-frequency spectrum. In adaptive mode
 the groups start on that range and each group's target then follows its own neurons, read from a
@@ -59,3 +61,34 @@ def adapt_group_targets(
     drive /= torch.bincount(group, minlength=n_groups).clamp(min=1).to(target.dtype)
     target.mul_(torch.exp(eta * drive)[group]).clamp_(*bounds)
     return drive
+
+
+MIN_VALLEY_FRACTION = 0.1
+"""``targets="valleys"``: a group's target follows its valleys once this fraction of its neurons has one."""
+
+
+@torch.no_grad()
+def targets_from_valleys(
+    target: Float[torch.Tensor, " d_sae"],
+    group: Int[torch.Tensor, " d_sae"],
+    n_groups: int,
+    has_valley: torch.Tensor,
+    frequency: Float[torch.Tensor, " d_sae"],
+    min_fraction: float = MIN_VALLEY_FRACTION,
+    bounds: tuple[float, float] = (1e-4, 0.5),
+) -> None:
+    """``targets="valleys"``, in place on ``target`` (p_k per neuron), after a valley window.
+
+    A neuron with a valley (:mod:`gba_lens.saes.valley_thresholds`) has found a feature, and the
+    mass of its histogram above the valley is that feature's frequency. Where at least
+    ``min_fraction`` of a group's neurons have one, the group's target becomes the median of
+    their frequencies: the neurons of the group still searching look for features as frequent as
+    the ones their group found, not for the geometric prior's. Other groups keep their target.
+    """
+    values = torch.where(has_valley, frequency, torch.full_like(frequency, float("nan")))
+    for k in range(n_groups):
+        members = group == k
+        found = (has_valley & members).sum()
+        median = values[members].nanmedian().clamp(*bounds)
+        enough = (found > 0) & (found >= min_fraction * members.sum())
+        target.copy_(torch.where(members & enough, median, target))

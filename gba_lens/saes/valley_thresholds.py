@@ -28,6 +28,7 @@ each step adds at most ROWS_PER_STEP rows of the global batch (every k-th row).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -72,6 +73,18 @@ def find_valleys(
     between = past_noise & (bins <= mode[:, None])
     valley_bin = torch.where(between, smoothed, big).argmin(1)
     return has_valley, valley_bin
+
+
+class ValleyWindow(NamedTuple):
+    """What one window's valleys say (returned by :meth:`ValleyThresholds.apply`)."""
+
+    fraction: torch.Tensor
+    """0-dim: the fraction of neurons with a valley."""
+    has_valley: torch.Tensor
+    """[d_sae] bool: which neurons had one."""
+    frequency: torch.Tensor
+    """[d_sae] the fraction of the window's samples above each neuron's valley (its feature's
+    frequency; meaningful where ``has_valley``)."""
 
 
 class ValleyThresholds(nn.Module):
@@ -132,10 +145,13 @@ class ValleyThresholds(nn.Module):
         all_reduce(self.peak, "max")
 
     @torch.no_grad()
-    def apply(self, bias: Float[torch.Tensor, " d_sae"], bias_min: float, bias_max: float) -> torch.Tensor:
-        """Move the thresholds of the neurons with a valley, start a new window; returns the
-        fraction of neurons that had one (0-dim tensor)."""
-        has_valley, valley_bin = find_valleys(self.histogram[:, 1:])
+    def apply(self, bias: Float[torch.Tensor, " d_sae"], bias_min: float, bias_max: float) -> ValleyWindow:
+        """Move the thresholds of the neurons with a valley, start a new window; returns which
+        neurons had one and their frequency above it (tensors: nothing waits on the GPU)."""
+        counts = self.histogram[:, 1:]
+        has_valley, valley_bin = find_valleys(counts)
+        above = torch.arange(counts.shape[1], device=counts.device)[None] > valley_bin[:, None]
+        frequency = (counts * above).sum(1) / self.n_samples.clamp(min=1)
         valley_u = (valley_bin.to(bias.dtype) + 0.5) * (1.25 / BINS) * self.scale.to(bias.dtype)
         moved = (bias + STEP * (-valley_u - bias)).clamp_(bias_min, bias_max)
         bias.copy_(torch.where(has_valley, moved, bias))
@@ -144,4 +160,4 @@ class ValleyThresholds(nn.Module):
         self.peak.zero_()
         self.n_samples.zero_()
         self._count = 0
-        return has_valley.float().mean()
+        return ValleyWindow(has_valley.float().mean(), has_valley, frequency)

@@ -61,8 +61,11 @@ def test_a_window_moves_a_bimodal_neurons_threshold_into_its_valley_and_leaves_t
         valley.observe(rows - 0.1, torch.full((3,), -0.1), rows.shape[0])
     assert valley.window_full
     bias = torch.tensor([-0.05, -0.3, -0.9])
-    fraction = valley.apply(bias, -1.0, 0.0)
-    assert fraction.item() == pytest.approx(2 / 3)
+    found = valley.apply(bias, -1.0, 0.0)
+    assert found.fraction.item() == pytest.approx(2 / 3)
+    assert found.has_valley.tolist() == [True, False, True]
+    # the mass above each valley is its feature's frequency
+    assert found.frequency[[0, 2]].tolist() == pytest.approx([0.02, 0.3], abs=0.01)
     # the valley lies between the interference (< ~0.3) and the feature (~0.8 / ~0.6)
     assert 0.3 < -bias[0] < 0.7 and 0.3 < -bias[2] < 0.55
     assert bias[1].item() == pytest.approx(-0.3)          # unimodal: left to the bias rule
