@@ -74,17 +74,19 @@ def targets_from_valleys(
     n_groups: int,
     has_valley: torch.Tensor,
     frequency: Float[torch.Tensor, " d_sae"],
-    min_fraction: float = MIN_VALLEY_FRACTION,
+    min_fraction: float | None = None,
     bounds: tuple[float, float] = (1e-4, 0.5),
 ) -> None:
     """``targets="valleys"``, in place on ``target`` (p_k per neuron), after a valley window.
 
     A neuron with a valley (:mod:`gba_lens.saes.valley_thresholds`) has found a feature, and the
     mass of its histogram above the valley is that feature's frequency. Where at least
-    ``min_fraction`` of a group's neurons have one, the group's target becomes the median of
-    their frequencies: the neurons of the group still searching look for features as frequent as
-    the ones their group found, not for the geometric prior's. Other groups keep their target.
+    ``min_fraction`` (default ``MIN_VALLEY_FRACTION``) of a group's neurons have one, the group's
+    target becomes the median of their frequencies: the neurons of the group still searching look
+    for features as frequent as the ones their group found, not for the geometric prior's. Other
+    groups keep their target.
     """
+    min_fraction = MIN_VALLEY_FRACTION if min_fraction is None else min_fraction
     values = torch.where(has_valley, frequency, torch.full_like(frequency, float("nan")))
     for k in range(n_groups):
         members = group == k

@@ -1,6 +1,6 @@
 """One rank of the distributed tests (launched by ``torchrun`` from ``test_distributed.py``).
 
-    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on] [--valley] [--target-l0 X]
+    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on] [--valley [--targets valleys]] [--target-l0 X]
 
 Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) with checkpoints
 in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
@@ -28,12 +28,14 @@ D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
 
 VALLEY_WINDOW = 256
 """Valley-threshold window of the tests (samples): 4 global batches, so that a run applies 6."""
+VALLEY_GROUP_FRACTION = 1e-9
+"""``targets="valleys"`` in the tests: a group follows its valleys from the first (this noise has few)."""
 
 
-def make_sae(sparse_step="auto", valley=False, target_l0=None):
+def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric"):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley,
-                        target_l0=target_l0)
+                        target_l0=target_l0, targets=targets)
 
 
 def make_stream():
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--multi", action="store_true", help="two SAEs by GBAMultiSAETrainer (data parallel)")
     parser.add_argument("--valley", action="store_true", help="GBA with valley thresholds")
     parser.add_argument("--target-l0", type=float, default=None, help="GBA with a requested L0")
+    parser.add_argument("--targets", default="geometric", help="GBA's target mode (valleys needs --valley)")
     args = parser.parse_args()
     if args.multi:
         from gba_lens.training.distributed import ensure_process_group, world_size
@@ -112,8 +115,12 @@ def main() -> None:
         from gba_lens.saes import valley_thresholds
 
         valley_thresholds.WINDOW_SAMPLES = VALLEY_WINDOW
+    if args.targets == "valleys":
+        from gba_lens.saes import target_adaptation
+
+        target_adaptation.MIN_VALLEY_FRACTION = VALLEY_GROUP_FRACTION
     stream = make_stream()
-    sae = make_sae(args.sparse_step, args.valley, args.target_l0)
+    sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets)
     if rank() == args.fail_rank:
         stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))

@@ -110,22 +110,27 @@ def test_sparse_step_on_two_ranks_trains_the_one_process_sae(tmp_path, single_pr
     assert single_process_state["b_enc"].min() < 0
 
 
-def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monkeypatch):
+@pytest.mark.parametrize("targets", ["geometric", "valleys"])
+def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monkeypatch, targets):
     """The valley thresholds' histograms, peaks and window counts are the global batch's on every
-    rank (all-reduced before each window is applied), as one process sees them."""
-    from gba_lens.saes import valley_thresholds
+    rank (all-reduced before each window is applied), as one process sees them; so are the group
+    targets that follow the valleys."""
+    from gba_lens.saes import target_adaptation, valley_thresholds
 
     monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", dist_worker.VALLEY_WINDOW)
-    sae = dist_worker.make_sae(valley=True)
+    monkeypatch.setattr(target_adaptation, "MIN_VALLEY_FRACTION", dist_worker.VALLEY_GROUP_FRACTION)
+    sae = dist_worker.make_sae(valley=True, targets=targets)
     dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
     reference = sae.state_dict()
     out = tmp_path / "run"
-    code, err, _ = _torchrun([str(WORKER), str(out), "--valley"])
+    code, err, _ = _torchrun([str(WORKER), str(out), "--valley", "--targets", targets])
     assert code == 0, err[-3000:]
     state = load_file(str(out / "state.safetensors"))
     _assert_same_sae(state, reference)
     assert "valley_thresholds.histogram" in state
     assert not torch.equal(reference["valley_thresholds.scale"], torch.ones(dist_worker.D_SAE))  # windows ran
+    initial = dist_worker.make_sae().bias_adaptation.target
+    assert torch.equal(reference["bias_adaptation.target"], initial) is (targets == "geometric")  # moved
 
 
 def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
