@@ -5,6 +5,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --l0 6 8 16 32 --methods gba gba-valley
     python scripts/lm_at_l0.py --l0 4 6 --methods topk batchtopk matryoshka
     python scripts/lm_at_l0.py --l0 16 --methods gba --range 0.1 1e-4   # the targets' shape
+    python scripts/lm_at_l0.py --methods gba-valley-targets             # no L0 asked
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import json
 import math
 
-METHODS = ("gba", "gba-valley", "gba-geometric", "topk", "batchtopk", "matryoshka")
+METHODS = ("gba", "gba-valley", "gba-geometric", "gba-valley-targets", "topk", "batchtopk", "matryoshka")
 
 
 def variant(method: str, l0: float, target_range: tuple[float, ...] = ()):
@@ -26,6 +27,8 @@ def variant(method: str, l0: float, target_range: tuple[float, ...] = ()):
         return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True), *shape))
     if method == "gba-geometric":  # the defaults (one run, whatever --l0 says)
         return M.Variant("gba", 1.0)
+    if method == "gba-valley-targets":  # targets from the valleys, no L0 asked (one run)
+        return M.Variant("gba", 1.0, (("valley_thresholds", True), ("targets", "valleys")))
     return M.l0_knob_sweep(method, [l0])[0]
 
 
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     steps = scale.train_tokens // scale.batch_size
     train = TrainConfig(total_samples=scale.train_tokens, batch_size=scale.batch_size, lr=scale.lr,
                         lr_decay_steps=int(scale.lr_decay_fraction * steps), device="cpu")
-    runs = [(m, l0) for m in args.methods for l0 in (args.l0[:1] if m == "gba-geometric" else args.l0)]
+    single = ("gba-geometric", "gba-valley-targets")
+    runs = [(m, l0) for m in args.methods for l0 in (args.l0[:1] if m in single else args.l0)]
     for hook in hooks:
         directory, info = cached_activations(cfg, loaded, hook, scale, "cpu")
         acts = load_activations(directory, hook)

@@ -14,7 +14,7 @@ import sys
 
 MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valley_thresholds": True},
          "valley+adaptive": {"valley_thresholds": True, "targets": "adaptive"}, "told-l0": {},
-         "valley+told-l0": {"valley_thresholds": True}}
+         "valley+told-l0": {"valley_thresholds": True}, "valley-targets": {"valley_thresholds": True, "targets": "valleys"}}
 """``told-l0``: ``target_l0`` set to the L0 of the model's W most frequent features (W = the SAE's
 width; the whole true L0 when W covers every feature): GBA told what the other modes must find."""
 

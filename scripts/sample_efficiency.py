@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             true_l0 = float(zipf_model(zcfg, seed).activation_generator.firing_probabilities.sum())
             specs = [MethodSpec("GBA", "gba", {}), MethodSpec("GBA valley", "gba", {"valley_thresholds": True}),
+                     MethodSpec("GBA valley targets", "gba", {"valley_thresholds": True, "targets": "valleys"}),
                      MethodSpec("L1 coef 0.3", "l1", {"l1_coefficient": 0.3}),
                      MethodSpec("BatchTopK", "batchtopk", {"k": true_l0, **PAPER_TOPK})]
             for budget in BUDGETS:
@@ -77,6 +78,7 @@ def synthbench(args: argparse.Namespace) -> None:
     k = pool.true_l0
     variants = {"GBA": (M.Variant("gba", 1.0), 1),
                 "GBA valley": (M.Variant("gba", 1.0, (("valley_thresholds", True),)), 1),
+                "GBA valley targets": (M.Variant("gba", 1.0, (("valley_thresholds", True), ("targets", "valleys"))), 1),
                 "BatchTopK": (M.l0_knob_sweep("batchtopk", [k])[0], 3),
                 "Matryoshka": (M.l0_knob_sweep("matryoshka", [k])[0], 3)}
     curves: dict[str, dict[int, list[float]]] = {}
@@ -102,6 +104,7 @@ def toy(args: argparse.Namespace) -> None:
     setup = PaperToySetup()
     specs = [MethodSpec("GBA", "gba", dict(PAPER_TOY_SAE)),
              MethodSpec("GBA valley", "gba", {"valley_thresholds": True, **PAPER_TOY_SAE}),
+             MethodSpec("GBA valley targets", "gba", {"valley_thresholds": True, "targets": "valleys", **PAPER_TOY_SAE}),
              MethodSpec("TopK K=20", "topk", {"k": 20, **PAPER_TOPK, **PAPER_TOY_SAE})]
     curves: dict[str, dict[int, list[float]]] = {}
     for seed in args.seeds:
@@ -111,7 +114,8 @@ def toy(args: argparse.Namespace) -> None:
                         train, seed, setup.eval_samples) for s in specs]
             for rec in runner.run_jobs(jobs, 1, progress=False):
                 curves.setdefault(rec.label, {}).setdefault(budget, []).append(rec.result.mcc)
-    _report("paper toy", curves, {"GBA": 1, "GBA valley": 1, "TopK K=20": 3}, ("TopK K=20",), len(args.seeds))
+    _report("paper toy", curves, {"GBA": 1, "GBA valley": 1, "GBA valley targets": 1, "TopK K=20": 3}, ("TopK K=20",),
+            len(args.seeds))
 
 
 def _report(model: str, curves: dict[str, dict[int, list[float]]], sweeps: dict[str, int],
