@@ -392,8 +392,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
     def inference_cfg_dict(self) -> dict[str, Any]:
         """SAELens's inference config, its metadata's ``training_architecture_details`` completed by
-        the group targets at the end of training (``group_targets``): with ``target_l0`` or adaptive
-        targets they are not the HTF ... LTF of the config."""
+        the group targets at the end of training (``group_targets``): with ``target_l0`` or targets
+        that move (``adaptive``, ``valleys``) they are not the HTF ... LTF of the config."""
         cfg_dict = self.cfg.get_inference_sae_cfg_dict()
         details = cfg_dict["metadata"]["training_architecture_details"]
         details["group_targets"] = [float(t) for t in self.bias_adaptation.group_targets.tolist()]

@@ -91,6 +91,6 @@ def targets_from_valleys(
     for k in range(n_groups):
         members = group == k
         found = (has_valley & members).sum()
-        median = values[members].nanmedian().clamp(*bounds)
+        median = torch.where(members, values, torch.nan).nanmedian().clamp(*bounds)  # no mask indexing: no sync
         enough = (found > 0) & (found >= min_fraction * members.sum())
         target.copy_(torch.where(members & enough, median, target))
