@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 METHODS = ("gba", "gba-valley", "gba-geometric", "gba-valley-targets", "topk", "batchtopk", "matryoshka")
 
@@ -45,23 +44,20 @@ def main(argv: list[str] | None = None) -> None:
     from gba_lens.experiments.compare import methods as M
     from gba_lens.experiments.compare.config import CompareConfig
     from gba_lens.experiments.compare.lm_frontier import DEFAULT_LM, cached_activations, default_hooks
-    from gba_lens.experiments.compare.lm_frontier import evaluate, held_out_data
+    from gba_lens.experiments.compare.lm_frontier import evaluate, held_out_data, lm_train_config, scaling_factor_of
     from gba_lens.training.lm.sources import load_model, validate_hooks
-    from gba_lens.training.train import TrainConfig
 
     scale, cfg = DEFAULT_LM, CompareConfig(preset="lm", out=args.out)
     loaded = load_model(cfg.model, "auto", "cpu")
     hooks = default_hooks(loaded.n_layers)
     d_ins = validate_hooks(loaded.model, hooks)
-    steps = scale.train_tokens // scale.batch_size
-    train = TrainConfig(total_samples=scale.train_tokens, batch_size=scale.batch_size, lr=scale.lr,
-                        lr_decay_steps=int(scale.lr_decay_fraction * steps), device="cpu")
+    train = lm_train_config(scale, "cpu")
     single = ("gba-geometric", "gba-valley-targets")
     runs = [(m, l0) for m in args.methods for l0 in (args.l0[:1] if m in single else args.l0)]
     for hook in hooks:
         directory, info = cached_activations(cfg, loaded, hook, scale, "cpu")
         acts = load_activations(directory, hook)
-        scaling_factor = float(math.sqrt(acts.shape[1]) / acts.norm(dim=1).mean())  # as the preset
+        scaling_factor = scaling_factor_of(acts)
         acts = acts * scaling_factor
         data, ctx = held_out_data(cfg, loaded, info, scale)
         for method, l0 in runs:

@@ -93,27 +93,20 @@ def synthbench(args: argparse.Namespace) -> None:
 
 
 def toy(args: argparse.Namespace) -> None:
-    from gba_lens.experiments import runner
-    from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup
-    from gba_lens.experiments.runner import Job
+    from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup, run_paper_toy
     from gba_lens.experiments.runs import MethodSpec
     from gba_lens.experiments.zipf import PAPER_TOPK
-    from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
-    from gba_lens.training.train import TrainConfig
 
-    setup = PaperToySetup()
     specs = [MethodSpec("GBA", "gba", dict(PAPER_TOY_SAE)),
              MethodSpec("GBA valley", "gba", {"valley_thresholds": True, **PAPER_TOY_SAE}),
              MethodSpec("GBA valley targets", "gba", {"valley_thresholds": True, "targets": "valleys", **PAPER_TOY_SAE}),
              MethodSpec("TopK K=20", "topk", {"k": 20, **PAPER_TOPK, **PAPER_TOY_SAE})]
     curves: dict[str, dict[int, list[float]]] = {}
-    for seed in args.seeds:
-        for budget in BUDGETS:
-            train = TrainConfig(total_samples=budget, batch_size=setup.batch_size, lr=setup.lr, device="cpu")
-            jobs = [Job(s, SparseMixtureModel, (SparseMixtureConfig(seed=setup.data_seed), "cpu"), setup.width,
-                        train, seed, setup.eval_samples) for s in specs]
-            for rec in runner.run_jobs(jobs, 1, progress=False):
-                curves.setdefault(rec.label, {}).setdefault(budget, []).append(rec.result.mcc)
+    for budget in BUDGETS:  # the paper toy's own harness: its schedule, dictionary and evaluation
+        _, records = run_paper_toy(PaperToySetup(samples=budget, seeds=tuple(args.seeds)), specs,
+                                   progress=False, workers=1)
+        for rec in records:
+            curves.setdefault(rec.label, {}).setdefault(budget, []).append(rec.result.mcc)
     _report("paper toy", curves, {"GBA": 1, "GBA valley": 1, "GBA valley targets": 1, "TopK K=20": 3}, ("TopK K=20",),
             len(args.seeds))
 

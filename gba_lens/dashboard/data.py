@@ -42,9 +42,8 @@ def gba_groups(sae: Any) -> GBAGroups | None:
         return None
     d_sae = int(sae.cfg.d_sae)
     n_groups = int(details["n_groups"])
-    if details.get("group_targets") is not None:  # where training moved them
-        targets = [float(t) for t in details["group_targets"]]
-    else:
+    targets = details.get("group_targets")  # where training moved them
+    if targets is None:
         targets = group_targets(n_groups, float(details["highest_target"]), float(details["lowest_target"])).tolist()
     return GBAGroups(group_index(d_sae, n_groups), [float(t) for t in targets])
 

@@ -19,9 +19,10 @@ Single-group BA (the analysed algorithm) is K = 1.
 With ``targets="adaptive"`` the group targets start on the geometric range and then move after
 every update by the rule of :mod:`gba_lens.saes.target_adaptation`; the default ``"geometric"``
 keeps them fixed. With ``targets="valleys"`` each group's target becomes the median frequency of
-the features its neurons found (their valleys, see ``follow_valleys``). With a requested L0 (``target_l0``) the targets are the geometric ones times a
-common scale that :mod:`gba_lens.saes.l0_control` moves, and a third branch raises live neurons
-under their target (by the dead branch's step), so that the L0 meets the request.
+the features its neurons found (their valleys, see ``follow_valleys``). With a requested L0
+(``target_l0``) the targets are the geometric ones times a common scale that
+:mod:`gba_lens.saes.l0_control` moves, and a third branch raises live neurons under their target
+(by the dead branch's step), so that the L0 meets the request.
 
 The statistics are sums and maxima (``fire_count``, ``n_samples``, ``peak``) so that data-parallel
 training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_statistics``.

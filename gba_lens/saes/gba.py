@@ -354,7 +354,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         l0_control = self.bias_adaptation.l0_control
         if l0_control is not None:  # the requested L0's controller: what it measures and its target scale
             metrics["gba/l0_average"] = l0_control.l0_average
-            metrics["gba/target_scale"] = (l0_control.log_scale - l0_control.start).exp()
+            metrics["gba/target_scale"] = l0_control.relative_scale()
         for k, (freq, target) in enumerate(zip(per_group.tolist(), self.bias_adaptation.group_targets.tolist())):
             metrics[f"gba_groups/group_{k}_frequency"] = freq
             metrics[f"gba_groups/group_{k}_target"] = target

@@ -69,6 +69,10 @@ class L0Control(nn.Module):
         self.register_buffer("log_scale", torch.tensor(start, device=base_target.device))
         self.register_buffer("l0_average", torch.tensor(-1.0, device=base_target.device))
 
+    def relative_scale(self) -> torch.Tensor:
+        """0-dim: s over its start (1 while the targets sum to the request)."""
+        return (self.log_scale - self.start).exp()
+
     def scaled_targets(self) -> torch.Tensor:
         """[d_sae] the geometric targets times the current scale."""
         return (self.base_target * self.log_scale.exp()).clamp(max=P_MAX)

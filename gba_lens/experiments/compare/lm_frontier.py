@@ -105,6 +105,19 @@ def cached_activations(cfg: CompareConfig, loaded: Any, hook: str, scale: LMScal
     return directory, json.loads(info_file.read_text()) if info_file.exists() else {}
 
 
+def lm_train_config(scale: LMScale, device: str) -> TrainConfig:
+    """Every method's schedule on the preset's cached tokens (linear decay over the last fraction)."""
+    steps = max(1, scale.train_tokens // scale.batch_size)
+    return TrainConfig(total_samples=scale.train_tokens, batch_size=scale.batch_size, lr=scale.lr,
+                       lr_decay_steps=int(scale.lr_decay_fraction * steps), device=device)
+
+
+def scaling_factor_of(acts: torch.Tensor) -> float:
+    """The one factor that scales the activations to mean norm sqrt(d_in), as SAELens's runner does
+    with ``normalize_activations="expected_average_only_in"`` (see the module docstring)."""
+    return float(math.sqrt(acts.shape[1]) / acts.norm(dim=1).mean())
+
+
 def held_out_data(cfg: CompareConfig, loaded: Any, info: dict[str, Any], scale: LMScale) -> tuple[Any, int]:
     """Held-out token rows never cached: the stdlib ``val`` split, else the rows after the ones
     the cache consumed."""
@@ -182,9 +195,7 @@ def run_lm_frontier(cfg: CompareConfig, progress: bool = True, scale: LMScale | 
     loaded = load_model(cfg.model, "auto", device)
     hooks = list(cfg.hooks or default_hooks(loaded.n_layers))
     d_ins = validate_hooks(loaded.model, hooks)
-    steps = max(1, scale.train_tokens // scale.batch_size)
-    train = TrainConfig(total_samples=scale.train_tokens, batch_size=scale.batch_size, lr=scale.lr,
-                        lr_decay_steps=int(scale.lr_decay_fraction * steps), device=device)
+    train = lm_train_config(scale, device)
     low, high = l0_span(scale)
     runs: list[dict[str, Any]] = []
     hook_info: dict[str, Any] = {}
@@ -193,7 +204,7 @@ def run_lm_frontier(cfg: CompareConfig, progress: bool = True, scale: LMScale | 
         directory, info = cached_activations(cfg, loaded, hook, scale, device)
         acts = load_activations(directory, hook).to(device)
         cache_seconds = time.perf_counter() - t0
-        scaling_factor = float(math.sqrt(acts.shape[1]) / acts.norm(dim=1).mean())
+        scaling_factor = scaling_factor_of(acts)
         acts = acts * scaling_factor
         data, ctx = held_out_data(cfg, loaded, info, scale)
         width = cfg.width or scale.width_multiple * d_ins[hook]
