@@ -38,7 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--range", type=float, nargs=2, default=(), metavar=("HTF", "LTF"),
                    help="GBA's target range, whose shape target_l0 scales (default 0.1 1e-3)")
     p.add_argument("--out", default="runs/compare_lm", help="where the lm preset keeps its activation cache")
+    p.add_argument("--seed", type=int, default=0, help="the SAE's initialisation and the order of its batches")
+    p.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
+                   help="a constant of the rule for these runs, e.g. target_adaptation.MIN_VALLEY_FRACTION=0.05")
     args = p.parse_args(argv)
+    from gba_lens.experiments.overrides import set_constants
+
+    try:
+        set_constants(args.set)
+    except ValueError as err:
+        p.error(str(err))
 
     from gba_lens.data import TensorBatches, load_activations
     from gba_lens.experiments.compare import methods as M
@@ -61,11 +70,12 @@ def main(argv: list[str] | None = None) -> None:
         acts = acts * scaling_factor
         data, ctx = held_out_data(cfg, loaded, info, scale)
         for method, l0 in runs:
-            sae, _ = M.train_variant(variant(method, l0, tuple(args.range)), TensorBatches(acts, scale.batch_size, seed=0),
-                                     acts.shape[1], scale.width_multiple * d_ins[hook], train, 0)
+            batches = TensorBatches(acts, scale.batch_size, seed=args.seed)
+            sae, _ = M.train_variant(variant(method, l0, tuple(args.range)), batches, acts.shape[1],
+                                     scale.width_multiple * d_ins[hook], train, args.seed)
             m = evaluate(M.to_inference(sae, hook), loaded, data, ctx, hook, scale, scaling_factor, "cpu")
-            print(json.dumps({"hook": hook, "method": method, "asked_l0": l0, "range": args.range, "l0": m["l0"],
-                              "ce_loss_score": m["ce_loss_score"], "explained_variance": m["explained_variance"],
+            print(json.dumps({"hook": hook, "method": method, "seed": args.seed, "asked_l0": l0, "range": args.range,
+                              "l0": m["l0"], "ce_loss_score": m["ce_loss_score"], "explained_variance": m["explained_variance"],
                               "dead_fraction": m["dead_fraction"]}), flush=True)
 
 

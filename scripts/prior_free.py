@@ -100,7 +100,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
     p.add_argument("--l0-multiple", type=float, default=1.0, help="told-l0 modes: ask for this multiple of the L0")
+    p.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
+                   help="a constant of the rule for these runs, e.g. target_adaptation.MIN_VALLEY_FRACTION=0.05")
     args = p.parse_args(argv)
+    from gba_lens.experiments.overrides import set_constants
+
+    try:
+        set_constants(args.set)
+    except ValueError as err:
+        p.error(str(err))
     rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
     for row in rows:
         print(json.dumps(row), flush=True)

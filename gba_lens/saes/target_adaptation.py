@@ -65,6 +65,10 @@ def adapt_group_targets(
 
 MIN_VALLEY_FRACTION = 0.1
 """``targets="valleys"``: a group's target follows its valleys once this fraction of its neurons has one."""
+MIN_VALLEY_NEURONS = 1
+"""... and at least this many of them (1: the fraction alone decides). docs/experiments/prior_free.md
+measures 3 with a fraction of 0.05: it fixes Zipf C and lowers the language model's L0 under every
+baseline's frontier, so the defaults stay."""
 
 
 @torch.no_grad()
@@ -81,10 +85,10 @@ def targets_from_valleys(
 
     A neuron with a valley (:mod:`gba_lens.saes.valley_thresholds`) has found a feature, and the
     mass of its histogram above the valley is that feature's frequency. Where at least
-    ``min_fraction`` (default ``MIN_VALLEY_FRACTION``) of a group's neurons have one, the group's
-    target becomes the median of their frequencies: the neurons of the group still searching look
-    for features as frequent as the ones their group found, not for the geometric prior's. Other
-    groups keep their target.
+    ``min_fraction`` (default ``MIN_VALLEY_FRACTION``) of a group's neurons, and at least
+    ``MIN_VALLEY_NEURONS`` of them, have one, the group's target becomes the median of their
+    frequencies: the neurons of the group still searching look for features as frequent as the
+    ones their group found, not for the geometric prior's. Other groups keep their target.
     """
     min_fraction = MIN_VALLEY_FRACTION if min_fraction is None else min_fraction
     values = torch.where(has_valley, frequency, torch.full_like(frequency, float("nan")))
@@ -92,5 +96,5 @@ def targets_from_valleys(
         members = group == k
         found = (has_valley & members).sum()
         median = torch.where(members, values, torch.nan).nanmedian().clamp(*bounds)  # no mask indexing: no sync
-        enough = (found > 0) & (found >= min_fraction * members.sum())
+        enough = (found >= max(1, MIN_VALLEY_NEURONS)) & (found >= min_fraction * members.sum())
         target.copy_(torch.where(members & enough, median, target))

@@ -128,6 +128,26 @@ def test_a_group_target_becomes_the_median_frequency_of_the_valleys_its_neurons_
     assert torch.equal(target[20:], torch.full((10,), 0.001))      # group 2 found none
 
 
+def test_a_group_needs_min_valley_neurons_valleys_whatever_its_fraction(monkeypatch):
+    from gba_lens.saes import target_adaptation
+
+    group = torch.arange(40) // 20                      # 2 groups of 20
+    target = torch.tensor([0.1, 0.01]).repeat_interleave(20)
+    has_valley = torch.zeros(40, dtype=torch.bool)
+    frequency = torch.full((40,), 0.3)
+    has_valley[[0, 1]] = True                           # group 0: 2 of 20 (10%)
+    frequency[[0, 1]] = torch.tensor([0.02, 0.04])
+    has_valley[[20, 21, 22]] = True                     # group 1: 3 of 20 (15%)
+    frequency[[20, 21, 22]] = torch.tensor([0.001, 0.002, 0.003])
+    monkeypatch.setattr(target_adaptation, "MIN_VALLEY_NEURONS", 3)
+    targets_from_valleys(target, group, 2, has_valley, frequency, min_fraction=0.05)
+    assert torch.equal(target[:20], torch.full((20,), 0.1))              # 2 < 3: kept
+    assert torch.allclose(target[20:], torch.full((20,), 0.002))         # 3: the median
+    monkeypatch.setattr(target_adaptation, "MIN_VALLEY_NEURONS", 1)      # the default: the fraction decides
+    targets_from_valleys(target, group, 2, has_valley, frequency, min_fraction=0.05)
+    assert torch.allclose(target[:20], torch.full((20,), 0.02))          # torch: the lower of two middles
+
+
 def test_valley_targets_need_valley_thresholds_and_exclude_a_requested_l0():
     with pytest.raises(ValueError, match="valley_thresholds=True"):
         GBAOptions(targets="valleys")

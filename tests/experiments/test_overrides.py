@@ -1,0 +1,31 @@
+"""``set_constants``: the scripts' ``--set MODULE.NAME=VALUE`` for studies of the rule's constants."""
+
+import pytest
+
+from gba_lens.experiments.overrides import set_constants
+from gba_lens.saes import target_adaptation, valley_thresholds
+
+
+def test_sets_constants_of_the_rule_with_their_types(monkeypatch):
+    monkeypatch.setattr(target_adaptation, "MIN_VALLEY_NEURONS", target_adaptation.MIN_VALLEY_NEURONS)
+    monkeypatch.setattr(valley_thresholds, "PROMINENCE", valley_thresholds.PROMINENCE)
+    done = set_constants(["target_adaptation.MIN_VALLEY_NEURONS=3", "valley_thresholds.PROMINENCE=1.15"])
+    assert done == {"target_adaptation.MIN_VALLEY_NEURONS": 3, "valley_thresholds.PROMINENCE": 1.15}
+    assert target_adaptation.MIN_VALLEY_NEURONS == 3 and type(target_adaptation.MIN_VALLEY_NEURONS) is int
+    assert valley_thresholds.PROMINENCE == 1.15
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("PROMINENCE=1", "expected MODULE.NAME=VALUE"),
+    ("valley_thresholds.PROMINENCE", "expected MODULE.NAME=VALUE"),
+    ("gba.PROMINENCE=1", "module must be one of"),
+    ("valley_thresholds.NO_SUCH=1", "no int or float constant NO_SUCH"),
+    ("valley_thresholds.find_valleys=1", "no int or float constant find_valleys"),
+    ("target_adaptation.MIN_VALLEY_NEURONS=2.5", "MIN_VALLEY_NEURONS is int, got '2.5'"),
+])
+def test_refuses_what_it_cannot_set_exactly_and_sets_nothing(text, message, monkeypatch):
+    monkeypatch.setattr(valley_thresholds, "PROMINENCE", valley_thresholds.PROMINENCE)
+    before = valley_thresholds.PROMINENCE
+    with pytest.raises(ValueError, match=message):
+        set_constants(["valley_thresholds.PROMINENCE=3.0", text])
+    assert valley_thresholds.PROMINENCE == before  # the valid first assignment was not applied either
