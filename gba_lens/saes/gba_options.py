@@ -45,8 +45,9 @@ class GBAOptions:
     target_l0: float | None = None
     """Ask for an L0 (mean active latents per input) instead of a frequency range: the geometric
     targets are scaled together until the SAE fires this many latents, and live neurons under
-    their target are raised as dead ones are (:mod:`gba_lens.saes.l0_control`). None: the
-    targets are HTF ... LTF as given. Only with ``targets="geometric"``."""
+    their target are raised as dead ones are (:mod:`gba_lens.saes.l0_control`); training warns
+    if it ends more than a tenth off (too few steps). None: the targets are HTF ... LTF as given.
+    Only with ``targets="geometric"``."""
     valley_thresholds: bool = False
     """Move each neuron's threshold to the valley of its own pre-activation histogram, once that
     histogram shows a second mode (the inputs where the neuron's feature is present), so that

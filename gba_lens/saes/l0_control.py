@@ -43,6 +43,9 @@ CAPTURE = 2.0
 """The scale integrates only while the average L0 is within this factor of the request."""
 BOUND = 4.0
 """... and stays within this factor of its start (targets summing to the request)."""
+TOLERANCE = 0.1
+"""What a request promises: at the end of training the L0 average is within this fraction of it
+(:meth:`L0Control.unmet_request` says when it is not)."""
 
 
 class L0Control(nn.Module):
@@ -76,6 +79,16 @@ class L0Control(nn.Module):
     def scaled_targets(self) -> torch.Tensor:
         """[d_sae] the geometric targets times the current scale."""
         return (self.base_target * self.log_scale.exp()).clamp(max=P_MAX)
+
+    def unmet_request(self) -> str | None:
+        """One line saying that the L0 average is off the request by more than TOLERANCE (None when
+        it is within, or before the first window). The training harness warns with it at the end."""
+        average = float(self.l0_average)
+        if average < 0 or abs(average / self.target_l0 - 1) <= TOLERANCE:
+            return None
+        return (f"target_l0={self.target_l0:g} not reached: the SAE fired {average:.3g} latents per input at the "
+                f"end of training ({average / self.target_l0 - 1:+.0%}); the controller had not settled, so "
+                f"train on more samples (a new SAE needs a few hundred steps to come down to a small L0)")
 
     @torch.no_grad()
     def step(self, target: Float[torch.Tensor, " d_sae"], frequency: Float[torch.Tensor, " d_sae"]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -242,7 +243,17 @@ def train_sae(
         if owns_run:
             finish_run()
     check_finite_sae(sae, "at the end of training", latest_checkpoint(cfg.checkpoint_dir))
+    if is_main_process():
+        _warn_if_l0_request_unmet(sae)
     return trainer
+
+
+def _warn_if_l0_request_unmet(sae: TrainingSAE[Any]) -> None:
+    """A GBA SAE asked for an L0 (``target_l0``) that training did not reach says so."""
+    control = getattr(getattr(sae, "bias_adaptation", None), "l0_control", None)
+    message = control.unmet_request() if control is not None else None
+    if message is not None:
+        warnings.warn(message, stacklevel=3)
 
 
 def final_checkpoint(directory: str | Path) -> Path | None:

@@ -2,6 +2,7 @@
 GBA SAE that ends at the L0 it was asked for."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -52,6 +53,30 @@ def test_far_from_the_request_the_scale_holds_and_it_never_leaves_its_bound():
     for _ in range(5000):  # a stuck L0 just under the request: the scale stops at BOUND
         control.step(target, torch.full_like(base, 2.0 / base.shape[0]))
     assert control.log_scale.item() == pytest.approx(start + math.log(C.BOUND), rel=1e-5)
+
+
+def test_an_l0_average_off_the_request_by_more_than_the_tolerance_is_reported():
+    control = L0Control(3.0, _geometric())
+    assert control.unmet_request() is None  # no window yet
+    for average, reported in ((3.0, False), (3.0 * (1 + 0.9 * C.TOLERANCE), False),
+                              (3.0 * (1 - 0.9 * C.TOLERANCE), False), (3.6, True), (2.4, True)):
+        control.l0_average.fill_(average)
+        message = control.unmet_request()
+        assert (message is not None) is reported, average
+        if reported:
+            assert message.startswith("target_l0=3 not reached") and f"{average:.3g}" in message
+
+
+def test_training_too_short_for_the_request_warns_and_one_that_reaches_it_does_not():
+    from gba_lens.data import TensorBatches
+    from gba_lens.training.train import TrainConfig, train_sae
+
+    torch.manual_seed(0)
+    data = torch.relu(torch.randn(4096, 16))
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=16, d_sae=64, target_l0=2.0))
+    with pytest.warns(UserWarning, match=r"target_l0=2 not reached: the SAE fired"):
+        train_sae(sae, TensorBatches(data, 256, seed=0), TrainConfig(total_samples=2048, batch_size=256, device="cpu"))
+    assert sae.bias_adaptation.l0_control.l0_average.item() > 2.2  # a new SAE fires on most inputs
 
 
 def test_a_requested_l0_raises_live_neurons_under_target_that_the_paper_rule_leaves():
@@ -121,8 +146,10 @@ def test_gba_ends_within_ten_percent_of_the_l0_it_was_asked_for():
     for requested in (3.0, 12.0):
         torch.manual_seed(0)
         sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=32, d_sae=128, target_l0=requested))
-        train_sae(sae, SeededBatches(model.sample, 1024, seed=0),
-                  TrainConfig(total_samples=500_000, batch_size=1024, lr=1e-2, device="cpu"))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="target_l0")  # reached: no warning
+            train_sae(sae, SeededBatches(model.sample, 1024, seed=0),
+                      TrainConfig(total_samples=500_000, batch_size=1024, lr=1e-2, device="cpu"))
         with torch.no_grad():
             l0 = (sae.to_inference_sae().encode(held_out) > 0).float().sum(-1).mean().item()
         assert l0 == pytest.approx(requested, rel=0.10)
