@@ -36,16 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.experiment == "zipf":
         from gba_lens.experiments.runner import Job, run_job
         from gba_lens.experiments.runs import MethodSpec
-        from gba_lens.experiments.zipf import ZIPF_CONFIGS, zipf_model
-        from gba_lens.training.train import TrainConfig
+        from gba_lens.experiments.zipf import ZIPF_CONFIGS, zipf_model, zipf_top_width_l0, zipf_train_config
 
-        samples = 1_000_000  # the zipf preset's schedule, as scripts/prior_free.py
-        train = TrainConfig(total_samples=samples, batch_size=1024, lr=1e-2, lr_decay_steps=int(0.3 * samples / 1024))
+        train = zipf_train_config(1_000_000)  # the budget of scripts/prior_free.py's figures
         for index in args.models:
             zcfg = ZIPF_CONFIGS[index]
             model = zipf_model(zcfg, args.seed)
-            probabilities = model.activation_generator.firing_probabilities
-            top_w = float(probabilities.sort(descending=True).values[: zcfg.width].sum())
+            top_w = zipf_top_width_l0(model, zcfg.width)
             for multiple in args.multiples:
                 spec = MethodSpec("GBA valley + target_l0", "gba", {**params, "target_l0": top_w * multiple})
                 record = run_job(Job(spec, zipf_model, (zcfg, args.seed, "cpu"), zcfg.width, train, args.seed, 20_000))

@@ -32,6 +32,8 @@ def variant(method: str, l0: float, target_range: tuple[float, ...] = ()):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from gba_lens.experiments.overrides import add_set_option, apply_set_option
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--l0", type=float, nargs="+", default=[8.0, 16.0, 32.0])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["gba"])
@@ -39,15 +41,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="GBA's target range, whose shape target_l0 scales (default 0.1 1e-3)")
     p.add_argument("--out", default="runs/compare_lm", help="where the lm preset keeps its activation cache")
     p.add_argument("--seed", type=int, default=0, help="the SAE's initialisation and the order of its batches")
-    p.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
-                   help="a constant of the rule for these runs, e.g. target_adaptation.MIN_VALLEY_FRACTION=0.05")
+    add_set_option(p)
     args = p.parse_args(argv)
-    from gba_lens.experiments.overrides import set_constants
-
-    try:
-        set_constants(args.set)
-    except ValueError as err:
-        p.error(str(err))
+    apply_set_option(p, args)
 
     from gba_lens.data import TensorBatches, load_activations
     from gba_lens.experiments.compare import methods as M

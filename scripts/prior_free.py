@@ -30,18 +30,15 @@ def zipf(args: argparse.Namespace) -> list[dict]:
     from gba_lens.experiments.results import summarise
     from gba_lens.experiments.runner import Job
     from gba_lens.experiments.runs import MethodSpec
-    from gba_lens.experiments.zipf import ZIPF_CONFIGS, zipf_model
-    from gba_lens.training.train import TrainConfig
+    from gba_lens.experiments.zipf import ZIPF_CONFIGS, zipf_model, zipf_top_width_l0, zipf_train_config
 
-    train = TrainConfig(total_samples=args.samples, batch_size=1024, lr=1e-2,
-                        lr_decay_steps=int(0.3 * args.samples / 1024))
+    train = zipf_train_config(args.samples)
     out = []
     for zcfg in ZIPF_CONFIGS[: args.models]:
         specs = [MethodSpec(f"GBA {m}", "gba", MODES[m]) for m in args.modes]
         jobs = []
         for seed in args.seeds:
-            probabilities = zipf_model(zcfg, seed).activation_generator.firing_probabilities
-            top_w_l0 = float(probabilities.sort(descending=True).values[: zcfg.width].sum())
+            top_w_l0 = zipf_top_width_l0(zipf_model(zcfg, seed), zcfg.width)
             jobs += [Job(dataclasses.replace(s, params=options(m, top_w_l0 * args.l0_multiple)), zipf_model, (zcfg, seed, "cpu"),
                          zcfg.width, train, seed, 20_000) for m, s in zip(args.modes, specs)]
         for r in summarise(runner.run_jobs(jobs, 1, desc=zcfg.name, progress=False), specs):
@@ -92,6 +89,8 @@ def _row(model: str, r) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from gba_lens.experiments.overrides import add_set_option, apply_set_option
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("experiment", choices=("zipf", "toy", "synthbench"))
     p.add_argument("--samples", type=int, default=500_000)
@@ -100,15 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
     p.add_argument("--l0-multiple", type=float, default=1.0, help="told-l0 modes: ask for this multiple of the L0")
-    p.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
-                   help="a constant of the rule for these runs, e.g. target_adaptation.MIN_VALLEY_FRACTION=0.05")
+    add_set_option(p)
     args = p.parse_args(argv)
-    from gba_lens.experiments.overrides import set_constants
-
-    try:
-        set_constants(args.set)
-    except ValueError as err:
-        p.error(str(err))
+    apply_set_option(p, args)
     rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
     for row in rows:
         print(json.dumps(row), flush=True)

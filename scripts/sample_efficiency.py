@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     from gba_lens.experiments import runner
     from gba_lens.experiments.runner import Job
     from gba_lens.experiments.runs import MethodSpec
-    from gba_lens.experiments.zipf import PAPER_TOPK, ZIPF_CONFIGS, zipf_model
-    from gba_lens.training.train import TrainConfig
+    from gba_lens.experiments.zipf import PAPER_TOPK, ZIPF_CONFIGS, zipf_model, zipf_train_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                      MethodSpec("L1 coef 0.3", "l1", {"l1_coefficient": 0.3}),
                      MethodSpec("BatchTopK", "batchtopk", {"k": true_l0, **PAPER_TOPK})]
             for budget in BUDGETS:
-                train = TrainConfig(total_samples=budget, batch_size=1024, lr=1e-2,
-                                    lr_decay_steps=int(0.3 * budget / 1024), device="cpu")
+                train = zipf_train_config(budget)
                 jobs = [Job(s, zipf_model, (zcfg, seed, "cpu"), zcfg.width, train, seed, 20_000) for s in specs]
                 for rec in runner.run_jobs(jobs, 1, progress=False):
                     curves.setdefault(rec.label, {}).setdefault(budget, []).append(rec.result.mcc)

@@ -8,6 +8,7 @@ sets one for the runs of a script, in its process, and refuses what it cannot se
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from collections.abc import Sequence
 
@@ -40,3 +41,17 @@ def set_constants(assignments: Sequence[str]) -> dict[str, int | float]:
     for module, _, name, value in parsed:
         setattr(module, name, value)
     return {key: value for _, key, _, value in parsed}
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """``--set MODULE.NAME=VALUE ...`` on a study script's parser (apply with :func:`apply_set_option`)."""
+    parser.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
+                        help="a constant of the rule for these runs, e.g. target_adaptation.MIN_VALLEY_FRACTION=0.05")
+
+
+def apply_set_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set the constants ``--set`` names; a bad one ends the script with the parser's one-line error."""
+    try:
+        set_constants(args.set)
+    except ValueError as err:
+        parser.error(str(err))

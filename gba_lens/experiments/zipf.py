@@ -53,6 +53,21 @@ def zipf_model(cfg: ZipfConfig, seed: int, device: str = "cpu") -> Any:
     )
 
 
+def zipf_train_config(samples: int, batch_size: int = 1024, lr: float = 1e-2, decay_fraction: float = 0.3,
+                      device: str = "cpu") -> TrainConfig:
+    """The zipf preset's schedule, one for every method: lr 1e-2, linear decay over the last 30% of
+    steps (it suited both GBA and L1 on model A)."""
+    return TrainConfig(total_samples=samples, batch_size=batch_size, lr=lr,
+                       lr_decay_steps=int(decay_fraction * samples / batch_size), device=device)
+
+
+def zipf_top_width_l0(model: Any, width: int) -> float:
+    """The L0 of the model's ``width`` most frequent features (the whole true L0 when ``width``
+    covers every feature): what an SAE of that width can be asked to find."""
+    probabilities = model.activation_generator.firing_probabilities
+    return float(probabilities.sort(descending=True).values[:width].sum())
+
+
 ZIPF_LOW_HTF = 0.03
 """Top target of the second GBA row, below the paper's 0.1. Under a Zipfian law few features fire
 as often as the default's top targets, and the neurons of those groups can end up on rare
@@ -104,11 +119,9 @@ def run_zipf_comparison(
 ) -> list[ZipfModelResult]:
     """MCC of GBA vs the best L1 and BatchTopK on each model (same width, samples, lr schedule).
 
-    The default schedule (lr 1e-2, linear decay over the last 30% of steps) is one schedule for
-    every method, chosen because it suited both GBA and L1 on model A.
+    The schedule is :func:`zipf_train_config`'s.
     """
-    train = TrainConfig(total_samples=samples, batch_size=batch_size, lr=lr,
-                        lr_decay_steps=int(decay_fraction * samples / batch_size), device=device)
+    train = zipf_train_config(samples, batch_size, lr, decay_fraction, device)
     table = []
     for zcfg in configs:
         jobs: list[Job] = []

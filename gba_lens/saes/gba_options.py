@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from gba_lens.saes.bias_adaptation import TARGET_MODES
 from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 
 # GBA options that change how a step is computed, not what is trained (not in a run's settings).
@@ -77,8 +78,8 @@ class GBAOptions:
             raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
         if self.sparse_step not in SPARSE_STEP_MODES:
             raise ValueError(f"sparse_step must be one of {SPARSE_STEP_MODES}, got {self.sparse_step!r}")
-        if self.targets not in ("geometric", "adaptive", "valleys"):
-            raise ValueError(f"targets must be 'geometric', 'adaptive' or 'valleys', got {self.targets!r}")
+        if self.targets not in TARGET_MODES:
+            raise ValueError(f"targets must be one of {TARGET_MODES}, got {self.targets!r}")
         if self.targets == "valleys" and not self.valley_thresholds:
             raise ValueError("targets='valleys' reads the valley thresholds' histograms: set valley_thresholds=True")
         if self.target_l0 is not None and not 0.0 < self.target_l0 <= (d_sae or float("inf")):
