@@ -6,33 +6,37 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --l0 4 6 --methods topk batchtopk matryoshka
     python scripts/lm_at_l0.py --l0 16 --methods gba --range 0.1 1e-4   # the targets' shape
     python scripts/lm_at_l0.py --methods gba-valley-targets             # no L0 asked
+    python scripts/lm_at_l0.py --methods gba-geometric topk --l0 2 3 4 --tokens 1600000   # 4 epochs
+    python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 METHODS = ("gba", "gba-valley", "gba-geometric", "gba-valley-targets", "topk", "batchtopk", "matryoshka")
 
 
-def variant(method: str, l0: float, target_range: tuple[float, ...] = ()):
+def variant(method: str, l0: float, target_range: tuple[float, ...] = (), extra: tuple[tuple[str, int | float], ...] = ()):
     from gba_lens.experiments.compare import methods as M
 
-    shape = (("highest_target", target_range[0]), ("lowest_target", target_range[1])) if target_range else ()
+    settings = (("highest_target", target_range[0]), ("lowest_target", target_range[1])) if target_range else ()
+    settings += extra
     if method == "gba":
-        return M.Variant("gba", 1.0, (("target_l0", l0), *shape))
+        return M.Variant("gba", 1.0, (("target_l0", l0), *settings))
     if method == "gba-valley":
-        return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True), *shape))
-    if method == "gba-geometric":  # the defaults (one run, whatever --l0 says)
-        return M.Variant("gba", 1.0)
+        return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True), *settings))
+    if method == "gba-geometric":  # the geometric targets, no L0 asked (one run, whatever --l0 says)
+        return M.Variant("gba", 1.0, settings)
     if method == "gba-valley-targets":  # targets from the valleys, no L0 asked (one run)
-        return M.Variant("gba", 1.0, (("valley_thresholds", True), ("targets", "valleys")))
+        return M.Variant("gba", 1.0, (("valley_thresholds", True), ("targets", "valleys"), *settings))
     return M.l0_knob_sweep(method, [l0])[0]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from gba_lens.experiments.overrides import add_set_option, apply_set_option
+    from gba_lens.experiments.overrides import add_gba_option, add_set_option, apply_set_option, gba_settings_of
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--l0", type=float, nargs="+", default=[8.0, 16.0, 32.0])
@@ -41,9 +45,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="GBA's target range, whose shape target_l0 scales (default 0.1 1e-3)")
     p.add_argument("--out", default="runs/compare_lm", help="where the lm preset keeps its activation cache")
     p.add_argument("--seed", type=int, default=0, help="the SAE's initialisation and the order of its batches")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="training samples per SAE (default: the preset's 400k; more are epochs over its cache)")
+    add_gba_option(p)
     add_set_option(p)
     args = p.parse_args(argv)
     apply_set_option(p, args)
+    gba = tuple(gba_settings_of(p, args).items())
 
     from gba_lens.data import TensorBatches, load_activations
     from gba_lens.experiments.compare import methods as M
@@ -53,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     from gba_lens.training.lm.sources import load_model, validate_hooks
 
     scale, cfg = DEFAULT_LM, CompareConfig(preset="lm", out=args.out)
+    if args.tokens is not None:
+        scale = dataclasses.replace(scale, train_tokens=args.tokens)
     loaded = load_model(cfg.model, "auto", "cpu")
     hooks = default_hooks(loaded.n_layers)
     d_ins = validate_hooks(loaded.model, hooks)
@@ -67,10 +77,11 @@ def main(argv: list[str] | None = None) -> None:
         data, ctx = held_out_data(cfg, loaded, info, scale)
         for method, l0 in runs:
             batches = TensorBatches(acts, scale.batch_size, seed=args.seed)
-            sae, _ = M.train_variant(variant(method, l0, tuple(args.range)), batches, acts.shape[1],
+            sae, _ = M.train_variant(variant(method, l0, tuple(args.range), gba), batches, acts.shape[1],
                                      scale.width_multiple * d_ins[hook], train, args.seed)
             m = evaluate(M.to_inference(sae, hook), loaded, data, ctx, hook, scale, scaling_factor, "cpu")
             print(json.dumps({"hook": hook, "method": method, "seed": args.seed, "asked_l0": l0, "range": args.range,
+                              "tokens": scale.train_tokens, "gba": dict(gba),
                               "l0": m["l0"], "ce_loss_score": m["ce_loss_score"], "explained_variance": m["explained_variance"],
                               "dead_fraction": m["dead_fraction"]}), flush=True)
 

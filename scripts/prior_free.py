@@ -2,6 +2,8 @@
 ``targets="adaptive"`` and ``valley_thresholds=True``, same budgets, on the paper toy, Zipf A/B/C and the synthbench model.
 
     python scripts/prior_free.py zipf --samples 500000 --seeds 0 1 2
+    python scripts/prior_free.py zipf --samples 1000000 --modes valley-targets --baselines   # F1 of the sweeps
+    python scripts/prior_free.py zipf --models 1 --modes geometric --gba update_interval=8
     python scripts/prior_free.py toy --samples 300000 --seeds 0 1 2
     python scripts/prior_free.py synthbench --samples 750000 --seeds 0 1 2 --cache runs/compare_synthbench/cache
 """
@@ -19,8 +21,13 @@ MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valle
 width; the whole true L0 when W covers every feature): GBA told what the other modes must find."""
 
 
+GBA_SETTINGS: dict = {}
+"""``--gba NAME=VALUE``: numeric GBA settings added to every mode's options."""
+
+
 def options(mode: str, true_l0: float) -> dict:
-    return {**MODES[mode], "target_l0": true_l0} if mode.endswith("told-l0") else MODES[mode]
+    told = {"target_l0": true_l0} if mode.endswith("told-l0") else {}
+    return {**MODES[mode], **told, **GBA_SETTINGS}
 
 
 def zipf(args: argparse.Namespace) -> list[dict]:
@@ -36,14 +43,34 @@ def zipf(args: argparse.Namespace) -> list[dict]:
     out = []
     for zcfg in ZIPF_CONFIGS[: args.models]:
         specs = [MethodSpec(f"GBA {m}", "gba", MODES[m]) for m in args.modes]
+        specs += zipf_baselines(args.l1, args.k_multiples) if args.baselines else []
         jobs = []
         for seed in args.seeds:
             top_w_l0 = zipf_top_width_l0(zipf_model(zcfg, seed), zcfg.width)
-            jobs += [Job(dataclasses.replace(s, params=options(m, top_w_l0 * args.l0_multiple)), zipf_model, (zcfg, seed, "cpu"),
-                         zcfg.width, train, seed, 20_000) for m, s in zip(args.modes, specs)]
+            params = [options(m, top_w_l0 * args.l0_multiple) for m in args.modes]
+            params += [{**s.params, "k": s.params["k"] * top_w_l0} if "k" in s.params else s.params
+                       for s in specs[len(args.modes):]]
+            jobs += [Job(dataclasses.replace(s, params=q), zipf_model, (zcfg, seed, "cpu"), zcfg.width, train, seed, 20_000)
+                     for s, q in zip(specs, params)]
         for r in summarise(runner.run_jobs(jobs, 1, desc=zcfg.name, progress=False), specs):
             out.append(_row(zcfg.name.split(":")[0], r))
     return out
+
+
+L1_COEFFICIENTS = (0.03, 0.1, 0.3, 1.0, 3.0)
+"""``--baselines``: the L1 sweep (the zipf preset's 0.1, 0.3, 1 and a step beyond either end)."""
+K_MULTIPLES = (0.5, 0.75, 1.0, 1.5, 2.0)
+"""``--baselines``: BatchTopK's k as multiples of the top-W true L0."""
+
+
+def zipf_baselines(l1_coefficients: list[float], k_multiples: list[float]) -> list:
+    """The baselines' sweeps on a Zipf model (``k`` is a multiple of the top-W L0 until a seed's
+    model sets it); selection on the plain pre-activations, as the zipf preset's BatchTopK."""
+    from gba_lens.experiments.paper_toy import PAPER_TOPK
+    from gba_lens.experiments.runs import MethodSpec
+
+    return ([MethodSpec(f"L1 coef {c:g}", "l1", {"l1_coefficient": c}) for c in l1_coefficients]
+            + [MethodSpec(f"BatchTopK k={m:g}x top-W", "batchtopk", {"k": m, **PAPER_TOPK}) for m in k_multiples])
 
 
 def toy(args: argparse.Namespace) -> list[dict]:
@@ -89,7 +116,7 @@ def _row(model: str, r) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from gba_lens.experiments.overrides import add_set_option, apply_set_option
+    from gba_lens.experiments.overrides import add_gba_option, add_set_option, apply_set_option, gba_settings_of
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("experiment", choices=("zipf", "toy", "synthbench"))
@@ -98,10 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", type=int, default=3, help="Zipf: the first N of A, B, C")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
+    p.add_argument("--baselines", action="store_true", help="zipf: also L1 and BatchTopK (--l1, --k-multiples)")
+    p.add_argument("--l1", type=float, nargs="+", default=list(L1_COEFFICIENTS), help="--baselines: L1 coefficients")
+    p.add_argument("--k-multiples", type=float, nargs="+", default=list(K_MULTIPLES),
+                   help="--baselines: BatchTopK's k as multiples of the top-W L0")
     p.add_argument("--l0-multiple", type=float, default=1.0, help="told-l0 modes: ask for this multiple of the L0")
+    add_gba_option(p)
     add_set_option(p)
     args = p.parse_args(argv)
     apply_set_option(p, args)
+    GBA_SETTINGS.update(gba_settings_of(p, args))
     rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
     for row in rows:
         print(json.dumps(row), flush=True)

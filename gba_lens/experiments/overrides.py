@@ -55,3 +55,40 @@ def apply_set_option(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         set_constants(args.set)
     except ValueError as err:
         parser.error(str(err))
+
+
+def gba_settings(assignments: Sequence[str]) -> dict[str, int | float]:
+    """``NAME=VALUE`` assignments of GBA's numeric settings (fields of
+    :class:`~gba_lens.saes.gba.GBATrainingSAEConfig` such as ``gamma_minus`` or ``update_interval``,
+    VALUE of the field's type), for a study script's GBA runs. Raises ``ValueError`` naming the
+    first bad one."""
+    import dataclasses
+
+    from gba_lens.saes.gba import GBATrainingSAEConfig
+
+    numeric = {f.name: type(f.default) for f in dataclasses.fields(GBATrainingSAEConfig)
+               if type(f.default) in (int, float)}
+    settings: dict[str, int | float] = {}
+    for text in assignments:
+        name, sep, raw = text.partition("=")
+        if not sep or name not in numeric:
+            raise ValueError(f"--gba {text!r}: expected NAME=VALUE with NAME one of {sorted(numeric)}")
+        try:
+            settings[name] = numeric[name](raw)
+        except ValueError:
+            raise ValueError(f"--gba {text!r}: {name} is {numeric[name].__name__}, got {raw!r}") from None
+    return settings
+
+
+def add_gba_option(parser: argparse.ArgumentParser) -> None:
+    """``--gba NAME=VALUE ...`` on a study script's parser (read with :func:`gba_settings_of`)."""
+    parser.add_argument("--gba", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="a numeric GBA setting for the script's GBA runs, e.g. gamma_minus=0.03")
+
+
+def gba_settings_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, int | float]:
+    """The settings ``--gba`` names; a bad one ends the script with the parser's one-line error."""
+    try:
+        return gba_settings(args.gba)
+    except ValueError as err:
+        parser.error(str(err))

@@ -29,3 +29,23 @@ def test_refuses_what_it_cannot_set_exactly_and_sets_nothing(text, message, monk
     with pytest.raises(ValueError, match=message):
         set_constants(["valley_thresholds.PROMINENCE=3.0", text])
     assert valley_thresholds.PROMINENCE == before  # the valid first assignment was not applied either
+
+
+def test_gba_settings_take_the_config_fields_types():
+    from gba_lens.experiments.overrides import gba_settings
+
+    assert gba_settings(["gamma_minus=0.03", "update_interval=8"]) == {"gamma_minus": 0.03, "update_interval": 8}
+    assert type(gba_settings(["update_interval=8"])["update_interval"]) is int
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("gamma_minus", "expected NAME=VALUE"),
+    ("no_such_setting=1", "expected NAME=VALUE with NAME one of"),
+    ("update_interval=1.5", "update_interval is int, got '1.5'"),
+    ("gamma_minus=fast", "gamma_minus is float"),
+])
+def test_gba_settings_refuse_what_is_not_a_numeric_setting(text, message):
+    from gba_lens.experiments.overrides import gba_settings
+
+    with pytest.raises(ValueError, match=message):
+        gba_settings([text])
