@@ -16,7 +16,12 @@ BASELINES = ("topk", "batchtopk", "matryoshka")
 
 
 def interpolate(points: list[tuple[float, float, float]], l0: float) -> tuple[float, float] | None:
-    """(CE, EV) at ``l0`` on the line through the sorted (L0, CE, EV) points; None outside them."""
+    """(CE, EV) at ``l0`` on the line through the sorted (L0, CE, EV) points; None outside them.
+
+    Linear in L0, as every LM gap in prior_free.md since its fifth step; the compare preset's
+    ``methods.interpolate_at_l0`` is linear in log L0, for sweeps whose k double between points
+    (here they are 1 to 2 apart; on a concave frontier the log version puts the baseline up to
+    0.005 EV higher, see prior_free.md's sixth step)."""
     points = sorted(points)
     for (x0, ce0, ev0), (x1, ce1, ev1) in zip(points, points[1:]):
         if x0 <= l0 <= x1 and x1 > x0:
