@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     apply_set_option(p, args)
     GBA_SETTINGS.update(gba_settings_of(p, args))
+    if args.baselines and args.experiment != "zipf":
+        p.error(f"--baselines runs on the Zipf models only, not {args.experiment}")
     rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
     for row in rows:
         print(json.dumps(row), flush=True)
