@@ -21,13 +21,10 @@ MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valle
 width; the whole true L0 when W covers every feature): GBA told what the other modes must find."""
 
 
-GBA_SETTINGS: dict = {}
-"""``--gba NAME=VALUE``: numeric GBA settings added to every mode's options."""
-
-
-def options(mode: str, true_l0: float) -> dict:
+def options(mode: str, true_l0: float, settings: dict) -> dict:
+    """A mode's GBA options, with ``settings`` (``--gba``) added."""
     told = {"target_l0": true_l0} if mode.endswith("told-l0") else {}
-    return {**MODES[mode], **told, **GBA_SETTINGS}
+    return {**MODES[mode], **told, **settings}
 
 
 def zipf(args: argparse.Namespace) -> list[dict]:
@@ -40,16 +37,16 @@ def zipf(args: argparse.Namespace) -> list[dict]:
     from gba_lens.experiments.zipf import ZIPF_CONFIGS, zipf_model, zipf_top_width_l0, zipf_train_config
 
     train = zipf_train_config(args.samples)
+    gba = [MethodSpec(f"GBA {m}", "gba", MODES[m]) for m in args.modes]
+    baselines = zipf_baselines(args.l1, args.k_multiples) if args.baselines else []
+    specs = gba + baselines
     out = []
     for zcfg in ZIPF_CONFIGS[: args.models]:
-        specs = [MethodSpec(f"GBA {m}", "gba", MODES[m]) for m in args.modes]
-        specs += zipf_baselines(args.l1, args.k_multiples) if args.baselines else []
         jobs = []
         for seed in args.seeds:
             top_w_l0 = zipf_top_width_l0(zipf_model(zcfg, seed), zcfg.width)
-            params = [options(m, top_w_l0 * args.l0_multiple) for m in args.modes]
-            params += [{**s.params, "k": s.params["k"] * top_w_l0} if "k" in s.params else s.params
-                       for s in specs[len(args.modes):]]
+            params = [options(m, top_w_l0 * args.l0_multiple, args.gba_settings) for m in args.modes]
+            params += [{**s.params, "k": s.params["k"] * top_w_l0} if "k" in s.params else s.params for s in baselines]
             jobs += [Job(dataclasses.replace(s, params=q), zipf_model, (zcfg, seed, "cpu"), zcfg.width, train, seed, 20_000)
                      for s, q in zip(specs, params)]
         for r in summarise(runner.run_jobs(jobs, 1, desc=zcfg.name, progress=False), specs):
@@ -77,7 +74,7 @@ def toy(args: argparse.Namespace) -> list[dict]:
     from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup, run_paper_toy
     from gba_lens.experiments.runs import MethodSpec
 
-    specs = [MethodSpec(f"GBA {m}", "gba", {**options(m, 11.5 * args.l0_multiple), **PAPER_TOY_SAE}) for m in args.modes]
+    specs = [MethodSpec(f"GBA {m}", "gba", {**options(m, 11.5 * args.l0_multiple, args.gba_settings), **PAPER_TOY_SAE}) for m in args.modes]
     rows, _ = run_paper_toy(PaperToySetup(samples=args.samples, seeds=tuple(args.seeds)), specs,
                             progress=False, workers=1)
     return [_row("paper toy", r) for r in rows]
@@ -96,7 +93,7 @@ def synthbench(args: argparse.Namespace) -> list[dict]:
     out = []
     top_w = top_width_l0(pool.eval_features, scale.width)
     for mode in args.modes:
-        variant = M.Variant("gba", 1.0, tuple(options(mode, top_w * args.l0_multiple).items()))
+        variant = M.Variant("gba", 1.0, tuple(options(mode, top_w * args.l0_multiple, args.gba_settings).items()))
         runs = [_run(variant, pool, scale, train, seed) for seed in args.seeds]
         row = {"model": "synthbench", "method": f"GBA {mode}", "seeds": len(runs),
                "true_l0": runs[0]["true_l0"]}
@@ -134,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     add_set_option(p)
     args = p.parse_args(argv)
     apply_set_option(p, args)
-    GBA_SETTINGS.update(gba_settings_of(p, args))
+    args.gba_settings = gba_settings_of(p, args)
     if args.baselines and args.experiment != "zipf":
         p.error(f"--baselines runs on the Zipf models only, not {args.experiment}")
     rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 STUDIED_MODULES = ("valley_thresholds", "target_adaptation", "l0_control")
 """Modules of ``gba_lens.saes`` whose constants a study may set."""
@@ -33,14 +34,27 @@ def set_constants(assignments: Sequence[str]) -> dict[str, int | float]:
         current = getattr(module, name, None)
         if not name.isupper() or type(current) not in (int, float):
             raise ValueError(f"--set {text!r}: {module_name} has no int or float constant {name}")
-        try:
-            value = type(current)(raw)
-        except ValueError:
-            raise ValueError(f"--set {text!r}: {name} is {type(current).__name__}, got {raw!r}") from None
-        parsed.append((module, f"{module_name}.{name}", name, value))
+        parsed.append((module, f"{module_name}.{name}", name, _typed("--set", text, name, type(current), raw)))
     for module, _, name, value in parsed:
         setattr(module, name, value)
     return {key: value for _, key, _, value in parsed}
+
+
+def _typed(flag: str, text: str, name: str, kind: type, raw: str) -> int | float:
+    """``raw`` as ``kind`` (int or float); a ``ValueError`` naming the assignment when it is not."""
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: {name} is {kind.__name__}, got {raw!r}") from None
+
+
+def _or_parser_error(parser: argparse.ArgumentParser, parse: Callable[[Sequence[str]], Any],
+                     assignments: Sequence[str]) -> Any:
+    """``parse(assignments)``; a ``ValueError`` ends the script with the parser's one-line error."""
+    try:
+        return parse(assignments)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +65,7 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
 
 def apply_set_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Set the constants ``--set`` names; a bad one ends the script with the parser's one-line error."""
-    try:
-        set_constants(args.set)
-    except ValueError as err:
-        parser.error(str(err))
+    _or_parser_error(parser, set_constants, args.set)
 
 
 def gba_settings(assignments: Sequence[str]) -> dict[str, int | float]:
@@ -73,10 +84,7 @@ def gba_settings(assignments: Sequence[str]) -> dict[str, int | float]:
         name, sep, raw = text.partition("=")
         if not sep or name not in numeric:
             raise ValueError(f"--gba {text!r}: expected NAME=VALUE with NAME one of {sorted(numeric)}")
-        try:
-            settings[name] = numeric[name](raw)
-        except ValueError:
-            raise ValueError(f"--gba {text!r}: {name} is {numeric[name].__name__}, got {raw!r}") from None
+        settings[name] = _typed("--gba", text, name, numeric[name], raw)
     return settings
 
 
@@ -88,7 +96,4 @@ def add_gba_option(parser: argparse.ArgumentParser) -> None:
 
 def gba_settings_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, int | float]:
     """The settings ``--gba`` names; a bad one ends the script with the parser's one-line error."""
-    try:
-        return gba_settings(args.gba)
-    except ValueError as err:
-        parser.error(str(err))
+    return _or_parser_error(parser, gba_settings, args.gba)

@@ -90,6 +90,12 @@ def test_interpolation_at_an_l0_in_log_space():
     assert M.nearest_to_l0(points, 10.0)["l0"] == 16.0
 
 
+def test_interpolation_at_an_l0_in_l0_itself():
+    points = [{"l0": 4.0, "mcc": 0.4}, {"l0": 16.0, "mcc": 0.8}]
+    assert M.interpolate_at_l0(points, "mcc", 8.0, log_l0=False) == pytest.approx(0.4 + 0.4 * 4 / 12)
+    assert M.interpolate_at_l0(points, "mcc", 2.0, log_l0=False) is None
+
+
 def test_every_variant_builds_saelens_class_and_converts_to_inference():
     for method in M.ALL_METHODS:
         knob = {"gba": 1.0, "jumprelu": 1.0, "l1": 1.0}.get(method, 4.0)

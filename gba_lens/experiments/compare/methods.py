@@ -182,15 +182,16 @@ def nearest_to_l0(points: Sequence[dict[str, Any]], l0: float) -> dict[str, Any]
     return min(points, key=lambda p: abs(math.log(max(p["l0"], 1e-6) / l0)))
 
 
-def interpolate_at_l0(points: Sequence[dict[str, Any]], metric: str, l0: float) -> float | None:
-    """``metric`` linearly interpolated in log L0 at ``l0``; None when ``l0`` is outside the
-    points' L0 range."""
+def interpolate_at_l0(points: Sequence[dict[str, Any]], metric: str, l0: float, log_l0: bool = True) -> float | None:
+    """``metric`` linearly interpolated in log L0 (``log_l0=False``: in L0) at ``l0``; None when
+    ``l0`` is outside the points' L0 range."""
     pts = sorted((p["l0"], p[metric]) for p in points if p.get(metric) is not None and p["l0"] > 0)
+    axis = math.log if log_l0 else float
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 <= l0 <= x1:
             if x1 == x0:
                 return (y0 + y1) / 2
-            t = (math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            t = (axis(l0) - axis(x0)) / (axis(x1) - axis(x0))
             return y0 + t * (y1 - y0)
     return None
 
