@@ -121,13 +121,16 @@ class ValleyThresholds(nn.Module):
         is the batch size over all ranks, so that each rank of a data-parallel run takes the rows
         one process would (k divides the per-rank batch when that is a multiple of k)."""
         stride = max(1, global_rows // ROWS_PER_STEP)
-        u = hidden_pre.detach()[::stride].to(torch.float32, copy=True).sub_(bias.detach().float())
-        d_sae = u.shape[1]
-        self.peak.copy_(torch.maximum(self.peak, u.amax(0)))
-        # column 1 + floor(u / bin width), clamped to [0, BINS] (0: u <= 0); truncating the
-        # non-negative value is the floor, and int32 halves the cost of the pass and the count
-        column = u.mul_((BINS / 1.25) / self.scale).add_(1).clamp_(0, BINS).to(torch.int32)
-        column += torch.arange(0, d_sae * (BINS + 1), BINS + 1, device=u.device, dtype=torch.int32)
+        rows = hidden_pre.detach()[::stride].float()
+        bias = bias.detach().float()
+        d_sae = rows.shape[1]
+        self.peak.copy_(torch.maximum(self.peak, rows.amax(0) - bias))  # max u = max y - b
+        # column 1 + floor(u / bin width), clamped to [0, BINS] (0: u <= 0), in one pass over the
+        # rows: with a = 1 / bin width, 1 + u * a = y * a + (1 - b * a). Truncating the clamped,
+        # non-negative value is the floor, and int32 halves the cost of the cast and the count.
+        per_width = (BINS / 1.25) / self.scale
+        column = torch.addcmul(1 - bias * per_width, rows, per_width).clamp_(0, BINS).to(torch.int32)
+        column += torch.arange(0, d_sae * (BINS + 1), BINS + 1, device=rows.device, dtype=torch.int32)
         self.histogram.view(-1).add_(torch.bincount(column.view(-1), minlength=d_sae * (BINS + 1)).to(self.histogram.dtype))
         added = -(-global_rows // stride)
         if self._count is None:
