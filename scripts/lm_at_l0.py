@@ -8,6 +8,8 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --methods gba-valley-targets             # no L0 asked
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 2 3 4 --tokens 1600000   # 4 epochs
     python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
+    python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
+    python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 --save runs/saes   # for lm_eval_noise.py
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 METHODS = ("gba", "gba-valley", "gba-geometric", "gba-valley-targets", "topk", "batchtopk", "matryoshka")
 
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="the SAE's initialisation and the order of its batches")
     p.add_argument("--tokens", type=int, default=None,
                    help="training samples per SAE (default: the preset's 400k; more are epochs over its cache)")
+    p.add_argument("--save", default=None, help="also save each SAE (SAELens format, on raw activations) under "
+                   "SAVE/<hook>/<method>[-<l0>]-s<seed>")
+    p.add_argument("--eval-tokens", type=int, default=None,
+                   help="held-out tokens per evaluation (default: the preset's 32k; the stdlib val split has ~195k)")
     add_gba_option(p)
     add_set_option(p)
     args = p.parse_args(argv)
@@ -63,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     scale, cfg = DEFAULT_LM, CompareConfig(preset="lm", out=args.out)
     if args.tokens is not None:
         scale = dataclasses.replace(scale, train_tokens=args.tokens)
+    if args.eval_tokens is not None:
+        scale = dataclasses.replace(scale, eval_tokens=args.eval_tokens)
     loaded = load_model(cfg.model, "auto", "cpu")
     hooks = default_hooks(loaded.n_layers)
     d_ins = validate_hooks(loaded.model, hooks)
@@ -79,9 +88,14 @@ def main(argv: list[str] | None = None) -> None:
             batches = TensorBatches(acts, scale.batch_size, seed=args.seed)
             sae, _ = M.train_variant(variant(method, l0, tuple(args.range), gba), batches, acts.shape[1],
                                      scale.width_multiple * d_ins[hook], train, args.seed)
-            m = evaluate(M.to_inference(sae, hook), loaded, data, ctx, hook, scale, scaling_factor, "cpu")
+            deployed = M.to_inference(sae, hook)
+            m = evaluate(deployed, loaded, data, ctx, hook, scale, scaling_factor, "cpu")
+            if args.save is not None:  # the scaling folded in, as SAELens's runner saves
+                deployed.fold_activation_norm_scaling_factor(scaling_factor)
+                name = method if method in single else f"{method}-{l0:g}"
+                deployed.save_model(Path(args.save) / hook / f"{name}-s{args.seed}")
             print(json.dumps({"hook": hook, "method": method, "seed": args.seed, "asked_l0": l0, "range": args.range,
-                              "tokens": scale.train_tokens, "gba": dict(gba),
+                              "tokens": scale.train_tokens, "eval_tokens": scale.eval_tokens, "gba": dict(gba),
                               "l0": m["l0"], "ce_loss_score": m["ce_loss_score"], "explained_variance": m["explained_variance"],
                               "dead_fraction": m["dead_fraction"]}), flush=True)
 

@@ -161,12 +161,15 @@ def stdlib_token_dataset(
     context_size: int = DEFAULT_CONTEXT_SIZE,
     split: Split = "train",
     max_tokens: int | None = None,
+    spread: bool = False,
 ) -> "datasets.Dataset":
     """Tokenised stdlib split as a ``datasets.Dataset`` with a ``"tokens"`` column.
 
     Rows are ``context_size`` long: the BOS token followed by ``context_size - 1`` consecutive
     tokens of the concatenated split (files separated by EOS, which equals BOS for the stdlib
-    tokenizer). ``max_tokens`` caps the total (``max_tokens // context_size`` rows). Nothing is
+    tokenizer). ``max_tokens`` caps the total (``max_tokens // context_size`` rows): the first
+    rows, or with ``spread`` rows evenly spaced over the whole split, so that a small held-out
+    set samples every part of the stdlib rather than its first file or two. Nothing is
     written to disk. Use it as ``LanguageModelSAETrainingRunner(cfg, override_model=model,
     override_dataset=ds)`` with ``cfg.context_size == context_size``.
     """
@@ -174,10 +177,12 @@ def stdlib_token_dataset(
     if max_tokens is not None and max_tokens < context_size:
         raise ValueError(f"max_tokens ({max_tokens}) must be >= context_size ({context_size})")
     n_rows = None if max_tokens is None else max_tokens // context_size
-    need = None if n_rows is None else n_rows * (context_size - 1)
+    need = None if n_rows is None or spread else n_rows * (context_size - 1)
     stream = split_token_stream(tokenizer, split, min_tokens=need)
-    rows = chunk_stream(stream, context_size, special_token_id(tokenizer, "bos_token_id"))[:n_rows]
-    return rows_dataset(rows)
+    rows = chunk_stream(stream, context_size, special_token_id(tokenizer, "bos_token_id"))
+    if n_rows is not None and spread and n_rows < len(rows):
+        rows = rows[np.arange(n_rows) * len(rows) // n_rows]
+    return rows_dataset(rows[:n_rows])
 
 
 def unigram_cross_entropy(

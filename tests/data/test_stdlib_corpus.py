@@ -35,6 +35,17 @@ def test_token_dataset_shapes_and_bos(tokenizer, val_rows):
     assert ds.column_names == ["tokens"] and len(ds) == 10 and len(ds[0]["tokens"]) == 32
 
 
+def test_spread_rows_are_evenly_spaced_over_the_whole_split(tokenizer):
+    every = C.stdlib_token_dataset(tokenizer, context_size=32, split="val")
+    spread = C.stdlib_token_dataset(tokenizer, context_size=32, split="val", max_tokens=4 * 32, spread=True)
+    n = len(every)
+    assert len(spread) == 4 and n > 100
+    assert spread[:]["tokens"] == [every[i * n // 4]["tokens"] for i in range(4)]
+    # asked for more rows than the split has: all of them, as without spread
+    assert len(C.stdlib_token_dataset(tokenizer, context_size=32, split="val", max_tokens=10 * n * 32,
+                                      spread=True)) == n
+
+
 def test_unigram_cross_entropy_matches_uniform_case():
     vocab = 8
     train = np.arange(vocab).repeat(10)

@@ -263,8 +263,11 @@ def load_tokens(
     if spec is None:  # the stdlib corpus: train split for training, val split held out
         tok = _need_tokenizer(loaded, "the default stdlib dataset")
         ctx = context_size or min(n_ctx, 128)
-        train = stdlib_token_dataset(tok, ctx, "train", max_tokens=max(train_tokens, ctx))
-        val = stdlib_token_dataset(tok, ctx, "val", max_tokens=max(eval_tokens, ctx))
+        # Rows spread over each whole split: the files are in path order, so the first rows of a
+        # split are a few modules (an SAE trained on them reconstructs the rest of the stdlib far
+        # worse, and a small held-out set of them ranks SAEs by one file).
+        train = stdlib_token_dataset(tok, ctx, "train", max_tokens=max(train_tokens, ctx), spread=True)
+        val = stdlib_token_dataset(tok, ctx, "val", max_tokens=max(eval_tokens, ctx), spread=True)
         return TokenSource(STDLIB_DATASET_NAME, ctx, train, val)
 
     path = Path(spec).expanduser()

@@ -194,6 +194,18 @@ def test_local_text_and_token_files_give_disjoint_train_and_eval(model, tmp_path
         load_tokens(str(tmp_path / "bad.safetensors"), loaded, None, train_tokens=1, eval_tokens=32)
 
 
+def test_stdlib_rows_are_spread_over_each_split(model):
+    from gba_lens.data.stdlib_corpus import stdlib_token_dataset
+
+    loaded = LoadedModel(model, "stdlib", "HookedTransformer")
+    src = load_tokens(None, loaded, 32, train_tokens=8 * 32, eval_tokens=4 * 32)
+    for rows, split in ((src.train, "train"), (src.eval, "val")):
+        every = stdlib_token_dataset(model.tokenizer, 32, split)["tokens"]
+        k, n = len(rows), len(every)
+        assert rows["tokens"] == [every[i * n // k] for i in range(k)]  # not the first k rows (a few files)
+        assert rows["tokens"][-1] != every[k - 1]
+
+
 def test_cache_of_local_text_is_not_evaluated_on(model, tmp_path):
     import datasets
 
