@@ -9,7 +9,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 2 3 4 --tokens 1600000   # 4 epochs
     python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
-    python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 --save runs/saes   # for lm_eval_noise.py
+    python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 --save runs/saes   # for lm_heldout.py
 """
 
 from __future__ import annotations
