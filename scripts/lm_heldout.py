@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 BATCH_ROWS = 16
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from gba_lens.models.stdlib_lm import load_stdlib_lm
 
     saes = [SAE.load_from_disk(path).eval() for path in (args.first, args.second)]
+    labels = [Path(path).name for path in (args.first, args.second)]
     hooks = {sae.cfg.metadata.hook_name for sae in saes}
     if len(hooks) != 1 or None in hooks:
         p.error(f"the two SAEs must name one hook in their cfg.json metadata, got {sorted(map(str, hooks))}")
@@ -81,11 +83,11 @@ def main(argv: list[str] | None = None) -> None:
             gaps = torch.stack([score("first", r) - score("second", r) for r in
                                 (torch.randint(0, len(rows), (len(rows),), generator=g) for _ in range(args.resamples))])
             if spread and n_rows == max(args.rows) and args.by_norm:
-                print(json.dumps(by_norm(saes, all_acts)), flush=True)
+                print(json.dumps(by_norm(saes, labels, all_acts)), flush=True)
             if spread and n_rows == max(args.rows) and args.train_cache is not None:
-                print(json.dumps(shift(saes, all_acts, args.train_cache, hook)), flush=True)
+                print(json.dumps(shift(saes, labels, all_acts, args.train_cache, hook)), flush=True)
             print(json.dumps({
-                "hook": hook, "rows": len(rows), "selection": "spread" if spread else "first",
+                "hook": hook, "saes": labels, "rows": len(rows), "selection": "spread" if spread else "first",
                 "ce_loss_score": [round(float(score(n, every)), 4) for n in ("first", "second")],
                 "explained_variance": [round(float(1 - torch.cat(e).sum() / total), 4) for e in sq_err],
                 "difference": round(float(score("first", every) - score("second", every)), 4),
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             }), flush=True)
 
 
-def by_norm(saes, acts) -> dict:  # type: ignore[no-untyped-def]
+def by_norm(saes, labels, acts) -> dict:  # type: ignore[no-untyped-def]
     """Per SAE: L0 and relative squared error by decile of the token's activation norm."""
     import torch
 
@@ -106,14 +108,14 @@ def by_norm(saes, acts) -> dict:  # type: ignore[no-untyped-def]
         for i, sae in enumerate(saes):
             fired = (sae.encode(acts) > 0).sum(-1).float()
             rel = (sae(acts) - acts).pow(2).sum(-1) / norm2
-            out["by_norm_decile"][("first", "second")[i]] = {
+            out["by_norm_decile"][labels[i]] = {
                 "l0": [round(float(fired[decile == d].mean()), 2) for d in range(10)],
                 "relative_error": [round(float(rel[decile == d].mean()), 3) for d in range(10)],
                 "no_latent_fraction": round(float((fired == 0).float().mean()), 4)}
     return out
 
 
-def shift(saes, held_out, cache: str, hook: str, samples: int = 60_000) -> dict:  # type: ignore[no-untyped-def]
+def shift(saes, labels, held_out, cache: str, hook: str, samples: int = 60_000) -> dict:  # type: ignore[no-untyped-def]
     """Per SAE: explained variance on (a sample of) the training cache and on the held-out tokens,
     and the latents that fire at least ten times as often on held-out tokens as in training (their
     share of the held-out firings, the relative error of the tokens they fire on)."""
@@ -133,7 +135,7 @@ def shift(saes, held_out, cache: str, hook: str, samples: int = 60_000) -> dict:
             uses = ((z_held > 0) & jumped).any(-1)
             err = (sae.decode(z_held) - held_out).pow(2).sum(-1)
             dev = (held_out - held_out.mean(0)).pow(2).sum(-1)
-            out["shift"][("first", "second")[i]] = {
+            out["shift"][labels[i]] = {
                 "ev_train": ev(train, sae.decode(z_train)), "ev_held_out": ev(held_out, sae.decode(z_held)),
                 "latents_10x": int(jumped.sum()),
                 "their_share_of_held_out_firing": round(float(f_held[jumped].sum() / f_held.sum().clamp(min=1e-12)), 4),
