@@ -54,7 +54,7 @@ def _chunk(texts: Any, tokenizer: Any, n_tokens: int, context: int) -> torch.Ten
 def load_dashboard_tokens(spec: str | None, model: nn.Module, n_tokens: int, context: int) -> Any:
     """Token rows to collect over.
 
-    ``spec``: None = the stdlib corpus's held-out (val) split; a ``datasets`` ``save_to_disk``
+    ``spec``: None = the stdlib corpus's held-out (val) split, rows spread over it; a ``datasets`` ``save_to_disk``
     directory, a ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file or a Hugging Face dataset
     name (streamed), with a ``tokens`` / ``input_ids`` column or a ``text`` column (tokenised
     with the model's tokenizer); or a ``.txt`` file / directory of ``.txt`` files.
@@ -65,7 +65,8 @@ def load_dashboard_tokens(spec: str | None, model: nn.Module, n_tokens: int, con
     if spec is None:
         from gba_lens.models.stdlib_lm import stdlib_token_dataset
 
-        return stdlib_token_dataset(tokenizer, context, "val", max_tokens=max(n_tokens, context))
+        # rows spread over the split: its first rows are one or two files
+        return stdlib_token_dataset(tokenizer, context, "val", max_tokens=max(n_tokens, context), spread=True)
     path = Path(spec).expanduser()
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
         ds = datasets.load_from_disk(str(path))

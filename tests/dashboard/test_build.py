@@ -189,3 +189,15 @@ def test_a_bridge_model_is_collected_and_left_as_it_was(tmp_path):
     assert int(result.stats.fire_count.sum()) > 0
     assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
     assert torch.equal(model(tokens), before)
+
+
+def test_default_tokens_are_spread_over_the_val_split():
+    from types import SimpleNamespace
+
+    from gba_lens.dashboard.sources import load_dashboard_tokens
+    from gba_lens.models.stdlib_lm import load_stdlib_tokenizer, stdlib_token_dataset
+
+    tokenizer = load_stdlib_tokenizer()
+    rows = load_dashboard_tokens(None, SimpleNamespace(tokenizer=tokenizer), 4 * 32, 32)
+    every = stdlib_token_dataset(tokenizer, 32, "val")["tokens"]
+    assert rows["tokens"] == [every[i * len(every) // 4] for i in range(4)]  # not one file's rows
