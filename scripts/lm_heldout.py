@@ -47,29 +47,35 @@ def main(argv: list[str] | None = None) -> None:
     if hook not in model.hook_dict:
         p.error(f"{hook!r} is not a hook of the stdlib LM")
 
-    def splice(sae):  # type: ignore[no-untyped-def]
-        return lambda x, hook: sae(x)
+    def splice(sae, errors: list):  # type: ignore[no-untyped-def]
+        """The hook that replaces the activations by ``sae``'s reconstruction, keeping its squared
+        error (past the BOS position) for the explained variance."""
+        def hook_fn(x, hook):  # type: ignore[no-untyped-def]
+            reconstruction = sae(x)
+            errors.append((reconstruction - x)[:, 1:].pow(2).sum(-1).flatten())
+            return reconstruction
+        return hook_fn
 
     for spread in (False, True):
         for n_rows in args.rows:
             rows = torch.tensor(stdlib_token_dataset(model.tokenizer, 128, "val", max_tokens=n_rows * 128,
                                                      spread=spread)["tokens"])
             losses: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", "zero", "first", "second")}
-            sq_err, sq_dev, acts = [[], []], [], []
+            sq_err: list[list[torch.Tensor]] = [[], []]
+            acts = []
             with torch.no_grad():
                 for start in range(0, len(rows), BATCH_ROWS):
                     tokens = rows[start:start + BATCH_ROWS]
-                    _, cache = model.run_with_cache(tokens, names_filter=[hook])
+                    clean, cache = model.run_with_cache(tokens, return_type="loss", loss_per_token=True,
+                                                        names_filter=[hook])
                     x = cache[hook][:, 1:]  # not the BOS position
                     acts.append(x.reshape(-1, x.shape[-1]))
-                    for i, sae in enumerate(saes):
-                        sq_err[i].append((sae(x) - x).pow(2).sum(-1).flatten())
                     per_row = lambda hooks: model.run_with_hooks(  # noqa: E731
                         tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks).mean(1)
-                    losses["clean"].append(per_row([]))
+                    losses["clean"].append(clean.mean(1))
                     losses["zero"].append(per_row([(hook, lambda x, hook: torch.zeros_like(x))]))
-                    losses["first"].append(per_row([(hook, splice(saes[0]))]))
-                    losses["second"].append(per_row([(hook, splice(saes[1]))]))
+                    losses["first"].append(per_row([(hook, splice(saes[0], sq_err[0]))]))
+                    losses["second"].append(per_row([(hook, splice(saes[1], sq_err[1]))]))
             loss = {k: torch.cat(v) for k, v in losses.items()}
             all_acts = torch.cat(acts)
             total = (all_acts - all_acts.mean(0)).pow(2).sum()
@@ -106,8 +112,9 @@ def by_norm(saes, labels, acts) -> dict:  # type: ignore[no-untyped-def]
     out: dict = {"by_norm_decile": {}}
     with torch.no_grad():
         for i, sae in enumerate(saes):
-            fired = (sae.encode(acts) > 0).sum(-1).float()
-            rel = (sae(acts) - acts).pow(2).sum(-1) / norm2
+            latents = sae.encode(acts)
+            fired = (latents > 0).sum(-1).float()
+            rel = (sae.decode(latents) - acts).pow(2).sum(-1) / norm2
             out["by_norm_decile"][labels[i]] = {
                 "l0": [round(float(fired[decile == d].mean()), 2) for d in range(10)],
                 "relative_error": [round(float(rel[decile == d].mean()), 3) for d in range(10)],
