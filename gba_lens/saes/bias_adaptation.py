@@ -226,8 +226,8 @@ class GroupBiasAdaptation(nn.Module):
         self.n_samples.zero_()
 
     @torch.no_grad()
-    def group_frequencies(self, fired: Float[torch.Tensor, " d_sae"]) -> torch.Tensor:
-        """[K] mean over each group's neurons of a per-neuron frequency vector."""
-        total = torch.zeros(self.n_groups, device=fired.device).index_add_(0, self.group, fired.float())
+    def group_means(self, values: Float[torch.Tensor, " d_sae"]) -> torch.Tensor:
+        """[K] mean over each group's neurons of a per-neuron vector (firing frequencies, biases)."""
+        total = torch.zeros(self.n_groups, device=values.device).index_add_(0, self.group, values.float())
         count = torch.bincount(self.group, minlength=self.n_groups).float()
         return total / count

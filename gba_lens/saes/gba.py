@@ -345,7 +345,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         # NMSE is not recomputed here: it is 1 - SAELens's metrics/explained_variance.
         n_rows = output.feature_acts.numel() // self.cfg.d_sae
         fired = torch.bincount(active_latent_index(output.feature_acts), minlength=self.cfg.d_sae).float() / n_rows
-        per_group = self.bias_adaptation.group_frequencies(fired)
+        per_group = self.bias_adaptation.group_means(fired)
+        bias_per_group = self.bias_adaptation.group_means(self.b_enc.detach())
         metrics: dict[str, Any] = {
             "gba/l0": fired.sum(),  # mean over samples of active latents = sum of firing rates
             "gba/bias_mean": self.b_enc.mean(),
@@ -355,9 +356,13 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         if l0_control is not None:  # the requested L0's controller: what it measures and its target scale
             metrics["gba/l0_average"] = l0_control.l0_average
             metrics["gba/target_scale"] = l0_control.relative_scale()
-        for k, (freq, target) in enumerate(zip(per_group.tolist(), self.bias_adaptation.group_targets.tolist())):
+        # Per group: firing frequency, target and mean bias. A frequency that falls while the bias
+        # stays put is the encoder growing selective, not the rule.
+        groups = zip(per_group.tolist(), self.bias_adaptation.group_targets.tolist(), bias_per_group.tolist())
+        for k, (freq, target, bias) in enumerate(groups):
             metrics[f"gba_groups/group_{k}_frequency"] = freq
             metrics[f"gba_groups/group_{k}_target"] = target
+            metrics[f"gba_groups/group_{k}_bias"] = bias
         return metrics
 
     @override

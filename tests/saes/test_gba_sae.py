@@ -45,6 +45,19 @@ def test_training_step_bias_moves_only_by_the_rule(step_input):
     assert (sae.b_enc <= 0).all() and (sae.b_enc >= -1).all()
 
 
+def test_logging_step_reports_each_groups_frequency_target_and_bias(step_input):
+    torch.manual_seed(0)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20, n_groups=2))
+    out = sae.training_forward_pass(step_input(torch.randn(64, 8) * 3 + 1))
+    fired = (out.feature_acts != 0).float().mean(0)
+    for k, members in enumerate((slice(0, 10), slice(10, 20))):
+        assert out.metrics[f"gba_groups/group_{k}_frequency"] == pytest.approx(float(fired[members].mean()))
+        assert out.metrics[f"gba_groups/group_{k}_target"] == pytest.approx((0.1, 1e-3)[k])
+        # the bias after this step's update, which lowered the over-active neurons of both groups
+        assert out.metrics[f"gba_groups/group_{k}_bias"] == pytest.approx(float(sae.b_enc[members].mean()))
+        assert out.metrics[f"gba_groups/group_{k}_bias"] < 0
+
+
 def test_training_clips_the_first_steps_large_gradients():
     """GBA relies on the trainer's gradient-norm clipping: at bias 0 every neuron fires, the
     first steps' gradients are large, and unclipped they inflate Adam's second moment until
