@@ -41,7 +41,7 @@ class ProbedBatches(Iterator[torch.Tensor]):
 def group_rows(sae, fired: torch.Tensor) -> list[dict]:  # type: ignore[no-untyped-def]
     """Per group: its target, its neurons' mean probe frequency over the target, its mean bias."""
     ba = sae.bias_adaptation
-    rows = zip(ba.group_targets.tolist(), ba.group_means(fired).tolist(), ba.group_means(sae.b_enc.detach()).tolist())
+    rows = zip(ba.group_targets.tolist(), ba.group_frequencies(fired).tolist(), ba.group_means(sae.b_enc.detach()).tolist())
     return [{"target": round(target, 5), "frequency_over_target": round(frequency / target, 3), "bias": round(bias, 4)}
             for target, frequency, bias in rows]
 

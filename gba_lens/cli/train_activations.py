@@ -95,7 +95,7 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
         recon = sae.decode(feats)
         nmse = ((recon - sample).pow(2).sum(-1).mean() / (sample - sample.mean(0)).pow(2).sum(-1).mean()).item()
         fired = (feats != 0).float().mean(0)
-    per_group = sae.bias_adaptation.group_means(fired).tolist()
+    per_group = sae.bias_adaptation.group_frequencies(fired).tolist()
     targets = sae.bias_adaptation.group_targets.tolist()
     sae.save_inference_model(out / "sae")
     print(f"NMSE {nmse:.4f}  L0 {(feats != 0).float().sum(-1).mean():.2f}  dead {(fired == 0).float().mean():.3f}")

@@ -227,7 +227,11 @@ class GroupBiasAdaptation(nn.Module):
 
     @torch.no_grad()
     def group_means(self, values: Float[torch.Tensor, " d_sae"]) -> torch.Tensor:
-        """[K] mean over each group's neurons of a per-neuron vector (firing frequencies, biases)."""
+        """[K] mean over each group's neurons of a per-neuron vector (e.g. the biases)."""
         total = torch.zeros(self.n_groups, device=values.device).index_add_(0, self.group, values.float())
         count = torch.bincount(self.group, minlength=self.n_groups).float()
         return total / count
+
+    def group_frequencies(self, fired: Float[torch.Tensor, " d_sae"]) -> torch.Tensor:
+        """[K] mean over each group's neurons of a per-neuron frequency vector."""
+        return self.group_means(fired)

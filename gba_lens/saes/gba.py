@@ -345,7 +345,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         # NMSE is not recomputed here: it is 1 - SAELens's metrics/explained_variance.
         n_rows = output.feature_acts.numel() // self.cfg.d_sae
         fired = torch.bincount(active_latent_index(output.feature_acts), minlength=self.cfg.d_sae).float() / n_rows
-        per_group = self.bias_adaptation.group_means(fired)
+        per_group = self.bias_adaptation.group_frequencies(fired)
         bias_per_group = self.bias_adaptation.group_means(self.b_enc.detach())
         metrics: dict[str, Any] = {
             "gba/l0": fired.sum(),  # mean over samples of active latents = sum of firing rates

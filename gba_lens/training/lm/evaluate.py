@@ -157,7 +157,7 @@ def evaluate_sae(
     )
     if controller is not None:
         result.group_targets = [float(t) for t in controller.group_targets.tolist()]
-        result.group_frequencies = [float(f) for f in controller.group_means(density.to(controller.group.device)).tolist()]
+        result.group_frequencies = [float(f) for f in controller.group_frequencies(density.to(controller.group.device)).tolist()]
     return result
 
 
