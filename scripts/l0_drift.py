@@ -95,20 +95,18 @@ def main(argv: list[str] | None = None) -> None:
     else:
         import dataclasses
 
-        from gba_lens.data import TensorBatches, load_activations
+        from gba_lens.data import TensorBatches
         from gba_lens.experiments.compare import methods as M
         from gba_lens.experiments.compare.config import CompareConfig
-        from gba_lens.experiments.compare.lm_frontier import DEFAULT_LM, cached_activations, default_hooks
-        from gba_lens.experiments.compare.lm_frontier import lm_train_config, scaling_factor_of
+        from gba_lens.experiments.compare.lm_frontier import DEFAULT_LM, default_hooks, lm_train_config
+        from gba_lens.experiments.compare.lm_frontier import scaled_activations
         from gba_lens.training.lm.sources import load_model
 
         scale = DEFAULT_LM if args.samples is None else dataclasses.replace(DEFAULT_LM, train_tokens=args.samples)
         cfg = CompareConfig(preset="lm", out=args.out)
         loaded = load_model(cfg.model, "auto", "cpu")
         hook = default_hooks(loaded.n_layers)[args.hook]
-        directory, _ = cached_activations(cfg, loaded, hook, scale, "cpu")
-        acts = load_activations(directory, hook)
-        acts = acts * scaling_factor_of(acts)
+        acts = scaled_activations(cfg, loaded, hook, scale, "cpu")[0]
         probe_x, probe_h, features = acts[: args.probe], None, None  # probe: training rows (the L0's course, not a score)
         train = lm_train_config(scale, "cpu")
         batches = TensorBatches(acts, scale.batch_size, seed=args.seed)

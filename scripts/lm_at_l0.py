@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     apply_set_option(p, args)
     gba = tuple(gba_settings_of(p, args).items())
 
-    from gba_lens.data import TensorBatches, load_activations
+    from gba_lens.data import TensorBatches
     from gba_lens.experiments.compare import methods as M
     from gba_lens.experiments.compare.config import CompareConfig
-    from gba_lens.experiments.compare.lm_frontier import DEFAULT_LM, cached_activations, default_hooks
-    from gba_lens.experiments.compare.lm_frontier import evaluate, held_out_data, lm_train_config, scaling_factor_of
+    from gba_lens.experiments.compare.lm_frontier import DEFAULT_LM, default_hooks, evaluate, held_out_data
+    from gba_lens.experiments.compare.lm_frontier import lm_train_config, scaled_activations
     from gba_lens.training.lm.sources import load_model, validate_hooks
 
     scale, cfg = DEFAULT_LM, CompareConfig(preset="lm", out=args.out)
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     single = ("gba-geometric", "gba-valley-targets")
     runs = [(m, l0) for m in args.methods for l0 in (args.l0[:1] if m in single else args.l0)]
     for hook in hooks:
-        directory, info = cached_activations(cfg, loaded, hook, scale, "cpu")
-        acts = load_activations(directory, hook)
-        scaling_factor = scaling_factor_of(acts)
-        acts = acts * scaling_factor
+        acts, scaling_factor, _, info = scaled_activations(cfg, loaded, hook, scale, "cpu")
         data, ctx = held_out_data(cfg, loaded, info, scale)
         for method, l0 in runs:
             batches = TensorBatches(acts, scale.batch_size, seed=args.seed)

@@ -123,6 +123,16 @@ def scaling_factor_of(acts: torch.Tensor) -> float:
     return float(math.sqrt(acts.shape[1]) / acts.norm(dim=1).mean())
 
 
+def scaled_activations(cfg: CompareConfig, loaded: Any, hook: str, scale: LMScale,
+                       device: str) -> tuple[torch.Tensor, float, Path, dict[str, Any]]:
+    """The hook's cached training activations (cached on first use) times their scaling factor;
+    also the factor, the cache directory and its info (for :func:`held_out_data`)."""
+    directory, info = cached_activations(cfg, loaded, hook, scale, device)
+    acts = load_activations(directory, hook).to(device)
+    scaling_factor = scaling_factor_of(acts)
+    return acts * scaling_factor, scaling_factor, directory, info
+
+
 def held_out_data(cfg: CompareConfig, loaded: Any, info: dict[str, Any], scale: LMScale) -> tuple[Any, int]:
     """Held-out token rows never cached: the stdlib ``val`` split, else the rows after the ones
     the cache consumed."""
@@ -206,11 +216,8 @@ def run_lm_frontier(cfg: CompareConfig, progress: bool = True, scale: LMScale | 
     hook_info: dict[str, Any] = {}
     for hook in hooks:
         t0 = time.perf_counter()
-        directory, info = cached_activations(cfg, loaded, hook, scale, device)
-        acts = load_activations(directory, hook).to(device)
+        acts, scaling_factor, directory, info = scaled_activations(cfg, loaded, hook, scale, device)
         cache_seconds = time.perf_counter() - t0
-        scaling_factor = scaling_factor_of(acts)
-        acts = acts * scaling_factor
         data, ctx = held_out_data(cfg, loaded, info, scale)
         width = cfg.width or scale.width_multiple * d_ins[hook]
         hook_info[hook] = {"cache": str(directory), "cached_tokens": acts.shape[0], "d_in": d_ins[hook], "width": width,
