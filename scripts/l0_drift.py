@@ -2,11 +2,13 @@
 ``--every`` steps, on a fixed probe set, each group's firing frequency over its target and its mean
 bias; on a Zipf model also the L0 split by ground truth (latents matched to a true feature at
 decoder cosine > 0.9 firing with their feature present / absent, and the unmatched latents). JSON
-lines, one per probe.
+lines, one per probe, and a last one with the trainer's end-of-run L0 check (the mean training-batch L0 over the
+two tenths of the steps before the learning rate decays, and whether it counts as still falling).
 
     python scripts/l0_drift.py zipf --samples 4000000 --every 250
     python scripts/l0_drift.py lm --samples 1600000 --every 50          # epochs over the lm preset's cache
     python scripts/l0_drift.py lm --samples 400000 --every 25 --gba gamma_minus=0.1 gamma_plus=0.1
+    python scripts/l0_drift.py lm --hook 1 --every 1000                 # mlp_out; the last line: the L0 check
 """
 
 from __future__ import annotations
@@ -130,8 +132,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(line), flush=True)
 
     probed = ProbedBatches(batches, args.every, probe)
-    train_sae(sae, probed, train)
+    trainer = train_sae(sae, probed, train)
     probed.finish()
+    # the end-of-run check of the trainer (gba_lens.training.l0_course) on the training batches' L0
+    means = trainer.l0_course.means()
+    print(json.dumps({"data": label, "seed": args.seed, "gba": settings, "l0_course": {
+        "windows": None if means is None else [round(m, 4) for m in means], "steps": trainer.l0_course.steps,
+        "still_falling": trainer.l0_course.still_falling() is not None}}), flush=True)
 
 
 if __name__ == "__main__":

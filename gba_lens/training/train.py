@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from gba_lens.training.device import resolve_device
 from gba_lens.training.distributed import is_distributed, is_main_process
 from gba_lens.training.run_options import RunOptions
 from gba_lens.training.run_settings import data_fingerprint, notify, prepare_run_directory
-from gba_lens.training.trainer import GBATrainer, latest_checkpoint, list_checkpoints
+from gba_lens.training.trainer import GBATrainer, latest_checkpoint, list_checkpoints, warn_if_l0_unsettled
 from gba_lens.wandb_run import finish_run, start_run
 
 __all__ = [
@@ -244,16 +243,8 @@ def train_sae(
             finish_run()
     check_finite_sae(sae, "at the end of training", latest_checkpoint(cfg.checkpoint_dir))
     if is_main_process():
-        _warn_if_l0_request_unmet(sae)
+        warn_if_l0_unsettled(trainer)
     return trainer
-
-
-def _warn_if_l0_request_unmet(sae: TrainingSAE[Any]) -> None:
-    """A GBA SAE asked for an L0 (``target_l0``) that training did not reach says so."""
-    control = getattr(getattr(sae, "bias_adaptation", None), "l0_control", None)
-    message = control.unmet_request() if control is not None else None
-    if message is not None:
-        warnings.warn(message, stacklevel=3)
 
 
 def final_checkpoint(directory: str | Path) -> Path | None:

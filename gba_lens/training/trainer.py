@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 
 from gba_lens.data.batches import SeekableBatches
 from gba_lens.training.checkpoints import check_finite_sae
+from gba_lens.training.l0_course import L0Course
 from gba_lens.training.state_io import CheckpointError, atomic_directory, load_state, save_state
 from gba_lens.wandb_run import WandbGuard
 
@@ -143,6 +144,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
         use_fused_adam(self.optimizer)
         self._init_resumable(checkpoint_every, keep_checkpoints)
+        self.l0_course = L0Course(self.cfg.device)
 
     def _log_sparsity_window(self) -> None:
         import wandb
@@ -182,7 +184,19 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
                 f"NaN/inf activations in training batch {self.steps_completed} (rows {bad}...); "
                 f"nothing was trained on this batch and {kept}"
             )
-        return super().step(batch)
+        output = super().step(batch)
+        density = getattr(self.sae, "step_density", None)  # a GBA SAE's L0 / d_sae of this step
+        if density is not None:
+            total = self.cfg.total_training_steps
+            before_decay = total - self.cfg.lr_decay_steps if 0 < self.cfg.lr_decay_steps < total else total
+            self.l0_course.add((self.n_training_steps + 1) / max(1, before_decay), density, self.sae.cfg.d_sae)
+        return output
+
+    def unsettled_l0(self) -> str | None:
+        """One line when this GBA SAE's L0 had not settled at the end of training: a ``target_l0``
+        request missed (:meth:`L0Control.unmet_request`), or a found L0 still falling (:mod:`l0_course`)."""
+        control = getattr(getattr(self.sae, "bias_adaptation", None), "l0_control", None)
+        return control.unmet_request() if control is not None else self.l0_course.still_falling()
 
     @torch.no_grad()
     def build_train_step_log_dict(self, output: Any, n_training_samples: int) -> dict[str, Any]:
@@ -242,6 +256,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
                 "n_forward_passes_since_fired": self.n_forward_passes_since_fired,
                 "n_frac_active_samples": self.n_frac_active_samples,
                 "started_fine_tuning": self.started_fine_tuning,
+                "l0_course": self.l0_course.state_dict(),
                 "coefficient_schedulers": {
                     name: s.state_dict() for name, s in self.coefficient_schedulers.items()
                 },
@@ -263,6 +278,8 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         self.n_forward_passes_since_fired = state["n_forward_passes_since_fired"]
         self.n_frac_active_samples = state["n_frac_active_samples"]
         self.started_fine_tuning = state["started_fine_tuning"]
+        if "l0_course" in state:  # checkpoints written before it existed resume without it
+            self.l0_course.load_state_dict(state["l0_course"])
         for name, sched_state in state["coefficient_schedulers"].items():
             self.coefficient_schedulers[name].load_state_dict(sched_state)
         # SAELens's milestone checkpoints already passed must not fire again.
@@ -308,6 +325,13 @@ def _interrupt_handlers() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def warn_if_l0_unsettled(trainer: GBATrainer, label: str = "") -> None:
+    """Warn with :meth:`GBATrainer.unsettled_l0`'s line (after ``label: ``), if it has one."""
+    message = trainer.unsettled_l0()
+    if message is not None:
+        warnings.warn(f"{label}: {message}" if label else message, stacklevel=3)
 
 
 def fit_saving_on_interrupt(trainer: ResumableTraining) -> Any:

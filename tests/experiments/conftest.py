@@ -1,4 +1,7 @@
-"""Builders for the experiment tests: tiny SAEs trained by the shared harness."""
+"""Builders for the experiment tests: tiny SAEs trained by the shared harness, the study scripts."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,3 +28,19 @@ def train_tiny():
         return sae
 
     return build
+
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture
+def script():
+    """``script(name)``: the module of ``scripts/<name>.py`` (the study scripts are not a package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

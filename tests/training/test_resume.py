@@ -64,6 +64,18 @@ def test_killed_run_resumes_as_if_uninterrupted(tmp_path):
     assert len(list_checkpoints(run_dir)) <= 2  # old periodic checkpoints are pruned
 
 
+def test_a_resumed_run_keeps_the_l0_course_of_the_steps_before_its_checkpoint(tmp_path):
+    full = train_sae(_sae(), SeededBatches(_sample, BATCH, seed=3), _cfg(tmp_path / "full", lr_decay_steps=0))
+    run_dir = tmp_path / "killed"
+    with pytest.raises(Killed):  # the checkpoint at step 20 holds step 19, in the second-to-last tenth
+        train_sae(_sae(), dies_at(SeededBatches(_sample, BATCH, seed=3), 22), _cfg(run_dir, lr_decay_steps=0))
+    assert latest_checkpoint(run_dir).name == "step_000000020"
+    resumed = train_sae(_sae(), dies_at(SeededBatches(_sample, BATCH, seed=3), -1), _cfg(run_dir, lr_decay_steps=0))
+    assert resumed.l0_course.steps == full.l0_course.steps == [2, 3]
+    assert torch.allclose(resumed.l0_course.sums, full.l0_course.sums, atol=1e-5)
+    assert full.l0_course.sums.min() > 0
+
+
 def test_checkpoints_are_safetensors_and_json_only(tmp_path):
     train_sae(_sae(), SeededBatches(_sample, BATCH), _cfg(tmp_path))
     files = {p.suffix for p in latest_checkpoint(tmp_path).iterdir()}

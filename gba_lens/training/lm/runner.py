@@ -52,7 +52,8 @@ from gba_lens.training.distributed import DistributedGBATrainer, fitting_on_rank
 from gba_lens.training.lm.distributed import rank_trainer_config, shard_cached_activations
 from gba_lens.training.lm.resume import checkpoint_candidates, resume_and_replay
 from gba_lens.training.state_io import CheckpointError, atomic_directory
-from gba_lens.training.trainer import GBATrainer, ResumableTraining, fit_saving_on_interrupt, latest_checkpoint
+from gba_lens.training.trainer import (GBATrainer, ResumableTraining, fit_saving_on_interrupt, latest_checkpoint,
+                                      warn_if_l0_unsettled)
 
 __all__ = [
     "GBALanguageModelRunner",
@@ -157,7 +158,10 @@ class GBALanguageModelRunner(LanguageModelSAETrainingRunner):
             self.resumed_from = resume_and_replay(checkpoint_candidates(self.resume_from), trainer.resume_from,
                                                   trainer, data_provider)
             self._compile_sae_if_needed()
-            return self.run_trainer_with_interruption_handling(self.trainer)
+            sae = self.run_trainer_with_interruption_handling(self.trainer)
+        if is_main_process():
+            warn_if_l0_unsettled(self.trainer, self.cfg.hook_name)
+        return sae
 
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer[Any, Any]) -> TrainingSAE[Any]:
         if isinstance(trainer, GBATrainer):
@@ -315,7 +319,10 @@ class GBAMultiSAERunner(MultiSAETrainingRunner):
             trainer = self.trainer
             self.resumed_from = resume_and_replay(checkpoint_candidates(self.resume_from), trainer.load_checkpoint,
                                                   trainer, data_provider)
-            return fit_saving_on_interrupt(self.trainer)
+            saes = fit_saving_on_interrupt(self.trainer)
+        for name, sae_trainer in self.trainer.trainers.items() if is_main_process() else ():
+            warn_if_l0_unsettled(sae_trainer, name)
+        return saes
 
 
 class OfflineCacheActivationsRunner(CacheActivationsRunner):

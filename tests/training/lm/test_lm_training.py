@@ -352,3 +352,21 @@ def test_runner_trains_through_the_sparse_step(model, tmp_path, monkeypatch, hoo
         sae = SAE.load_from_disk(str(tmp_path / hook))
         assert sae.cfg.d_sae == 256 and sae.cfg.architecture() == "jumprelu"
         assert res.evals[hook].metrics["l0"] > 0
+
+
+@pytest.mark.parametrize("hooks", [[HOOK], [HOOK, "blocks.0.hook_resid_post"]], ids=["one-hook", "multi-hook"])
+def test_runner_says_per_hook_when_an_sae_ended_with_its_l0_still_falling(model, tmp_path, monkeypatch, hooks):
+    """Both of SAELens's runners (one SAE, several) pass each SAE's end-of-run L0 check on, named
+    by its hook (the check itself: tests/training/test_l0_course.py)."""
+    import warnings
+
+    from gba_lens.training.l0_course import L0Course
+
+    monkeypatch.setattr(L0Course, "still_falling", lambda self: f"steps counted {self.steps}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_gba_on_model(LMTrainConfig(hook=hooks, out=str(tmp_path), **{**TINY, "training_tokens": 10240,
+                                                                             "width": [32]}), model=model)
+    said = [str(w.message) for w in caught if "steps counted" in str(w.message)]
+    # 10 steps: the ninth in the second-to-last tenth of the run, the tenth in the last
+    assert sorted(said) == sorted(f"{hook}: steps counted [1, 1]" for hook in hooks)

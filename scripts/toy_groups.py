@@ -1,0 +1,83 @@
+"""Which of GBA's groups learn the paper toy's features (docs/experiments/prior_free.md, ninth step):
+per group, its target, how many of its neurons have a decoder row at cosine >= 0.9 to a true feature
+(and to how many distinct ones) and their mean firing frequency; per feature missed at 0.9, its best
+cosine and the group of that neuron. One JSON line per seed.
+
+    python scripts/toy_groups.py --seeds 0 1 2                       # the defaults (0.1 ... 1e-3)
+    python scripts/toy_groups.py --seeds 0 --range 0.1 0.03          # the range that covers f = 0.09
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+MATCH_COSINE = 0.9
+"""A neuron is matched to a true feature when their cosine (decoder row) reaches this (FRR at 0.9)."""
+
+
+def group_table(sae, features: torch.Tensor, fired: torch.Tensor) -> dict:  # type: ignore[no-untyped-def]
+    """The per-group rows and the missed features of one trained SAE (``fired``: [n, d_sae] bool)."""
+    decoder = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True).clamp(min=1e-12)
+    unit = features / features.norm(dim=1, keepdim=True)
+    cosine = unit @ decoder.T  # [n_features, d_sae]
+    ba = sae.bias_adaptation
+    group = ba.group.cpu()
+    per_neuron, feature_of = cosine.max(0)
+    matched = per_neuron >= MATCH_COSINE
+    frequency = fired.float().mean(0)
+    groups = []
+    for k, target in enumerate(ba.group_targets.tolist()):
+        mask = group == k
+        groups.append({"target": round(target, 5), "neurons": int(mask.sum()), "matched": int((mask & matched).sum()),
+                       "features": len(set(feature_of[mask & matched].tolist())),
+                       "frequency": round(float(frequency[mask].mean()), 5)})
+    best, neuron = cosine.max(1)
+    missed = [{"feature": int(i), "cosine": round(float(best[i]), 3), "group": int(group[neuron[i]])}
+              for i in (best < MATCH_COSINE).nonzero().flatten()]
+    return {"frr_09": float((best >= MATCH_COSINE).float().mean()), "l0": round(float(fired.sum(1).float().mean()), 3),
+            "groups": groups, "missed": missed}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup
+    from gba_lens.experiments.overrides import add_gba_option, gba_settings_of
+    from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+    from gba_lens.training.data import SeededBatches
+    from gba_lens.training.methods import build_sae
+    from gba_lens.training.train import TrainConfig, train_sae
+
+    setup = PaperToySetup()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--samples", type=int, default=setup.samples)
+    p.add_argument("--range", type=float, nargs=2, default=None, metavar=("HTF", "LTF"),
+                   help="GBA's target range (default: the library's 0.1 1e-3)")
+    add_gba_option(p)
+    args = p.parse_args(argv)
+    if args.samples < setup.batch_size:
+        p.error(f"--samples must be at least one batch ({setup.batch_size})")
+    settings = gba_settings_of(p, args)
+    if args.range is not None:
+        settings.update(highest_target=args.range[0], lowest_target=args.range[1])
+
+    # as the paper toy's runs (experiments/paper_toy.py): one dictionary, the seed varies the SAE and the stream
+    model = SparseMixtureModel(SparseMixtureConfig(seed=setup.data_seed))
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        sae = build_sae("gba", model.cfg.d, setup.width, **PAPER_TOY_SAE, **settings)
+        train_sae(sae, SeededBatches(model.sample, setup.batch_size, seed=seed),
+                  TrainConfig(total_samples=args.samples, batch_size=setup.batch_size, lr=setup.lr))
+        torch.manual_seed(10_000 + seed)
+        x = model.sample(setup.eval_samples)
+        sae.eval()
+        with torch.no_grad():
+            fired = sae.encode(x) != 0
+        print(json.dumps({"seed": seed, "samples": args.samples, "gba": settings,
+                          **group_table(sae, model.feature_vectors, fired)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""scripts/toy_groups.py: which GBA groups learn the paper toy's features (docs/experiments/prior_free.md)."""
+
+import json
+
+import pytest
+
+
+def test_groups_account_for_every_neuron_and_every_missed_feature(script, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    script("toy_groups").main(["--samples", "153600", "--seeds", "0", "--range", "0.1", "0.03"])
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    groups = line["groups"]
+    assert [g["target"] for g in groups][0] == pytest.approx(0.1) and groups[-1]["target"] == pytest.approx(0.03)
+    assert sum(g["neurons"] for g in groups) == 1024
+    assert all(g["features"] <= g["matched"] <= g["neurons"] for g in groups)
+    assert all(0 < g["frequency"] < 1 for g in groups)
+    # every feature is either recovered at 0.9 or listed as missed, with its best neuron's group
+    assert len(line["missed"]) == round((1 - line["frr_09"]) * 128)
+    assert all(m["cosine"] < 0.9 and 0 <= m["group"] < 10 for m in line["missed"])
+    assert 0 < len(line["missed"]) < 128  # 300 steps: some features found, not all
+    assert sum(g["matched"] for g in groups) > 0
+
+
+def test_fewer_samples_than_a_batch_is_a_one_line_error(script, capsys):
+    with pytest.raises(SystemExit):
+        script("toy_groups").main(["--samples", "10"])
+    assert "--samples must be at least one batch" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+"""A GBA run whose L0 is still falling when training ends says so (gba_lens.training.l0_course)."""
+
+import warnings
+
+import pytest
+import torch
+
+from gba_lens.data.batches import SeededBatches
+from gba_lens.training.l0_course import FALL_TOLERANCE, L0Course
+from gba_lens.training.train import TrainConfig, train_sae
+from training_builders import relu_sampler, tiny_gba_sae
+
+
+def test_only_the_last_two_tenths_before_the_decay_count_each_in_its_window():
+    course = L0Course()
+    for step in range(130):  # done fraction after step n: (n + 1) / 100 (30 decay steps); L0 = n
+        course.add((step + 1) / 100, torch.tensor(step / 50), 50)
+    assert course.steps == [10, 10]
+    assert course.means() == pytest.approx((sum(range(80, 90)) / 10, sum(range(90, 100)) / 10))
+
+
+def test_a_fall_beyond_the_tolerance_is_reported_and_a_flat_or_rising_l0_is_not():
+    def course_of(before, last):
+        course = L0Course()
+        course.add(0.85, torch.tensor(before / 100), 100)
+        course.add(0.95, torch.tensor(last / 100), 100)
+        return course
+
+    message = course_of(10.0, 8.0).still_falling()
+    assert message is not None and "10 -> 8" in message and "-20%" in message
+    assert course_of(10.0, 10.0 * (1 - FALL_TOLERANCE) + 0.01).still_falling() is None
+    assert course_of(10.0, 11.0).still_falling() is None
+    assert L0Course().still_falling() is None  # a run too short to fill both windows
+    only_last = L0Course()
+    only_last.add(0.95, torch.tensor(0.01), 100)
+    assert only_last.means() is None
+
+
+def _train(steps, **train):
+    sae = tiny_gba_sae(10, 40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = train_sae(sae, SeededBatches(relu_sampler(10, scale=3), 64, seed=3),
+                            TrainConfig(total_samples=steps * 64, batch_size=64, lr=1e-2, **train))
+    return trainer, [str(w.message) for w in caught if "L0" in str(w.message)]
+
+
+def test_a_short_run_warns_that_its_l0_was_still_falling_and_a_long_one_does_not():
+    short, short_warnings = _train(200)
+    before, last = short.l0_course.means()
+    assert last < before * (1 - FALL_TOLERANCE)
+    assert len(short_warnings) == 1 and "still falling" in short_warnings[0]
+
+    long, long_warnings = _train(800)  # this SAE's L0 has settled by then
+    before, last = long.l0_course.means()
+    assert last >= before * (1 - FALL_TOLERANCE)
+    assert long_warnings == []
+    assert short.l0_course.steps == [20, 20] and long.l0_course.steps == [80, 80]
+
+
+def test_with_a_learning_rate_decay_the_windows_end_where_it_starts():
+    # the same 200 steps as the short run above, the last 600 of an 800-step run decaying: the
+    # encoder slows down and the L0 with it, which must not count as settled
+    decaying, said = _train(800, lr_decay_steps=600)
+    assert decaying.l0_course.steps == [20, 20]
+    before, last = decaying.l0_course.means()
+    assert last < before * (1 - FALL_TOLERANCE)
+    assert len(said) == 1 and "still falling" in said[0]
