@@ -320,8 +320,9 @@ class GBAMultiSAERunner(MultiSAETrainingRunner):
             self.resumed_from = resume_and_replay(checkpoint_candidates(self.resume_from), trainer.load_checkpoint,
                                                   trainer, data_provider)
             saes = fit_saving_on_interrupt(self.trainer)
-        for name, sae_trainer in self.trainer.trainers.items() if is_main_process() else ():
-            warn_if_l0_unsettled(sae_trainer, name)
+        if is_main_process():
+            for name, sae_trainer in self.trainer.trainers.items():
+                warn_if_l0_unsettled(sae_trainer, name)
         return saes
 
 
