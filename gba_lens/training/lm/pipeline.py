@@ -90,6 +90,8 @@ class _Trained:
     sparsity: dict[str, torch.Tensor | None] = field(default_factory=dict)
     runner_cfgs: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumed: dict[str, str | None] = field(default_factory=dict)
+    unsettled_l0: dict[str, str | None] = field(default_factory=dict)
+    """The end-of-run warning of each SAE whose L0 had not settled (None where it had)."""
     rows_used: int = 0
 
 
@@ -172,6 +174,7 @@ def _train_group(run: _Run, group: list[_PlannedSAE], run_dir: Path, trained: _T
         trained.runner_cfgs[p.name] = {**runner_cfg.to_dict(), "sae_name": p.name} if multi else runner_cfg.to_dict()
         resumed = runner.resumed_from
         trained.resumed[p.name] = None if resumed is None else str(resumed / p.name if multi else resumed)
+        trained.unsettled_l0[p.name] = sae_trainer.unsettled_l0()
 
     trained.rows_used = max(trained.rows_used, runner.activations_store.n_dataset_processed)
 
@@ -343,6 +346,7 @@ def train_gba_on_model(cfg: LMTrainConfig, *, model: nn.Module | None = None) ->
             "dataset_rows_used": trained.rows_used,
             "from_cache": None if cache_dir is None else str(cache_dir),
             "resumed_from": trained.resumed if len(plan) > 1 else trained.resumed[plan[0].name],
+            "l0_unsettled": trained.unsettled_l0,  # the end-of-run warnings, kept with the results
             "config": asdict(cfg),
         })
         if wandb_on:

@@ -48,6 +48,7 @@ def test_end_to_end_results_json(run):
     payload = json.loads(run.results_path.read_text())
     assert payload["model_name"] == "gba-lens/stdlib-lm" and payload["training_tokens"] == 8192
     assert payload["tokens_per_second"] > 0
+    assert set(payload["l0_unsettled"]) == {HOOK}  # the end-of-run L0 check of each SAE (a line or None)
     res = payload["saes"][HOOK]
     m = res["metrics"]
     for key in ("ce_loss_score", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation",
@@ -365,8 +366,11 @@ def test_runner_says_per_hook_when_an_sae_ended_with_its_l0_still_falling(model,
     monkeypatch.setattr(L0Course, "still_falling", lambda self: f"steps counted {self.steps}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_gba_on_model(LMTrainConfig(hook=hooks, out=str(tmp_path), **{**TINY, "training_tokens": 10240,
-                                                                             "width": [32]}), model=model)
+        res = train_gba_on_model(LMTrainConfig(hook=hooks, out=str(tmp_path), **{**TINY, "training_tokens": 10240,
+                                                                                   "width": [32]}), model=model)
     said = [str(w.message) for w in caught if "steps counted" in str(w.message)]
     # 10 steps: the ninth in the second-to-last tenth of the run, the tenth in the last
     assert sorted(said) == sorted(f"{hook}: steps counted [1, 1]" for hook in hooks)
+    # ... and results.json keeps each SAE's warning
+    kept = json.loads(res.results_path.read_text())["l0_unsettled"]
+    assert kept == {name: "steps counted [1, 1]" for name in res.saes}
