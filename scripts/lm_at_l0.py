@@ -10,6 +10,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 --save runs/saes   # for lm_heldout.py
+    python scripts/lm_at_l0.py --methods batchtopk --l0 3 4 --hooks 1                 # mlp_out only
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="training samples per SAE (default: the preset's 400k; more are epochs over its cache)")
     p.add_argument("--save", default=None, help="also save each SAE (SAELens format, on raw activations) under "
                    "SAVE/<hook>/<method>[-<l0>]-s<seed>")
+    p.add_argument("--hooks", type=int, nargs="+", choices=(0, 1), default=[0, 1],
+                   help="the preset's hooks to run (0 = resid_pre, 1 = mlp_out; default both)")
     p.add_argument("--eval-tokens", type=int, default=None,
                    help="held-out tokens per evaluation (default: the preset's 32k; the stdlib val split has ~195k)")
     add_gba_option(p)
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_tokens is not None:
         scale = dataclasses.replace(scale, eval_tokens=args.eval_tokens)
     loaded = load_model(cfg.model, "auto", "cpu")
-    hooks = default_hooks(loaded.n_layers)
+    hooks = [default_hooks(loaded.n_layers)[i] for i in dict.fromkeys(args.hooks)]
     d_ins = validate_hooks(loaded.model, hooks)
     train = lm_train_config(scale, "cpu")
     single = ("gba-geometric", "gba-valley-targets")
