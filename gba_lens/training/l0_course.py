@@ -2,9 +2,9 @@
 
 GBA has no sparsity coefficient: its L0 is where the bias rule and the encoder meet, and it keeps
 falling long after the biases stop moving, as the encoder's directions grow selective at fixed
-thresholds (docs/experiments/prior_free.md, eighth step: the stdlib LM's settles after about six
-epochs of the lm preset's cache). A run that stops on the way down ends at a higher L0, with a less
-converged dictionary, than the same data gives with more samples, and nothing else tells the user.
+thresholds, until it settles at a fixed point (docs/experiments/prior_free.md, eighth step). A run
+that stops on the way down ends at a higher L0, with a less converged dictionary, than the same
+data gives with more samples, and nothing else tells the user.
 
 The trainer adds each step's L0 (the SAE's ``step_density`` x d_sae, already reduced over
 data-parallel ranks) into two windows, the last two tenths of the steps before the learning rate
@@ -22,8 +22,8 @@ WINDOW = 0.1
 """Each window is this fraction of the steps before the decay: the second-to-last and the last."""
 FALL_TOLERANCE = 0.02
 """The last window's mean L0 may be this much (relative) below the one before before a run counts
-as still falling. On the lm preset's stdlib LM the two windows differ by 2.2-4.6% at its budget and
-3.7-4.3% at four times it, and by 1.0-1.1% at sixteen times it, where the L0 has settled."""
+as still falling: between what settled and unsettled runs of the lm preset show (prior_free.md,
+ninth step)."""
 
 
 class L0Course:
