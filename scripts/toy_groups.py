@@ -27,13 +27,14 @@ def group_table(sae, features: torch.Tensor, fired: torch.Tensor) -> dict:  # ty
     group = ba.group.cpu()
     per_neuron, feature_of = cosine.max(0)
     matched = per_neuron >= MATCH_COSINE
-    frequency = fired.float().mean(0)
-    groups = []
-    for k, target in enumerate(ba.group_targets.tolist()):
-        mask = group == k
-        groups.append({"target": round(target, 5), "neurons": int(mask.sum()), "matched": int((mask & matched).sum()),
-                       "features": len(set(feature_of[mask & matched].tolist())),
-                       "frequency": round(float(frequency[mask].mean()), 5)})
+    n_groups = len(ba.group_targets)
+    neurons = torch.bincount(group, minlength=n_groups).tolist()
+    matched_per_group = torch.bincount(group[matched], minlength=n_groups).tolist()
+    group_frequency = ba.group_means(fired.float().mean(0)).tolist()
+    groups = [{"target": round(target, 5), "neurons": neurons[k], "matched": matched_per_group[k],
+               "features": len(set(feature_of[matched & (group == k)].tolist())),
+               "frequency": round(group_frequency[k], 5)}
+              for k, target in enumerate(ba.group_targets.tolist())]
     best, neuron = cosine.max(1)
     missed = [{"feature": int(i), "cosine": round(float(best[i]), 3), "group": int(group[neuron[i]])}
               for i in (best < MATCH_COSINE).nonzero().flatten()]

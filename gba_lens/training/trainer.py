@@ -145,6 +145,8 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         use_fused_adam(self.optimizer)
         self._init_resumable(checkpoint_every, keep_checkpoints)
         self.l0_course = L0Course(self.cfg.device)
+        total, decay = self.cfg.total_training_steps, self.cfg.lr_decay_steps
+        self._steps_before_decay = max(1, total - decay if 0 < decay < total else total)  # the check's horizon
 
     def _log_sparsity_window(self) -> None:
         import wandb
@@ -187,9 +189,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         output = super().step(batch)
         density = getattr(self.sae, "step_density", None)  # a GBA SAE's L0 / d_sae of this step
         if density is not None:
-            total = self.cfg.total_training_steps
-            before_decay = total - self.cfg.lr_decay_steps if 0 < self.cfg.lr_decay_steps < total else total
-            self.l0_course.add((self.n_training_steps + 1) / max(1, before_decay), density, self.sae.cfg.d_sae)
+            self.l0_course.add((self.n_training_steps + 1) / self._steps_before_decay, density, self.sae.cfg.d_sae)
         return output
 
     def unsettled_l0(self) -> str | None:
