@@ -6,6 +6,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --l0 4 6 --methods topk batchtopk matryoshka
     python scripts/lm_at_l0.py --l0 16 --methods gba --range 0.1 1e-4   # the targets' shape
     python scripts/lm_at_l0.py --methods gba-valley-targets             # no L0 asked
+    python scripts/lm_at_l0.py --methods gba-valley-thresholds          # valleys on the geometric targets
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 2 3 4 --tokens 1600000   # 4 epochs
     python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
@@ -20,7 +21,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-METHODS = ("gba", "gba-valley", "gba-geometric", "gba-valley-targets", "topk", "batchtopk", "matryoshka")
+METHODS = ("gba", "gba-valley", "gba-geometric", "gba-valley-thresholds", "gba-valley-targets", "topk", "batchtopk", "matryoshka")
 
 
 def variant(method: str, l0: float, target_range: tuple[float, ...] = (), extra: tuple[tuple[str, int | float], ...] = ()):
@@ -34,6 +35,8 @@ def variant(method: str, l0: float, target_range: tuple[float, ...] = (), extra:
         return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True), *settings))
     if method == "gba-geometric":  # the geometric targets, no L0 asked (one run, whatever --l0 says)
         return M.Variant("gba", 1.0, settings)
+    if method == "gba-valley-thresholds":  # valley thresholds on the geometric targets, no L0 asked (one run)
+        return M.Variant("gba", 1.0, (("valley_thresholds", True), *settings))
     if method == "gba-valley-targets":  # targets from the valleys, no L0 asked (one run)
         return M.Variant("gba", 1.0, (("valley_thresholds", True), ("targets", "valleys"), *settings))
     return M.l0_knob_sweep(method, [l0])[0]
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     hooks = [default_hooks(loaded.n_layers)[i] for i in dict.fromkeys(args.hooks)]
     d_ins = validate_hooks(loaded.model, hooks)
     train = lm_train_config(scale, "cpu")
-    single = ("gba-geometric", "gba-valley-targets")
+    single = ("gba-geometric", "gba-valley-thresholds", "gba-valley-targets")
     runs = [(m, l0) for m in args.methods for l0 in (args.l0[:1] if m in single else args.l0)]
     for hook in hooks:
         acts, scaling_factor, _, info = scaled_activations(cfg, loaded, hook, scale, "cpu")

@@ -1,10 +1,14 @@
-"""Which of GBA's groups learn the paper toy's features (docs/experiments/prior_free.md, ninth step):
-per group, its target, how many of its neurons have a decoder row at cosine >= 0.9 to a true feature
-(and to how many distinct ones) and their mean firing frequency; per feature missed at 0.9, its best
-cosine and the group of that neuron. One JSON line per seed.
+"""Which of GBA's groups learn the paper toy's features (docs/experiments/prior_free.md, ninth and
+tenth steps): per group, its target, how many of its neurons have a decoder row at cosine >= 0.9 to
+a true feature (and to how many distinct ones), their mean firing frequency, and the decoder
+stability (``gba_lens.saes.decoder_stability``: each row's cosine with itself at ``--stability-from``
+of training) of the group's matched and unmatched neurons; per feature missed at 0.9, its best
+cosine and the group of that neuron. One JSON line per seed. ``--zipf A`` (B, C) runs a Zipf model
+of the zipf preset instead, on its schedule.
 
     python scripts/toy_groups.py --seeds 0 1 2                       # the defaults (0.1 ... 1e-3)
     python scripts/toy_groups.py --seeds 0 --range 0.1 0.03          # the range that covers f = 0.09
+    python scripts/toy_groups.py --seeds 0 1 2 --zipf A
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ MATCH_COSINE = 0.9
 """A neuron is matched to a true feature when their cosine (decoder row) reaches this (FRR at 0.9)."""
 
 
-def group_table(sae, features: torch.Tensor, fired: torch.Tensor) -> dict:  # type: ignore[no-untyped-def]
-    """The per-group rows and the missed features of one trained SAE (``fired``: [n, d_sae] bool)."""
+def group_table(sae, features: torch.Tensor, fired: torch.Tensor,  # type: ignore[no-untyped-def]
+                stability: torch.Tensor | None = None) -> dict:
+    """The per-group rows and the missed features of one trained SAE (``fired``: [n, d_sae] bool;
+    ``stability``: [d_sae] each decoder row's cosine with an earlier one, or None)."""
     decoder = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True).clamp(min=1e-12)
     unit = features / features.norm(dim=1, keepdim=True)
     cosine = unit @ decoder.T  # [n_features, d_sae]
@@ -35,6 +41,11 @@ def group_table(sae, features: torch.Tensor, fired: torch.Tensor) -> dict:  # ty
                "features": len(set(feature_of[matched & (group == k)].tolist())),
                "frequency": round(group_frequency[k], 5)}
               for k, target in enumerate(ba.group_targets.tolist())]
+    if stability is not None:
+        for k, row in enumerate(groups):
+            for name, members in (("stability_matched", matched), ("stability_unmatched", ~matched)):
+                chosen = stability[members & (group == k)]
+                row[name] = round(float(chosen.mean()), 4) if len(chosen) else None
     best, neuron = cosine.max(1)
     missed = [{"feature": int(i), "cosine": round(float(best[i]), 3), "group": int(group[neuron[i]])}
               for i in (best < MATCH_COSINE).nonzero().flatten()]
@@ -42,42 +53,75 @@ def group_table(sae, features: torch.Tensor, fired: torch.Tensor) -> dict:  # ty
             "groups": groups, "missed": missed}
 
 
+def snapshot_decoder(batches, sae, step: int, stability):  # type: ignore[no-untyped-def]
+    """Yield ``batches`` unchanged, giving ``sae``'s decoder to ``stability`` just before the
+    ``step``-th batch (the trainer takes one batch per step)."""
+    for i, batch in enumerate(batches):
+        if i == step:
+            stability.cosines(sae.W_dec)
+        yield batch
+
+
 def main(argv: list[str] | None = None) -> None:
     from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup
     from gba_lens.experiments.overrides import add_gba_option, gba_settings_of
+    from gba_lens.experiments.zipf import ZIPF_CONFIGS, zipf_model, zipf_train_config
+    from gba_lens.saes.decoder_stability import DecoderStability
     from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
     from gba_lens.training.data import SeededBatches
     from gba_lens.training.methods import build_sae
     from gba_lens.training.train import TrainConfig, train_sae
 
     setup = PaperToySetup()
+    zipf_models = {cfg.name[0]: cfg for cfg in ZIPF_CONFIGS}
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--samples", type=int, default=setup.samples)
     p.add_argument("--range", type=float, nargs=2, default=None, metavar=("HTF", "LTF"),
                    help="GBA's target range (default: the library's 0.1 1e-3)")
+    p.add_argument("--zipf", choices=sorted(zipf_models), default=None,
+                   help="a Zipf model of the zipf preset (its seed is the run's) instead of the paper toy")
+    p.add_argument("--stability-from", type=float, default=0.6, metavar="FRACTION",
+                   help="decoder stability: cosine of each row with itself at this fraction of the steps "
+                        "(default 0.6, before the zipf schedule's decay)")
     add_gba_option(p)
     args = p.parse_args(argv)
-    if args.samples < setup.batch_size:
-        p.error(f"--samples must be at least one batch ({setup.batch_size})")
+    batch_size = 1024 if args.zipf else setup.batch_size
+    if args.samples < batch_size:
+        p.error(f"--samples must be at least one batch ({batch_size})")
+    if not 0 <= args.stability_from < 1:
+        p.error(f"--stability-from must be in [0, 1), got {args.stability_from}")
     settings = gba_settings_of(p, args)
     if args.range is not None:
         settings.update(highest_target=args.range[0], lowest_target=args.range[1])
 
     # as the paper toy's runs (experiments/paper_toy.py): one dictionary, the seed varies the SAE and the stream
-    model = SparseMixtureModel(SparseMixtureConfig(seed=setup.data_seed))
+    toy = SparseMixtureModel(SparseMixtureConfig(seed=setup.data_seed))
     for seed in args.seeds:
+        if args.zipf:
+            zcfg = zipf_models[args.zipf]
+            model, width, sae_settings = zipf_model(zcfg, seed), zcfg.width, settings
+            features, train = model.feature_dict.feature_vectors, zipf_train_config(args.samples)
+        else:
+            model, width, sae_settings = toy, setup.width, {**PAPER_TOY_SAE, **settings}
+            features = toy.feature_vectors
+            train = TrainConfig(total_samples=args.samples, batch_size=batch_size, lr=setup.lr)
         torch.manual_seed(seed)
-        sae = build_sae("gba", model.cfg.d, setup.width, **PAPER_TOY_SAE, **settings)
-        train_sae(sae, SeededBatches(model.sample, setup.batch_size, seed=seed),
-                  TrainConfig(total_samples=args.samples, batch_size=setup.batch_size, lr=setup.lr))
+        sae = build_sae("gba", features.shape[1], width, **sae_settings)
+        stability = DecoderStability(width)
+        steps = args.samples // batch_size
+        train_sae(sae, snapshot_decoder(SeededBatches(model.sample, batch_size, seed=seed), sae,
+                                        int(args.stability_from * steps), stability), train)
+        cosine = torch.full((width,), float("nan"))
+        cosine[stability.rows] = stability.cosines(sae.W_dec)
         torch.manual_seed(10_000 + seed)
         x = model.sample(setup.eval_samples)
         sae.eval()
         with torch.no_grad():
             fired = sae.encode(x) != 0
-        print(json.dumps({"seed": seed, "samples": args.samples, "gba": settings,
-                          **group_table(sae, model.feature_vectors, fired)}), flush=True)
+        print(json.dumps({"seed": seed, "model": f"zipf {args.zipf}" if args.zipf else "paper toy",
+                          "samples": args.samples, "gba": settings,
+                          **group_table(sae, features, fired, cosine)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.sparse_step import SparseStepPolicy, active_latent_index
 from gba_lens.saes.sparse_step import sparse_training_forward_pass
+from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.valley_thresholds import ValleyThresholds
 
 ARCHITECTURE = "gba"
@@ -162,6 +163,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         # policy; a buffer, so that a resumed run takes the same path as an uninterrupted one.
         self.register_buffer("step_density", torch.full((), -1.0, device=self.device))
         self.sparse_step_policy = SparseStepPolicy(cfg.sparse_step)
+        self.decoder_stability = DecoderStability(cfg.d_sae)  # a logging metric, not a module: not saved
         self._input_scale_ready = False
         self._batch_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._window_empty = True  # no statistics accumulated since the last update
@@ -357,12 +359,17 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             metrics["gba/l0_average"] = l0_control.l0_average
             metrics["gba/target_scale"] = l0_control.relative_scale()
         # Per group: firing frequency, target and mean bias. A frequency that falls while the bias
-        # stays put is the encoder growing selective, not the rule.
+        # stays put is the encoder growing selective, not the rule. From the second logging step on,
+        # how far the group's decoder directions turned since the last one (decoder_stability.py).
         groups = zip(per_group.tolist(), self.bias_adaptation.group_targets.tolist(), bias_per_group.tolist())
         for k, (freq, target, bias) in enumerate(groups):
             metrics[f"gba_groups/group_{k}_frequency"] = freq
             metrics[f"gba_groups/group_{k}_target"] = target
             metrics[f"gba_groups/group_{k}_bias"] = bias
+        stability = self.decoder_stability.group_means(self.W_dec, self.bias_adaptation.group, self.bias_adaptation.n_groups)
+        if stability is not None:
+            for k, value in enumerate(stability.tolist()):
+                metrics[f"gba_groups/group_{k}_decoder_stability"] = value
         return metrics
 
     @override

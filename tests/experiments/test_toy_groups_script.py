@@ -19,9 +19,27 @@ def test_groups_account_for_every_neuron_and_every_missed_feature(script, capsys
     assert all(m["cosine"] < 0.9 and 0 <= m["group"] < 10 for m in line["missed"])
     assert 0 < len(line["missed"]) < 128  # 300 steps: some features found, not all
     assert sum(g["matched"] for g in groups) > 0
+    # decoder stability: a cosine per group for its matched and its unmatched neurons (None: none)
+    for g in groups:
+        for name, count in (("stability_matched", g["matched"]), ("stability_unmatched", g["neurons"] - g["matched"])):
+            assert (g[name] is None) == (count == 0)
+            assert g[name] is None or -1 <= g[name] <= 1
+    assert any(g["stability_unmatched"] < 0.99 for g in groups)  # the decoder moved after the snapshot
+
+
+def test_a_zipf_model_on_its_own_width_and_features(script, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    script("toy_groups").main(["--zipf", "A", "--samples", "51200", "--seeds", "1", "--stability-from", "0.5"])
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["model"] == "zipf A" and line["seed"] == 1
+    assert sum(g["neurons"] for g in line["groups"]) == 256  # model A: 256 features, width 256
+    assert len(line["missed"]) == round((1 - line["frr_09"]) * 256)
 
 
 def test_fewer_samples_than_a_batch_is_a_one_line_error(script, capsys):
     with pytest.raises(SystemExit):
         script("toy_groups").main(["--samples", "10"])
     assert "--samples must be at least one batch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script("toy_groups").main(["--stability-from", "1"])
+    assert "--stability-from must be in [0, 1), got 1.0" in capsys.readouterr().err

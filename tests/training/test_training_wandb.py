@@ -36,7 +36,7 @@ def test_offline_run_logs_gba_metrics(tmp_path, monkeypatch):
     keys = set().union(*logged)
     for key in ("losses/mse_loss", "metrics/nmse", "metrics/l0", "sparsity/dead_fraction",
                 "metrics/gba_groups/group_0_frequency", "metrics/gba_groups/group_0_target",
-                "metrics/gba_groups/group_0_bias", "weights/gba_bias"):
+                "metrics/gba_groups/group_0_bias", "metrics/gba_groups/group_0_decoder_stability", "weights/gba_bias"):
         assert key in keys, (key, sorted(keys))
     assert run_dirs[0].name.startswith("offline-run-")  # offline: no network, no login
     runs = list(run_dirs[0].glob("run-*.wandb"))

@@ -1,0 +1,60 @@
+"""How far each group's decoder directions turned since the last logging step (a training metric).
+
+A neuron that has found a feature keeps its decoder direction; one that has not (a mixture, or the
+tail of the interference it fires on) keeps turning as the neurons around it change. Each logging
+step compares the unit decoder rows with those of the previous one:
+
+    stability_k = mean over the sampled neurons m of group k of  cos(d_m now, d_m at the last log)
+
+1 means the group's directions stood still. On data with known features the neurons within
+cosine 0.9 of a true feature stay near 1 while the unmatched ones turn (docs/experiments/prior_free.md,
+tenth step); on a user's activations, where nothing is known, a group that stays well under the
+others late in training holds neurons that found nothing at its target frequency. The value depends
+on how many steps lie between two logging steps: compare groups within a run, not across runs.
+
+Only every k-th row is kept (at most ``MAX_ROWS``; the groups are contiguous, so each is sampled in
+proportion to its size), so the snapshot costs ``MAX_ROWS x d_in`` floats, not a second decoder.
+Nothing is saved with checkpoints: after a resume, the first logging step only takes the snapshot.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+
+MAX_ROWS = 4096
+"""Decoder rows kept between logging steps (every ``ceil(d_sae / MAX_ROWS)``-th neuron)."""
+
+
+class DecoderStability:
+    """The snapshot of the sampled decoder rows, and the per-group cosines against it."""
+
+    def __init__(self, d_sae: int):
+        self.rows = torch.arange(0, d_sae, -(-d_sae // MAX_ROWS))
+        self._previous: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def cosines(self, decoder: Float[torch.Tensor, "d_sae d_in"]) -> Float[torch.Tensor, " rows"] | None:
+        """Each sampled row's cosine with itself at the previous call (``self.rows`` says which
+        neurons), then keep these rows for the next call; None on the first call."""
+        current = decoder.detach()[self.rows.to(decoder.device)].float()
+        current = current / current.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        previous, self._previous = self._previous, current
+        if previous is None or previous.shape != current.shape or previous.device != current.device:
+            return None
+        return (previous * current).sum(1)
+
+    @torch.no_grad()
+    def group_means(
+        self,
+        decoder: Float[torch.Tensor, "d_sae d_in"],
+        group: Int[torch.Tensor, " d_sae"],
+        n_groups: int,
+    ) -> Float[torch.Tensor, " n_groups"] | None:
+        """[K] each group's mean of :meth:`cosines` (None on the first call)."""
+        cosine = self.cosines(decoder)
+        if cosine is None:
+            return None
+        members = group.to(decoder.device)[self.rows.to(decoder.device)]
+        total = torch.zeros(n_groups, device=decoder.device).index_add_(0, members, cosine)
+        return total / torch.bincount(members, minlength=n_groups).clamp(min=1).float()
