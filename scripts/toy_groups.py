@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(default 0.6, before the zipf schedule's decay)")
     add_gba_option(p)
     args = p.parse_args(argv)
-    batch_size = 1024 if args.zipf else setup.batch_size
+    batch_size = zipf_train_config(args.samples).batch_size if args.zipf else setup.batch_size
     if args.samples < batch_size:
         p.error(f"--samples must be at least one batch ({batch_size})")
     if not 0 <= args.stability_from < 1:

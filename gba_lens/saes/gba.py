@@ -68,10 +68,10 @@ from typing_extensions import override
 
 from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
+from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.sparse_step import SparseStepPolicy, active_latent_index
 from gba_lens.saes.sparse_step import sparse_training_forward_pass
-from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.valley_thresholds import ValleyThresholds
 
 ARCHITECTURE = "gba"
