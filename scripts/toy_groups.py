@@ -86,9 +86,12 @@ def main(argv: list[str] | None = None) -> None:
                         "(default 0.6, before the zipf schedule's decay)")
     add_gba_option(p)
     args = p.parse_args(argv)
-    batch_size = zipf_train_config(args.samples).batch_size if args.zipf else setup.batch_size
-    if args.samples < batch_size:
-        p.error(f"--samples must be at least one batch ({batch_size})")
+    try:  # the zipf schedule, or the paper toy's
+        train = (zipf_train_config(args.samples) if args.zipf
+                 else TrainConfig(total_samples=args.samples, batch_size=setup.batch_size, lr=setup.lr))
+    except ValueError as error:  # TrainConfig refuses fewer samples than one batch
+        p.error(f"--samples must be at least one batch: {error}")
+    batch_size = train.batch_size
     if not 0 <= args.stability_from < 1:
         p.error(f"--stability-from must be in [0, 1), got {args.stability_from}")
     settings = gba_settings_of(p, args)
@@ -97,21 +100,20 @@ def main(argv: list[str] | None = None) -> None:
 
     # as the paper toy's runs (experiments/paper_toy.py): one dictionary, the seed varies the SAE and the stream
     toy = SparseMixtureModel(SparseMixtureConfig(seed=setup.data_seed))
+    snapshot_step = int(args.stability_from * (args.samples // batch_size))
     for seed in args.seeds:
         if args.zipf:
             zcfg = zipf_models[args.zipf]
             model, width, sae_settings = zipf_model(zcfg, seed), zcfg.width, settings
-            features, train = model.feature_dict.feature_vectors, zipf_train_config(args.samples)
+            features = model.feature_dict.feature_vectors
         else:
             model, width, sae_settings = toy, setup.width, {**PAPER_TOY_SAE, **settings}
             features = toy.feature_vectors
-            train = TrainConfig(total_samples=args.samples, batch_size=batch_size, lr=setup.lr)
         torch.manual_seed(seed)
         sae = build_sae("gba", features.shape[1], width, **sae_settings)
         stability = DecoderStability(width)
-        steps = args.samples // batch_size
         train_sae(sae, snapshot_decoder(SeededBatches(model.sample, batch_size, seed=seed), sae,
-                                        int(args.stability_from * steps), stability), train)
+                                        snapshot_step, stability), train)
         cosine = torch.full((width,), float("nan"))
         cosine[stability.rows] = stability.cosines(sae.W_dec)
         torch.manual_seed(10_000 + seed)

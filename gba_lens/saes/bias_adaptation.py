@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import nn
 
 from gba_lens.saes.l0_control import L0Control
@@ -226,11 +226,14 @@ class GroupBiasAdaptation(nn.Module):
         self.n_samples.zero_()
 
     @torch.no_grad()
-    def group_means(self, values: Float[torch.Tensor, " d_sae"]) -> torch.Tensor:
-        """[K] mean over each group's neurons of a per-neuron vector (e.g. the biases)."""
-        total = torch.zeros(self.n_groups, device=values.device).index_add_(0, self.group, values.float())
-        count = torch.bincount(self.group, minlength=self.n_groups).float()
-        return total / count
+    def group_means(
+        self, values: Float[torch.Tensor, " n"], neurons: Int[torch.Tensor, " n"] | None = None
+    ) -> torch.Tensor:
+        """[K] mean over each group's neurons of a per-neuron vector (e.g. the biases); with
+        ``neurons``, ``values`` holds only those neurons' values (a group with none of them: 0)."""
+        group = self.group if neurons is None else self.group[neurons]
+        total = torch.zeros(self.n_groups, device=values.device).index_add_(0, group, values.float())
+        return total / torch.bincount(group, minlength=self.n_groups).clamp(min=1).float()
 
     def group_frequencies(self, fired: Float[torch.Tensor, " d_sae"]) -> torch.Tensor:
         """[K] mean over each group's neurons of a per-neuron frequency vector."""

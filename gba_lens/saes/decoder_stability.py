@@ -20,41 +20,29 @@ Nothing is saved with checkpoints: after a resume, the first logging step only t
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 
 MAX_ROWS = 4096
 """Decoder rows kept between logging steps (every ``ceil(d_sae / MAX_ROWS)``-th neuron)."""
 
 
 class DecoderStability:
-    """The snapshot of the sampled decoder rows, and the per-group cosines against it."""
+    """The snapshot of the sampled decoder rows, and each row's cosine against it (the per-group
+    means are :meth:`GroupBiasAdaptation.group_means` over ``rows``)."""
 
     def __init__(self, d_sae: int):
         self.rows = torch.arange(0, d_sae, -(-d_sae // MAX_ROWS))
+        """The sampled neurons (every k-th), on the decoder's device after the first call."""
         self._previous: torch.Tensor | None = None
 
     @torch.no_grad()
     def cosines(self, decoder: Float[torch.Tensor, "d_sae d_in"]) -> Float[torch.Tensor, " rows"] | None:
         """Each sampled row's cosine with itself at the previous call (``self.rows`` says which
         neurons), then keep these rows for the next call; None on the first call."""
-        current = decoder.detach()[self.rows.to(decoder.device)].float()
+        self.rows = self.rows.to(decoder.device)
+        current = decoder.detach()[self.rows].float()
         current = current / current.norm(dim=1, keepdim=True).clamp(min=1e-12)
         previous, self._previous = self._previous, current
-        if previous is None or previous.shape != current.shape or previous.device != current.device:
+        if previous is None or previous.device != current.device:
             return None
         return (previous * current).sum(1)
-
-    @torch.no_grad()
-    def group_means(
-        self,
-        decoder: Float[torch.Tensor, "d_sae d_in"],
-        group: Int[torch.Tensor, " d_sae"],
-        n_groups: int,
-    ) -> Float[torch.Tensor, " n_groups"] | None:
-        """[K] each group's mean of :meth:`cosines` (None on the first call)."""
-        cosine = self.cosines(decoder)
-        if cosine is None:
-            return None
-        members = group.to(decoder.device)[self.rows.to(decoder.device)]
-        total = torch.zeros(n_groups, device=decoder.device).index_add_(0, members, cosine)
-        return total / torch.bincount(members, minlength=n_groups).clamp(min=1).float()

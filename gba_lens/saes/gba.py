@@ -366,8 +366,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             metrics[f"gba_groups/group_{k}_frequency"] = freq
             metrics[f"gba_groups/group_{k}_target"] = target
             metrics[f"gba_groups/group_{k}_bias"] = bias
-        stability = self.decoder_stability.group_means(self.W_dec, self.bias_adaptation.group, self.bias_adaptation.n_groups)
-        if stability is not None:
+        cosine = self.decoder_stability.cosines(self.W_dec)
+        if cosine is not None:
+            stability = self.bias_adaptation.group_means(cosine, self.decoder_stability.rows)
             for k, value in enumerate(stability.tolist()):
                 metrics[f"gba_groups/group_{k}_decoder_stability"] = value
         return metrics

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gba_lens.saes import decoder_stability
+from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 
@@ -30,14 +31,14 @@ def test_group_means_over_a_sample_of_every_kth_row(monkeypatch):
     monkeypatch.setattr(decoder_stability, "MAX_ROWS", 4)
     stability = DecoderStability(10)  # every third row: 0, 3, 6, 9
     assert stability.rows.tolist() == [0, 3, 6, 9]
-    group = torch.tensor([0] * 5 + [1] * 5)
+    controller = GroupBiasAdaptation(10, n_groups=2)  # groups 0 (neurons 0-4) and 1 (5-9)
     decoder = torch.eye(10)[:, :10]
-    assert stability.group_means(decoder, group, 2) is None
+    assert stability.cosines(decoder) is None
     turned = decoder.clone()
     turned[3] = (decoder[3] + decoder[7]) / math.sqrt(2)  # 45 degrees: cosine 1/sqrt(2)
     turned[6] = decoder[8]  # orthogonal: cosine 0
     turned[1] = decoder[2]  # not sampled: no effect
-    means = stability.group_means(turned, group, 2)
+    means = controller.group_means(stability.cosines(turned), stability.rows)
     assert means.tolist() == pytest.approx([(1 + 1 / math.sqrt(2)) / 2, (0 + 1) / 2], abs=1e-6)
 
 
