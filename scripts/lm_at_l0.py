@@ -7,6 +7,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --l0 16 --methods gba --range 0.1 1e-4   # the targets' shape
     python scripts/lm_at_l0.py --methods gba-valley-targets             # no L0 asked
     python scripts/lm_at_l0.py --methods gba-valley-thresholds          # valleys on the geometric targets
+    python scripts/lm_at_l0.py --methods gba-search                     # target search on the geometric targets
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 2 3 4 --tokens 1600000   # 4 epochs
     python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
@@ -21,7 +22,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-METHODS = ("gba", "gba-valley", "gba-geometric", "gba-valley-thresholds", "gba-valley-targets", "topk", "batchtopk", "matryoshka")
+SINGLE_RUN = {  # GBA with no L0 asked: one run each, whatever --l0 says
+    "gba-geometric": (),  # the geometric targets
+    "gba-valley-thresholds": (("valley_thresholds", True),),  # valley thresholds on the geometric targets
+    "gba-valley-targets": (("valley_thresholds", True), ("targets", "valleys")),  # targets from the valleys
+    "gba-search": (("target_search", True),),  # target search on the geometric targets
+    "gba-valley-targets-search": (("valley_thresholds", True), ("targets", "valleys"), ("target_search", True)),
+}
+METHODS = ("gba", "gba-valley", *SINGLE_RUN, "topk", "batchtopk", "matryoshka")
 
 
 def variant(method: str, l0: float, target_range: tuple[float, ...] = (), extra: tuple[tuple[str, int | float], ...] = ()):
@@ -33,12 +41,8 @@ def variant(method: str, l0: float, target_range: tuple[float, ...] = (), extra:
         return M.Variant("gba", 1.0, (("target_l0", l0), *settings))
     if method == "gba-valley":
         return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True), *settings))
-    if method == "gba-geometric":  # the geometric targets, no L0 asked (one run, whatever --l0 says)
-        return M.Variant("gba", 1.0, settings)
-    if method == "gba-valley-thresholds":  # valley thresholds on the geometric targets, no L0 asked (one run)
-        return M.Variant("gba", 1.0, (("valley_thresholds", True), *settings))
-    if method == "gba-valley-targets":  # targets from the valleys, no L0 asked (one run)
-        return M.Variant("gba", 1.0, (("valley_thresholds", True), ("targets", "valleys"), *settings))
+    if method in SINGLE_RUN:
+        return M.Variant("gba", 1.0, (*SINGLE_RUN[method], *settings))
     return M.l0_knob_sweep(method, [l0])[0]
 
 
@@ -82,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     hooks = [default_hooks(loaded.n_layers)[i] for i in dict.fromkeys(args.hooks)]
     d_ins = validate_hooks(loaded.model, hooks)
     train = lm_train_config(scale, "cpu")
-    single = ("gba-geometric", "gba-valley-thresholds", "gba-valley-targets")
-    runs = [(m, l0) for m in args.methods for l0 in (args.l0[:1] if m in single else args.l0)]
+    runs = [(m, l0) for m in args.methods for l0 in (args.l0[:1] if m in SINGLE_RUN else args.l0)]
     for hook in hooks:
         acts, scaling_factor, _, info = scaled_activations(cfg, loaded, hook, scale, "cpu")
         data, ctx = held_out_data(cfg, loaded, info, scale)
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             m = evaluate(deployed, loaded, data, ctx, hook, scale, scaling_factor, "cpu")
             if args.save is not None:  # the scaling folded in, as SAELens's runner saves
                 deployed.fold_activation_norm_scaling_factor(scaling_factor)
-                name = method if method in single else f"{method}-{l0:g}"
+                name = method if method in SINGLE_RUN else f"{method}-{l0:g}"
                 deployed.save_model(Path(args.save) / hook / f"{name}-s{args.seed}")
             print(json.dumps({"hook": hook, "method": method, "seed": args.seed, "asked_l0": l0, "range": args.range,
                               "tokens": scale.train_tokens, "eval_tokens": scale.eval_tokens, "gba": dict(gba),

@@ -1,5 +1,5 @@
 """GBA's target modes side by side (docs/experiments/prior_free.md): the geometric default,
-``targets="adaptive"`` and ``valley_thresholds=True``, same budgets, on the paper toy, Zipf A/B/C and the synthbench model.
+``targets="adaptive"``, ``valley_thresholds=True`` and ``target_search=True``, same budgets, on the paper toy, Zipf A/B/C and the synthbench model.
 
     python scripts/prior_free.py zipf --samples 500000 --seeds 0 1 2
     python scripts/prior_free.py zipf --samples 1000000 --modes valley-targets --baselines   # F1 of the sweeps
@@ -16,7 +16,9 @@ import sys
 
 MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valley_thresholds": True},
          "valley+adaptive": {"valley_thresholds": True, "targets": "adaptive"}, "told-l0": {},
-         "valley+told-l0": {"valley_thresholds": True}, "valley-targets": {"valley_thresholds": True, "targets": "valleys"}}
+         "valley+told-l0": {"valley_thresholds": True}, "valley-targets": {"valley_thresholds": True, "targets": "valleys"},
+         "search": {"target_search": True},
+         "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True}}
 """``told-l0``: ``target_l0`` set to the L0 of the model's W most frequent features (W = the SAE's
 width; the whole true L0 when W covers every feature): GBA told what the other modes must find."""
 

@@ -22,7 +22,9 @@ keeps them fixed. With ``targets="valleys"`` each group's target becomes the med
 the features its neurons found (their valleys, see ``follow_valleys``). With a requested L0
 (``target_l0``) the targets are the geometric ones times a common scale that
 :mod:`gba_lens.saes.l0_control` moves, and a third branch raises live neurons under their target
-(by the dead branch's step), so that the L0 meets the request.
+(by the dead branch's step), so that the L0 meets the request. With ``target_search``
+(:mod:`gba_lens.saes.target_search`) neuron m's target is p_k times its own scale, raised while its
+decoder direction keeps turning.
 
 The statistics are sums and maxima (``fire_count``, ``n_samples``, ``peak``) so that data-parallel
 training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_statistics``.
@@ -38,6 +40,7 @@ from torch import nn
 
 from gba_lens.saes.l0_control import L0Control
 from gba_lens.saes.target_adaptation import INITIAL_AVERAGE, adapt_group_targets, targets_from_valleys
+from gba_lens.saes.target_search import TargetSearch
 
 TARGET_MODES = ("geometric", "adaptive", "valleys")
 
@@ -72,6 +75,7 @@ class GroupBiasAdaptation(nn.Module):
         group       [d_sae]   each neuron's group index k
         average     [d_sae]   (``targets="adaptive"`` only) slow average of the window frequencies
         l0_control.*          (``target_l0`` only) the target scale, see :class:`L0Control`
+        target_search.*       (``target_search`` only) the per-neuron target scales, see :class:`TargetSearch`
     """
 
     fire_count: torch.Tensor
@@ -93,6 +97,7 @@ class GroupBiasAdaptation(nn.Module):
         bias_max: float = 0.0,
         targets: str = "geometric",
         target_l0: float | None = None,
+        target_search: TargetSearch | None = None,
         device: str | torch.device = "cpu",
     ):
         super().__init__()
@@ -121,10 +126,26 @@ class GroupBiasAdaptation(nn.Module):
         self.l0_control = L0Control(target_l0, self.target) if target_l0 is not None else None
         if self.l0_control is not None:
             self.target.copy_(self.l0_control.scaled_targets())
+        self.target_search = target_search
+
+    @property
+    def neuron_targets(self) -> torch.Tensor:
+        """[d_sae] the target each neuron is held to: its group's, times its search scale."""
+        return self.target if self.target_search is None else self.target_search.targets(self.target)
+
+    @torch.no_grad()
+    def search_targets(
+        self, decoder: Float[torch.Tensor, "d_sae d_in"], step: int, horizon: int
+    ) -> Float[torch.Tensor, " d_sae"] | None:
+        """``target_search``: the decoder check of optimiser step ``step`` of ``horizon`` (see
+        :meth:`TargetSearch.check`); returns the decoder cosines (None without a previous check)."""
+        if self.target_search is None:
+            raise RuntimeError("search_targets needs target_search")
+        return self.target_search.check(decoder, self.target, step, horizon)
 
     @property
     def group_targets(self) -> torch.Tensor:
-        """[K] target frequency of each group."""
+        """[K] target frequency of each group (before any search scale)."""
         return torch.zeros(self.n_groups, device=self.target.device).scatter_(
             0, self.group, self.target
         )
@@ -199,12 +220,13 @@ class GroupBiasAdaptation(nn.Module):
             1, self.group, torch.stack((r, (r > 0).to(r.dtype))))
         rbar = (sums[0] / sums[1].clamp(min=1))[self.group]
 
-        over_active = p > self.target
+        target = self.neuron_targets
+        over_active = p > target
         dead = p < self.dead_eps  # never fired; disjoint from over_active as every target > eps
         lowered = (bias - self.gamma_minus * r).clamp_(min=self.bias_min)
         raised = (bias + self.gamma_plus * rbar).clamp_(max=self.bias_max)
         # A requested L0 also raises live neurons under target (see l0_control); else only the dead.
-        under = dead if self.l0_control is None else ~over_active & (p < self.target)
+        under = dead if self.l0_control is None else ~over_active & (p < target)
         bias.copy_(torch.where(over_active, lowered, torch.where(under, raised, bias)))
         if self.targets == "adaptive":
             adapt_group_targets(self.target, self.group, self.average, p, self.n_groups)

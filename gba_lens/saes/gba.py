@@ -72,6 +72,7 @@ from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.sparse_step import SparseStepPolicy, active_latent_index
 from gba_lens.saes.sparse_step import sparse_training_forward_pass
+from gba_lens.saes.target_search import TargetSearch
 from gba_lens.saes.valley_thresholds import ValleyThresholds
 
 ARCHITECTURE = "gba"
@@ -153,8 +154,11 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             dead_eps=cfg.dead_eps,
             targets=cfg.targets if cfg.n_groups > 1 else "geometric",
             target_l0=cfg.target_l0,
+            target_search=TargetSearch(cfg.d_sae, cfg.d_in, self.device) if cfg.target_search else None,
             device=self.device,
         )
+        self.training_horizon: int | None = None
+        """For ``target_search``: the run's length in optimiser steps (gba_lens's trainers set it)."""
         self.valley_thresholds = ValleyThresholds(cfg.d_sae, self.device) if cfg.valley_thresholds else None
         self.b_dec.requires_grad_(cfg.trains_pre_bias)
         # 0 means "not estimated yet"; set from the first training batch.
@@ -297,6 +301,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if self.training_horizon is None and self.bias_adaptation.target_search is not None:
+            raise ValueError("target_search needs the run's length in optimiser steps: train with gba_lens's "
+                             "trainers (train_sae, GBATrainer) or set sae.training_horizon")
         if not self._input_scale_ready:  # checked once, not every step (a GPU sync)
             if self.cfg.input_norm == "unit_mean" and self.input_scale.item() == 0:
                 self.initialize_from_batch(step_input.sae_in)
@@ -333,6 +340,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             controller.follow_valleys(found.has_valley, found.frequency)
             if log:
                 output.metrics["gba/valley_fraction"] = found.fraction
+        if controller.target_search is not None and controller.target_search.due(step_input.n_training_steps):
+            controller.search_targets(self.W_dec, step_input.n_training_steps, self.training_horizon)
 
         if step_input.is_logging_step:
             output.metrics.update(self._logging_metrics(output))
@@ -354,6 +363,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             "gba/bias_mean": self.b_enc.mean(),
             "gba/bias_at_min_fraction": (self.b_enc <= self.bias_adaptation.bias_min).float().mean(),
         }
+        if self.bias_adaptation.target_search is not None:  # neurons searching above their group's target
+            metrics["gba/search_raised_fraction"] = (self.bias_adaptation.target_search.scale > 1).float().mean()
         l0_control = self.bias_adaptation.l0_control
         if l0_control is not None:  # the requested L0's controller: what it measures and its target scale
             metrics["gba/l0_average"] = l0_control.l0_average

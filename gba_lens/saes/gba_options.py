@@ -16,7 +16,7 @@ from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 EXECUTION_OPTIONS = ("sparse_step",)
 # Options added after runs were first recorded, with the value that trains as those runs did: a
 # recorded run without one resumes when the new value is that one.
-OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None}
+OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None, "target_search": False}
 
 
 @dataclass(kw_only=True)
@@ -54,6 +54,11 @@ class GBAOptions:
     histogram shows a second mode (the inputs where the neuron's feature is present), so that
     it fires at its feature's frequency rather than at its group's target
     (:mod:`gba_lens.saes.valley_thresholds`). The targets still drive the search for features."""
+    target_search: bool = False
+    """Raise the target of a neuron whose decoder direction keeps turning (it has found no feature
+    at its target), doubling it every 100 steps up to HTF, and in the last quarter of the run send
+    the ones still turning back to their group's target (:mod:`gba_lens.saes.target_search`).
+    Needs the run's length, which gba_lens's trainers give the SAE. Not with ``target_l0``."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -86,6 +91,8 @@ class GBAOptions:
             raise ValueError(f"target_l0 must be > 0{f' and <= d_sae={d_sae}' if d_sae else ''}, got {self.target_l0}")
         if self.target_l0 is not None and self.targets != "geometric":
             raise ValueError(f"target_l0 and targets={self.targets!r} both move the targets; set one of them")
+        if self.target_l0 is not None and self.target_search:
+            raise ValueError("target_l0 and target_search both move the targets; set one of them")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:

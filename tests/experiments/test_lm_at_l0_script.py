@@ -9,6 +9,8 @@ import pytest
     ("gba-geometric", {}),
     ("gba-valley-thresholds", {"valley_thresholds": True}),
     ("gba-valley-targets", {"valley_thresholds": True, "targets": "valleys"}),
+    ("gba-search", {"target_search": True}),
+    ("gba-valley-targets-search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),
 ])
 def test_gba_methods_set_their_options_and_keep_the_range(script, method, expected):
     variant = script("lm_at_l0").variant

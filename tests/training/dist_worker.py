@@ -1,6 +1,6 @@
 """One rank of the distributed tests (launched by ``torchrun`` from ``test_distributed.py``).
 
-    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on] [--valley [--targets valleys]] [--target-l0 X]
+    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on] [--valley [--targets valleys]] [--target-l0 X] [--search]
 
 Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) with checkpoints
 in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
@@ -31,11 +31,15 @@ VALLEY_WINDOW = 256
 VALLEY_GROUP_FRACTION = 1e-9
 """``targets="valleys"`` in the tests: a group follows its valleys from the first (this noise has few)."""
 
+SEARCH_CONSTANTS = {"CHECK_INTERVAL": 3, "FIRST_RAISE": 3, "STEADY_COSINE": 0.999}
+"""``target_search`` in the tests: a check every 3 steps from the start, turning at under 0.999, so that
+24 steps raise some neurons and return some."""
 
-def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric"):
+
+def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley,
-                        target_l0=target_l0, targets=targets)
+                        target_l0=target_l0, targets=targets, target_search=search)
 
 
 def make_stream():
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument("--valley", action="store_true", help="GBA with valley thresholds")
     parser.add_argument("--target-l0", type=float, default=None, help="GBA with a requested L0")
     parser.add_argument("--targets", default="geometric", help="GBA's target mode (valleys needs --valley)")
+    parser.add_argument("--search", action="store_true", help="GBA with target_search (SEARCH_CONSTANTS)")
     args = parser.parse_args()
     if args.multi:
         from gba_lens.training.distributed import ensure_process_group, world_size
@@ -119,8 +124,13 @@ def main() -> None:
         from gba_lens.saes import target_adaptation
 
         target_adaptation.MIN_VALLEY_FRACTION = VALLEY_GROUP_FRACTION
+    if args.search:
+        from gba_lens.saes import target_search
+
+        for name, value in SEARCH_CONSTANTS.items():
+            setattr(target_search, name, value)
     stream = make_stream()
-    sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets)
+    sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets, args.search)
     if rank() == args.fail_rank:
         stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))

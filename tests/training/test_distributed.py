@@ -147,6 +147,25 @@ def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
     assert reference["bias_adaptation.l0_control.l0_average"].item() > 0  # the controller read the windows
 
 
+def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, monkeypatch):
+    """The search reads only the decoder, the same on every rank: each rank raises and returns the
+    same neurons as one process, with nothing reduced."""
+    from gba_lens.saes import target_search
+
+    for name, value in dist_worker.SEARCH_CONSTANTS.items():
+        monkeypatch.setattr(target_search, name, value)
+    sae = dist_worker.make_sae(search=True)
+    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
+    reference = sae.state_dict()
+    out = tmp_path / "run"
+    code, err, _ = _torchrun([str(WORKER), str(out), "--search"])
+    assert code == 0, err[-3000:]
+    state = load_file(str(out / "state.safetensors"))
+    _assert_same_sae(state, reference)
+    scale = reference["bias_adaptation.target_search.scale"]
+    assert (scale > 1).any() and (scale == 1).any()  # some neurons searched, some did not (or came back)
+
+
 @pytest.mark.slow
 def test_hung_rank_ends_the_run_at_the_collective_timeout(tmp_path):
     code, err, seconds = _torchrun([str(WORKER), str(tmp_path), "--fail-rank", "1", "--fail-at", "5",

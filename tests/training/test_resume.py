@@ -64,6 +64,29 @@ def test_killed_run_resumes_as_if_uninterrupted(tmp_path):
     assert len(list_checkpoints(run_dir)) <= 2  # old periodic checkpoints are pruned
 
 
+def test_a_killed_target_search_run_resumes_with_its_snapshot_and_scales(tmp_path, monkeypatch):
+    from gba_lens.saes import target_search
+
+    for name, value in {"CHECK_INTERVAL": 3, "FIRST_RAISE": 3, "STEADY_COSINE": 0.999}.items():
+        monkeypatch.setattr(target_search, name, value)  # checks at 9 (in the checkpoint at 10) and 12
+
+    def sae():
+        return tiny_gba_sae(10, 40, update_interval=4, target_search=True)
+
+    full = sae()
+    train_sae(full, SeededBatches(_sample, BATCH, seed=3), _cfg(tmp_path / "full"))
+    run_dir = tmp_path / "killed"
+    with pytest.raises(Killed):
+        train_sae(sae(), dies_at(SeededBatches(_sample, BATCH, seed=3), 13), _cfg(run_dir))
+    resumed = sae()
+    train_sae(resumed, dies_at(SeededBatches(_sample, BATCH, seed=3), -1), _cfg(run_dir))
+    full_state, resumed_state = full.state_dict(), resumed.state_dict()
+    assert full_state.keys() == resumed_state.keys()
+    for key in full_state:
+        assert torch.allclose(full_state[key], resumed_state[key], atol=1e-6), key
+    assert (full_state["bias_adaptation.target_search.scale"] > 1).any()  # the search raised some
+
+
 def test_a_resumed_run_keeps_the_l0_course_of_the_steps_before_its_checkpoint(tmp_path):
     full = train_sae(_sae(), SeededBatches(_sample, BATCH, seed=3), _cfg(tmp_path / "full", lr_decay_steps=0))
     run_dir = tmp_path / "killed"

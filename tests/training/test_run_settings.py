@@ -83,6 +83,9 @@ def test_a_record_from_before_an_option_existed_matches_only_the_option_off():
     assert settings_differences(old, {"gba": {"n_groups": 10, "target_l0": None}}) == []
     assert settings_differences(old, {"gba": {"n_groups": 10, "target_l0": 8.0}}) == [
         "gba.target_l0: (unset) -> 8.0"]
+    assert settings_differences(old, {"gba": {"n_groups": 10, "target_search": False}}) == []
+    assert settings_differences(old, {"gba": {"n_groups": 10, "target_search": True}}) == [
+        "gba.target_search: (unset) -> true"]
 
 
 def _cfg(tmp_path, **kw):

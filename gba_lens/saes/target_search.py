@@ -1,0 +1,96 @@
+"""Target search: neurons whose decoder direction keeps turning look for a feature at higher targets.
+
+A neuron that has found a feature keeps its decoder direction; one that has not keeps turning as
+the neurons around it change (:mod:`gba_lens.saes.decoder_stability`). On the paper's toy the
+neurons of the low-target groups find nothing at their targets (their features fire far more
+often) and turn all through training, while the features they could take stay mixed into the top
+group's neurons. With ``target_search`` each neuron's target is its group's target p_k times its
+own scale s_m (1 at the start), and every CHECK_INTERVAL optimiser steps each unit decoder row
+d_m is compared with itself CHECK_INTERVAL steps earlier:
+
+    c_m = cos(d_m now, d_m at the last check)             turning: c_m < STEADY_COSINE
+    search  (FIRST_RAISE <= step < RETURN_FROM * horizon):  turning: s_m <- min(RAISE * s_m, p_max / p_k)
+    return  (step >= RETURN_FROM * horizon):                turning: s_m <- 1
+
+with p_max the highest group target and the horizon the run's length in optimiser steps. In the
+search a turning neuron's target doubles at each check, so it fires more often until it settles on
+a feature; in the return, a neuron that has still found nothing goes back to its group's target, so
+it stops adding to the L0 (the search raised the toy's L0 to twice the true one; with the return
+it ends within a quarter of it). Neurons that settled keep their raised targets.
+
+The statistic is the decoder itself, the same on every data-parallel rank, so nothing is reduced
+and every rank takes the same decisions. The snapshot is one float32 copy of the unit decoder rows
+(training state, saved with checkpoints; an exported SAE carries none of it).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import nn
+
+CHECK_INTERVAL = 100
+"""Optimiser steps between two decoder checks."""
+FIRST_RAISE = 200
+"""No target is raised before this step (a new SAE's directions all turn)."""
+STEADY_COSINE = 0.97
+"""A neuron whose decoder cosine with the last check is under this is turning."""
+RAISE = 2.0
+"""Factor on a turning neuron's target per check in the search."""
+RETURN_FROM = 0.75
+"""Fraction of the run after which turning neurons go back to their group's target."""
+
+
+class TargetSearch(nn.Module):
+    """The decoder snapshot and each neuron's target scale (GBA's ``target_search`` option).
+
+    Buffers (saved with training checkpoints):
+        previous   [d_sae, d_in]  unit decoder rows at the last check
+        checked    []             1 once ``previous`` holds a check
+        scale      [d_sae]        each neuron's target over its group's, s_m
+    """
+
+    previous: torch.Tensor
+    checked: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, d_sae: int, d_in: int, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.register_buffer("previous", torch.zeros(d_sae, d_in, device=device))
+        self.register_buffer("checked", torch.zeros((), device=device))
+        self.register_buffer("scale", torch.ones(d_sae, device=device))
+
+    @staticmethod
+    def due(step: int) -> bool:
+        """Whether optimiser step ``step`` (0-based) checks the decoder."""
+        return step % CHECK_INTERVAL == 0
+
+    @torch.no_grad()
+    def check(
+        self,
+        decoder: Float[torch.Tensor, "d_sae d_in"],
+        group_target: Float[torch.Tensor, " d_sae"],
+        step: int,
+        horizon: int,
+    ) -> Float[torch.Tensor, " d_sae"] | None:
+        """Compare the decoder rows with the last check, move the scales (see the module) and keep
+        the rows for the next check. ``group_target`` is each neuron's group target p_k. Returns the
+        cosines c_m (None at the first check, which only takes the snapshot)."""
+        current = decoder.detach().float()
+        current = current / current.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        cosine = (current * self.previous).sum(1) if bool(self.checked) else None
+        self.previous.copy_(current)
+        self.checked.fill_(1)
+        if cosine is None:
+            return None
+        turning = cosine < STEADY_COSINE
+        if step >= RETURN_FROM * horizon:
+            self.scale.copy_(torch.where(turning, torch.ones_like(self.scale), self.scale))
+        elif step >= FIRST_RAISE:
+            ceiling = group_target.max() / group_target
+            self.scale.copy_(torch.where(turning, torch.minimum(self.scale * RAISE, ceiling), self.scale))
+        return cosine
+
+    def targets(self, group_target: Float[torch.Tensor, " d_sae"]) -> Float[torch.Tensor, " d_sae"]:
+        """Each neuron's target, s_m p_k (never above the highest group target)."""
+        return torch.minimum(group_target * self.scale, group_target.max())
