@@ -1,12 +1,11 @@
 """Target search: neurons whose decoder direction keeps turning look for a feature at higher targets.
 
 A neuron that has found a feature keeps its decoder direction; one that has not keeps turning as
-the neurons around it change (:mod:`gba_lens.saes.decoder_stability`). On the paper's toy the
-neurons of the low-target groups find nothing at their targets (their features fire far more
-often) and turn all through training, while the features they could take stay mixed into the top
-group's neurons. With ``target_search`` each neuron's target is its group's target p_k times its
-own scale s_m (1 at the start), and every CHECK_INTERVAL optimiser steps each unit decoder row
-d_m is compared with itself CHECK_INTERVAL steps earlier:
+the neurons around it change (:mod:`gba_lens.saes.decoder_stability`). A neuron whose group target
+lies far below the frequency of every feature left to take finds nothing there (the paper's toy:
+one frequency, above the lower groups' targets). With ``target_search`` each neuron's target is its
+group's target p_k times its own scale s_m (1 at the start), and every CHECK_INTERVAL optimiser
+steps each unit decoder row d_m is compared with itself CHECK_INTERVAL steps earlier:
 
     c_m = cos(d_m now, d_m at the last check)             turning: c_m < STEADY_COSINE
     search  (FIRST_RAISE <= step < RETURN_FROM * horizon):  turning: s_m <- min(RAISE * s_m, p_max / p_k)
@@ -15,8 +14,7 @@ d_m is compared with itself CHECK_INTERVAL steps earlier:
 with p_max the highest group target and the horizon the run's length in optimiser steps. In the
 search a turning neuron's target doubles at each check, so it fires more often until it settles on
 a feature; in the return, a neuron that has still found nothing goes back to its group's target, so
-it stops adding to the L0 (the search raised the toy's L0 to twice the true one; with the return
-it ends within a quarter of it). Neurons that settled keep their raised targets.
+that it stops firing on mixtures at a raised target. Neurons that settled keep their raised targets.
 
 The statistic is the decoder itself, the same on every data-parallel rank, so nothing is reduced
 and every rank takes the same decisions. The snapshot is one float32 copy of the unit decoder rows
