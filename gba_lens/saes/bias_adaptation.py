@@ -133,16 +133,6 @@ class GroupBiasAdaptation(nn.Module):
         """[d_sae] the target each neuron is held to: its group's, times its search scale."""
         return self.target if self.target_search is None else self.target_search.targets(self.target)
 
-    @torch.no_grad()
-    def search_targets(
-        self, decoder: Float[torch.Tensor, "d_sae d_in"], step: int, horizon: int
-    ) -> Float[torch.Tensor, " d_sae"] | None:
-        """``target_search``: the decoder check of optimiser step ``step`` of ``horizon`` (see
-        :meth:`TargetSearch.check`); returns the decoder cosines (None without a previous check)."""
-        if self.target_search is None:
-            raise RuntimeError("search_targets needs target_search")
-        return self.target_search.check(decoder, self.target, step, horizon)
-
     @property
     def group_targets(self) -> torch.Tensor:
         """[K] target frequency of each group (before any search scale)."""

@@ -20,6 +20,7 @@ Nothing is saved with checkpoints: after a resume, the first logging step only t
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 
 MAX_ROWS = 4096
@@ -40,8 +41,7 @@ class DecoderStability:
         """Each sampled row's cosine with itself at the previous call (``self.rows`` says which
         neurons), then keep these rows for the next call; None on the first call."""
         self.rows = self.rows.to(decoder.device)
-        current = decoder.detach()[self.rows].float()
-        current = current / current.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        current = F.normalize(decoder.detach()[self.rows].float(), dim=1)
         previous, self._previous = self._previous, current
         if previous is None or previous.device != current.device:
             return None

@@ -340,8 +340,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             controller.follow_valleys(found.has_valley, found.frequency)
             if log:
                 output.metrics["gba/valley_fraction"] = found.fraction
-        if controller.target_search is not None and controller.target_search.due(step_input.n_training_steps):
-            controller.search_targets(self.W_dec, step_input.n_training_steps, self.training_horizon)
+        search = controller.target_search
+        if search is not None and search.due(step_input.n_training_steps):
+            search.check(self.W_dec, controller.target, step_input.n_training_steps, self.training_horizon)
 
         if step_input.is_logging_step:
             output.metrics.update(self._logging_metrics(output))

@@ -24,6 +24,7 @@ and every rank takes the same decisions. The snapshot is one float32 copy of the
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import nn
 
@@ -74,8 +75,7 @@ class TargetSearch(nn.Module):
         """Compare the decoder rows with the last check, move the scales (see the module) and keep
         the rows for the next check. ``group_target`` is each neuron's group target p_k. Returns the
         cosines c_m (None at the first check, which only takes the snapshot)."""
-        current = decoder.detach().float()
-        current = current / current.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        current = F.normalize(decoder.detach().float(), dim=1)
         cosine = (current * self.previous).sum(1) if bool(self.checked) else None
         self.previous.copy_(current)
         self.checked.fill_(1)

@@ -21,7 +21,7 @@ from safetensors.torch import save_file  # noqa: E402
 from gba_lens.data.batches import SeededBatches  # noqa: E402
 from gba_lens.training.distributed import is_main_process, rank  # noqa: E402
 from gba_lens.training.train import TrainConfig, train_sae  # noqa: E402
-from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae  # noqa: E402
+from training_builders import SEARCH_CONSTANTS, InterruptedAt, relu_sampler, tiny_gba_sae  # noqa: E402
 
 D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
 
@@ -30,10 +30,6 @@ VALLEY_WINDOW = 256
 """Valley-threshold window of the tests (samples): 4 global batches, so that a run applies 6."""
 VALLEY_GROUP_FRACTION = 1e-9
 """``targets="valleys"`` in the tests: a group follows its valleys from the first (this noise has few)."""
-
-SEARCH_CONSTANTS = {"CHECK_INTERVAL": 3, "FIRST_RAISE": 3, "STEADY_COSINE": 0.999}
-"""``target_search`` in the tests: a check every 3 steps from the start, turning at under 0.999, so that
-24 steps raise some neurons and return some."""
 
 
 def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False):
