@@ -55,9 +55,10 @@ class GBAOptions:
     it fires at its feature's frequency rather than at its group's target
     (:mod:`gba_lens.saes.valley_thresholds`). The targets still drive the search for features."""
     target_search: bool = False
-    """Raise the target of a neuron whose decoder direction keeps turning (it has found no feature
-    at its target), doubling it every 100 steps up to HTF, and in the last quarter of the run send
-    the ones still turning back to their group's target (:mod:`gba_lens.saes.target_search`).
+    """Raise the target of a neuron whose decoder direction keeps turning (at four checks 100 steps
+    apart in a row: it has found no feature at its target), doubling it at each further check up to
+    HTF, and in the last quarter of the run send the ones still turning back to their group's
+    target (:mod:`gba_lens.saes.target_search`).
     Needs the run's length, which gba_lens's trainers give the SAE. Not with ``target_l0``."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:

@@ -31,21 +31,46 @@ def test_first_check_only_takes_the_snapshot_and_nothing_rises_before_first_rais
     assert cosine[4] == pytest.approx(0.0, abs=1e-6)
     assert torch.allclose(cosine[[0, 1, 2, 3, 5]], torch.ones(5), atol=1e-6)
     assert torch.equal(search.scale, torch.ones(6))  # turning, but before the search begins
+    assert search.turning_checks.tolist() == [0, 0, 0, 0, 1, 0]
 
 
-def test_turning_neurons_double_up_to_the_highest_target_and_the_steady_keep_theirs():
+def _tilted(decoder: torch.Tensor, rows: list[int], cosine: float) -> torch.Tensor:
+    """The unit decoder with ``rows`` turned to ``cosine`` with before."""
+    orthogonal = torch.nn.functional.normalize(_turned(decoder, rows), dim=1)
+    tilted = decoder.clone()
+    tilted[rows] = cosine * decoder[rows] + (1 - cosine**2) ** 0.5 * orthogonal[rows]
+    return tilted
+
+
+def _checks(search: TargetSearch, decoder: torch.Tensor, turning_rows: list[list[int]], step: int) -> tuple[torch.Tensor, int]:
+    """One check per entry of ``turning_rows`` (the rows turned before it), every CHECK_INTERVAL steps
+    from ``step``; returns the decoder and the next check's step."""
+    for rows in turning_rows:
+        decoder = torch.nn.functional.normalize(_turned(decoder, rows), dim=1)
+        search.check(decoder, GROUP_TARGET, step, HORIZON)
+        step += target_search.CHECK_INTERVAL
+    return decoder, step
+
+
+def test_neurons_that_keep_turning_double_up_to_the_highest_target_and_the_steady_keep_theirs():
     decoder = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
     search = TargetSearch(6, 5)
     search.check(decoder, GROUP_TARGET, 0, HORIZON)
-    step = target_search.FIRST_RAISE
-    for _ in range(4):  # neurons 1, 3 and 4 keep turning
-        decoder = torch.nn.functional.normalize(_turned(decoder, [1, 3, 4]), dim=1)
-        search.check(decoder, GROUP_TARGET, step, HORIZON)
+    n = target_search.TURNING_CHECKS
+    # neurons 1, 3 and 4 turn at every check; neuron 5 at all but every n-th, so never n in a row
+    # neuron 2 drifts at every check, but less than a turn (cosine between the two thresholds)
+    drift = (target_search.TURNING_COSINE + target_search.STEADY_COSINE) / 2
+    pattern = [[1, 3, 4] + ([5] if (i + 1) % n else []) for i in range(n + 3)]
+    step = target_search.CHECK_INTERVAL
+    for rows in pattern:
+        decoder = _tilted(torch.nn.functional.normalize(_turned(decoder, rows), dim=1), [2], drift)
+        assert search.check(decoder, GROUP_TARGET, step, HORIZON)[2].item() == pytest.approx(drift, abs=1e-5)
         step += target_search.CHECK_INTERVAL
-    assert search.scale[[0, 2, 5]].tolist() == [1.0, 1.0, 1.0]  # steady
+    assert search.turning_checks.tolist() == [0, n + 3, 0, n + 3, n + 3, (n + 3) % n]
+    assert search.scale[[0, 2, 5]].tolist() == [1.0, 1.0, 1.0]  # steady, drifting, or turning with pauses
     assert search.scale[1].item() == pytest.approx(1.0)  # already at the highest target: 0.1 / 0.1
     assert search.scale[3].item() == pytest.approx(10.0)  # 0.01 -> 0.02, 0.04, 0.08, then the 0.1 ceiling
-    assert search.scale[4].item() == pytest.approx(16.0)  # 0.001 doubled four times
+    assert search.scale[4].item() == pytest.approx(16.0)  # 0.001 doubled at the last four checks
     assert search.targets(GROUP_TARGET).tolist() == pytest.approx([0.1, 0.1, 0.01, 0.1, 0.016, 0.001])
 
 
@@ -53,14 +78,28 @@ def test_in_the_return_the_still_turning_go_back_and_the_settled_keep_their_rais
     decoder = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
     search = TargetSearch(6, 5)
     search.check(decoder, GROUP_TARGET, 0, HORIZON)
-    decoder = torch.nn.functional.normalize(_turned(decoder, [3, 4]), dim=1)
-    search.check(decoder, GROUP_TARGET, target_search.FIRST_RAISE, HORIZON)
-    assert search.scale[[3, 4]].tolist() == [2.0, 2.0]
+    decoder, _ = _checks(search, decoder, [[2, 3, 4]] * target_search.TURNING_CHECKS, target_search.FIRST_RAISE)
+    assert search.scale[[2, 3, 4]].tolist() == [2.0, 2.0, 2.0]
     back = int(target_search.RETURN_FROM * HORIZON)
-    decoder = torch.nn.functional.normalize(_turned(decoder, [4]), dim=1)  # 3 settled, 4 still turns
+    drift = (target_search.TURNING_COSINE + target_search.STEADY_COSINE) / 2
+    # 3 settled, 4 still turns, 2 drifts: too little to be raised, too much to keep its raise
+    decoder = _tilted(torch.nn.functional.normalize(_turned(decoder, [4]), dim=1), [2], drift)
     search.check(decoder, GROUP_TARGET, back, HORIZON)
-    assert search.scale[[3, 4]].tolist() == [2.0, 1.0]
+    assert search.scale[[2, 3, 4]].tolist() == [1.0, 2.0, 1.0]
     assert search.due(back - back % target_search.CHECK_INTERVAL) and not search.due(target_search.CHECK_INTERVAL + 1)
+
+
+def test_a_checkpoint_without_the_turning_count_loads_with_a_warning_and_counts_from_zero():
+    search = TargetSearch(6, 5)
+    search.scale.fill_(2.0)
+    state = {k: v for k, v in search.state_dict().items() if k != "turning_checks"}
+    resumed = TargetSearch(6, 5)
+    resumed.turning_checks.fill_(3.0)
+    with pytest.warns(UserWarning, match="predates the count of turning checks"):
+        resumed.load_state_dict(state)
+    assert torch.equal(resumed.scale, torch.full((6,), 2.0))
+    assert torch.equal(resumed.turning_checks, torch.zeros(6))
+    assert "turning_checks" not in state  # the caller's dict is left as it was
 
 
 def test_the_rule_holds_a_raised_neuron_to_its_own_target():
@@ -105,7 +144,9 @@ def test_logging_steps_report_the_share_of_raised_neurons(step_input):
 def test_training_raises_turning_neurons_returns_them_and_exports_a_plain_sae(monkeypatch):
     monkeypatch.setattr(target_search, "CHECK_INTERVAL", 5)
     monkeypatch.setattr(target_search, "FIRST_RAISE", 5)
-    monkeypatch.setattr(target_search, "STEADY_COSINE", 1.01)  # every neuron turns: all are raised
+    monkeypatch.setattr(target_search, "TURNING_COSINE", 1.01)  # every neuron turns: all are raised
+    monkeypatch.setattr(target_search, "STEADY_COSINE", 1.01)  # and none is steady: all go back
+    monkeypatch.setattr(target_search, "TURNING_CHECKS", 1)  # from the first check on
     torch.manual_seed(0)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=16, n_groups=4, target_search=True))
     sample = lambda n: torch.relu(torch.randn(n, 8)) * 3  # noqa: E731

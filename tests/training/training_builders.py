@@ -16,9 +16,10 @@ def tiny_gba_sae(d_in: int, d_sae: int, *, n_groups: int = 4, seed: int = 0, **o
     return GBATrainingSAE(GBATrainingSAEConfig(d_in=d_in, d_sae=d_sae, n_groups=n_groups, **options))
 
 
-SEARCH_CONSTANTS = {"CHECK_INTERVAL": 3, "FIRST_RAISE": 3, "STEADY_COSINE": 0.999}
-"""``target_search`` in the training tests: a check every 3 steps from the start, turning at under
-0.999, so that a run of about 24 steps raises some neurons and returns some."""
+SEARCH_CONSTANTS = {"CHECK_INTERVAL": 3, "FIRST_RAISE": 3, "TURNING_COSINE": 0.999, "TURNING_CHECKS": 2,
+                    "STEADY_COSINE": 0.999}
+"""``target_search`` in the training tests: a check every 3 steps from the start, a raise after two
+checks in a row under 0.999, so that a run of about 24 steps raises some neurons and returns some."""
 
 
 def relu_sampler(d_in: int, scale: float = 1.0) -> Callable[[int], torch.Tensor]:
