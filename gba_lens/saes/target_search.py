@@ -16,9 +16,9 @@ with p_max the highest group target and the horizon the run's length in optimise
 search a neuron that keeps turning has its target doubled at each check, so it fires more often
 until it settles on a feature; in the return, a neuron that has still found nothing goes back to its
 group's target, so that it stops firing on mixtures at a raised target. Neurons that settled keep
-their raised targets. A neuron with no feature at its target turns at every check; a neuron on a
-feature of a dictionary that is still arranging itself (a language model's, whose features outnumber
-the latents) turns at some checks and not at others, so only a run of TURNING_CHECKS raises it. The
+their raised targets. A neuron with no feature at its target turns at every check; a neuron of a
+dictionary that is still arranging itself (a language model's early in training) turns at some
+checks and not at others, so only a run of TURNING_CHECKS raises it. The
 return asks more of a raised neuron (steady: cosine at least STEADY_COSINE) than the raise asks of
 a turning one, so that a raised neuron still drifting goes back.
 
