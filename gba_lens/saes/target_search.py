@@ -18,9 +18,9 @@ until it settles on a feature; in the return, a neuron that has still found noth
 group's target, so that it stops firing on mixtures at a raised target. Neurons that settled keep
 their raised targets. A neuron with no feature at its target turns at every check; a neuron of a
 dictionary that is still arranging itself (a language model's early in training) turns at some
-checks and not at others, so only a run of TURNING_CHECKS raises it. The
-return asks more of a raised neuron (steady: cosine at least STEADY_COSINE) than the raise asks of
-a turning one, so that a raised neuron still drifting goes back.
+checks and not at others, so only a run of TURNING_CHECKS raises it. The return asks more of a
+raised neuron (steady: cosine at least STEADY_COSINE) than the raise asks of a turning one, so that
+a raised neuron still drifting goes back.
 
 The statistic is the decoder itself, the same on every data-parallel rank, so nothing is reduced
 and every rank takes the same decisions. The snapshot is one float32 copy of the unit decoder rows
@@ -49,7 +49,7 @@ STEADY_COSINE = 0.97
 RAISE = 2.0
 """Factor on a raised neuron's target per check in the search."""
 RETURN_FROM = 0.75
-"""Fraction of the run after which turning neurons go back to their group's target."""
+"""Fraction of the run after which neurons that are not steady go back to their group's target."""
 
 
 class TargetSearch(nn.Module):

@@ -42,14 +42,14 @@ def _tilted(decoder: torch.Tensor, rows: list[int], cosine: float) -> torch.Tens
     return tilted
 
 
-def _checks(search: TargetSearch, decoder: torch.Tensor, turning_rows: list[list[int]], step: int) -> tuple[torch.Tensor, int]:
+def _checks(search: TargetSearch, decoder: torch.Tensor, turning_rows: list[list[int]], step: int) -> torch.Tensor:
     """One check per entry of ``turning_rows`` (the rows turned before it), every CHECK_INTERVAL steps
-    from ``step``; returns the decoder and the next check's step."""
+    from ``step``; returns the decoder at the last check."""
     for rows in turning_rows:
         decoder = torch.nn.functional.normalize(_turned(decoder, rows), dim=1)
         search.check(decoder, GROUP_TARGET, step, HORIZON)
         step += target_search.CHECK_INTERVAL
-    return decoder, step
+    return decoder
 
 
 def test_neurons_that_keep_turning_double_up_to_the_highest_target_and_the_steady_keep_theirs():
@@ -78,7 +78,7 @@ def test_in_the_return_the_still_turning_go_back_and_the_settled_keep_their_rais
     decoder = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
     search = TargetSearch(6, 5)
     search.check(decoder, GROUP_TARGET, 0, HORIZON)
-    decoder, _ = _checks(search, decoder, [[2, 3, 4]] * target_search.TURNING_CHECKS, target_search.FIRST_RAISE)
+    decoder = _checks(search, decoder, [[2, 3, 4]] * target_search.TURNING_CHECKS, target_search.FIRST_RAISE)
     assert search.scale[[2, 3, 4]].tolist() == [2.0, 2.0, 2.0]
     back = int(target_search.RETURN_FROM * HORIZON)
     drift = (target_search.TURNING_COSINE + target_search.STEADY_COSINE) / 2
