@@ -21,7 +21,7 @@ from safetensors.torch import save_file  # noqa: E402
 from gba_lens.data.batches import SeededBatches  # noqa: E402
 from gba_lens.training.distributed import is_main_process, rank  # noqa: E402
 from gba_lens.training.train import TrainConfig, train_sae  # noqa: E402
-from training_builders import SEARCH_CONSTANTS, InterruptedAt, relu_sampler, tiny_gba_sae  # noqa: E402
+from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae, use_search_constants  # noqa: E402
 
 D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
 
@@ -121,10 +121,7 @@ def main() -> None:
 
         target_adaptation.MIN_VALLEY_FRACTION = VALLEY_GROUP_FRACTION
     if args.search:
-        from gba_lens.saes import target_search
-
-        for name, value in SEARCH_CONSTANTS.items():
-            setattr(target_search, name, value)
+        use_search_constants()
     stream = make_stream()
     sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets, args.search)
     if rank() == args.fail_rank:

@@ -150,10 +150,7 @@ def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
 def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, monkeypatch):
     """The search reads only the decoder, the same on every rank: each rank raises and returns the
     same neurons as one process, with nothing reduced."""
-    from gba_lens.saes import target_search
-
-    for name, value in dist_worker.SEARCH_CONSTANTS.items():
-        monkeypatch.setattr(target_search, name, value)
+    dist_worker.use_search_constants(monkeypatch.setattr)
     sae = dist_worker.make_sae(search=True)
     dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
     reference = sae.state_dict()

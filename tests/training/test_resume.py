@@ -10,7 +10,7 @@ from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.state_io import CheckpointError, write_checksums
 from gba_lens.training.train import TrainConfig, train_sae
 from gba_lens.training.trainer import latest_checkpoint, list_checkpoints
-from training_builders import SEARCH_CONSTANTS, InterruptedAt, relu_sampler, tiny_gba_sae
+from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae, use_search_constants
 
 STEPS, BATCH = 24, 64
 
@@ -65,10 +65,7 @@ def test_killed_run_resumes_as_if_uninterrupted(tmp_path):
 
 
 def test_a_killed_target_search_run_resumes_with_its_snapshot_and_scales(tmp_path, monkeypatch):
-    from gba_lens.saes import target_search
-
-    for name, value in SEARCH_CONSTANTS.items():
-        monkeypatch.setattr(target_search, name, value)  # checks at 9 (in the checkpoint at 10) and 12
+    use_search_constants(monkeypatch.setattr)  # checks at 9 (in the checkpoint at 10) and 12
 
     def sae():
         return tiny_gba_sae(10, 40, update_interval=4, target_search=True)

@@ -22,6 +22,15 @@ SEARCH_CONSTANTS = {"CHECK_INTERVAL": 3, "FIRST_RAISE": 3, "TURNING_COSINE": 0.9
 checks in a row under 0.999, so that a run of about 24 steps raises some neurons and returns some."""
 
 
+def use_search_constants(set_attribute: Callable[[Any, str, Any], None] = setattr) -> None:
+    """Set :data:`SEARCH_CONSTANTS` on :mod:`gba_lens.saes.target_search` (``monkeypatch.setattr`` in a
+    test, so that they are undone after it; plain ``setattr`` in a worker process)."""
+    from gba_lens.saes import target_search
+
+    for name, value in SEARCH_CONSTANTS.items():
+        set_attribute(target_search, name, value)
+
+
 def relu_sampler(d_in: int, scale: float = 1.0) -> Callable[[int], torch.Tensor]:
     """``n -> relu(randn(n, d_in)) * scale`` (draws from torch's global RNG, as SeededBatches expects)."""
 
