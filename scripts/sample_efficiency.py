@@ -12,7 +12,7 @@ L0), as Matryoshka's.
     python scripts/sample_efficiency.py --seeds 0 1 2
     python scripts/sample_efficiency.py --synthbench --seeds 0 1 2 --cache runs/compare_synthbench/cache
     python scripts/sample_efficiency.py --toy --seeds 0 1 2
-    python scripts/sample_efficiency.py --seeds 0 1 2 --gba "GBA valley targets + search"   # one GBA row
+    python scripts/sample_efficiency.py --seeds 0 1 2 --gba-rows "GBA valley targets + search"   # one GBA row
 
 On the paper toy the baseline is TopK at K = 20 (the paper's best row), its sweep counted x 3
 (the paper's table sweeps K over 20, 30, 50); the toy's schedule (batch 512, lr 3e-3, no decay).
@@ -30,7 +30,7 @@ L1_SWEEP = 3
 GBA_MODES = {"GBA": {}, "GBA valley": {"valley_thresholds": True},
              "GBA valley targets": {"valley_thresholds": True, "targets": "valleys"},
              "GBA valley targets + search": {"valley_thresholds": True, "targets": "valleys", "target_search": True}}
-"""GBA's rows (``--gba``), by the options each sets; every row runs without a sparsity sweep (x 1)."""
+"""GBA's rows (``--gba-rows``), by the options each sets; every row runs without a sparsity sweep (x 1)."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--synthbench", action="store_true", help="the compare preset's synthbench model instead")
-    p.add_argument("--toy", action="store_true", help="the paper toy instead (GBA at its defaults, TopK K = 20)")
+    p.add_argument("--toy", action="store_true", help="the paper toy instead (baseline TopK K = 20)")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
-    p.add_argument("--gba", nargs="+", choices=tuple(GBA_MODES), default=list(GBA_MODES), metavar="MODE",
+    p.add_argument("--gba-rows", nargs="+", choices=tuple(GBA_MODES), default=list(GBA_MODES), metavar="MODE",
                    help=f"GBA's rows (default: all of {', '.join(GBA_MODES)}); the baselines always run")
     args = p.parse_args(argv)
     if args.synthbench:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         curves: dict[str, dict[int, list[float]]] = {}
         for seed in args.seeds:
             true_l0 = float(zipf_model(zcfg, seed).activation_generator.firing_probabilities.sum())
-            specs = [*(MethodSpec(name, "gba", GBA_MODES[name]) for name in args.gba),
+            specs = [*(MethodSpec(name, "gba", GBA_MODES[name]) for name in args.gba_rows),
                      MethodSpec("L1 coef 0.3", "l1", {"l1_coefficient": 0.3}),
                      MethodSpec("BatchTopK", "batchtopk", {"k": true_l0, **PAPER_TOPK})]
             for budget in BUDGETS:
@@ -80,7 +80,7 @@ def synthbench(args: argparse.Namespace) -> None:
 
     pool = load_or_build_pool(DEFAULT_SCALE, args.cache)
     k = pool.true_l0
-    variants = {**{name: (M.Variant("gba", 1.0, tuple(GBA_MODES[name].items())), 1) for name in args.gba},
+    variants = {**{name: (M.Variant("gba", 1.0, tuple(GBA_MODES[name].items())), 1) for name in args.gba_rows},
                 "BatchTopK": (M.l0_knob_sweep("batchtopk", [k])[0], 3),
                 "Matryoshka": (M.l0_knob_sweep("matryoshka", [k])[0], 3)}
     curves: dict[str, dict[int, list[float]]] = {}
@@ -99,7 +99,7 @@ def toy(args: argparse.Namespace) -> None:
     from gba_lens.experiments.runs import MethodSpec
     from gba_lens.experiments.zipf import PAPER_TOPK
 
-    specs = [*(MethodSpec(name, "gba", {**GBA_MODES[name], **PAPER_TOY_SAE}) for name in args.gba),
+    specs = [*(MethodSpec(name, "gba", {**GBA_MODES[name], **PAPER_TOY_SAE}) for name in args.gba_rows),
              MethodSpec("TopK K=20", "topk", {"k": 20, **PAPER_TOPK, **PAPER_TOY_SAE})]
     curves: dict[str, dict[int, list[float]]] = {}
     for budget in BUDGETS:  # the paper toy's own harness: its schedule, dictionary and evaluation
@@ -107,7 +107,7 @@ def toy(args: argparse.Namespace) -> None:
                                    progress=False, workers=1)
         for rec in records:
             curves.setdefault(rec.label, {}).setdefault(budget, []).append(rec.result.mcc)
-    _report("paper toy", curves, {**{name: 1 for name in args.gba}, "TopK K=20": 3}, ("TopK K=20",),
+    _report("paper toy", curves, {**{name: 1 for name in args.gba_rows}, "TopK K=20": 3}, ("TopK K=20",),
             len(args.seeds))
 
 

@@ -28,6 +28,6 @@ def test_every_gba_row_builds_a_valid_gba_config(script):
 
 def test_an_unknown_gba_row_is_refused_by_the_parser(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        script("sample_efficiency").main(["--gba", "GBA searching"])
+        script("sample_efficiency").main(["--gba-rows", "GBA searching"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'GBA searching'" in capsys.readouterr().err
