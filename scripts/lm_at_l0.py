@@ -22,12 +22,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+from gba_lens.experiments.gba_modes import GBA_MODES
+
 SINGLE_RUN = {  # GBA with no L0 asked: one run each, whatever --l0 says
-    "gba-geometric": (),  # the geometric targets
-    "gba-valley-thresholds": (("valley_thresholds", True),),  # valley thresholds on the geometric targets
-    "gba-valley-targets": (("valley_thresholds", True), ("targets", "valleys")),  # targets from the valleys
-    "gba-search": (("target_search", True),),  # target search on the geometric targets
-    "gba-valley-targets-search": (("valley_thresholds", True), ("targets", "valleys"), ("target_search", True)),
+    "gba-geometric": tuple(GBA_MODES["geometric"].items()),
+    "gba-valley-thresholds": tuple(GBA_MODES["valley"].items()),
+    "gba-valley-targets": tuple(GBA_MODES["valley-targets"].items()),
+    "gba-search": tuple(GBA_MODES["search"].items()),
+    "gba-valley-targets-search": tuple(GBA_MODES["valley-targets+search"].items()),
 }
 METHODS = ("gba", "gba-valley", *SINGLE_RUN, "topk", "batchtopk", "matryoshka")
 

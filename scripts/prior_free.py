@@ -14,11 +14,11 @@ import argparse
 import json
 import sys
 
-MODES = {"geometric": {}, "adaptive": {"targets": "adaptive"}, "valley": {"valley_thresholds": True},
-         "valley+adaptive": {"valley_thresholds": True, "targets": "adaptive"}, "told-l0": {},
-         "valley+told-l0": {"valley_thresholds": True}, "valley-targets": {"valley_thresholds": True, "targets": "valleys"},
-         "search": {"target_search": True},
-         "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True}}
+from gba_lens.experiments.gba_modes import GBA_MODES
+
+MODES = ({name: GBA_MODES[name] for name in ("geometric", "adaptive", "valley", "valley+adaptive")}
+         | {"told-l0": GBA_MODES["geometric"], "valley+told-l0": GBA_MODES["valley"]}
+         | {name: GBA_MODES[name] for name in ("valley-targets", "search", "valley-targets+search")})
 """``told-l0``: ``target_l0`` set to the L0 of the model's W most frequent features (W = the SAE's
 width; the whole true L0 when W covers every feature): GBA told what the other modes must find."""
 

@@ -25,11 +25,12 @@ import json
 import math
 import statistics
 
+from gba_lens.experiments.gba_modes import GBA_MODES as MODES
+
 BUDGETS = (62_500, 125_000, 250_000, 500_000, 1_000_000)
 L1_SWEEP = 3
-GBA_MODES = {"GBA": {}, "GBA valley": {"valley_thresholds": True},
-             "GBA valley targets": {"valley_thresholds": True, "targets": "valleys"},
-             "GBA valley targets + search": {"valley_thresholds": True, "targets": "valleys", "target_search": True}}
+GBA_MODES = {"GBA": MODES["geometric"], "GBA valley": MODES["valley"], "GBA valley targets": MODES["valley-targets"],
+             "GBA valley targets + search": MODES["valley-targets+search"]}
 """GBA's rows (``--gba-rows``), by the options each sets; every row runs without a sparsity sweep (x 1)."""
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         curves: dict[str, dict[int, list[float]]] = {}
         for seed in args.seeds:
             true_l0 = float(zipf_model(zcfg, seed).activation_generator.firing_probabilities.sum())
-            specs = [*(MethodSpec(name, "gba", GBA_MODES[name]) for name in args.gba_rows),
+            specs = [*(MethodSpec(name, "gba", dict(GBA_MODES[name])) for name in args.gba_rows),
                      MethodSpec("L1 coef 0.3", "l1", {"l1_coefficient": 0.3}),
                      MethodSpec("BatchTopK", "batchtopk", {"k": true_l0, **PAPER_TOPK})]
             for budget in BUDGETS:
