@@ -1,0 +1,62 @@
+"""scripts/threshold_signals.py: the measures it reports on each neuron, on inputs whose answer is
+known (the runs themselves are the page's figures)."""
+
+import math
+
+import pytest
+import torch
+
+
+def test_the_f1_best_threshold_separates_a_feature_from_the_noise(script):
+    best = script("threshold_signals").f1_best_threshold
+    torch.manual_seed(0)
+    present = torch.rand(20_000) < 0.1
+    u = 0.2 * torch.randn(20_000) + 3.0 * present
+    threshold, f1 = best(u, present)
+    assert 0.6 < threshold < 2.4          # between the noise (sd 0.2) and the feature (3.0)
+    assert f1 > 0.99
+
+
+def test_elasticity_of_an_exponential_tail_is_the_threshold_over_its_scale(script):
+    elasticity = script("threshold_signals").elasticity
+    torch.manual_seed(0)
+    u = torch.distributions.Exponential(torch.tensor(2.0)).sample((400_000,))   # P(u > t) = exp(-2 t)
+    assert elasticity(u, 1.0) == pytest.approx(2.0, rel=0.05)
+    assert elasticity(u, 0.5) == pytest.approx(1.0, rel=0.05)
+
+
+def test_residual_anisotropy_is_one_when_isotropic_and_large_along_one_direction(script):
+    anisotropy = script("threshold_signals").residual_anisotropy
+    torch.manual_seed(0)
+    d = 16
+    isotropic = torch.randn(50_000, d)
+    first, second = torch.eye(d)[0], torch.eye(d)[1]
+    assert anisotropy(isotropic, first) == pytest.approx(1.0, abs=0.1)
+    along_second = isotropic * 0.05 + torch.randn(50_000, 1) * second
+    assert anisotropy(along_second, first) > 0.8 * (d - 1)
+    # a residual along the neuron's own direction is projected out: nothing is left but the noise
+    along_first = isotropic * 0.05 + torch.randn(50_000, 1) * first
+    assert anisotropy(along_first, first) == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_null_rule_puts_the_threshold_above_what_the_null_explains(script):
+    rule = script("threshold_signals").null_excess_thresholds
+    torch.manual_seed(0)
+    noise = torch.randn(20_000, 2).abs()
+    feature = (torch.rand(20_000, 2) < 0.05) * torch.tensor([6.0, 0.0])
+    thresholds = rule(noise + feature, noise)
+    assert 2.0 < thresholds[0] < 6.0      # neuron 0: a feature at 6 over a half-normal null
+    assert thresholds[1] < 0.5            # neuron 1: u is its null, no excess to keep
+
+
+def test_the_largest_lead_is_where_the_data_gains_most_over_the_null(script):
+    lead = script("threshold_signals").largest_lead
+    assert lead([1, 2, 4, 8], [0.3, 0.6, 0.7, 0.8], [0.2, 0.3, 0.5, 0.75]) == 2
+    assert math.isclose(lead([0.5, 1.0], [0.1, 0.2], [0.05, 0.0]), 1.0)
+
+
+def test_an_unknown_model_is_refused_by_the_parser(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script("threshold_signals").main(["oracle", "--models", "D"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'D'" in capsys.readouterr().err
