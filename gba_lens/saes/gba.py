@@ -14,33 +14,31 @@ moved by :class:`~gba_lens.saes.bias_adaptation.GroupBiasAdaptation` instead.
 Weights: one side carries unit-norm directions, kept on the sphere by projection before every
 step (the theory's spherical gradient descent). ``unit_norm="encoder"`` (default, both gates) keeps
 the encoder directions w_m unit-norm, as in the paper's u_m = w_m . x, and leaves the decoder row
-free (it plays the paper's output scale a_m times a direction). This is what makes the bias
-thresholds mean the same thing all through training: with unit-norm *decoder* rows and a free
-encoder, gradient descent can shrink the encoder norms, so the pre-activations fall under biases
-set early in training; those neurons then fire below their group's target without ever being
-"dead" (the rule only raises the bias of a neuron that never fires), and are lost to recovery.
-It is also what the ReLU gate needs: with no penalty and free encoder norms, ReLU neurons grow
-until the clamp at -1 can no longer silence them. ``"decoder"`` (SAELens's convention) is an option.
+free (the paper's output scale a_m times a direction). This makes the bias thresholds mean the
+same thing all through training: with unit-norm *decoder* rows and a free encoder, gradient descent
+can shrink the encoder norms, so the pre-activations fall under biases set early in training; those
+neurons fire below their group's target without ever being "dead" (the rule only raises the bias of
+a neuron that never fires) and are lost to recovery. The ReLU gate needs it too: with no penalty and
+free encoder norms, ReLU neurons grow until the clamp at -1 cannot silence them. ``"decoder"``
+(SAELens's convention) is an option.
 
 Input scale: the [-1, 0] bias range only means something when pre-activations are O(1). On its
 first training batch the SAE sets b_pre to the batch mean and s so that the centred inputs
-s x - b_pre have unit mean norm. (SAELens's ``expected_average_only_in`` scales to norm
-sqrt(d_in) instead; pre-activations of that size are far outside the [-1, 0] bias range, so the
-rule would push every bias to the clamp at -1.)
-With ``centre_inputs=False`` b_pre starts at 0 instead; frozen there (``learn_pre_bias=False``)
-the SAE has no pre-bias at all, which suits data with no offset: when the mean input is a mix of
-features (as in the paper's toy) rather than an offset, a centred, trained b_pre absorbs part of
-the features.
+s x - b_pre have unit mean norm (SAELens's ``expected_average_only_in`` scales to norm sqrt(d_in):
+pre-activations far outside the bias range, every bias pushed to the clamp at -1).
+With ``centre_inputs=False`` b_pre starts at 0; frozen there (``learn_pre_bias=False``) the SAE has
+no pre-bias, which suits data with no offset: when the mean input is a mix of features (the paper's
+toy) rather than an offset, a centred, trained b_pre absorbs part of them.
 
 Export: with threshold = -b >= 0 and b_enc = 0 the JumpReLU neuron is exactly SAELens's
 ``JumpReLUSAE`` (relu(u) * 1[u > threshold]); the ReLU neuron is SAELens's ``StandardSAE`` with
-b_enc = b. The input scale folds into W_enc, W_dec and b_dec, and the controller's statistics are
+b_enc = b. The input scale folds into W_enc, W_dec and b_dec and the controller's statistics are
 dropped, so ``save_inference_model`` writes a plain SAELens SAE (cfg.json + safetensors) that
-``sae_lens.SAE.load_from_disk`` loads without gba_lens. The GBA hyperparameters travel in the
-config's metadata (``training_architecture_details``), with the group targets at the end of training.
+``sae_lens.SAE.load_from_disk`` loads without gba_lens; the GBA hyperparameters and the final group
+targets travel in the config's metadata (``training_architecture_details``).
 
-Training step: SAELens's dense one, or for wide SAEs the same step computed on the active latents
-only (:mod:`gba_lens.saes.sparse_step`, option ``sparse_step``).
+Training step: SAELens's dense one, or for wide SAEs the same step on the active latents only
+(:mod:`gba_lens.saes.sparse_step`); ``encoder_regression`` adds a loss on every u_m (dense step).
 """
 
 from __future__ import annotations
@@ -69,9 +67,9 @@ from typing_extensions import override
 from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 from gba_lens.saes.decoder_stability import DecoderStability
+from gba_lens.saes.encoder_regression import encoder_regression_loss
 from gba_lens.saes.gba_options import GBAOptions
-from gba_lens.saes.sparse_step import SparseStepPolicy, active_latent_index
-from gba_lens.saes.sparse_step import sparse_training_forward_pass
+from gba_lens.saes.sparse_step import SparseStepPolicy, active_latent_index, sparse_training_forward_pass
 from gba_lens.saes.target_search import TargetSearch
 from gba_lens.saes.valley_thresholds import ValleyThresholds
 
@@ -145,13 +143,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     def __init__(self, cfg: GBATrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         self.bias_adaptation = GroupBiasAdaptation(
-            cfg.d_sae,
-            n_groups=cfg.n_groups,
-            highest_target=cfg.highest_target,
-            lowest_target=cfg.lowest_target,
-            gamma_minus=cfg.gamma_minus,
-            gamma_plus=cfg.gamma_plus,
-            dead_eps=cfg.dead_eps,
+            cfg.d_sae, n_groups=cfg.n_groups, highest_target=cfg.highest_target, lowest_target=cfg.lowest_target,
+            gamma_minus=cfg.gamma_minus, gamma_plus=cfg.gamma_plus, dead_eps=cfg.dead_eps,
             targets=cfg.targets if cfg.n_groups > 1 else "geometric",
             target_l0=cfg.target_l0,
             target_search=TargetSearch(cfg.d_sae, cfg.d_in, self.device) if cfg.target_search else None,
@@ -166,7 +159,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         # Active fraction of the last training step's entries (-1: none yet), for the sparse-step
         # policy; a buffer, so that a resumed run takes the same path as an uninterrupted one.
         self.register_buffer("step_density", torch.full((), -1.0, device=self.device))
-        self.sparse_step_policy = SparseStepPolicy(cfg.sparse_step)
+        self.sparse_step_policy = SparseStepPolicy("off" if cfg.encoder_regression else cfg.sparse_step)  # dense u
         self.decoder_stability = DecoderStability(cfg.d_sae)  # a logging metric, not a module: not saved
         self._input_scale_ready = False
         self._batch_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None
@@ -266,7 +259,12 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        return {}
+        """Only ``encoder_regression`` (:mod:`gba_lens.saes.encoder_regression`), when its weight is set."""
+        if not self.cfg.encoder_regression:
+            return {}
+        residual = (self.process_sae_in(step_input.sae_in) - self.process_sae_in(sae_out)).detach()  # as u reads x
+        return {"encoder_regression": encoder_regression_loss(
+            hidden_pre - self.b_enc, feature_acts.detach(), residual, self.W_dec.detach(), self.cfg.encoder_regression)}
 
     # ---------------------------------------------------------------------------- training
     @torch.no_grad()

@@ -6,6 +6,7 @@ command-line configs (``gba-lens train``, ``gba-lens train-activations``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -16,7 +17,8 @@ from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 EXECUTION_OPTIONS = ("sparse_step",)
 # Options added after runs were first recorded, with the value that trains as those runs did: a
 # recorded run without one resumes when the new value is that one.
-OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None, "target_search": False}
+OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None, "target_search": False,
+                                       "encoder_regression": 0.0}
 
 
 @dataclass(kw_only=True)
@@ -60,6 +62,13 @@ class GBAOptions:
     HTF, and in the last quarter of the run send the ones still turning back to their group's
     target (:mod:`gba_lens.saes.target_search`).
     Needs the run's length, which gba_lens's trainers give the SAE. Not with ``target_l0``."""
+    encoder_regression: float = 0.0
+    """Weight of a loss that trains each neuron's pre-activation u_m on every input, also where it is
+    silent (the gate gives those inputs no gradient), toward its leave-one-out coefficient
+    c_m = z_m + d_m . (x - x_hat) / |d_m|^2: what it should output once the other latents'
+    reconstruction is removed (no gradient through c_m). The loss is the weight times d_in / d_sae
+    times sum_m (u_m - c_m)^2, averaged over the batch. 0 (default): the paper's training. Costs one
+    more batch x d_in x d_sae product per step; the step stays dense (``sparse_step`` off)."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -94,6 +103,11 @@ class GBAOptions:
             raise ValueError(f"target_l0 and targets={self.targets!r} both move the targets; set one of them")
         if self.target_l0 is not None and self.target_search:
             raise ValueError("target_l0 and target_search both move the targets; set one of them")
+        if not (math.isfinite(self.encoder_regression) and self.encoder_regression >= 0.0):
+            raise ValueError(f"encoder_regression must be a finite number >= 0, got {self.encoder_regression}")
+        if self.encoder_regression > 0.0 and self.sparse_step == "on":
+            raise ValueError("encoder_regression needs every latent's pre-activation; sparse_step='on' computes the "
+                             "active ones only (use sparse_step='auto' or 'off')")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:

@@ -86,6 +86,9 @@ def test_a_record_from_before_an_option_existed_matches_only_the_option_off():
     assert settings_differences(old, {"gba": {"n_groups": 10, "target_search": False}}) == []
     assert settings_differences(old, {"gba": {"n_groups": 10, "target_search": True}}) == [
         "gba.target_search: (unset) -> true"]
+    assert settings_differences(old, {"gba": {"n_groups": 10, "encoder_regression": 0.0}}) == []
+    assert settings_differences(old, {"gba": {"n_groups": 10, "encoder_regression": 0.01}}) == [
+        "gba.encoder_regression: (unset) -> 0.01"]
 
 
 def _cfg(tmp_path, **kw):
