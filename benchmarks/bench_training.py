@@ -493,7 +493,11 @@ def main(argv: list[str] | None = None) -> int:
                              "full run, none for --quick)")
     parser.add_argument("--valley-thresholds", action="store_true",
                         help="GBA with valley_thresholds=True (step sizes only; writes no file unless --out)")
+    parser.add_argument("--encoder-regression", type=float, default=0.0, metavar="WEIGHT",
+                        help="GBA with encoder_regression=WEIGHT (step sizes only; writes no file unless --out)")
     args = parser.parse_args(argv)
+    options = {"valley_thresholds": args.valley_thresholds, "encoder_regression": args.encoder_regression}
+    variant = bool(args.valley_thresholds or args.encoder_regression)  # not the default GBA: no generator, no file
     clock = _common.configure(args.threads, args.wall)
     start = time.perf_counter()
 
@@ -502,23 +506,24 @@ def main(argv: list[str] | None = None) -> int:
     sizes = []
     for d_in, d_sae in SIZES:
         log(f"[bench_training] d_in {d_in}, d_sae {d_sae} ...")
-        sizes.append(measure_size(d_in, d_sae, clock, plan, valley_thresholds=args.valley_thresholds))
+        sizes.append(measure_size(d_in, d_sae, clock, plan, **options))
     gen_cases = [("paper toy", 128, 42, 1024), ("small", 512, 128, 512), ("large", 4096, 512, 4096)]
     gens = []
-    for label, n, d, d_sae in ([] if args.valley_thresholds else gen_cases):
+    for label, n, d, d_sae in ([] if variant else gen_cases):
         log(f"[bench_training] generator {label} (n {n}, d {d}) ...")
         gens.append(measure_generator(label, n, d, d_sae, clock, plan))
     peak = gemm_peak(clock, 5)
     md = report(sizes, gens, peak, clock, args.threads, args.quick)
     md += f"\n\nCommand: `python benchmarks/bench_training.py{' --quick' if args.quick else ''}" \
           f"{' --valley-thresholds' if args.valley_thresholds else ''}" \
+          f"{f' --encoder-regression {args.encoder_regression:g}' if args.encoder_regression else ''}" \
           f"{f' --threads {args.threads}' if args.threads != 1 else ''}`; " \
           f"total wall time {time.perf_counter() - start:.0f} s.\n"
     if args.profile:
         md += "\n" + "\n".join(profile_steps(d_in, d_sae) for d_in, d_sae in SIZES)
     print(md)
     out = args.out if args.out is not None else (
-        None if args.quick or args.valley_thresholds else Path(__file__).with_name("results_training.md"))
+        None if args.quick or variant else Path(__file__).with_name("results_training.md"))
     if out is not None:
         out.write_text(md + "\n")
         log(f"[bench_training] wrote {out}")
