@@ -112,6 +112,8 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
             raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
         if self.input_norm not in ("unit_mean", "none"):
             raise ValueError(f"input_norm must be 'unit_mean' or 'none', got {self.input_norm!r}")
+        if self.encoder_regression and self.normalize_activations != "none":
+            raise ValueError(f"encoder_regression needs normalize_activations='none', got {self.normalize_activations!r}")
 
     @property
     def trains_pre_bias(self) -> bool:
@@ -262,7 +264,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         """Only ``encoder_regression`` (:mod:`gba_lens.saes.encoder_regression`), when its weight is set."""
         if not self.cfg.encoder_regression:
             return {}
-        residual = (self.process_sae_in(step_input.sae_in) - self.process_sae_in(sae_out)).detach()  # as u reads x
+        residual = (step_input.sae_in - sae_out).detach().to(self.dtype)  # in the space u reads: scaled
+        residual = residual * self._scale if self.cfg.input_norm == "unit_mean" else residual
         return {"encoder_regression": encoder_regression_loss(
             hidden_pre - self.b_enc, feature_acts.detach(), residual, self.W_dec.detach(), self.cfg.encoder_regression)}
 

@@ -58,6 +58,8 @@ def test_the_option_keeps_the_step_dense_and_is_validated():
     assert _sae(0.0, sparse_step="auto").sparse_step_policy.mode == "auto"
     with pytest.raises(ValueError, match="encoder_regression needs every latent"):
         GBATrainingSAEConfig(d_in=8, d_sae=24, encoder_regression=0.1, sparse_step="on")
+    with pytest.raises(ValueError, match="encoder_regression needs normalize_activations='none'"):
+        GBATrainingSAEConfig(d_in=8, d_sae=24, encoder_regression=0.1, normalize_activations="layer_norm")
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="encoder_regression must be a finite number >= 0"):
             GBATrainingSAEConfig(d_in=8, d_sae=24, encoder_regression=bad)
