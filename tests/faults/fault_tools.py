@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +24,12 @@ FIGURES: Counter[str] = Counter({"kills survived": 0, "corruptions detected": 0,
 # A forked child inherits the parent's threads' state; when another thread of the test process
 # (a prefetcher, a W&B service thread) was inside an OpenMP region at the moment of the fork, torch
 # in the child can fail with this assertion before the code under test runs. That is a property of
-# fork(), not of gba_lens, so such a child is started again (once).
+# fork(), not of gba_lens, so such a child is started again, after a pause that lets the other
+# threads leave their OpenMP region (up to three times; once was seen to hit it twice in a row).
 _FORK_DAMAGE = "Invalid thread pool"
 
 
-def run_in_child(fn: Callable[[], int], _retry: bool = True) -> tuple[str, int]:
+def run_in_child(fn: Callable[[], int], _retries: int = 3) -> tuple[str, int]:
     """Run ``fn`` in a forked process; ``("killed", 9)`` if it died of SIGKILL, else ``("exit", code)``.
 
     The child's stderr is copied to the parent's (pytest shows it on failure).
@@ -57,8 +59,9 @@ def run_in_child(fn: Callable[[], int], _retry: bool = True) -> tuple[str, int]:
     sys.stderr.write(text)
     if os.WIFSIGNALED(status):
         return ("killed", os.WTERMSIG(status))
-    if _retry and os.WEXITSTATUS(status) != 0 and _FORK_DAMAGE in text:
-        return run_in_child(fn, _retry=False)
+    if _retries and os.WEXITSTATUS(status) != 0 and _FORK_DAMAGE in text:
+        time.sleep(0.5)
+        return run_in_child(fn, _retries - 1)
     return ("exit", os.WEXITSTATUS(status))
 
 
