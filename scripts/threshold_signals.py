@@ -72,8 +72,11 @@ def null_excess_thresholds(u: Float[torch.Tensor, "n d_sae"], null: Float[torch.
     #(u > t) over #(null > t), FP(t) = #(null > t) and FN(t) = max excess - TP(t)."""
     top = torch.maximum(u.max(0).values, null.max(0).values).clamp(min=1e-6)
     edges = torch.linspace(0, 1, n_bins + 1)[None] * top[:, None]            # [d_sae, bins + 1]
-    above_u = torch.stack([(u[:, m, None] > edges[m]).sum(0) for m in range(u.shape[1])]).float()
-    above_null = torch.stack([(null[:, m, None] > edges[m]).sum(0) for m in range(u.shape[1])]).float()
+
+    def above(values: torch.Tensor) -> torch.Tensor:  # [d_sae, bins + 1]: inputs over each of a neuron's edges
+        return torch.stack([(values[:, m, None] > edges[m]).sum(0) for m in range(values.shape[1])]).float()
+
+    above_u, above_null = above(u), above(null)
     excess = (above_u - above_null).clamp(min=0)
     missed = excess.max(1, keepdim=True).values - excess
     f1 = 2 * excess / (2 * excess + above_null + missed).clamp(min=1e-9)

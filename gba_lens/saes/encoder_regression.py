@@ -32,7 +32,8 @@ def encoder_regression_loss(
     weight: float,
 ) -> torch.Tensor:
     """The weighted regression of ``pre_activations`` (u, with gradient) on the leave-one-out
-    coefficients computed from ``feature_acts``, ``residual`` and ``decoder`` (no gradient)."""
+    coefficients computed from ``feature_acts``, ``residual`` and ``decoder`` (no gradient flows
+    through them: they are read under ``no_grad``)."""
     with torch.no_grad():
         row_norms = (decoder * decoder).sum(1).clamp(min=1e-12)
         coefficient = feature_acts + (residual @ decoder.T) / row_norms

@@ -147,8 +147,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         self.bias_adaptation = GroupBiasAdaptation(
             cfg.d_sae, n_groups=cfg.n_groups, highest_target=cfg.highest_target, lowest_target=cfg.lowest_target,
             gamma_minus=cfg.gamma_minus, gamma_plus=cfg.gamma_plus, dead_eps=cfg.dead_eps,
-            targets=cfg.targets if cfg.n_groups > 1 else "geometric",
-            target_l0=cfg.target_l0,
+            targets=cfg.targets if cfg.n_groups > 1 else "geometric", target_l0=cfg.target_l0,
             target_search=TargetSearch(cfg.d_sae, cfg.d_in, self.device) if cfg.target_search else None,
             device=self.device,
         )
@@ -194,9 +193,11 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
     @override
     def process_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
-        if self.cfg.input_norm == "unit_mean":
-            sae_in = sae_in.to(self.dtype) * self._scale
-        return super().process_sae_in(sae_in)
+        return super().process_sae_in(self._scaled(sae_in))
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times the input scale s (``unit_mean``), the first thing the encoder does to its input."""
+        return x.to(self.dtype) * self._scale if self.cfg.input_norm == "unit_mean" else x
 
     def pre_activations(
         self, x: Float[torch.Tensor, "... d_in"]
@@ -264,10 +265,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         """Only ``encoder_regression`` (:mod:`gba_lens.saes.encoder_regression`), when its weight is set."""
         if not self.cfg.encoder_regression:
             return {}
-        residual = (step_input.sae_in - sae_out).detach().to(self.dtype)  # in the space u reads: scaled
-        residual = residual * self._scale if self.cfg.input_norm == "unit_mean" else residual
+        residual = self._scaled(step_input.sae_in - sae_out.detach())  # in the space u reads (b_pre cancels)
         return {"encoder_regression": encoder_regression_loss(
-            hidden_pre - self.b_enc, feature_acts.detach(), residual, self.W_dec.detach(), self.cfg.encoder_regression)}
+            hidden_pre - self.b_enc, feature_acts, residual, self.W_dec, self.cfg.encoder_regression)}
 
     # ---------------------------------------------------------------------------- training
     @torch.no_grad()
