@@ -1,20 +1,24 @@
 """Unsupervised signals for the level a GBA neuron should fire at, measured against the truth
-(docs/experiments/prior_free.md, fourteenth step). One JSON line per model.
+(docs/experiments/prior_free.md, fourteenth and sixteenth steps). One JSON line per model.
 
 ``oracle``: trains the geometric default, then for every neuron whose decoder row matches a true
 feature finds the threshold that maximises its F1 against that feature's occurrences (theta*) and
 reports what a rule without the truth could see there: theta* in units of the robust spread of
 u (median, MAD) and of its maximum, the elasticity of the firing frequency to the threshold at
 theta* and at the trained threshold, and the anisotropy of the residual on the neuron's firings
-(a mixture's firings leave the difference of its features). It also scores one rule: each
-threshold set where the excess of u over a null (the pre-activation the other latents'
-reconstruction gives) maximises the F1 that excess implies.
+(a mixture's firings leave the difference of its features). It also scores three rules, each
+setting every threshold from u alone: where the excess of u over a null (the pre-activation the
+other latents' reconstruction gives) maximises the F1 that excess implies; the description-length
+(universal) threshold; the posterior 1/2 of a two-Gaussian mixture. And it counts the true
+features more frequent than the highest target (``--highest-target``), which no neuron may fire
+as often as, with the best decoder cosine each has.
 
 ``parallel``: parallel analysis for the L0, as for the number of principal components: GBA asked
 for a range of L0s (``target_l0``) on the data and on a Gaussian with the data's mean and
 covariance; the L0 where the data's explained variance leads the null's the most.
 
     python scripts/threshold_signals.py oracle --models toy A sb
+    python scripts/threshold_signals.py oracle --models sb --highest-target 0.2
     python scripts/threshold_signals.py parallel --models A B C --l0 0.5 1 1.5 2 3 4 6 8 12 16 --samples 500000
     python scripts/threshold_signals.py parallel --models sb --l0 1 2 3 4 6 8 12 16 --samples 250000
     python scripts/threshold_signals.py parallel --models toy --l0 2 4 6 8 12 16 24 32 --samples 300000
@@ -81,6 +85,62 @@ def null_excess_thresholds(u: Float[torch.Tensor, "n d_sae"], null: Float[torch.
     missed = excess.max(1, keepdim=True).values - excess
     f1 = 2 * excess / (2 * excess + above_null + missed).clamp(min=1e-9)
     return edges.gather(1, f1.argmax(1, keepdim=True))[:, 0]
+
+
+def robust_noise(u: Float[torch.Tensor, "n d_sae"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per neuron the median of u and its spread as a Gaussian's sigma (1.4826 MAD): the noise mode
+    when most inputs lack the neuron's feature."""
+    median = u.median(0).values
+    return median, (1.4826 * (u - median).abs().median(0).values).clamp(min=1e-9)
+
+
+def universal_thresholds(u: Float[torch.Tensor, "n d_sae"], c: float = 1.0,
+                         grid: Float[torch.Tensor, " g"] | None = None) -> Float[torch.Tensor, " d_sae"]:
+    """Per neuron the lowest threshold t = median + z sigma (z on ``grid``) with
+    z >= c sqrt(2 ln(1 / P(u > t))): a firing pays for itself in description length when the
+    squared coefficient in noise units exceeds twice the nats of the firing (sigma sqrt(2 ln n),
+    Donoho and Johnstone's universal threshold, with n the neuron's own odds)."""
+    grid = torch.linspace(0.5, 12, 231) if grid is None else grid
+    median, sigma = robust_noise(u)
+    t = median[:, None] + grid[None] * sigma[:, None]                                   # [d_sae, g]
+    ordered = u.T.contiguous().sort(1).values                                          # [d_sae, n]
+    firing = 1 - torch.searchsorted(ordered, t.contiguous(), right=True).float() / u.shape[0]
+    pays = grid[None] >= c * torch.sqrt(2 * torch.log(1 / firing.clamp(min=1 / u.shape[0])))
+    first = torch.where(pays.any(1), pays.float().argmax(1), torch.full_like(median, len(grid) - 1).long())
+    return t.gather(1, first[:, None])[:, 0]
+
+
+def mixture_thresholds(u: Float[torch.Tensor, "n d_sae"], tail_sigmas: float = 3.0,
+                       iterations: int = 40) -> Float[torch.Tensor, " d_sae"]:
+    """Per neuron a two-Gaussian mixture of u fitted by EM (noise started at the median and robust
+    sigma, the feature at the inputs over ``tail_sigmas`` of it) and the lowest u above the noise's
+    mean where the feature's posterior reaches 1/2; NaN where the fit has no component above the
+    noise."""
+    median, sigma = robust_noise(u)
+    tail = u > median + tail_sigmas * sigma
+    n_tail = tail.sum(0).clamp(min=1)
+    weight = (tail.float().mean(0)).clamp(1e-4, 0.5)
+    mean1 = torch.where(tail, u, 0).sum(0) / n_tail
+    var1 = torch.where(tail, (u - mean1) ** 2, 0).sum(0) / n_tail + sigma ** 2
+    mean0, var0 = median.clone(), sigma ** 2
+
+    def log_densities(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.log(1 - weight) - 0.5 * torch.log(var0) - (x - mean0) ** 2 / (2 * var0)
+        return noise, torch.log(weight) - 0.5 * torch.log(var1) - (x - mean1) ** 2 / (2 * var1)
+
+    for _ in range(iterations):
+        noise, feature = log_densities(u)
+        r1 = torch.sigmoid(feature - noise)
+        n1, n0 = r1.sum(0).clamp(min=1e-3), (1 - r1).sum(0).clamp(min=1e-3)
+        weight = (n1 / u.shape[0]).clamp(1e-5, 0.5)
+        mean1, mean0 = (r1 * u).sum(0) / n1, ((1 - r1) * u).sum(0) / n0
+        var1 = ((r1 * (u - mean1) ** 2).sum(0) / n1).clamp(min=1e-9)
+        var0 = ((1 - r1) * (u - mean0) ** 2).sum(0).div(n0).clamp(min=1e-9)
+    t = mean0[None] + torch.linspace(0, 15, 301)[:, None] * var0.sqrt()[None]         # [g, d_sae]
+    noise, feature = log_densities(t)
+    crosses = (feature >= noise) & (t <= mean1[None])
+    found = crosses.any(0) & (mean1 > mean0)
+    return torch.where(found, t.gather(0, crosses.float().argmax(0)[None])[0], torch.full_like(mean0, math.nan))
 
 
 def largest_lead(l0s: list[float], data_ev: list[float], null_ev: list[float]) -> float:
@@ -168,8 +228,8 @@ def quantiles(values: torch.Tensor) -> list[float]:
     return [round(v, 3) for v in torch.quantile(values, torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])).tolist()]
 
 
-def oracle(s: Setting, seed: int, n_samples: int) -> dict[str, Any]:
-    sae = train_gba(s, s.samples, seed)
+def oracle(s: Setting, seed: int, n_samples: int, **options: Any) -> dict[str, Any]:
+    sae = train_gba(s, s.samples, seed, **options)
     with torch.no_grad():
         return _oracle_measures(s, sae, seed, n_samples)
 
@@ -215,12 +275,22 @@ def _oracle_measures(s: Setting, sae: Any, seed: int, n_samples: int) -> dict[st
     trained_bias = sae.b_enc.detach().clone()
     sae.b_enc.data.copy_(-null_excess_thresholds(u, null))
     null_rule = s.evaluate(sae)
+    rules = {}
+    for name, thresholds in (("universal_rule", universal_thresholds(u)), ("mixture_rule", mixture_thresholds(u))):
+        sae.b_enc.data.copy_(torch.where(thresholds.isnan(), trained_bias, -thresholds.clamp(min=0)))
+        rules[name] = s.evaluate(sae)
     sae.b_enc.data.copy_(trained_bias)
+    # The true features more frequent than the highest target, which no neuron can fire as often as.
+    frequency = (features > 0).float().mean(0)
+    frequent = frequency > sae.cfg.highest_target
+    frequent_best_cosine = (decoder @ truth[frequent].T).max(0).values if frequent.any() else torch.zeros(1)
     return {"model": s.name, "seed": seed, "top_w_l0": s.top_w_l0, "trained": trained, "matched": int(matched.sum()),
             **{k: quantiles(torch.tensor(v)) for k, v in per_neuron.items()},
             "firing_at_theta_summed": firing_at_theta,
             "anisotropy_matched": quantiles(anisotropy[matched]), "anisotropy_unmatched": quantiles(anisotropy[~matched]),
-            "null_rule": null_rule}
+            "null_rule": null_rule, **rules,
+            "above_highest_target": {"features": int(frequent.sum()), "summed_frequency": float(frequency[frequent].sum()),
+                                     "best_cosine": quantiles(frequent_best_cosine)}}
 
 
 def parallel(s: Setting, l0s: list[float], samples: int, seed: int) -> dict[str, Any]:
@@ -258,13 +328,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=None, help="training samples (default: prior_free.py's budget)")
     p.add_argument("--eval-samples", type=int, default=100_000, help="oracle: held-out samples")
+    p.add_argument("--highest-target", type=float, default=0.1, help="oracle: the geometric range's top target (HTF)")
     p.add_argument("--l0", type=float, nargs="+", default=[1, 2, 4, 8, 16], help="parallel: the L0s asked for")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
     for name in args.models:
         s = setting(name, args.cache)
         if args.experiment == "oracle":
-            row = oracle(s._replace(samples=args.samples or s.samples), args.seed, args.eval_samples)
+            row = oracle(s._replace(samples=args.samples or s.samples), args.seed, args.eval_samples,
+                         highest_target=args.highest_target)
         else:
             row = parallel(s, args.l0, args.samples or s.samples, args.seed)
         print(json.dumps(row), flush=True)

@@ -60,3 +60,30 @@ def test_an_unknown_model_is_refused_by_the_parser(script, capsys):
         script("threshold_signals").main(["oracle", "--models", "D"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'D'" in capsys.readouterr().err
+
+
+def test_the_universal_threshold_fires_a_feature_and_leaves_pure_noise_silent(script):
+    universal = script("threshold_signals").universal_thresholds
+    torch.manual_seed(0)
+    n = 100_000
+    present = torch.rand(n) < 0.05
+    u = torch.stack([torch.randn(n) + 6.0 * present, torch.randn(n)], 1)
+    thresholds = universal(u)
+    # a feature at 6 sigma on 5% of the inputs: it pays from about sqrt(2 ln 20) = 2.45 sigma on
+    assert 2.2 < thresholds[0] < 3.2
+    assert ((u[:, 0] > thresholds[0]) == present).float().mean() > 0.99
+    # for Gaussian noise sqrt(2 ln(1 / P(z' > z))) > z at every z: nothing pays before the sample
+    # runs out, sqrt(2 ln n)
+    assert thresholds[1] == pytest.approx(math.sqrt(2 * math.log(n)), abs=0.2)
+    assert (universal(u, c=1.3)[0] > thresholds[0] + 0.5)
+
+
+def test_the_mixture_threshold_separates_two_modes_and_gives_up_on_one(script):
+    mixture = script("threshold_signals").mixture_thresholds
+    torch.manual_seed(0)
+    present = torch.rand(100_000) < 0.1
+    two_modes = 0.3 * torch.randn(100_000) + 4.0 * present
+    thresholds = mixture(torch.stack([two_modes, torch.randn(100_000)], 1))
+    assert 1.0 < thresholds[0] < 3.0            # between the noise (sd 0.3) and the feature (4.0)
+    assert ((two_modes > thresholds[0]) == present).float().mean() > 0.999
+    assert thresholds[1].isnan()                # one Gaussian: no component above the noise
