@@ -253,11 +253,11 @@ def _oracle_measures(s: Setting, sae: Any, seed: int, n_samples: int) -> dict[st
                                                           "firing_over_feature", "f1", "elasticity_theta",
                                                           "elasticity_trained")}
     firing_at_theta = 0.0
+    medians, sigmas = robust_noise(u)
     for m in matched.nonzero()[:, 0].tolist():
         um, present = u[:, m], features[:, best_feature[m]] > 0
         theta, f1 = f1_best_threshold(um, present)
-        median = float(um.median())
-        mad = float((um - median).abs().median())
+        median, mad = float(medians[m]), float(sigmas[m]) / 1.4826
         firing = float((um > theta).float().mean())
         firing_at_theta += firing
         per_neuron["theta_over_mad"].append((theta - median) / max(mad, 1e-9))
@@ -283,14 +283,14 @@ def _oracle_measures(s: Setting, sae: Any, seed: int, n_samples: int) -> dict[st
     # The true features more frequent than the highest target, which no neuron can fire as often as.
     frequency = (features > 0).float().mean(0)
     frequent = frequency > sae.cfg.highest_target
-    frequent_best_cosine = (decoder @ truth[frequent].T).max(0).values if frequent.any() else torch.zeros(1)
+    frequent_best_cosine = (decoder @ truth[frequent].T).max(0).values
     return {"model": s.name, "seed": seed, "top_w_l0": s.top_w_l0, "trained": trained, "matched": int(matched.sum()),
             **{k: quantiles(torch.tensor(v)) for k, v in per_neuron.items()},
             "firing_at_theta_summed": firing_at_theta,
             "anisotropy_matched": quantiles(anisotropy[matched]), "anisotropy_unmatched": quantiles(anisotropy[~matched]),
             "null_rule": null_rule, **rules,
             "above_highest_target": {"features": int(frequent.sum()), "summed_frequency": float(frequency[frequent].sum()),
-                                     "best_cosine": quantiles(frequent_best_cosine)}}
+                                     "best_cosine": quantiles(frequent_best_cosine) if frequent.any() else []}}
 
 
 def parallel(s: Setting, l0s: list[float], samples: int, seed: int) -> dict[str, Any]:
