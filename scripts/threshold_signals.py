@@ -135,7 +135,7 @@ def mixture_thresholds(u: Float[torch.Tensor, "n d_sae"], tail_sigmas: float = 3
         weight = (n1 / u.shape[0]).clamp(1e-5, 0.5)
         mean1, mean0 = (r1 * u).sum(0) / n1, ((1 - r1) * u).sum(0) / n0
         var1 = ((r1 * (u - mean1) ** 2).sum(0) / n1).clamp(min=1e-9)
-        var0 = ((1 - r1) * (u - mean0) ** 2).sum(0).div(n0).clamp(min=1e-9)
+        var0 = (((1 - r1) * (u - mean0) ** 2).sum(0) / n0).clamp(min=1e-9)
     t = mean0[None] + torch.linspace(0, 15, 301)[:, None] * var0.sqrt()[None]         # [g, d_sae]
     noise, feature = log_densities(t)
     crosses = (feature >= noise) & (t <= mean1[None])
@@ -328,15 +328,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=None, help="training samples (default: prior_free.py's budget)")
     p.add_argument("--eval-samples", type=int, default=100_000, help="oracle: held-out samples")
-    p.add_argument("--highest-target", type=float, default=0.1, help="oracle: the geometric range's top target (HTF)")
+    p.add_argument("--highest-target", type=float, default=None,
+                   help="oracle: the geometric range's top target (HTF; default: GBA's)")
     p.add_argument("--l0", type=float, nargs="+", default=[1, 2, 4, 8, 16], help="parallel: the L0s asked for")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
     for name in args.models:
         s = setting(name, args.cache)
         if args.experiment == "oracle":
-            row = oracle(s._replace(samples=args.samples or s.samples), args.seed, args.eval_samples,
-                         highest_target=args.highest_target)
+            options = {} if args.highest_target is None else {"highest_target": args.highest_target}
+            row = oracle(s._replace(samples=args.samples or s.samples), args.seed, args.eval_samples, **options)
         else:
             row = parallel(s, args.l0, args.samples or s.samples, args.seed)
         print(json.dumps(row), flush=True)

@@ -87,3 +87,15 @@ def test_the_mixture_threshold_separates_two_modes_and_gives_up_on_one(script):
     assert 1.0 < thresholds[0] < 3.0            # between the noise (sd 0.3) and the feature (4.0)
     assert ((two_modes > thresholds[0]) == present).float().mean() > 0.999
     assert thresholds[1].isnan()                # one Gaussian: no component above the noise
+
+
+def test_the_top_target_reaches_the_oracle_only_when_asked(script, monkeypatch, capsys):
+    module = script("threshold_signals")
+    calls = []
+    monkeypatch.setattr(module, "setting", lambda name, cache: module.Setting(
+        name, None, None, 8, 4, 1e-3, 0.0, 100, {}, 1.0, lambda sae: {}))
+    monkeypatch.setattr(module, "oracle", lambda s, seed, n, **options: calls.append(options) or {"model": s.name})
+    module.main(["oracle", "--models", "A", "--highest-target", "0.2"])
+    module.main(["oracle", "--models", "A"])
+    assert calls == [{"highest_target": 0.2}, {}]   # absent: GBA's own default, not a copy of it
+    assert capsys.readouterr().out.count('"model": "A"') == 2
