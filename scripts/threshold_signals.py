@@ -106,8 +106,8 @@ def universal_thresholds(u: Float[torch.Tensor, "n d_sae"], c: float = 1.0,
     ordered = u.T.contiguous().sort(1).values                                          # [d_sae, n]
     firing = 1 - torch.searchsorted(ordered, t.contiguous(), right=True).float() / u.shape[0]
     pays = grid[None] >= c * torch.sqrt(2 * torch.log(1 / firing.clamp(min=1 / u.shape[0])))
-    first = torch.where(pays.any(1), pays.float().argmax(1), torch.full_like(median, len(grid) - 1).long())
-    return t.gather(1, first[:, None])[:, 0]
+    pays[:, -1] = True  # none pays on the grid: its end
+    return t.gather(1, pays.float().argmax(1, keepdim=True))[:, 0]
 
 
 def mixture_thresholds(u: Float[torch.Tensor, "n d_sae"], tail_sigmas: float = 3.0,
@@ -119,7 +119,7 @@ def mixture_thresholds(u: Float[torch.Tensor, "n d_sae"], tail_sigmas: float = 3
     median, sigma = robust_noise(u)
     tail = u > median + tail_sigmas * sigma
     n_tail = tail.sum(0).clamp(min=1)
-    weight = (tail.float().mean(0)).clamp(1e-4, 0.5)
+    weight = tail.float().mean(0).clamp(1e-4, 0.5)
     mean1 = torch.where(tail, u, 0).sum(0) / n_tail
     var1 = torch.where(tail, (u - mean1) ** 2, 0).sum(0) / n_tail + sigma ** 2
     mean0, var0 = median.clone(), sigma ** 2
@@ -235,6 +235,8 @@ def oracle(s: Setting, seed: int, n_samples: int, **options: Any) -> dict[str, A
 
 
 def _oracle_measures(s: Setting, sae: Any, seed: int, n_samples: int) -> dict[str, Any]:
+    from gba_lens.synthetic.metrics import max_cosines
+
     trained = s.evaluate(sae)
     torch.manual_seed(1000 + seed)
     features = s.model.activation_generator.sample(n_samples).float()
@@ -283,14 +285,13 @@ def _oracle_measures(s: Setting, sae: Any, seed: int, n_samples: int) -> dict[st
     # The true features more frequent than the highest target, which no neuron can fire as often as.
     frequency = (features > 0).float().mean(0)
     frequent = frequency > sae.cfg.highest_target
-    frequent_best_cosine = (decoder @ truth[frequent].T).max(0).values
     return {"model": s.name, "seed": seed, "top_w_l0": s.top_w_l0, "trained": trained, "matched": int(matched.sum()),
             **{k: quantiles(torch.tensor(v)) for k, v in per_neuron.items()},
             "firing_at_theta_summed": firing_at_theta,
             "anisotropy_matched": quantiles(anisotropy[matched]), "anisotropy_unmatched": quantiles(anisotropy[~matched]),
             "null_rule": null_rule, **rules,
             "above_highest_target": {"features": int(frequent.sum()), "summed_frequency": float(frequency[frequent].sum()),
-                                     "best_cosine": quantiles(frequent_best_cosine) if frequent.any() else []}}
+                                     "best_cosine": quantiles(max_cosines(sae.W_dec, truth[frequent])) if frequent.any() else []}}
 
 
 def parallel(s: Setting, l0s: list[float], samples: int, seed: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def test_the_loss_is_the_weighted_regression_on_the_leave_one_out_coefficient(st
     u = (out.hidden_pre - bias).detach()
     z = out.feature_acts.detach()
     d = sae.W_dec.detach()
-    x_hat_p = z @ d + (sae.process_sae_in(out.sae_out).detach() - z @ d)  # whatever b_pre adds back
+    x_hat_p = sae.process_sae_in(out.sae_out).detach()  # the reconstruction as the encoder reads it
     total = torch.zeros(())
     for m in range(24):
         without_m = x_hat_p - z[:, m:m + 1] * d[m]
