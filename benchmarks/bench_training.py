@@ -4,7 +4,8 @@ In ONE run, on the same in-memory activations, SAE sizes and batch (1024), timed
 (A B C, then B C A, ...) so that load from other processes hits every side alike:
 
 * **GBA** (``gba_lens.saes.GBATrainingSAE``, default config: JumpReLU gate, K = 10 groups, bias
-  update every step) through the project's harness, ``gba_lens.training.train.train_sae`` on a
+  update every step; the dense step, ``sparse_step="off"``, as ``bench_sparse_step.py`` measures
+  the sparse one) through the project's harness, ``gba_lens.training.train.train_sae`` on a
   ``TensorBatches`` stream (one whole ``fit()`` per repetition), and as a raw step loop
   (``GBATrainer.step`` per batch, timed per step).
 * **standard**: SAELens's ``StandardTrainingSAE`` (L1) trained by SAELens's own ``SAETrainer``
@@ -101,10 +102,13 @@ def make_activations(d_in: int, d_sae: int, n_rows: int) -> torch.Tensor:
 
 
 def build_gba(d_in: int, d_sae: int, **options: Any) -> Any:
+    """GBA with the dense step: under ``sparse_step="auto"`` a wide SAE whose L0 has fallen switches
+    to the sparse step, which skips GEMM work (a share of "roofline" over 100%) and computes the
+    controller's statistics inside its kernel (unseen by the timers); bench_sparse_step.py measures it."""
     from gba_lens.training.methods import build_sae
 
     torch.manual_seed(0)
-    return build_sae("gba", d_in, d_sae, **options)
+    return build_sae("gba", d_in, d_sae, **{"sparse_step": "off", **options})
 
 
 def build_standard(d_in: int, d_sae: int) -> Any:
