@@ -17,17 +17,24 @@ as often as, with the best decoder cosine each has.
 for a range of L0s (``target_l0``) on the data and on a Gaussian with the data's mean and
 covariance; the L0 where the data's explained variance leads the null's the most.
 
+``agreement``: stability selection for the top target: the geometric default trained on several
+seeds at each top target, and how far the seeds' dictionaries agree (the paper's cross-seed
+consistency, the share of one seed's decoder rows with a row of another at cosine > 0.9, and the
+mean of those best cosines), beside the figures against the truth.
+
     python scripts/threshold_signals.py oracle --models toy A sb
     python scripts/threshold_signals.py oracle --models sb --highest-target 0.2
     python scripts/threshold_signals.py parallel --models A B C --l0 0.5 1 1.5 2 3 4 6 8 12 16 --samples 500000
     python scripts/threshold_signals.py parallel --models sb --l0 1 2 3 4 6 8 12 16 --samples 250000
     python scripts/threshold_signals.py parallel --models toy --l0 2 4 6 8 12 16 24 32 --samples 300000
+    python scripts/threshold_signals.py agreement --models A B C sb toy --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -321,9 +328,32 @@ def parallel(s: Setting, l0s: list[float], samples: int, seed: int) -> dict[str,
             "largest_lead_at_l0": lead_at, "off_top_w": lead_at / s.top_w_l0 - 1}
 
 
+def seed_agreement(decoders: list[Float[torch.Tensor, "d_sae d_in"]]) -> tuple[float, float]:
+    """Over every ordered pair of dictionaries (decoder rows), the paper's cross-seed consistency
+    (share of the first's rows with a row of the second at cosine > 0.9) and the mean best cosine."""
+    from gba_lens.synthetic.metrics import cross_seed_consistency, max_cosines
+
+    pairs = list(itertools.permutations(decoders, 2))
+    consistency = sum(cross_seed_consistency(a, b) for a, b in pairs) / len(pairs)
+    best_cosine = sum(float(max_cosines(b, a).mean()) for a, b in pairs) / len(pairs)
+    return consistency, best_cosine
+
+
+def agreement(s: Setting, highest_targets: list[float], seeds: list[int]) -> dict[str, Any]:
+    rows = []
+    for highest in highest_targets:
+        saes = [train_gba(s, s.samples, seed, highest_target=highest) for seed in seeds]
+        scores = [s.evaluate(sae) for sae in saes]
+        consistency, best_cosine = seed_agreement([sae.W_dec.detach() for sae in saes])
+        rows.append({"highest_target": highest, **{k: round(sum(sc[k] for sc in scores) / len(scores), 4) for k in scores[0]},
+                     "consistency": round(consistency, 4), "mean_best_cosine": round(best_cosine, 4)})
+    return {"model": s.name, "seeds": seeds, "top_w_l0": s.top_w_l0, "rows": rows,
+            "most_consistent_at": max(rows, key=lambda r: r["consistency"])["highest_target"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("experiment", choices=("oracle", "parallel"))
+    p.add_argument("experiment", choices=("oracle", "parallel", "agreement"))
     p.add_argument("--models", nargs="+", choices=MODELS, default=["toy", "A", "sb"],
                    help="the paper toy, Zipf A / B / C, the synthbench preset")
     p.add_argument("--seed", type=int, default=0)
@@ -332,15 +362,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--highest-target", type=float, default=None,
                    help="oracle: the geometric range's top target (HTF; default: GBA's)")
     p.add_argument("--l0", type=float, nargs="+", default=[1, 2, 4, 8, 16], help="parallel: the L0s asked for")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="agreement: the seeds compared")
+    p.add_argument("--highest-targets", type=float, nargs="+", default=[0.025, 0.05, 0.1, 0.2, 0.4],
+                   help="agreement: the top targets tried")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
+    if args.experiment == "agreement" and len(set(args.seeds)) < 2:
+        p.error("agreement compares seeds: give at least two different --seeds")
     for name in args.models:
         s = setting(name, args.cache)
         if args.experiment == "oracle":
             options = {} if args.highest_target is None else {"highest_target": args.highest_target}
             row = oracle(s._replace(samples=args.samples or s.samples), args.seed, args.eval_samples, **options)
-        else:
+        elif args.experiment == "parallel":
             row = parallel(s, args.l0, args.samples or s.samples, args.seed)
+        else:
+            row = agreement(s._replace(samples=args.samples or s.samples), args.highest_targets, sorted(set(args.seeds)))
         print(json.dumps(row), flush=True)
 
 

@@ -101,3 +101,21 @@ def test_the_top_target_reaches_the_oracle_only_when_asked(script, monkeypatch, 
     module.main(["oracle", "--models", "A"])
     assert calls == [{"highest_target": 0.2}, {}]   # absent: GBA's own default, not a copy of it
     assert capsys.readouterr().out.count('"model": "A"') == 2
+
+
+def test_seed_agreement_is_one_for_a_permuted_copy_and_low_for_unrelated_directions(script):
+    seed_agreement = script("threshold_signals").seed_agreement
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(32, 32)).Q[:16]            # 16 orthonormal rows in d = 32
+    same = [basis, 2.0 * basis[torch.randperm(16)]]               # row order and norm do not matter
+    assert seed_agreement(same) == pytest.approx((1.0, 1.0))
+    half = torch.cat([basis[:8], torch.linalg.qr(torch.randn(32, 32)).Q[:8]])
+    consistency, best = seed_agreement([basis, half])
+    assert consistency == pytest.approx(0.5, abs=0.07)            # 8 of 16 rows shared each way
+    assert 0.5 < best < 0.9
+
+
+def test_agreement_needs_two_seeds(script, capsys):
+    with pytest.raises(SystemExit):
+        script("threshold_signals").main(["agreement", "--models", "A", "--seeds", "3", "3"])
+    assert "at least two different --seeds" in capsys.readouterr().err
