@@ -35,8 +35,8 @@ class GBAOptions:
     options it sets the L0 the most: the rule holds the L0 near or under d_sae times the mean
     target (about 0.025 d_sae at the defaults). Measured (docs/experiments/prior_free.md, sixteenth
     and seventeenth steps): 0.2 meets every target on a hierarchical synthetic model and brings the
-    stdlib LM closer to TopK; 0.025 meets them on two Zipfian models; the paper's toy keeps its
-    features best at 0.1."""
+    stdlib LM closer to TopK; 0.025 meets them on three Zipfian models (with valley targets and
+    target_search); the paper's toy keeps its features best at 0.1."""
     lowest_target: float = 1e-3
     """LTF, the target firing frequency of the last group (targets are geometric in between)."""
     update_interval: int = 1
