@@ -211,7 +211,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     ) -> tuple[Float[torch.Tensor, "... d_sae"], Float[torch.Tensor, "... d_sae"]]:
         u = self.pre_activations(x)
         y = self.hook_sae_acts_pre(u + self.b_enc)  # hidden_pre: active iff > 0
-        gate = y.detach().sign().clamp_(min=0)  # 1[y > 0]; on CPU 3x faster than a cast bool mask
+        gate = y.detach().sign().clamp_(min=0).to(u.dtype)  # 1[y > 0]: a third of a cast bool mask's CPU time
         z = u * gate if self.cfg.gating == "jumprelu" else torch.relu(y)
         if self.training:  # the controller's statistics, while y and the gate are still in cache
             self._batch_stats = self.firing_statistics(y, gate)
