@@ -371,13 +371,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error("agreement compares seeds: give at least two different --seeds")
     for name in args.models:
         s = setting(name, args.cache)
+        s = s._replace(samples=args.samples or s.samples)
         if args.experiment == "oracle":
             options = {} if args.highest_target is None else {"highest_target": args.highest_target}
-            row = oracle(s._replace(samples=args.samples or s.samples), args.seed, args.eval_samples, **options)
+            row = oracle(s, args.seed, args.eval_samples, **options)
         elif args.experiment == "parallel":
-            row = parallel(s, args.l0, args.samples or s.samples, args.seed)
+            row = parallel(s, args.l0, s.samples, args.seed)
         else:
-            row = agreement(s._replace(samples=args.samples or s.samples), args.highest_targets, sorted(set(args.seeds)))
+            row = agreement(s, args.highest_targets, sorted(set(args.seeds)))
         print(json.dumps(row), flush=True)
 
 

@@ -149,8 +149,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             gamma_minus=cfg.gamma_minus, gamma_plus=cfg.gamma_plus, dead_eps=cfg.dead_eps,
             targets=cfg.targets if cfg.n_groups > 1 else "geometric", target_l0=cfg.target_l0,
             target_search=TargetSearch(cfg.d_sae, cfg.d_in, self.device) if cfg.target_search else None,
-            device=self.device,
-        )
+            device=self.device)
         self.training_horizon: int | None = None
         """For ``target_search``: the run's length in optimiser steps (gba_lens's trainers set it)."""
         self.valley_thresholds = ValleyThresholds(cfg.d_sae, self.device) if cfg.valley_thresholds else None
@@ -211,21 +210,22 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     ) -> tuple[Float[torch.Tensor, "... d_sae"], Float[torch.Tensor, "... d_sae"]]:
         u = self.pre_activations(x)
         y = self.hook_sae_acts_pre(u + self.b_enc)  # hidden_pre: active iff > 0
-        gate = y.detach().sign().clamp_(min=0).to(u.dtype)  # 1[y > 0]: a third of a cast bool mask's CPU time
+        gate = self.open_gate(y).to(u.dtype)
         z = u * gate if self.cfg.gating == "jumprelu" else torch.relu(y)
         if self.training:  # the controller's statistics, while y and the gate are still in cache
             self._batch_stats = self.firing_statistics(y, gate)
         return self.hook_sae_acts_post(z), y
 
+    @staticmethod
+    def open_gate(y: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_sae"]:
+        return y.detach().sign().clamp_(min=0)  # 1[y > 0]: a third of a cast bool mask's CPU time
+
     @torch.no_grad()
     def firing_statistics(
         self, y: Float[torch.Tensor, "... d_sae"], gate: Float[torch.Tensor, "... d_sae"]
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Per-neuron firing count and peak pre-activation of a batch, for the bias controller.
-
-        Counted in float32 whatever the compute dtype (under bf16 autocast a bf16 sum is exact only
-        up to 256 firings per neuron).
-        """
+        """Per-neuron firing count (float32 whatever the compute dtype: under bf16 autocast a bf16 sum
+        is exact only up to 256) and peak pre-activation of a batch, for the bias controller."""
         flat_y, flat_gate = y.detach().reshape(-1, y.shape[-1]), gate.detach().reshape(-1, y.shape[-1])
         return flat_gate.sum(0, dtype=torch.float32), flat_y.amax(0).float(), flat_y.shape[0]
 
@@ -316,7 +316,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             output = super().training_forward_pass(step_input)
             batch_stats, self._batch_stats = self._batch_stats, None
             if batch_stats is None:
-                batch_stats = self.firing_statistics(output.hidden_pre, (output.hidden_pre > 0).to(self.dtype))
+                batch_stats = self.firing_statistics(output.hidden_pre, self.open_gate(output.hidden_pre))
         batch_stats = self.combine_batch_statistics(*batch_stats)
         self.step_density.copy_(batch_stats[0].sum() / (batch_stats[2] * self.cfg.d_sae))
 
