@@ -260,9 +260,10 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, **gba_options:
         gba_step(), std_step(), gemms()
 
     inst = Instrument(clock)
-    # The statistics are computed in the forward pass (``firing_statistics``) and added by
-    # ``accumulate``; ``observe`` is the fallback path. All three count as "observe".
-    inst.wrap(gba, "firing_statistics", "observe")
+    # The statistics are computed in the forward pass (``batch_peak``, ``batch_fire_count``) and
+    # added by ``accumulate``; ``observe`` is the controller's own path. All count as "observe".
+    inst.wrap(gba, "batch_peak", "observe")
+    inst.wrap(gba, "batch_fire_count", "observe")
     inst.wrap(gba.bias_adaptation, "accumulate", "observe")
     inst.wrap(gba.bias_adaptation, "observe", "observe")
     # With T = 1 the SAE applies the rule to the batch's statistics directly (``apply_rule``);

@@ -23,9 +23,8 @@ free encoder norms, ReLU neurons grow until the clamp at -1 cannot silence them.
 (SAELens's convention) is an option.
 
 Input scale: the [-1, 0] bias range only means something when pre-activations are O(1). On its
-first training batch the SAE sets b_pre to the batch mean and s so that the centred inputs
-s x - b_pre have unit mean norm (SAELens's ``expected_average_only_in`` scales to norm sqrt(d_in):
-pre-activations far outside the bias range, every bias pushed to the clamp at -1).
+first training batch the SAE sets b_pre to the batch mean and s so that s x - b_pre has unit mean
+norm (SAELens's ``expected_average_only_in`` scales to sqrt(d_in): every bias at the clamp at -1).
 With ``centre_inputs=False`` b_pre starts at 0; frozen there (``learn_pre_bias=False``) the SAE has
 no pre-bias, which suits data with no offset: when the mean input is a mix of features (the paper's
 toy) rather than an offset, a centred, trained b_pre absorbs part of them.
@@ -121,9 +120,7 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
 
     @property
     def constrained_side(self) -> Literal["decoder", "encoder"]:
-        if self.unit_norm == "auto":
-            return "encoder"
-        return self.unit_norm
+        return "encoder" if self.unit_norm == "auto" else self.unit_norm
 
     @override
     def get_inference_config_class(self) -> type[SAEConfig]:
@@ -210,24 +207,28 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     ) -> tuple[Float[torch.Tensor, "... d_sae"], Float[torch.Tensor, "... d_sae"]]:
         u = self.pre_activations(x)
         y = self.hook_sae_acts_pre(u + self.b_enc)  # hidden_pre: active iff > 0
+        # The controller's statistics while their inputs are in cache: the peak before the gate is
+        # computed, the count right after it (after z, at 128 x 512, they took 40% longer).
+        peak = self.batch_peak(y) if self.training else None
         gate = self.open_gate(y).to(u.dtype)
+        if peak is not None:
+            self._batch_stats = self.batch_fire_count(gate), peak, gate.numel() // gate.shape[-1]
         z = u * gate if self.cfg.gating == "jumprelu" else torch.relu(y)
-        if self.training:  # the controller's statistics, while y and the gate are still in cache
-            self._batch_stats = self.firing_statistics(y, gate)
         return self.hook_sae_acts_post(z), y
 
     @staticmethod
     def open_gate(y: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_sae"]:
         return y.detach().sign().clamp_(min=0)  # 1[y > 0]: a third of a cast bool mask's CPU time
 
-    @torch.no_grad()
-    def firing_statistics(
-        self, y: Float[torch.Tensor, "... d_sae"], gate: Float[torch.Tensor, "... d_sae"]
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Per-neuron firing count (float32 whatever the compute dtype: under bf16 autocast a bf16 sum
-        is exact only up to 256) and peak pre-activation of a batch, for the bias controller."""
-        flat_y, flat_gate = y.detach().reshape(-1, y.shape[-1]), gate.detach().reshape(-1, y.shape[-1])
-        return flat_gate.sum(0, dtype=torch.float32), flat_y.amax(0).float(), flat_y.shape[0]
+    @staticmethod
+    def batch_peak(y: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, " d_sae"]:
+        """Per-neuron peak pre-activation of a batch (float32), for the bias controller."""
+        return y.detach().reshape(-1, y.shape[-1]).amax(0).float()
+
+    @staticmethod
+    def batch_fire_count(gate: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, " d_sae"]:
+        """Per-neuron firing count of a batch in float32 (a bf16 sum is exact only up to 256)."""
+        return gate.detach().reshape(-1, gate.shape[-1]).sum(0, dtype=torch.float32)
 
     def combine_batch_statistics(
         self, fire_count: Float[torch.Tensor, " d_sae"], peak: Float[torch.Tensor, " d_sae"], n_samples: int
@@ -315,8 +316,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         else:
             output = super().training_forward_pass(step_input)
             batch_stats, self._batch_stats = self._batch_stats, None
-            if batch_stats is None:
-                batch_stats = self.firing_statistics(output.hidden_pre, self.open_gate(output.hidden_pre))
+            if batch_stats is None:  # encoded in eval mode: no statistics were cached
+                y = output.hidden_pre
+                batch_stats = self.batch_fire_count(self.open_gate(y)), self.batch_peak(y), y.numel() // y.shape[-1]
         batch_stats = self.combine_batch_statistics(*batch_stats)
         self.step_density.copy_(batch_stats[0].sum() / (batch_stats[2] * self.cfg.d_sae))
 
@@ -392,9 +394,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         return {
             **super().log_histograms(),
             "weights/gba_bias": self.b_enc.detach().float().cpu().numpy(),
-            "weights/gba_log10_frequency": np.log10(
-                self.bias_adaptation.frequency.detach().float().cpu().numpy() + 1e-10
-            ),
+            "weights/gba_log10_frequency": np.log10(self.bias_adaptation.frequency.detach().float().cpu().numpy() + 1e-10),
         }
 
     # ------------------------------------------------------------------------------ export
