@@ -230,6 +230,7 @@ class SizeResult:
     observe: list[float] = field(default_factory=list)
     update: list[float] = field(default_factory=list)
     project: list[float] = field(default_factory=list)
+    check: list[float] = field(default_factory=list)  # find_l0's co-activation check (every few steps)
     fit_steps: int = 0
     steps: int = 0
     reps: int = 0
@@ -274,6 +275,10 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, **gba_options:
         inst.wrap(gba.valley_thresholds, "observe", "observe")
         inst.wrap(gba.valley_thresholds, "apply", "update")
     inst.wrap(gba, "project_weights", "project")
+    inst.acc["check"] = 0.0
+    if gba.bias_adaptation.coactivation is not None:  # find_l0: amortised over the steps, not a median
+        inst.wrap(gba.bias_adaptation.coactivation, "observe", "check")
+        inst.wrap(gba.bias_adaptation.coactivation, "ratio", "check")
     sides: list[tuple[str, Callable[[], None], Samples]] = [
         ("gba", gba_step, res.step_gba), ("std", std_step, res.step_std), ("gemm", gemms, res.gemm)
     ]
@@ -285,6 +290,7 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, **gba_options:
                 res.observe.append(parts["observe"])
                 res.update.append(parts["update"])
                 res.project.append(parts["project"])
+                res.check.append(parts["check"])
     inst.restore()
     assert gba_trainer.sae.bias_adaptation.n_samples.item() == 0  # update ran (T = 1) and reset
 
@@ -471,6 +477,16 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
           f"{100 * paired_ratio(r.project, r.step_gba.times):.2f}% |")
     w("")
 
+    if any(any(r.check) for r in sizes):
+        w("### `find_l0`'s co-activation check (every few steps; amortised: total over the steps)\n")
+        w("| d_in × d_sae | checks | ms per check | share of the GBA step, amortised |")
+        w("|---|---:|---:|---:|")
+        for r in sizes:
+            checks = sum(1 for c in r.check if c > 0)
+            w(f"| {r.d_in} × {r.d_sae} | {checks} | {1e3 * sum(r.check) / max(checks, 1):.2f} | "
+              f"{100 * sum(r.check) / sum(r.step_gba.times):.2f}% |")
+        w("")
+
     w("### Synthetic generator vs GBA training (`SparseMixtureModel.sample` via `SeededBatches`)\n")
     w("| generator (n features, d) | GBA d_sae | generator samples/s | GBA training samples/s "
       "| generator / training | end-to-end `train_sae` on the generator, samples/s |")
@@ -498,11 +514,14 @@ def main(argv: list[str] | None = None) -> int:
                              "full run, none for --quick)")
     parser.add_argument("--valley-thresholds", action="store_true",
                         help="GBA with valley_thresholds=True (step sizes only; writes no file unless --out)")
+    parser.add_argument("--find-l0", action="store_true",
+                        help="GBA with find_l0=True and valley thresholds (adds its check's cost; writes no file unless --out)")
     parser.add_argument("--encoder-regression", type=float, default=0.0, metavar="WEIGHT",
                         help="GBA with encoder_regression=WEIGHT (step sizes only; writes no file unless --out)")
     args = parser.parse_args(argv)
-    options = {"valley_thresholds": args.valley_thresholds, "encoder_regression": args.encoder_regression}
-    variant = bool(args.valley_thresholds or args.encoder_regression)  # not the default GBA: no generator, no file
+    options = {"valley_thresholds": args.valley_thresholds or args.find_l0, "encoder_regression": args.encoder_regression,
+               "find_l0": args.find_l0}
+    variant = bool(args.valley_thresholds or args.encoder_regression or args.find_l0)  # not the default GBA: no generator, no file
     clock = _common.configure(args.threads, args.wall)
     start = time.perf_counter()
 
@@ -520,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = gemm_peak(clock, 5)
     md = report(sizes, gens, peak, clock, args.threads, args.quick)
     md += f"\n\nCommand: `python benchmarks/bench_training.py{' --quick' if args.quick else ''}" \
-          f"{' --valley-thresholds' if args.valley_thresholds else ''}" \
+          f"{' --valley-thresholds' if args.valley_thresholds else ''}{' --find-l0' if args.find_l0 else ''}" \
           f"{f' --encoder-regression {args.encoder_regression:g}' if args.encoder_regression else ''}" \
           f"{f' --threads {args.threads}' if args.threads != 1 else ''}`; " \
           f"total wall time {time.perf_counter() - start:.0f} s.\n"

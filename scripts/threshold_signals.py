@@ -17,6 +17,10 @@ as often as, with the best decoder cosine each has.
 for a range of L0s (``target_l0``) on the data and on a Gaussian with the data's mean and
 covariance; the L0 where the data's explained variance leads the null's the most.
 
+``coactivation``: ``find_l0``'s ratio (the mean |cos| between the decoder rows of latents active on
+the same input over that of two live latents) for the data's own features and for the geometric
+default at each top target, beside the figures against the truth.
+
 ``agreement``: stability selection for the top target: the geometric default trained on several
 seeds at each top target, and how far the seeds' dictionaries agree (the paper's cross-seed
 consistency, the share of one seed's decoder rows with a row of another at cosine > 0.9, and the
@@ -28,6 +32,7 @@ mean of those best cosines), beside the figures against the truth.
     python scripts/threshold_signals.py parallel --models sb --l0 1 2 3 4 6 8 12 16 --samples 250000
     python scripts/threshold_signals.py parallel --models toy --l0 2 4 6 8 12 16 24 32 --samples 300000
     python scripts/threshold_signals.py agreement --models A B C sb toy --seeds 0 1 2
+    python scripts/threshold_signals.py coactivation --models A B C sb toy
 """
 
 from __future__ import annotations
@@ -351,20 +356,51 @@ def agreement(s: Setting, highest_targets: list[float], seeds: list[int]) -> dic
             "most_consistent_at": max(rows, key=lambda r: r["consistency"])["highest_target"]}
 
 
+def coactivation_ratio(acts: Float[torch.Tensor, "n width"], directions: Float[torch.Tensor, "width d"]) -> float:
+    """``find_l0``'s ratio on whole activations: the mean |cos| of the directions of every pair of
+    distinct units active on the same input over the mean of every pair of live units."""
+    from gba_lens.saes.coactivation import active_entries, coactive_alignment, random_pair_alignment
+
+    directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    live = (acts != 0).any(0)
+    generator = torch.Generator().manual_seed(0)
+    total, pairs = coactive_alignment(*active_entries(acts, acts.shape[0]), directions, generator, pairs_per_row=64)
+    baseline = random_pair_alignment(directions[live], generator, n_latents=int(live.sum()))
+    return float(total / pairs / baseline)
+
+
+def coactivation(s: Setting, highest_targets: list[float], seed: int, n_samples: int) -> dict[str, Any]:
+    """The ratio of the data's own features, and of the geometric default at each top target."""
+    torch.manual_seed(1000 + seed)
+    features = s.model.activation_generator.sample(n_samples).float()
+    features = features.to_dense() if features.is_sparse else features
+    rows = [{"highest_target": "truth", "l0": round(float((features > 0).sum(1).float().mean()), 3),
+             "ratio": round(coactivation_ratio(features, s.model.feature_dict.feature_vectors), 3)}]
+    for highest in highest_targets:
+        sae = train_gba(s, s.samples, seed, highest_target=highest)
+        torch.manual_seed(2000 + seed)
+        with torch.no_grad():
+            inference = sae.to_inference_sae()
+            acts = inference.encode(s.sample(n_samples))
+        rows.append({"highest_target": highest, **{k: round(v, 4) for k, v in s.evaluate(sae).items()},
+                     "ratio": round(coactivation_ratio(acts, inference.W_dec.detach()), 3)})
+    return {"model": s.name, "seed": seed, "top_w_l0": s.top_w_l0, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("experiment", choices=("oracle", "parallel", "agreement"))
+    p.add_argument("experiment", choices=("oracle", "parallel", "agreement", "coactivation"))
     p.add_argument("--models", nargs="+", choices=MODELS, default=["toy", "A", "sb"],
                    help="the paper toy, Zipf A / B / C, the synthbench preset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=None, help="training samples (default: prior_free.py's budget)")
-    p.add_argument("--eval-samples", type=int, default=100_000, help="oracle: held-out samples")
+    p.add_argument("--eval-samples", type=int, default=100_000, help="oracle: held-out samples (coactivation: a fifth)")
     p.add_argument("--highest-target", type=float, default=None,
                    help="oracle: the geometric range's top target (HTF; default: GBA's)")
     p.add_argument("--l0", type=float, nargs="+", default=[1, 2, 4, 8, 16], help="parallel: the L0s asked for")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="agreement: the seeds compared")
     p.add_argument("--highest-targets", type=float, nargs="+", default=[0.025, 0.05, 0.1, 0.2, 0.4],
-                   help="agreement: the top targets tried")
+                   help="agreement, coactivation: the top targets tried")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
     if args.experiment == "agreement" and len(set(args.seeds)) < 2:
@@ -377,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
             row = oracle(s, args.seed, args.eval_samples, **options)
         elif args.experiment == "parallel":
             row = parallel(s, args.l0, s.samples, args.seed)
+        elif args.experiment == "coactivation":
+            row = coactivation(s, args.highest_targets, args.seed, args.eval_samples // 5)
         else:
             row = agreement(s, args.highest_targets, sorted(set(args.seeds)))
         print(json.dumps(row), flush=True)

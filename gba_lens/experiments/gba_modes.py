@@ -14,5 +14,7 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "valley-targets": {"valley_thresholds": True, "targets": "valleys"},  # group targets from the valleys
     "search": {"target_search": True},  # target search on the geometric targets
     "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True},
+    "find-l0": {"find_l0": True},  # target scale from the co-activation balance
+    "valley+find-l0": {"valley_thresholds": True, "find_l0": True},
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

@@ -22,7 +22,8 @@ keeps them fixed. With ``targets="valleys"`` each group's target becomes the med
 the features its neurons found (their valleys, see ``follow_valleys``). With a requested L0
 (``target_l0``) the targets are the geometric ones times a common scale that
 :mod:`gba_lens.saes.l0_control` moves, and a third branch raises live neurons under their target
-(by the dead branch's step), so that the L0 meets the request. With ``target_search``
+(by the dead branch's step), so that the L0 meets the request; with ``find_l0`` the same scale
+follows the co-activation balance of :mod:`gba_lens.saes.coactivation`. With ``target_search``
 (:mod:`gba_lens.saes.target_search`) neuron m's target is p_k times its own scale, raised while its
 decoder direction keeps turning.
 
@@ -38,6 +39,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
+from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.l0_control import L0Control
 from gba_lens.saes.target_adaptation import INITIAL_AVERAGE, adapt_group_targets, targets_from_valleys
 from gba_lens.saes.target_search import TargetSearch
@@ -74,7 +76,7 @@ class GroupBiasAdaptation(nn.Module):
         target      [d_sae]   each neuron's group target p_k
         group       [d_sae]   each neuron's group index k
         average     [d_sae]   (``targets="adaptive"`` only) slow average of the window frequencies
-        l0_control.*          (``target_l0`` only) the target scale, see :class:`L0Control`
+        l0_control.*          (``target_l0`` or ``find_l0`` only) the target scale, see :class:`L0Control`
         target_search.*       (``target_search`` only) the per-neuron target scales, see :class:`TargetSearch`
     """
 
@@ -97,6 +99,7 @@ class GroupBiasAdaptation(nn.Module):
         bias_max: float = 0.0,
         targets: str = "geometric",
         target_l0: float | None = None,
+        find_l0: bool = False,
         target_search: TargetSearch | None = None,
         device: str | torch.device = "cpu",
     ):
@@ -119,11 +122,15 @@ class GroupBiasAdaptation(nn.Module):
         self.register_buffer("fire_count", torch.zeros(d_sae, device=device))
         self.register_buffer("peak", torch.zeros(d_sae, device=device))
         self.register_buffer("n_samples", torch.zeros((), device=device))
-        if self.targets != "geometric" and target_l0 is not None:
-            raise ValueError(f"target_l0 and targets={self.targets!r} both move the targets; set one of them")
+        if self.targets != "geometric" and (target_l0 is not None or find_l0):
+            raise ValueError(f"{'find_l0' if find_l0 else 'target_l0'} and targets={self.targets!r} both move the "
+                             "targets; set one of them")
+        if find_l0 and target_l0 is not None:
+            raise ValueError("find_l0 finds the L0 that target_l0 asks for; set one of them")
         if self.targets == "adaptive":
             self.register_buffer("average", INITIAL_AVERAGE * self.target.clone())
-        self.l0_control = L0Control(target_l0, self.target) if target_l0 is not None else None
+        self.l0_control = L0Control(target_l0, self.target) if target_l0 is not None or find_l0 else None
+        self.coactivation = CoactivationBalance(device) if find_l0 else None
         if self.l0_control is not None:
             self.target.copy_(self.l0_control.scaled_targets())
         self.target_search = target_search

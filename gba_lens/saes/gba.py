@@ -65,10 +65,13 @@ from typing_extensions import override
 
 from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
+from gba_lens.saes.coactivation import GAIN as COACTIVATION_GAIN
+from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
+from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
-from gba_lens.saes.sparse_step import SparseStepPolicy, active_latent_index, sparse_training_forward_pass
+from gba_lens.saes.sparse_step import SparseStepPolicy, sparse_training_forward_pass
 from gba_lens.saes.target_search import TargetSearch
 from gba_lens.saes.valley_thresholds import ValleyThresholds
 
@@ -144,7 +147,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         self.bias_adaptation = GroupBiasAdaptation(
             cfg.d_sae, n_groups=cfg.n_groups, highest_target=cfg.highest_target, lowest_target=cfg.lowest_target,
             gamma_minus=cfg.gamma_minus, gamma_plus=cfg.gamma_plus, dead_eps=cfg.dead_eps,
-            targets=cfg.targets if cfg.n_groups > 1 else "geometric", target_l0=cfg.target_l0,
+            targets=cfg.targets if cfg.n_groups > 1 else "geometric", target_l0=cfg.target_l0, find_l0=cfg.find_l0,
             target_search=TargetSearch(cfg.d_sae, cfg.d_in, self.device) if cfg.target_search else None,
             device=self.device)
         self.training_horizon: int | None = None
@@ -343,50 +346,24 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             controller.follow_valleys(found.has_valley, found.frequency)
             if log:
                 output.metrics["gba/valley_fraction"] = found.fraction
+        balance = controller.coactivation  # find_l0: the target scale follows the co-activation ratio
+        if balance is not None and balance.due(step_input.n_training_steps):
+            balance.observe(output.feature_acts, self.W_dec, step_input.n_training_steps)
+            self.reduce_window_statistics(balance)
+            ratio = balance.ratio(self.W_dec, batch_stats[0] > 0, step_input.n_training_steps)
+            if ratio is not None:
+                controller.l0_control.follow(ratio, COACTIVATION_GAIN)
         search = controller.target_search
         if search is not None and search.due(step_input.n_training_steps):
             search.check(self.W_dec, controller.target, step_input.n_training_steps, self.training_horizon)
 
         if step_input.is_logging_step:
-            output.metrics.update(self._logging_metrics(output))
+            output.metrics.update(logging_metrics(self, output))
         return output
 
-    def reduce_window_statistics(self, statistics: ValleyThresholds) -> None:
-        """Combine a window's statistics across data-parallel ranks: nothing to do in one process
-        (data-parallel training replaces this with an all-reduce)."""
-
-    @torch.no_grad()
-    def _logging_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
-        # NMSE is not recomputed here: it is 1 - SAELens's metrics/explained_variance.
-        n_rows = output.feature_acts.numel() // self.cfg.d_sae
-        fired = torch.bincount(active_latent_index(output.feature_acts), minlength=self.cfg.d_sae).float() / n_rows
-        per_group = self.bias_adaptation.group_frequencies(fired)
-        bias_per_group = self.bias_adaptation.group_means(self.b_enc.detach())
-        metrics: dict[str, Any] = {
-            "gba/l0": fired.sum(),  # mean over samples of active latents = sum of firing rates
-            "gba/bias_mean": self.b_enc.mean(),
-            "gba/bias_at_min_fraction": (self.b_enc <= self.bias_adaptation.bias_min).float().mean(),
-        }
-        if self.bias_adaptation.target_search is not None:  # neurons searching above their group's target
-            metrics["gba/search_raised_fraction"] = (self.bias_adaptation.target_search.scale > 1).float().mean()
-        l0_control = self.bias_adaptation.l0_control
-        if l0_control is not None:  # the requested L0's controller: what it measures and its target scale
-            metrics["gba/l0_average"] = l0_control.l0_average
-            metrics["gba/target_scale"] = l0_control.relative_scale()
-        # Per group: firing frequency, target and mean bias. A frequency that falls while the bias
-        # stays put is the encoder growing selective, not the rule. From the second logging step on,
-        # how far the group's decoder directions turned since the last one (decoder_stability.py).
-        groups = zip(per_group.tolist(), self.bias_adaptation.group_targets.tolist(), bias_per_group.tolist())
-        for k, (freq, target, bias) in enumerate(groups):
-            metrics[f"gba_groups/group_{k}_frequency"] = freq
-            metrics[f"gba_groups/group_{k}_target"] = target
-            metrics[f"gba_groups/group_{k}_bias"] = bias
-        cosine = self.decoder_stability.cosines(self.W_dec)
-        if cosine is not None:
-            stability = self.bias_adaptation.group_means(cosine, self.decoder_stability.rows)
-            for k, value in enumerate(stability.tolist()):
-                metrics[f"gba_groups/group_{k}_decoder_stability"] = value
-        return metrics
+    def reduce_window_statistics(self, statistics: ValleyThresholds | CoactivationBalance) -> None:
+        """Combine a window's (or a co-activation check's) statistics across data-parallel ranks:
+        nothing to do in one process (data-parallel training replaces this with an all-reduce)."""
 
     @override
     @torch.no_grad()

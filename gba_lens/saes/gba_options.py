@@ -56,6 +56,18 @@ class GBAOptions:
     their target are raised as dead ones are (:mod:`gba_lens.saes.l0_control`); training warns
     if it ends more than a tenth off (too few steps). None: the targets are HTF ... LTF as given.
     Only with ``targets="geometric"``."""
+    find_l0: bool = False
+    """Find the L0 from the data: the geometric targets are scaled together (as for ``target_l0``)
+    until the latents that fire together are no more aligned than any two (their decoders' mean
+    |cosine| over the mean of two live latents, the ratio 1 that data made of features with their
+    own directions have), measured every 10 steps (:mod:`gba_lens.saes.coactivation`; logged as
+    ``gba/coactivation_ratio``). Too few firings leave mixtures that fire together (ratio > 1: the
+    targets rise), too many fill the input's other directions (< 1: they fall). Measured with
+    ``valley_thresholds`` (docs/experiments/prior_free.md, eighteenth step, 3 seeds): the L0 of a
+    hierarchical synthetic model, the paper's toy and three Zipfian ones off the truth by -8 ... +26
+    percent (the default: -48 ... +180 percent). Data whose features are all frequent and independent give
+    it no level to stop at: the training warns when its L0 is still falling at the end. Only with
+    ``targets="geometric"``, not with ``target_l0`` or ``target_search``."""
     valley_thresholds: bool = False
     """Move each neuron's threshold to the valley of its own pre-activation histogram, once that
     histogram shows a second mode (the inputs where the neuron's feature is present), so that
@@ -108,6 +120,9 @@ class GBAOptions:
             raise ValueError(f"target_l0 and targets={self.targets!r} both move the targets; set one of them")
         if self.target_l0 is not None and self.target_search:
             raise ValueError("target_l0 and target_search both move the targets; set one of them")
+        if self.find_l0 and (self.target_l0 is not None or self.target_search or self.targets != "geometric"):
+            raise ValueError("find_l0 moves the targets: it needs targets='geometric' and neither target_l0 "
+                             "nor target_search")
         if not (math.isfinite(self.encoder_regression) and self.encoder_regression >= 0.0):
             raise ValueError(f"encoder_regression must be a finite number >= 0, got {self.encoder_regression}")
         if self.encoder_regression > 0.0 and self.sparse_step == "on":

@@ -23,6 +23,10 @@ neurons that sit under their targets. With ``target_l0`` set:
 The only statistic is the rule's own window frequencies, so data-parallel training reduces nothing
 more, and the scale evolves identically on every rank. Logged as ``gba/l0_average`` and
 ``gba/target_scale`` (s over its start).
+
+With no request (``find_l0``) the scale starts at FOUND_START (the geometric default fires at about
+that share of its targets' sum) and is moved by :mod:`gba_lens.saes.coactivation` instead of the
+L0 average (:meth:`L0Control.follow`), within a factor FOUND_BOUND of its start.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ CAPTURE = 2.0
 BOUND = 4.0
 """... and stays within this factor of its start (targets summing to the request)."""
 TOLERANCE = 0.1
+FOUND_START = 0.45
+"""``find_l0``: the scale's start, so that the targets sum to this share of the geometric ones."""
+FOUND_BOUND = 64.0
+"""``find_l0``: the scale stays within this factor of its start."""
 """What a request promises: at the end of training the L0 average is within this fraction of it
 (:meth:`L0Control.unmet_request` says when it is not)."""
 
@@ -61,13 +69,14 @@ class L0Control(nn.Module):
     log_scale: torch.Tensor
     l0_average: torch.Tensor
 
-    def __init__(self, target_l0: float, base_target: Float[torch.Tensor, " d_sae"]):
+    def __init__(self, target_l0: float | None, base_target: Float[torch.Tensor, " d_sae"]):
+        """``target_l0`` None: no request, the scale follows :meth:`follow` (``find_l0``)."""
         super().__init__()
-        if not 0.0 < target_l0 <= base_target.shape[0]:
+        if target_l0 is not None and not 0.0 < target_l0 <= base_target.shape[0]:
             raise ValueError(f"target_l0 must be in (0, d_sae={base_target.shape[0]}], got {target_l0}")
-        self.target_l0 = float(target_l0)
+        self.target_l0 = None if target_l0 is None else float(target_l0)
         self.register_buffer("base_target", base_target.clone())
-        start = math.log(self.target_l0 / float(base_target.sum()))
+        start = math.log(FOUND_START if self.target_l0 is None else self.target_l0 / float(base_target.sum()))
         self.start = start  # log s at the start (targets summing to the request)
         self.register_buffer("log_scale", torch.tensor(start, device=base_target.device))
         self.register_buffer("l0_average", torch.tensor(-1.0, device=base_target.device))
@@ -84,7 +93,7 @@ class L0Control(nn.Module):
         """One line saying that the L0 average is off the request by more than TOLERANCE (None when
         it is within, or before the first window). The training harness warns with it at the end."""
         average = float(self.l0_average)
-        if average < 0 or abs(average / self.target_l0 - 1) <= TOLERANCE:
+        if self.target_l0 is None or average < 0 or abs(average / self.target_l0 - 1) <= TOLERANCE:
             return None
         return (f"target_l0={self.target_l0:g} not reached: the SAE fired {average:.3g} latents per input at the "
                 f"end of training ({average / self.target_l0 - 1:+.0%}); the controller had not settled, so "
@@ -96,7 +105,14 @@ class L0Control(nn.Module):
         l0 = frequency.sum().to(self.l0_average.dtype)
         average = torch.where(self.l0_average < 0, l0, self.l0_average + BETA * (l0 - self.l0_average))
         self.l0_average.copy_(average)
-        error = math.log(self.target_l0) - torch.log(average.clamp(min=1e-6))
-        self.log_scale.add_(torch.where(error.abs() < math.log(CAPTURE), ETA * error, torch.zeros_like(error)))
-        self.log_scale.clamp_(self.start - math.log(BOUND), self.start + math.log(BOUND))
+        if self.target_l0 is not None:
+            error = math.log(self.target_l0) - torch.log(average.clamp(min=1e-6))
+            self.log_scale.add_(torch.where(error.abs() < math.log(CAPTURE), ETA * error, torch.zeros_like(error)))
+            self.log_scale.clamp_(self.start - math.log(BOUND), self.start + math.log(BOUND))
         target.copy_(self.scaled_targets())
+
+    @torch.no_grad()
+    def follow(self, ratio: float, gain: float) -> None:
+        """``find_l0``: log s <- log s + gain (ratio - 1) (the targets follow at the next window)."""
+        self.log_scale.add_(gain * (ratio - 1.0))
+        self.log_scale.clamp_(self.start - math.log(FOUND_BOUND), self.start + math.log(FOUND_BOUND))

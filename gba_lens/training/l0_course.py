@@ -52,15 +52,16 @@ class L0Course:
         before, last = self.sums.cpu().tolist()
         return before / self.steps[0], last / self.steps[1]
 
-    def still_falling(self) -> str | None:
-        """One line when the L0 fell by more than FALL_TOLERANCE between the two windows, else None."""
+    def still_falling(self, remedy: str = "it settles later, at a lower L0 and with a more converged dictionary; "
+                                          "train on more samples") -> str | None:
+        """One line when the L0 fell by more than FALL_TOLERANCE between the two windows (ending with
+        ``remedy``), else None."""
         means = self.means()
         if means is None or means[0] <= 0 or means[1] >= means[0] * (1 - FALL_TOLERANCE):
             return None
         before, last = means
         return (f"GBA's L0 was still falling when training ended ({before:.3g} -> {last:.3g} latents per input "
-                f"over the last fifth of training before any learning-rate decay, {last / before - 1:+.0%}): it settles "
-                f"later, at a lower L0 and with a more converged dictionary; train on more samples")
+                f"over the last fifth of training before any learning-rate decay, {last / before - 1:+.0%}): {remedy}")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"sums": self.sums.clone(), "steps": torch.tensor(self.steps)}

@@ -198,7 +198,14 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         """One line when this GBA SAE's L0 had not settled at the end of training: a ``target_l0``
         request missed (:meth:`L0Control.unmet_request`), or a found L0 still falling (:mod:`l0_course`)."""
         control = getattr(getattr(self.sae, "bias_adaptation", None), "l0_control", None)
-        return control.unmet_request() if control is not None else self.l0_course.still_falling()
+        if control is not None and control.target_l0 is not None:
+            return control.unmet_request()
+        if control is not None:  # find_l0: its targets were still coming down
+            return self.l0_course.still_falling(
+                "find_l0 was still lowering the targets, so the L0 it found may be too low (data whose features are "
+                "all frequent and independent give it no level to stop at: docs/experiments/prior_free.md); train "
+                "on more samples to see whether it settles, or ask for an L0 with target_l0")
+        return self.l0_course.still_falling()
 
     @torch.no_grad()
     def build_train_step_log_dict(self, output: Any, n_training_samples: int) -> dict[str, Any]:

@@ -119,3 +119,13 @@ def test_agreement_needs_two_seeds(script, capsys):
     with pytest.raises(SystemExit):
         script("threshold_signals").main(["agreement", "--models", "A", "--seeds", "3", "3"])
     assert "at least two different --seeds" in capsys.readouterr().err
+
+
+def test_the_coactivation_ratio_is_one_for_independent_units_and_above_for_aligned_twins(script):
+    ratio = script("threshold_signals").coactivation_ratio
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.randn(32, 16, generator=gen)
+    fire = (torch.rand(8000, 32, generator=gen) < 0.03).float()
+    assert ratio(fire, directions) == pytest.approx(1.0, abs=0.03)
+    twins = torch.cat([directions, directions + 0.2 * torch.randn(32, 16, generator=gen)])
+    assert ratio(torch.cat([fire, fire], dim=1), twins) > 2.0

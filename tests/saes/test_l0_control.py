@@ -102,7 +102,7 @@ def test_invalid_requests_are_refused_with_the_option_named():
         GBATrainingSAEConfig(d_in=8, d_sae=32, target_l0=4.0, targets="adaptive")
 
 
-def test_the_controller_is_checkpointed_and_an_exported_sae_does_not_carry_it(step_input):
+def test_the_controller_is_checkpointed_and_an_exported_sae_does_not_carry_it(step_input, resumed_state):
     gen = torch.Generator().manual_seed(1)
     batches = [torch.relu(torch.randn(64, 8, generator=gen)) * 2 for _ in range(8)]
 
@@ -118,15 +118,9 @@ def test_the_controller_is_checkpointed_and_an_exported_sae_does_not_carry_it(st
     state = straight.state_dict()
     assert {"bias_adaptation.l0_control.log_scale", "bias_adaptation.l0_control.l0_average",
             "bias_adaptation.l0_control.base_target"} <= state.keys()
-    first = sae()
-    for step, x in enumerate(batches[:4]):
-        first.training_forward_pass(step_input(x, step))
-    resumed = sae()
-    resumed.load_state_dict(first.state_dict())
-    for step, x in enumerate(batches[4:], start=4):
-        resumed.training_forward_pass(step_input(x, step))
+    resumed = resumed_state(sae, batches, 4)
     for key, value in state.items():
-        assert torch.equal(resumed.state_dict()[key], value), key
+        assert torch.equal(resumed[key], value), key
     assert not any("l0_control" in key or "bias_adaptation" in key for key in straight.to_inference_sae().state_dict())
 
 

@@ -1,0 +1,141 @@
+"""The L0 from the data (``find_l0``): latents that fire together should be no more aligned than any two.
+
+In data made of features that each have their own direction, which features occur together has
+nothing to do with where they point: the mean |cosine| between the directions of two features
+active on the same input is the mean |cosine| of any two (the ratio is 1.00 on every synthetic
+model of docs/experiments/prior_free.md, hierarchical and correlated ones included). An SAE is
+measured the same way on its decoder rows:
+
+    ratio = mean |cos(d_m, d_n)| over latents m != n active on the same input
+            / mean |cos(d_m, d_n)| over two live latents
+
+An SAE that fires too little learns mixtures, and the mixtures that share a feature fire together:
+ratio > 1. One that fires too much spends its extra firings on latents that complement the ones
+already active, filling the input's other directions: ratio < 1. So ``find_l0`` scales GBA's
+geometric targets (with the third branch of a requested L0, :mod:`gba_lens.saes.l0_control`) by an
+integral controller on the ratio: every ``CHECK_EVERY`` steps, log s <- log s + GAIN (ratio - 1).
+
+Measured on each check's batch (at most ``MAX_ROWS`` rows): PAIRS_PER_ROW random ordered pairs of the
+active latents of each row, weighted by the row's number of pairs, give two sums (|cos| and pairs)
+that data-parallel ranks all-reduce; the denominator is the mean |cos| over every pair of
+``BASELINE_LATENTS`` random live latents. Both draws come from a generator seeded with the step,
+so that a resumed run repeats them and every rank uses the same latents. Cost per check: about
+(MAX_ROWS x PAIRS_PER_ROW + BASELINE_LATENTS^2) x d_in multiply-adds, every CHECK_EVERY steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import nn
+
+CHECK_EVERY = 10
+"""Optimiser steps between two measurements (and moves of the target scale)."""
+GAIN = 0.6
+"""Integral gain: log s moves by GAIN (ratio - 1) per check."""
+MAX_ROWS = 1024
+"""Rows of the batch a check reads."""
+PAIRS_PER_ROW = 8
+"""Random pairs of co-active latents drawn in each row."""
+BASELINE_LATENTS = 512
+"""Random live latents whose pairs give the denominator."""
+
+
+def active_entries(
+    feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int
+) -> tuple[Int[torch.Tensor, " nnz"], Int[torch.Tensor, " nnz"], int]:
+    """(row, latent) of every active entry in the first ``max_rows`` rows of dense or sparse (COO)
+    activations, row-major, and the number of rows read."""
+    if feature_acts.is_sparse:
+        indices = feature_acts.coalesce().indices()
+        n_rows = min(int(feature_acts.shape[0]), max_rows)
+        keep = indices[0] < n_rows
+        return indices[0][keep], indices[1][keep], n_rows
+    flat = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
+    row, latent = (flat != 0).nonzero(as_tuple=True)
+    return row, latent, flat.shape[0]
+
+
+def coactive_alignment(
+    row: Int[torch.Tensor, " nnz"], latent: Int[torch.Tensor, " nnz"], n_rows: int,
+    directions: Float[torch.Tensor, "d_sae d_in"], generator: torch.Generator, pairs_per_row: int = PAIRS_PER_ROW,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimated sum of |cos| over the ordered pairs of distinct latents active in the same row, and
+    the number of those pairs (0-dim float tensors): ``pairs_per_row`` random pairs per row, their
+    mean weighted by the row's k (k - 1) pairs. ``directions``: unit decoder rows; entries row-major."""
+    counts = torch.bincount(row, minlength=n_rows)
+    rows = (counts >= 2).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        zero = directions.new_zeros(())
+        return zero, zero.clone()
+    k = counts[rows]
+    start = (torch.cumsum(counts, 0) - counts)[rows, None]
+    draw = torch.rand(2, rows.numel(), pairs_per_row, generator=generator, device=generator.device).to(directions.device)
+    first = (draw[0] * k[:, None]).long().clamp(max=k[:, None] - 1)
+    second = (draw[1] * (k[:, None] - 1)).long().clamp(max=k[:, None] - 2)
+    second = second + (second >= first).long()  # a different latent of the same row
+    cosines = (directions[latent[start + first]] * directions[latent[start + second]]).sum(-1).abs()
+    weight = (k * (k - 1)).to(directions.dtype)
+    return (cosines.mean(1) * weight).sum(), weight.sum()
+
+
+def random_pair_alignment(
+    directions: Float[torch.Tensor, "n d_in"], generator: torch.Generator, n_latents: int = BASELINE_LATENTS
+) -> torch.Tensor:
+    """Mean |cos| over the pairs of distinct rows of ``n_latents`` random rows of ``directions``."""
+    pick = torch.randperm(directions.shape[0], generator=generator, device=generator.device)[:n_latents]
+    sample = directions[pick.to(directions.device)]
+    cosines = (sample @ sample.T).abs()
+    n = sample.shape[0]
+    return (cosines.sum() - cosines.diagonal().sum()) / (n * (n - 1))
+
+
+class CoactivationBalance(nn.Module):
+    """One check's sums (not saved: a check starts and ends within one step); the target scale it
+    moves lives in :class:`~gba_lens.saes.l0_control.L0Control`, which checkpoints carry."""
+
+    sums: torch.Tensor
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.register_buffer("sums", torch.zeros(2, device=device), persistent=False)
+        self.last_ratio: float | None = None
+
+    @staticmethod
+    def due(step: int) -> bool:
+        return step > 0 and step % CHECK_EVERY == 0
+
+    @torch.no_grad()
+    def observe(
+        self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"], step: int
+    ) -> None:
+        """This batch's sums over co-active pairs (of this rank's rows)."""
+        directions = decoder.detach().float()
+        directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        row, latent, n_rows = active_entries(feature_acts, MAX_ROWS)
+        total, pairs = coactive_alignment(row, latent, n_rows, directions, _generator(directions.device, step))
+        self.sums.copy_(torch.stack((total, pairs)))
+
+    def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
+        """Data-parallel training: the sums over every rank's rows."""
+        all_reduce(self.sums, "sum")
+
+    @torch.no_grad()
+    def ratio(
+        self, decoder: Float[torch.Tensor, "d_sae d_in"], live: Bool[torch.Tensor, " d_sae"], step: int
+    ) -> float | None:
+        """The check's ratio (None when the batch had no co-active pair or fewer than two live latents)."""
+        if float(self.sums[1]) == 0 or int(live.sum()) < 2:
+            return None
+        directions = decoder.detach().float()[live]
+        directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        baseline = random_pair_alignment(directions, _generator(directions.device, step + 1))
+        self.last_ratio = float(self.sums[0] / self.sums[1] / baseline.clamp(min=1e-8))
+        return self.last_ratio
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    """The check's random draws: seeded by the step, on the decoder's device (CPU for MPS)."""
+    return torch.Generator(device=device if device.type in ("cpu", "cuda") else "cpu").manual_seed(seed)
