@@ -363,9 +363,8 @@ def coactivation_ratio(acts: Float[torch.Tensor, "n width"], directions: Float[t
 
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     live = (acts != 0).any(0)
-    generator = torch.Generator().manual_seed(0)
-    total, pairs = coactive_alignment(*active_entries(acts, acts.shape[0]), directions, generator, pairs_per_row=64)
-    baseline = random_pair_alignment(directions[live], generator, n_latents=int(live.sum()))
+    total, pairs = coactive_alignment(*active_entries(acts, acts.shape[0], 64), directions, max_active=64)
+    baseline = random_pair_alignment(directions[live], torch.Generator().manual_seed(0), n_latents=int(live.sum()))
     return float(total / pairs / baseline)
 
 

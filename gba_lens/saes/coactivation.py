@@ -15,12 +15,12 @@ already active, filling the input's other directions: ratio < 1. So ``find_l0`` 
 geometric targets (with the third branch of a requested L0, :mod:`gba_lens.saes.l0_control`) by an
 integral controller on the ratio: every ``CHECK_EVERY`` steps, log s <- log s + GAIN (ratio - 1).
 
-Measured on each check's batch (at most ``MAX_ROWS`` rows): PAIRS_PER_ROW random ordered pairs of the
-active latents of each row, weighted by the row's number of pairs, give two sums (|cos| and pairs)
-that data-parallel ranks all-reduce; the denominator is the mean |cos| over every pair of
-``BASELINE_LATENTS`` random live latents. Both draws come from a generator seeded with the step,
-so that a resumed run repeats them and every rank uses the same latents. Cost per check: about
-(MAX_ROWS x PAIRS_PER_ROW + BASELINE_LATENTS^2) x d_in multiply-adds, every CHECK_EVERY steps.
+Measured on each check's batch (at most ``MAX_ROWS`` rows of each rank's batch): every ordered pair
+of the first ``MAX_ACTIVE`` active latents (by index) of each row gives two sums (|cos| and pairs)
+that data-parallel ranks all-reduce, so that they see what one process sees; the denominator is the
+mean |cos| over every pair of ``BASELINE_LATENTS`` random live latents, drawn by a generator seeded
+with the step, so that every rank (and a resumed run) draws the same ones. Cost per check: about
+(MAX_ROWS x MAX_ACTIVE^2 + BASELINE_LATENTS^2) x d_in multiply-adds, every CHECK_EVERY steps.
 """
 
 from __future__ import annotations
@@ -37,48 +37,51 @@ GAIN = 0.6
 """Integral gain: log s moves by GAIN (ratio - 1) per check."""
 MAX_ROWS = 1024
 """Rows of the batch a check reads."""
-PAIRS_PER_ROW = 8
-"""Random pairs of co-active latents drawn in each row."""
+MAX_ACTIVE = 8
+"""Active latents of a row a check reads (the first by index: their order says nothing of their directions)."""
 BASELINE_LATENTS = 512
 """Random live latents whose pairs give the denominator."""
 
 
 def active_entries(
-    feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int
+    feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int, max_active: int = MAX_ACTIVE
 ) -> tuple[Int[torch.Tensor, " nnz"], Int[torch.Tensor, " nnz"], int]:
-    """(row, latent) of every active entry in the first ``max_rows`` rows of dense or sparse (COO)
-    activations, row-major, and the number of rows read."""
+    """(row, latent) of the first ``max_active`` active entries (by latent index) of each of the first
+    ``max_rows`` rows of dense or sparse (COO) activations, row-major, and the number of rows read."""
     if feature_acts.is_sparse:
         indices = feature_acts.coalesce().indices()
         n_rows = min(int(feature_acts.shape[0]), max_rows)
-        keep = indices[0] < n_rows
-        return indices[0][keep], indices[1][keep], n_rows
-    flat = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
-    row, latent = (flat != 0).nonzero(as_tuple=True)
-    return row, latent, flat.shape[0]
+        row, latent = indices[0][indices[0] < n_rows], indices[1][indices[0] < n_rows]
+    else:
+        flat = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
+        n_rows = flat.shape[0]
+        row, latent = (flat != 0).nonzero(as_tuple=True)
+    counts = torch.bincount(row, minlength=n_rows)
+    keep = torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row] < max_active
+    return row[keep], latent[keep], n_rows
 
 
 def coactive_alignment(
     row: Int[torch.Tensor, " nnz"], latent: Int[torch.Tensor, " nnz"], n_rows: int,
-    directions: Float[torch.Tensor, "d_sae d_in"], generator: torch.Generator, pairs_per_row: int = PAIRS_PER_ROW,
+    directions: Float[torch.Tensor, "d_sae d_in"], max_active: int = MAX_ACTIVE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Estimated sum of |cos| over the ordered pairs of distinct latents active in the same row, and
-    the number of those pairs (0-dim float tensors): ``pairs_per_row`` random pairs per row, their
-    mean weighted by the row's k (k - 1) pairs. ``directions``: unit decoder rows; entries row-major."""
+    """Sum of |cos| over the ordered pairs of distinct latents active in the same row (the first
+    ``max_active`` of each), and the number of those pairs (0-dim float tensors). ``directions``: unit
+    decoder rows; entries row-major."""
     counts = torch.bincount(row, minlength=n_rows)
-    rows = (counts >= 2).nonzero().squeeze(1)
-    if rows.numel() == 0:
+    width = min(int(counts.max()) if counts.numel() else 0, max_active)
+    if width < 2:
         zero = directions.new_zeros(())
         return zero, zero.clone()
-    k = counts[rows]
-    start = (torch.cumsum(counts, 0) - counts)[rows, None]
-    draw = torch.rand(2, rows.numel(), pairs_per_row, generator=generator, device=generator.device).to(directions.device)
-    first = (draw[0] * k[:, None]).long().clamp(max=k[:, None] - 1)
-    second = (draw[1] * (k[:, None] - 1)).long().clamp(max=k[:, None] - 2)
-    second = second + (second >= first).long()  # a different latent of the same row
-    cosines = (directions[latent[start + first]] * directions[latent[start + second]]).sum(-1).abs()
-    weight = (k * (k - 1)).to(directions.dtype)
-    return (cosines.mean(1) * weight).sum(), weight.sum()
+    position = torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
+    keep = position < width
+    slots = torch.full((n_rows, width), -1, dtype=torch.long, device=row.device)
+    slots[row[keep], position[keep]] = latent[keep]
+    filled = slots >= 0
+    vectors = directions[slots.clamp(min=0)] * filled[..., None]  # [rows, width, d_in], empty slots 0
+    cosines = torch.bmm(vectors, vectors.transpose(1, 2)).abs()
+    pairs = filled[:, :, None] & filled[:, None, :] & ~torch.eye(width, dtype=torch.bool, device=row.device)
+    return (cosines * pairs).sum(), pairs.sum().to(directions.dtype)
 
 
 def random_pair_alignment(
@@ -108,14 +111,11 @@ class CoactivationBalance(nn.Module):
         return step > 0 and step % CHECK_EVERY == 0
 
     @torch.no_grad()
-    def observe(
-        self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"], step: int
-    ) -> None:
+    def observe(self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"]) -> None:
         """This batch's sums over co-active pairs (of this rank's rows)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        row, latent, n_rows = active_entries(feature_acts, MAX_ROWS)
-        total, pairs = coactive_alignment(row, latent, n_rows, directions, _generator(directions.device, step))
+        total, pairs = coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
         self.sums.copy_(torch.stack((total, pairs)))
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
@@ -131,11 +131,11 @@ class CoactivationBalance(nn.Module):
             return None
         directions = decoder.detach().float()[live]
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        baseline = random_pair_alignment(directions, _generator(directions.device, step + 1))
+        baseline = random_pair_alignment(directions, _generator(directions.device, step))
         self.last_ratio = float(self.sums[0] / self.sums[1] / baseline.clamp(min=1e-8))
         return self.last_ratio
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
-    """The check's random draws: seeded by the step, on the decoder's device (CPU for MPS)."""
+    """The denominator's draws: seeded by the step, on the decoder's device (CPU for MPS)."""
     return torch.Generator(device=device if device.type in ("cpu", "cuda") else "cpu").manual_seed(seed)

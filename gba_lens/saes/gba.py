@@ -348,7 +348,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
                 output.metrics["gba/valley_fraction"] = found.fraction
         balance = controller.coactivation  # find_l0: the target scale follows the co-activation ratio
         if balance is not None and balance.due(step_input.n_training_steps):
-            balance.observe(output.feature_acts, self.W_dec, step_input.n_training_steps)
+            balance.observe(output.feature_acts, self.W_dec)
             self.reduce_window_statistics(balance)
             ratio = balance.ratio(self.W_dec, batch_stats[0] > 0, step_input.n_training_steps)
             if ratio is not None:

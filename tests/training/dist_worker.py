@@ -32,10 +32,10 @@ VALLEY_GROUP_FRACTION = 1e-9
 """``targets="valleys"`` in the tests: a group follows its valleys from the first (this noise has few)."""
 
 
-def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False):
+def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False, find_l0=False):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley,
-                        target_l0=target_l0, targets=targets, target_search=search)
+                        target_l0=target_l0, targets=targets, target_search=search, find_l0=find_l0)
 
 
 def make_stream():
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--target-l0", type=float, default=None, help="GBA with a requested L0")
     parser.add_argument("--targets", default="geometric", help="GBA's target mode (valleys needs --valley)")
     parser.add_argument("--search", action="store_true", help="GBA with target_search (SEARCH_CONSTANTS)")
+    parser.add_argument("--find-l0", action="store_true", help="GBA with find_l0")
     args = parser.parse_args()
     if args.multi:
         from gba_lens.training.distributed import ensure_process_group, world_size
@@ -123,7 +124,7 @@ def main() -> None:
     if args.search:
         use_search_constants()
     stream = make_stream()
-    sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets, args.search)
+    sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets, args.search, args.find_l0)
     if rank() == args.fail_rank:
         stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))

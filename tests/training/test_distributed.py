@@ -4,6 +4,7 @@ resumes after a failed rank, and failures that end the run instead of hanging it
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 import dist_worker
 from gba_lens.data.activations import save_activations
 from gba_lens.data.batches import SeededBatches, TensorBatches
+from gba_lens.saes.l0_control import FOUND_START
 from gba_lens.training.distributed import PreSharded, shard_batches
 from gba_lens.training.trainer import latest_checkpoint
 
@@ -145,6 +147,20 @@ def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
     state = load_file(str(out / "state.safetensors"))
     _assert_same_sae(state, reference)
     assert reference["bias_adaptation.l0_control.l0_average"].item() > 0  # the controller read the windows
+
+
+def test_find_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
+    """find_l0's co-activation sums are all-reduced and its denominator drawn alike on every rank, so
+    the target scale moves as in one process (two checks in this run)."""
+    sae = dist_worker.make_sae(find_l0=True)
+    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
+    reference = sae.state_dict()
+    out = tmp_path / "run"
+    code, err, _ = _torchrun([str(WORKER), str(out), "--find-l0"])
+    assert code == 0, err[-3000:]
+    state = load_file(str(out / "state.safetensors"))
+    _assert_same_sae(state, reference)
+    assert reference["bias_adaptation.l0_control.log_scale"].item() != math.log(FOUND_START)  # the checks moved it
 
 
 def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, monkeypatch):
