@@ -48,12 +48,12 @@ CAPTURE = 2.0
 BOUND = 4.0
 """... and stays within this factor of its start (targets summing to the request)."""
 TOLERANCE = 0.1
+"""What a request promises: at the end of training the L0 average is within this fraction of it
+(:meth:`L0Control.unmet_request` says when it is not)."""
 FOUND_START = 0.45
 """``find_l0``: the scale's start, so that the targets sum to this share of the geometric ones."""
 FOUND_BOUND = 64.0
 """``find_l0``: the scale stays within this factor of its start."""
-"""What a request promises: at the end of training the L0 average is within this fraction of it
-(:meth:`L0Control.unmet_request` says when it is not)."""
 
 
 class L0Control(nn.Module):
