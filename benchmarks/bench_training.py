@@ -275,7 +275,6 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, **gba_options:
         inst.wrap(gba.valley_thresholds, "observe", "observe")
         inst.wrap(gba.valley_thresholds, "apply", "update")
     inst.wrap(gba, "project_weights", "project")
-    inst.acc["check"] = 0.0
     if gba.bias_adaptation.coactivation is not None:  # find_l0: amortised over the steps, not a median
         inst.wrap(gba.bias_adaptation.coactivation, "observe", "check")
         inst.wrap(gba.bias_adaptation.coactivation, "ratio", "check")
@@ -290,7 +289,7 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, **gba_options:
                 res.observe.append(parts["observe"])
                 res.update.append(parts["update"])
                 res.project.append(parts["project"])
-                res.check.append(parts["check"])
+                res.check.append(parts.get("check", 0.0))
     inst.restore()
     assert gba_trainer.sae.bias_adaptation.n_samples.item() == 0  # update ran (T = 1) and reset
 

@@ -43,6 +43,12 @@ BASELINE_LATENTS = 512
 """Random live latents whose pairs give the denominator."""
 
 
+def _row_positions(row: Int[torch.Tensor, " nnz"], n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries per row, and each row-major entry's position within its row."""
+    counts = torch.bincount(row, minlength=n_rows)
+    return counts, torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
+
+
 def active_entries(
     feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int, max_active: int = MAX_ACTIVE
 ) -> tuple[Int[torch.Tensor, " nnz"], Int[torch.Tensor, " nnz"], int]:
@@ -51,13 +57,13 @@ def active_entries(
     if feature_acts.is_sparse:
         indices = feature_acts.coalesce().indices()
         n_rows = min(int(feature_acts.shape[0]), max_rows)
-        row, latent = indices[0][indices[0] < n_rows], indices[1][indices[0] < n_rows]
+        read = indices[0] < n_rows
+        row, latent = indices[0][read], indices[1][read]
     else:
         flat = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
         n_rows = flat.shape[0]
         row, latent = (flat != 0).nonzero(as_tuple=True)
-    counts = torch.bincount(row, minlength=n_rows)
-    keep = torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row] < max_active
+    keep = _row_positions(row, n_rows)[1] < max_active
     return row[keep], latent[keep], n_rows
 
 
@@ -68,12 +74,11 @@ def coactive_alignment(
     """Sum of |cos| over the ordered pairs of distinct latents active in the same row (the first
     ``max_active`` of each), and the number of those pairs (0-dim float tensors). ``directions``: unit
     decoder rows; entries row-major."""
-    counts = torch.bincount(row, minlength=n_rows)
+    counts, position = _row_positions(row, n_rows)
     width = min(int(counts.max()) if counts.numel() else 0, max_active)
     if width < 2:
         zero = directions.new_zeros(())
         return zero, zero.clone()
-    position = torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
     keep = position < width
     slots = torch.full((n_rows, width), -1, dtype=torch.long, device=row.device)
     slots[row[keep], position[keep]] = latent[keep]
@@ -96,14 +101,15 @@ def random_pair_alignment(
 
 
 class CoactivationBalance(nn.Module):
-    """One check's sums (not saved: a check starts and ends within one step); the target scale it
-    moves lives in :class:`~gba_lens.saes.l0_control.L0Control`, which checkpoints carry."""
+    """One check's sums and denominator (not saved: a check starts and ends within one step); the
+    target scale it moves lives in :class:`~gba_lens.saes.l0_control.L0Control`, which checkpoints carry."""
 
     sums: torch.Tensor
 
     def __init__(self, device: str | torch.device = "cpu"):
         super().__init__()
         self.register_buffer("sums", torch.zeros(2, device=device), persistent=False)
+        self.baseline: torch.Tensor | None = None  # None: fewer than two live latents
         self.last_ratio: float | None = None
 
     @staticmethod
@@ -111,28 +117,29 @@ class CoactivationBalance(nn.Module):
         return step > 0 and step % CHECK_EVERY == 0
 
     @torch.no_grad()
-    def observe(self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"]) -> None:
-        """This batch's sums over co-active pairs (of this rank's rows)."""
+    def observe(
+        self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"],
+        live: Bool[torch.Tensor, " d_sae"], step: int,
+    ) -> None:
+        """This batch's sums over co-active pairs (of this rank's rows) and the denominator over the
+        live latents (the same on every rank: ``live`` is the global batch's)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         total, pairs = coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
         self.sums.copy_(torch.stack((total, pairs)))
+        live_directions = directions[live]
+        self.baseline = (random_pair_alignment(live_directions, _generator(directions.device, step))
+                         if live_directions.shape[0] >= 2 else None)
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows."""
         all_reduce(self.sums, "sum")
 
-    @torch.no_grad()
-    def ratio(
-        self, decoder: Float[torch.Tensor, "d_sae d_in"], live: Bool[torch.Tensor, " d_sae"], step: int
-    ) -> float | None:
+    def ratio(self) -> float | None:
         """The check's ratio (None when the batch had no co-active pair or fewer than two live latents)."""
-        if float(self.sums[1]) == 0 or int(live.sum()) < 2:
+        if float(self.sums[1]) == 0 or self.baseline is None:
             return None
-        directions = decoder.detach().float()[live]
-        directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        baseline = random_pair_alignment(directions, _generator(directions.device, step))
-        self.last_ratio = float(self.sums[0] / self.sums[1] / baseline.clamp(min=1e-8))
+        self.last_ratio = float(self.sums[0] / self.sums[1] / self.baseline.clamp(min=1e-8))
         return self.last_ratio
 
 

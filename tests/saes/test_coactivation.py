@@ -15,8 +15,8 @@ def _unit(rows: torch.Tensor) -> torch.Tensor:
 
 def _ratio(acts: torch.Tensor, decoder: torch.Tensor, step: int = 10) -> float:
     balance = C.CoactivationBalance()
-    balance.observe(acts, decoder)
-    ratio = balance.ratio(decoder, (acts != 0).any(0), step)
+    balance.observe(acts, decoder, (acts != 0).any(0), step)
+    ratio = balance.ratio()
     assert ratio is not None
     return ratio
 
@@ -82,10 +82,10 @@ def test_no_coactive_pair_or_fewer_than_two_live_latents_gives_no_ratio():
     balance = C.CoactivationBalance()
     decoder = torch.randn(8, 4)
     one_each = torch.eye(8)  # every row has a single active latent
-    balance.observe(one_each, decoder)
-    assert balance.ratio(decoder, torch.ones(8, dtype=torch.bool), 10) is None
-    balance.observe(torch.ones(4, 8), decoder)
-    assert balance.ratio(decoder, torch.eye(8, dtype=torch.bool)[0], 10) is None
+    balance.observe(one_each, decoder, torch.ones(8, dtype=torch.bool), 10)
+    assert balance.ratio() is None
+    balance.observe(torch.ones(4, 8), decoder, torch.eye(8, dtype=torch.bool)[0], 10)
+    assert balance.ratio() is None
 
 
 def test_the_controller_raises_the_targets_while_the_ratio_is_above_one_and_lowers_them_below():

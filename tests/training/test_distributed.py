@@ -112,6 +112,17 @@ def test_sparse_step_on_two_ranks_trains_the_one_process_sae(tmp_path, single_pr
     assert single_process_state["b_enc"].min() < 0
 
 
+def _one_process_and_two_ranks(tmp_path: Path, worker_args: list[str], **sae_options) -> tuple[dict, dict]:
+    """The state dict of the worker's SAE with ``sae_options`` trained in this process, and the one
+    the worker saves when two ranks train it with ``worker_args`` (which must succeed)."""
+    sae = dist_worker.make_sae(**sae_options)
+    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
+    out = tmp_path / "run"
+    code, err, _ = _torchrun([str(WORKER), str(out), *worker_args])
+    assert code == 0, err[-3000:]
+    return sae.state_dict(), load_file(str(out / "state.safetensors"))
+
+
 @pytest.mark.parametrize("targets", ["geometric", "valleys"])
 def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monkeypatch, targets):
     """The valley thresholds' histograms, peaks and window counts are the global batch's on every
@@ -121,13 +132,8 @@ def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monk
 
     monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", dist_worker.VALLEY_WINDOW)
     monkeypatch.setattr(target_adaptation, "MIN_VALLEY_FRACTION", dist_worker.VALLEY_GROUP_FRACTION)
-    sae = dist_worker.make_sae(valley=True, targets=targets)
-    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
-    reference = sae.state_dict()
-    out = tmp_path / "run"
-    code, err, _ = _torchrun([str(WORKER), str(out), "--valley", "--targets", targets])
-    assert code == 0, err[-3000:]
-    state = load_file(str(out / "state.safetensors"))
+    reference, state = _one_process_and_two_ranks(tmp_path, ["--valley", "--targets", targets], valley=True,
+                                                  targets=targets)
     _assert_same_sae(state, reference)
     assert "valley_thresholds.histogram" in state
     assert not torch.equal(reference["valley_thresholds.scale"], torch.ones(dist_worker.D_SAE))  # windows ran
@@ -138,13 +144,7 @@ def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monk
 def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
     """The L0 controller reads the rule's global window frequencies, so its L0 average and target
     scale evolve identically on every rank, as in one process."""
-    sae = dist_worker.make_sae(target_l0=4.0)
-    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
-    reference = sae.state_dict()
-    out = tmp_path / "run"
-    code, err, _ = _torchrun([str(WORKER), str(out), "--target-l0", "4"])
-    assert code == 0, err[-3000:]
-    state = load_file(str(out / "state.safetensors"))
+    reference, state = _one_process_and_two_ranks(tmp_path, ["--target-l0", "4"], target_l0=4.0)
     _assert_same_sae(state, reference)
     assert reference["bias_adaptation.l0_control.l0_average"].item() > 0  # the controller read the windows
 
@@ -152,13 +152,7 @@ def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
 def test_find_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
     """find_l0's co-activation sums are all-reduced and its denominator drawn alike on every rank, so
     the target scale moves as in one process (two checks in this run)."""
-    sae = dist_worker.make_sae(find_l0=True)
-    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
-    reference = sae.state_dict()
-    out = tmp_path / "run"
-    code, err, _ = _torchrun([str(WORKER), str(out), "--find-l0"])
-    assert code == 0, err[-3000:]
-    state = load_file(str(out / "state.safetensors"))
+    reference, state = _one_process_and_two_ranks(tmp_path, ["--find-l0"], find_l0=True)
     _assert_same_sae(state, reference)
     assert reference["bias_adaptation.l0_control.log_scale"].item() != math.log(FOUND_START)  # the checks moved it
 
@@ -167,13 +161,7 @@ def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, monkeyp
     """The search reads only the decoder, the same on every rank: each rank raises and returns the
     same neurons as one process, with nothing reduced."""
     dist_worker.use_search_constants(monkeypatch.setattr)
-    sae = dist_worker.make_sae(search=True)
-    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
-    reference = sae.state_dict()
-    out = tmp_path / "run"
-    code, err, _ = _torchrun([str(WORKER), str(out), "--search"])
-    assert code == 0, err[-3000:]
-    state = load_file(str(out / "state.safetensors"))
+    reference, state = _one_process_and_two_ranks(tmp_path, ["--search"], search=True)
     _assert_same_sae(state, reference)
     scale = reference["bias_adaptation.target_search.scale"]
     assert (scale > 1).any() and (scale == 1).any()  # some neurons searched, some did not (or came back)
