@@ -18,7 +18,7 @@ EXECUTION_OPTIONS = ("sparse_step",)
 # Options added after runs were first recorded, with the value that trains as those runs did: a
 # recorded run without one resumes when the new value is that one.
 OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None, "target_search": False,
-                                       "encoder_regression": 0.0}
+                                       "encoder_regression": 0.0, "find_l0": False}
 
 
 @dataclass(kw_only=True)

@@ -2,10 +2,12 @@
 by the table of :mod:`gba_lens.training.run_settings`; nothing non-finite is ever saved."""
 
 import json
+from dataclasses import fields
 
 import pytest
 import torch
 
+from gba_lens.saes.gba_options import EXECUTION_OPTIONS, OPTIONS_ADDED_LATER, GBAOptions
 from gba_lens.data.batches import SeededBatches, TensorBatches
 from gba_lens.training.checkpoints import NonFiniteTrainingError
 from gba_lens.training.run_settings import (
@@ -75,20 +77,26 @@ def test_fingerprint_and_differences():
     assert settings_differences({"a": (1, 2)}, {"a": [1, 2]}) == []  # as JSON reads them back
 
 
-def test_a_record_from_before_an_option_existed_matches_only_the_option_off():
-    old = {"gba": {"n_groups": 10}}  # written before valley_thresholds existed
-    assert settings_differences(old, {"gba": {"n_groups": 10, "valley_thresholds": False}}) == []
-    assert settings_differences(old, {"gba": {"n_groups": 10, "valley_thresholds": True}}) == [
-        "gba.valley_thresholds: (unset) -> true"]
-    assert settings_differences(old, {"gba": {"n_groups": 10, "target_l0": None}}) == []
-    assert settings_differences(old, {"gba": {"n_groups": 10, "target_l0": 8.0}}) == [
-        "gba.target_l0: (unset) -> 8.0"]
-    assert settings_differences(old, {"gba": {"n_groups": 10, "target_search": False}}) == []
-    assert settings_differences(old, {"gba": {"n_groups": 10, "target_search": True}}) == [
-        "gba.target_search: (unset) -> true"]
-    assert settings_differences(old, {"gba": {"n_groups": 10, "encoder_regression": 0.0}}) == []
-    assert settings_differences(old, {"gba": {"n_groups": 10, "encoder_regression": 0.01}}) == [
-        "gba.encoder_regression: (unset) -> 0.01"]
+# The GBA options recorded by the first run records; every later one must resume such a record
+# when it is off (OPTIONS_ADDED_LATER), or every earlier run would be refused.
+FIRST_RECORDED_OPTIONS = {"n_groups", "highest_target", "lowest_target", "update_interval", "targets", "gating"}
+SOME_OTHER_VALUE = {"valley_thresholds": True, "target_l0": 8.0, "target_search": True, "encoder_regression": 0.01,
+                    "find_l0": True}
+
+
+def test_every_option_added_after_the_first_records_is_listed_with_its_default():
+    later = {f.name: f.default for f in fields(GBAOptions)
+             if f.name not in FIRST_RECORDED_OPTIONS | set(EXECUTION_OPTIONS)}
+    assert OPTIONS_ADDED_LATER == later
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS_ADDED_LATER))
+def test_a_record_from_before_an_option_existed_matches_only_the_option_off(name):
+    old = {"gba": {"n_groups": 10}}  # written before the option existed
+    assert settings_differences(old, {"gba": {"n_groups": 10, name: OPTIONS_ADDED_LATER[name]}}) == []
+    on = SOME_OTHER_VALUE[name]
+    assert settings_differences(old, {"gba": {"n_groups": 10, name: on}}) == [
+        f"gba.{name}: (unset) -> {json.dumps(on)}"]
 
 
 def _cfg(tmp_path, **kw):
