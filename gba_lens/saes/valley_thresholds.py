@@ -128,8 +128,10 @@ class ValleyThresholds(nn.Module):
         # column 1 + floor(u / bin width), clamped to [0, BINS] (0: u <= 0), in one pass over the
         # rows: with a = 1 / bin width, 1 + u * a = y * a + (1 - b * a). Truncating the clamped,
         # non-negative value is the floor, and int32 halves the cost of the cast and the count.
+        # A non-finite u (diverged training, which the trainer then stops with its own message)
+        # goes to column 0 instead of reaching bincount as a negative index.
         per_width = (BINS / 1.25) / self.scale
-        column = torch.addcmul(1 - bias * per_width, rows, per_width).clamp_(0, BINS).to(torch.int32)
+        column = torch.addcmul(1 - bias * per_width, rows, per_width).nan_to_num_(0.0).clamp_(0, BINS).to(torch.int32)
         column += torch.arange(0, d_sae * (BINS + 1), BINS + 1, device=rows.device, dtype=torch.int32)
         self.histogram.view(-1).add_(torch.bincount(column.view(-1), minlength=d_sae * (BINS + 1)).to(self.histogram.dtype))
         added = -(-global_rows // stride)

@@ -148,8 +148,12 @@ def test_bad_activation_file_is_refused_in_one_line(files, tmp_path, capsys, nam
     FIGURES["bad inputs refused"] += 1
 
 
-def test_activations_too_large_stop_before_a_non_finite_sae_is_saved(files, tmp_path, capsys):
-    argv = _args(files, tmp_path / "run")
+@pytest.mark.parametrize("options", [[], ["--find-l0", "true", "--valley-thresholds", "true"]],
+                         ids=["paper-rule", "find-l0-valleys"])
+def test_activations_too_large_stop_before_a_non_finite_sae_is_saved(files, tmp_path, capsys, options):
+    """Also with the options whose statistics read every pre-activation (a histogram once turned a
+    non-finite one into a cryptic bincount error)."""
+    argv = _args(files, tmp_path / "run", *options)
     argv[2] = str(files / "huge.safetensors")
     line = _refused(capsys, argv)
     assert "non-finite" in line and "no checkpoint had been written" in line, line
