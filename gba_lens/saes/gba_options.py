@@ -66,8 +66,10 @@ class GBAOptions:
     ``valley_thresholds`` (docs/experiments/prior_free.md, eighteenth step, 3 seeds): the L0 of a
     hierarchical synthetic model, the paper's toy and three Zipfian ones off the truth by -5 ... +23
     percent (the default: -48 ... +180 percent), with every MCC and F1 target of issue 18 on them but
-    the toy's. Data whose features are all frequent and independent give it no level to stop at:
-    the training warns when its L0 is still falling at the end. Only with
+    the toy's. Two kinds of data give it no level to stop at: features that are all frequent and
+    independent (it keeps lowering the targets) and fewer features than latents with few per input
+    (near-copies of a feature fire together: it keeps raising them); the training warns when the
+    targets were still moving at the end. Only with
     ``targets="geometric"``, not with ``target_l0`` or ``target_search``."""
     valley_thresholds: bool = False
     """Move each neuron's threshold to the valley of its own pre-activation histogram, once that

@@ -111,6 +111,13 @@ class L0Control(nn.Module):
             self.log_scale.clamp_(self.start - math.log(BOUND), self.start + math.log(BOUND))
         target.copy_(self.scaled_targets())
 
+    def found_bound_reached(self) -> int:
+        """``find_l0``: +1 (-1) when the scale sits at its upper (lower) bound, FOUND_BOUND times (over)
+        its start, else 0."""
+        offset = float(self.log_scale) - self.start
+        limit = math.log(FOUND_BOUND) * (1 - 1e-6)
+        return 1 if offset >= limit else -1 if offset <= -limit else 0
+
     @torch.no_grad()
     def follow(self, ratio: float, gain: float) -> None:
         """``find_l0``: log s <- log s + gain (ratio - 1) (the targets follow at the next window)."""

@@ -10,10 +10,16 @@ The trainer adds each step's L0 (the SAE's ``step_density`` x d_sae, already red
 data-parallel ranks) into two windows, the last two tenths of the steps before the learning rate
 starts to decay (of the whole run without a decay: a decaying learning rate stops the encoder, and
 with it the L0, whether or not it had settled), as device tensors, so no step waits on the GPU; the
-harness compares their means once, at the end.
+harness compares their means once, at the end. A run that finds its L0 (``find_l0``) also adds
+its target scale (log s) to two windows of its own, the last two tenths of all its steps (the
+controller does not decay with the learning rate): whether it was still raising or lowering the
+targets is read from s itself, since the L0 can fall while s rises (the encoder growing selective
+faster than the rising targets lower the thresholds).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from jaxtyping import Float
@@ -26,6 +32,11 @@ as still falling: between what settled and unsettled runs of the lm preset show 
 ninth step)."""
 
 
+SCALE_TOLERANCE = 0.05
+"""A found L0's target scale s counts as still moving when the last window's mean s is this much
+(relative) above or below the one before."""
+
+
 class L0Course:
     """The L0 sums and step counts of the last two tenths of a run's steps before its learning rate
     decays (state saved with checkpoints)."""
@@ -33,17 +44,27 @@ class L0Course:
     def __init__(self, device: str | torch.device = "cpu"):
         self.sums = torch.zeros(2, device=device)
         self.steps = [0, 0]
+        self.scale_sums = torch.zeros(2, device=device)  # log s, for find_l0
+        self.scale_steps = [0, 0]
 
     @torch.no_grad()
     def add(self, done_fraction: float, density: Float[torch.Tensor, ""], d_sae: int) -> None:
         """Count one step's L0 (``density``, the share of latents active, x ``d_sae``);
         ``done_fraction`` is the share of the steps before the decay done after it (over 1: a step
         of the decay, not counted). Steps outside the windows cost nothing."""
-        if not 1 - 2 * WINDOW < done_fraction <= 1:
-            return
-        window = 0 if done_fraction <= 1 - WINDOW else 1
-        self.sums[window] += density.to(self.sums.dtype) * d_sae
-        self.steps[window] += 1
+        window = _window(done_fraction)
+        if window is not None:
+            self.sums[window] += density.to(self.sums.dtype) * d_sae
+            self.steps[window] += 1
+
+    @torch.no_grad()
+    def add_scale(self, run_fraction: float, log_scale: Float[torch.Tensor, ""]) -> None:
+        """``find_l0``: count one step's target scale; ``run_fraction`` is the share of all the run's
+        steps done after it."""
+        window = _window(run_fraction)
+        if window is not None:
+            self.scale_sums[window] += log_scale.to(self.scale_sums.dtype)
+            self.scale_steps[window] += 1
 
     def means(self) -> tuple[float, float] | None:
         """The mean L0 of each window, or None while either has no step."""
@@ -63,9 +84,48 @@ class L0Course:
         return (f"GBA's L0 was still falling when training ended ({before:.3g} -> {last:.3g} latents per input "
                 f"over the last fifth of training before any learning-rate decay, {last / before - 1:+.0%}): {remedy}")
 
+    def scale_direction(self) -> int:
+        """+1 (-1) when the mean target scale of the last window is more than SCALE_TOLERANCE above
+        (below) the one before, else 0 (also while either window has no step)."""
+        if min(self.scale_steps) == 0:
+            return 0
+        before, last = (self.scale_sums.cpu() / torch.tensor(self.scale_steps, dtype=self.scale_sums.dtype)).tolist()
+        change = math.exp(last - before) - 1
+        return 1 if change > SCALE_TOLERANCE else -1 if change < -SCALE_TOLERANCE else 0
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"sums": self.sums.clone(), "steps": torch.tensor(self.steps)}
+        return {"sums": self.sums.clone(), "steps": torch.tensor(self.steps),
+                "scale_sums": self.scale_sums.clone(), "scale_steps": torch.tensor(self.scale_steps)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.sums = state["sums"].to(self.sums.device, self.sums.dtype).clone()
         self.steps = [int(n) for n in state["steps"].tolist()]
+        if "scale_sums" in state:  # checkpoints written before it existed: no find_l0 run among them
+            self.scale_sums = state["scale_sums"].to(self.sums.device, self.sums.dtype).clone()
+            self.scale_steps = [int(n) for n in state["scale_steps"].tolist()]
+
+
+def _window(fraction: float) -> int | None:
+    """0 for the second-to-last tenth, 1 for the last (of ``fraction`` in (0, 1]), else None."""
+    if not 1 - 2 * WINDOW < fraction <= 1:
+        return None
+    return 0 if fraction <= 1 - WINDOW else 1
+
+
+def found_l0_unsettled(direction: int, at_bound: int) -> str | None:
+    """The end-of-training line of a ``find_l0`` run whose target scale was still moving (``direction``
+    from :meth:`L0Course.scale_direction`) or ended at one of its bounds (``at_bound``), else None."""
+    if at_bound:
+        return (f"find_l0's target scale ended at its {'upper' if at_bound > 0 else 'lower'} bound: the L0 it found "
+                f"is the bound's, not the data's; ask for an L0 with target_l0"
+                + (" or use fewer latents" if at_bound > 0 else ""))
+    if direction < 0:
+        return ("find_l0 was still lowering the targets when training ended: its L0 had not settled and may "
+                "end lower with more samples (on data whose features are all frequent and independent it "
+                "keeps falling, far under the true L0); train on more samples, or ask for an L0 with target_l0")
+    if direction > 0:
+        return ("find_l0 was still raising the targets when training ended: its L0 had not settled and may "
+                "end higher with more samples (an SAE with more latents than the data has features fires "
+                "near-copies of a feature together, which reads as mixtures, and keeps raising it); train on "
+                "more samples, ask for an L0 with target_l0, or use fewer latents")
+    return None

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from gba_lens.data.batches import SeekableBatches
 from gba_lens.training.checkpoints import check_finite_sae
-from gba_lens.training.l0_course import L0Course
+from gba_lens.training.l0_course import L0Course, found_l0_unsettled
 from gba_lens.training.state_io import CheckpointError, atomic_directory, load_state, save_state
 from gba_lens.wandb_run import WandbGuard
 
@@ -192,19 +192,20 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         density = getattr(self.sae, "step_density", None)  # a GBA SAE's L0 / d_sae of this step
         if density is not None:
             self.l0_course.add((self.n_training_steps + 1) / self._steps_before_decay, density, self.sae.cfg.d_sae)
+            control = getattr(self.sae.bias_adaptation, "l0_control", None)
+            if control is not None and control.target_l0 is None:  # find_l0: its target scale, over the whole run
+                self.l0_course.add_scale((self.n_training_steps + 1) / self.cfg.total_training_steps, control.log_scale)
         return output
 
     def unsettled_l0(self) -> str | None:
         """One line when this GBA SAE's L0 had not settled at the end of training: a ``target_l0``
-        request missed (:meth:`L0Control.unmet_request`), or a found L0 still falling (:mod:`l0_course`)."""
+        request missed (:meth:`L0Control.unmet_request`), a found L0's targets still moving (``find_l0``),
+        or the paper rule's L0 still falling (:mod:`l0_course`)."""
         control = getattr(getattr(self.sae, "bias_adaptation", None), "l0_control", None)
         if control is not None and control.target_l0 is not None:
             return control.unmet_request()
-        if control is not None:  # find_l0: its targets were still coming down
-            return self.l0_course.still_falling(
-                "find_l0 was still lowering the targets, so the L0 it found may be too low (data whose features are "
-                "all frequent and independent give it no level to stop at: docs/experiments/prior_free.md); train "
-                "on more samples to see whether it settles, or ask for an L0 with target_l0")
+        if control is not None:  # find_l0: whether its targets were still moving (docs/experiments/prior_free.md)
+            return found_l0_unsettled(self.l0_course.scale_direction(), control.found_bound_reached())
         return self.l0_course.still_falling()
 
     @torch.no_grad()

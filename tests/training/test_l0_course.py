@@ -1,12 +1,13 @@
 """A GBA run whose L0 is still falling when training ends says so (gba_lens.training.l0_course)."""
 
+import math
 import warnings
 
 import pytest
 import torch
 
 from gba_lens.data.batches import SeededBatches
-from gba_lens.training.l0_course import FALL_TOLERANCE, L0Course
+from gba_lens.training.l0_course import FALL_TOLERANCE, SCALE_TOLERANCE, L0Course, found_l0_unsettled
 from gba_lens.training.train import TrainConfig, train_sae
 from training_builders import relu_sampler, tiny_gba_sae
 
@@ -34,6 +35,45 @@ def test_a_fall_beyond_the_tolerance_is_reported_and_a_flat_or_rising_l0_is_not(
     only_last = L0Course()
     only_last.add(0.95, torch.tensor(0.01), 100)
     assert only_last.means() is None
+
+
+def test_a_found_l0s_scale_moving_beyond_the_tolerance_gives_its_direction_and_survives_a_checkpoint():
+    def course_of(before, last):
+        course = L0Course()
+        for fraction, scale in ((0.85, before), (0.86, before), (0.95, last)):
+            course.add(fraction, torch.tensor(0.05), 100)
+            course.add_scale(fraction, torch.tensor(math.log(scale)))
+        return course
+
+    assert course_of(1.0, 1.2).scale_direction() == 1
+    assert course_of(1.0, 0.8).scale_direction() == -1
+    assert course_of(1.0, 1.0 + SCALE_TOLERANCE - 0.01).scale_direction() == 0
+    assert L0Course().scale_direction() == 0
+    resumed = L0Course()
+    resumed.load_state_dict(course_of(1.0, 1.2).state_dict())
+    assert resumed.scale_direction() == 1
+    old = course_of(1.0, 1.2).state_dict()
+    del old["scale_sums"], old["scale_steps"]  # written before find_l0: no scale recorded
+    before_find_l0 = L0Course()
+    before_find_l0.load_state_dict(old)
+    assert before_find_l0.scale_direction() == 0 and before_find_l0.means() == pytest.approx((5.0, 5.0))
+
+
+def test_a_found_l0_ending_at_a_bound_or_still_moving_says_which():
+    from gba_lens.saes.l0_control import FOUND_BOUND, L0Control
+
+    control = L0Control(None, torch.full((10,), 0.01))
+    assert control.found_bound_reached() == 0
+    for _ in range(100):
+        control.follow(3.0, 0.6)  # far above 1: the scale rises until its bound
+    assert control.found_bound_reached() == 1
+    assert float(control.relative_scale()) == pytest.approx(FOUND_BOUND, rel=1e-4)
+    assert "upper bound" in found_l0_unsettled(0, control.found_bound_reached())
+    for _ in range(200):
+        control.follow(0.0, 0.6)
+    assert control.found_bound_reached() == -1 and "lower bound" in found_l0_unsettled(1, -1)
+    assert "still raising" in found_l0_unsettled(1, 0) and "still lowering" in found_l0_unsettled(-1, 0)
+    assert found_l0_unsettled(0, 0) is None
 
 
 def _train(steps, **train):
