@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-STUDIED_MODULES = ("valley_thresholds", "target_adaptation", "l0_control", "target_search")
+STUDIED_MODULES = ("valley_thresholds", "target_adaptation", "l0_control", "target_search", "coactivation")
 """Modules of ``gba_lens.saes`` whose constants a study may set."""
 
 

@@ -112,6 +112,13 @@ def _window(fraction: float) -> int | None:
     return 0 if fraction <= 1 - WINDOW else 1
 
 
+FOUND_L0_FALLING = ("with find_l0 its targets had nearly settled: the L0 settles later and lower, as with fixed "
+                    "targets, unless the data give find_l0 no level to stop at (features that are all frequent and "
+                    "independent: it keeps falling, far under the true L0); train on more samples to see which, or "
+                    "ask for an L0 with target_l0")
+"""The remedy of a ``find_l0`` run whose scale had settled but whose L0 was still falling."""
+
+
 def found_l0_unsettled(direction: int, at_bound: int) -> str | None:
     """The end-of-training line of a ``find_l0`` run whose target scale was still moving (``direction``
     from :meth:`L0Course.scale_direction`) or ended at one of its bounds (``at_bound``), else None."""

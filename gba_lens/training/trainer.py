@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from gba_lens.data.batches import SeekableBatches
 from gba_lens.training.checkpoints import check_finite_sae
-from gba_lens.training.l0_course import L0Course, found_l0_unsettled
+from gba_lens.training.l0_course import FOUND_L0_FALLING, L0Course, found_l0_unsettled
 from gba_lens.training.state_io import CheckpointError, atomic_directory, load_state, save_state
 from gba_lens.wandb_run import WandbGuard
 
@@ -204,8 +204,9 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         control = getattr(getattr(self.sae, "bias_adaptation", None), "l0_control", None)
         if control is not None and control.target_l0 is not None:
             return control.unmet_request()
-        if control is not None:  # find_l0: whether its targets were still moving (docs/experiments/prior_free.md)
-            return found_l0_unsettled(self.l0_course.scale_direction(), control.found_bound_reached())
+        if control is not None:  # find_l0: whether its targets, or else its L0, were still moving
+            return found_l0_unsettled(self.l0_course.scale_direction(), control.found_bound_reached()) or \
+                self.l0_course.still_falling(FOUND_L0_FALLING)
         return self.l0_course.still_falling()
 
     @torch.no_grad()

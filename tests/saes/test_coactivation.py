@@ -28,15 +28,19 @@ def test_latents_that_fire_independently_of_their_directions_have_ratio_one():
     assert _ratio(acts, decoder) == pytest.approx(1.0, abs=0.03)
 
 
-def test_latents_that_fire_with_aligned_partners_have_ratio_above_one_and_with_orthogonal_ones_below():
+def test_mixtures_sharing_a_feature_have_ratio_above_one_near_copies_are_left_out_orthogonal_ones_below():
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(32, 16, generator=gen)
     pairs = torch.randn(32, 1, generator=gen)
     fire = (torch.rand(4096, 32, generator=gen) < 0.02).float()
-    # latents 2i and 2i+1 point almost the same way and always fire together
-    aligned = torch.cat([base, base + 0.3 * torch.randn(32, 16, generator=gen)])
     together = torch.cat([fire, fire], dim=1) * pairs.T.abs().repeat(1, 2)
-    assert _ratio(together, aligned) > 2.0  # measured 2.50
+    # latents i and 32 + i are mixtures of one feature with others (|cos| about 0.3) and fire together
+    wide = torch.randn(32, 64, generator=gen)
+    mixtures = torch.cat([wide + 1.5 * torch.randn(32, 64, generator=gen), wide + 1.5 * torch.randn(32, 64, generator=gen)])
+    assert _ratio(together, mixtures) > 1.5  # measured 1.78
+    # near-copies (|cos| about 0.96) that fire together are left out of both means: no evidence either way
+    copies = torch.cat([base, base + 0.3 * torch.randn(32, 16, generator=gen)])
+    assert _ratio(together + (torch.rand(4096, 64, generator=gen) < 0.02), copies) == pytest.approx(1.0, abs=0.1)
     # 64 latents in 4 orthonormal blocks of 16; only latents of the same block fire together
     blocks = torch.cat([torch.linalg.qr(torch.randn(16, 16, generator=gen))[0] for _ in range(4)])
     block_of_row = torch.randint(0, 4, (4096,), generator=gen)
@@ -51,12 +55,14 @@ def test_dense_and_sparse_activations_give_the_same_sums_and_rows_beyond_the_lim
     dense = torch.stack(C.coactive_alignment(*C.active_entries(acts, 30, 40), decoder, max_active=40))
     sparse = torch.stack(C.coactive_alignment(*C.active_entries(acts.to_sparse(), 30, 40), decoder, max_active=40))
     assert torch.allclose(dense, sparse)
-    # by hand: every ordered pair of distinct active latents in each of the first 30 rows
+    # by hand: every ordered pair of distinct active latents in each of the first 30 rows, but the
+    # pairs aligned beyond MAX_PAIR_COSINE
     cos = (decoder @ decoder.T).abs()
-    total = sum(float(cos[i, j]) for r in range(30) for i in acts[r].nonzero().flatten()
-                for j in acts[r].nonzero().flatten() if i != j)
-    pairs = sum(int(n) * (int(n) - 1) for n in (acts[:30] != 0).sum(1))
-    assert float(dense[0]) == pytest.approx(total, rel=1e-5) and float(dense[1]) == pairs
+    kept = [(i, j) for r in range(30) for i in acts[r].nonzero().flatten() for j in acts[r].nonzero().flatten()
+            if i != j and cos[i, j] <= C.MAX_PAIR_COSINE]
+    assert 0 < len(kept) < sum(int(n) * (int(n) - 1) for n in (acts[:30] != 0).sum(1))  # some left out
+    assert float(dense[0]) == pytest.approx(sum(float(cos[i, j]) for i, j in kept), rel=1e-5)
+    assert float(dense[1]) == len(kept)
 
 
 def test_a_row_with_more_active_latents_than_the_limit_counts_its_first_ones():
@@ -73,8 +79,11 @@ def test_the_denominator_is_the_mean_over_every_pair_of_the_sampled_latents():
     gen = torch.Generator().manual_seed(2)
     directions = _unit(torch.randn(30, 6, generator=gen))
     cos = (directions @ directions.T).abs()
-    exact = (cos.sum() - 30) / (30 * 29)
+    kept = (cos <= C.MAX_PAIR_COSINE) & ~torch.eye(30, dtype=torch.bool)
+    exact = (cos * kept).sum() / kept.sum()
     assert float(C.random_pair_alignment(directions, gen, n_latents=30)) == pytest.approx(float(exact))
+    every_pair = (cos.sum() - 30) / (30 * 29)
+    assert float(C.random_pair_alignment(directions, gen, n_latents=30, max_cosine=1.0)) == pytest.approx(float(every_pair))
     assert float(C.random_pair_alignment(directions, gen, n_latents=20)) == pytest.approx(float(exact), rel=0.2)
 
 
@@ -136,8 +145,9 @@ def test_find_l0_moves_the_scale_every_check_logs_its_ratio_and_resumes_exactly(
 
 def test_a_found_l0_still_falling_at_the_end_of_training_is_reported():
     """Features that are all frequent (0.15 ... 0.05) and independent, as many as latents: latents
-    that fire together stay less aligned than any two at every L0, so find_l0 keeps lowering the
-    targets (measured: L0 0.71 -> 0.64 over the last fifth, against a true L0 of 6.85) and says so."""
+    that fire together stay less aligned than any two at every L0, so find_l0 lowers the targets to
+    a tenth of the true L0 of 6.85 (measured: the scale's last two tenths 0.192 -> 0.183, within its
+    tolerance; the L0 0.67 -> 0.62 over the last fifth) and says so."""
     from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
 
     from gba_lens.data import SeededBatches
@@ -148,17 +158,20 @@ def test_a_found_l0_still_falling_at_the_end_of_training_is_reported():
         firing_probability=ZipfianFiringProbabilityConfig(max_prob=0.15, min_prob=0.05), seed=0))
     torch.manual_seed(0)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=64, d_sae=128, find_l0=True, valley_thresholds=True))
-    with pytest.warns(UserWarning, match="find_l0 was still lowering the targets"):
+    with pytest.warns(UserWarning, match=r"L0 was still falling .*: with find_l0 .* all frequent and independent"):
         train_sae(sae, SeededBatches(model.sample, 1024, seed=0),
                   TrainConfig(total_samples=500_000, batch_size=1024, lr=1e-2, device="cpu"))
     assert float(sae.bias_adaptation.l0_control.relative_scale()) < 0.6
 
 
-def test_a_found_l0_still_rising_at_the_end_of_training_is_reported():
+def test_a_found_l0_still_rising_at_the_end_of_training_is_reported(monkeypatch):
     """An SAE with more latents than the data has features (48 in 24 dimensions, two per input, width
-    128): near-copies of one feature fire together, the ratio stays above 1 and find_l0 keeps raising
-    the targets (measured: the L0 ends near 3x the true 2, while it falls over the last fifth as the
-    encoder sharpens: the scale, not the L0, tells the direction) and says so."""
+    128), measured with every co-active pair (the first find_l0's check): the latents that fire
+    together are aligned by the thresholds' selection and by near-copies of one feature, the ratio
+    stays above 1 and find_l0 keeps raising the targets (the L0 ends near 3x the true 2, while it
+    falls over the last fifth as the encoder sharpens: the scale, not the L0, tells the direction)
+    and says so."""
+    monkeypatch.setattr(C, "MAX_PAIR_COSINE", 1.0)
     from gba_lens.data import SeededBatches
     from gba_lens.synthetic.metrics import evaluate_on_synthetic
     from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
