@@ -16,8 +16,10 @@ geometric targets (with the third branch of a requested L0, :mod:`gba_lens.saes.
 integral controller on the ratio: every ``CHECK_EVERY`` steps, log s <- log s + GAIN (ratio - 1).
 
 Pairs whose directions are aligned beyond ``MAX_PAIR_COSINE`` are left out of both means: they are
-near-copies of one feature, which an SAE with latents to spare fires together at the right L0 (on
-a small model with more latents than features they held the L0 at twice its truth), not mixtures.
+near-copies of one feature, which an SAE with latents to spare fires together at the right L0, not
+mixtures (with them, a small model with more latents than features was held at three times its
+true L0; without, at about twice: the rest is the thresholds' selection, which favours inputs whose
+features lean toward each other).
 
 Measured on each check's batch (at most ``MAX_ROWS`` rows of each rank's batch): every ordered pair
 of the first ``MAX_ACTIVE`` active latents (by index) of each row gives two sums (|cos| and pairs)

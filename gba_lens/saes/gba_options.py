@@ -67,9 +67,10 @@ class GBAOptions:
     the L0 of a hierarchical synthetic model, the paper's toy and three Zipfian ones off the truth by
     -9 ... +8 percent (the default: -48 ... +180 percent), with every MCC and F1 target of issue 18 on
     them but the toy's. Two kinds of data give it no level to stop at: features that are all frequent and
-    independent (it keeps lowering the targets) and fewer features than latents with few per input
-    (near-copies of a feature fire together: it keeps raising them); the training warns when the
-    targets were still moving at the end. Only with
+    independent (it keeps lowering the targets) and fewer features than latents, few per input, in few
+    dimensions (the thresholds pick inputs whose features lean toward each other, so the latents that
+    fire together are aligned: it keeps raising them); the training warns when the targets were still
+    moving at the end. Only with
     ``targets="geometric"``, not with ``target_l0`` or ``target_search``."""
     valley_thresholds: bool = False
     """Move each neuron's threshold to the valley of its own pre-activation histogram, once that

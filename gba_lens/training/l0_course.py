@@ -132,7 +132,8 @@ def found_l0_unsettled(direction: int, at_bound: int) -> str | None:
                 "keeps falling, far under the true L0); train on more samples, or ask for an L0 with target_l0")
     if direction > 0:
         return ("find_l0 was still raising the targets when training ended: its L0 had not settled and may "
-                "end higher with more samples (an SAE with more latents than the data has features fires "
-                "near-copies of a feature together, which reads as mixtures, and keeps raising it); train on "
-                "more samples, ask for an L0 with target_l0, or use fewer latents")
+                "end higher with more samples (with more latents than the data has features, few per input, "
+                "in few dimensions, the latents that fire together are aligned by their thresholds, which reads "
+                "as mixtures, and it keeps raising it); train on more samples, ask for an L0 with target_l0, or "
+                "use fewer latents")
     return None
