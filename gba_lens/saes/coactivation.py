@@ -97,7 +97,7 @@ def coactive_alignment(
     vectors = directions[slots.clamp(min=0)] * filled[..., None]  # [rows, width, d_in], empty slots 0
     cosines = torch.bmm(vectors, vectors.transpose(1, 2)).abs()
     pairs = filled[:, :, None] & filled[:, None, :] & ~torch.eye(width, dtype=torch.bool, device=row.device)
-    pairs &= cosines <= (MAX_PAIR_COSINE if max_cosine is None else max_cosine)
+    pairs &= cosines <= _cut(max_cosine)
     return (cosines * pairs).sum(), pairs.sum().to(directions.dtype)
 
 
@@ -110,7 +110,7 @@ def random_pair_alignment(
     pick = torch.randperm(directions.shape[0], generator=generator, device=generator.device)[:n_latents]
     sample = directions[pick.to(directions.device)]
     cosines = (sample @ sample.T).abs()
-    kept = cosines <= (MAX_PAIR_COSINE if max_cosine is None else max_cosine)
+    kept = cosines <= _cut(max_cosine)
     kept.fill_diagonal_(False)
     return (cosines * kept).sum() / kept.sum().clamp(min=1)
 
@@ -156,6 +156,12 @@ class CoactivationBalance(nn.Module):
             return None
         self.last_ratio = float(self.sums[0] / self.sums[1] / self.baseline.clamp(min=1e-8))
         return self.last_ratio
+
+
+def _cut(max_cosine: float | None) -> float:
+    """The pairs' alignment cut: ``max_cosine``, or the module's MAX_PAIR_COSINE read now (a study may
+    set it)."""
+    return MAX_PAIR_COSINE if max_cosine is None else max_cosine
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

@@ -81,6 +81,11 @@ class L0Control(nn.Module):
         self.register_buffer("log_scale", torch.tensor(start, device=base_target.device))
         self.register_buffer("l0_average", torch.tensor(-1.0, device=base_target.device))
 
+    @property
+    def finds_l0(self) -> bool:
+        """No request: the scale follows :meth:`follow` (``find_l0``)."""
+        return self.target_l0 is None
+
     def relative_scale(self) -> torch.Tensor:
         """0-dim: s over its start (1 while the targets sum to the request)."""
         return (self.log_scale - self.start).exp()

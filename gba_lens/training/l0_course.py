@@ -93,6 +93,11 @@ class L0Course:
         change = math.exp(last - before) - 1
         return 1 if change > SCALE_TOLERANCE else -1 if change < -SCALE_TOLERANCE else 0
 
+    def found_l0_unsettled(self, at_bound: int) -> str | None:
+        """A ``find_l0`` run's end-of-training line: its target scale still moving or at a bound
+        (``at_bound``, :meth:`L0Control.found_bound_reached`), else its L0 still falling, else None."""
+        return found_l0_unsettled(self.scale_direction(), at_bound) or self.still_falling(FOUND_L0_FALLING)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"sums": self.sums.clone(), "steps": torch.tensor(self.steps),
                 "scale_sums": self.scale_sums.clone(), "scale_steps": torch.tensor(self.scale_steps)}

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from gba_lens.data.batches import SeekableBatches
 from gba_lens.training.checkpoints import check_finite_sae
-from gba_lens.training.l0_course import FOUND_L0_FALLING, L0Course, found_l0_unsettled
+from gba_lens.training.l0_course import L0Course
 from gba_lens.training.state_io import CheckpointError, atomic_directory, load_state, save_state
 from gba_lens.wandb_run import WandbGuard
 
@@ -192,8 +192,8 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         density = getattr(self.sae, "step_density", None)  # a GBA SAE's L0 / d_sae of this step
         if density is not None:
             self.l0_course.add((self.n_training_steps + 1) / self._steps_before_decay, density, self.sae.cfg.d_sae)
-            control = getattr(self.sae.bias_adaptation, "l0_control", None)
-            if control is not None and control.target_l0 is None:  # find_l0: its target scale, over the whole run
+            control = self.sae.bias_adaptation.l0_control
+            if control is not None and control.finds_l0:  # its target scale, over the whole run
                 self.l0_course.add_scale((self.n_training_steps + 1) / self.cfg.total_training_steps, control.log_scale)
         return output
 
@@ -202,12 +202,11 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         request missed (:meth:`L0Control.unmet_request`), a found L0's targets still moving (``find_l0``),
         or the paper rule's L0 still falling (:mod:`l0_course`)."""
         control = getattr(getattr(self.sae, "bias_adaptation", None), "l0_control", None)
-        if control is not None and control.target_l0 is not None:
-            return control.unmet_request()
-        if control is not None:  # find_l0: whether its targets, or else its L0, were still moving
-            return found_l0_unsettled(self.l0_course.scale_direction(), control.found_bound_reached()) or \
-                self.l0_course.still_falling(FOUND_L0_FALLING)
-        return self.l0_course.still_falling()
+        if control is None:
+            return self.l0_course.still_falling()
+        if control.finds_l0:
+            return self.l0_course.found_l0_unsettled(control.found_bound_reached())
+        return control.unmet_request()
 
     @torch.no_grad()
     def build_train_step_log_dict(self, output: Any, n_training_samples: int) -> dict[str, Any]:
