@@ -47,6 +47,10 @@ MAX_ACTIVE = 8
 """Active latents of a row a check reads (the first by index: their order says nothing of their directions)."""
 BASELINE_LATENTS = 512
 """Random live latents whose pairs give the denominator."""
+MIN_MARGIN = 0.0
+"""A latent enters the pairs only where its pre-activation clears its threshold by this fraction of
+the threshold (u > (1 + MIN_MARGIN) t, t = -b): one that only just fires is often pushed there by
+another active direction leaning its way (interference), not a mixture (0: every active latent)."""
 MAX_PAIR_COSINE = 0.5
 """Pairs of latents whose decoder rows have a larger |cos| are left out of both means (near-copies).
 Measured on latents told the L0 (docs/experiments/prior_free.md, nineteenth step): with every pair
@@ -135,11 +139,16 @@ class CoactivationBalance(nn.Module):
     def observe(
         self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"],
         live: Bool[torch.Tensor, " d_sae"], step: int,
+        hidden_pre: Float[torch.Tensor, "... d_sae"] | None = None, bias: Float[torch.Tensor, " d_sae"] | None = None,
     ) -> None:
         """This batch's sums over co-active pairs (of this rank's rows) and the denominator over the
-        live latents (the same on every rank: ``live`` is the global batch's)."""
+        live latents (the same on every rank: ``live`` is the global batch's). With ``MIN_MARGIN``,
+        the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        if MIN_MARGIN > 0 and hidden_pre is not None and bias is not None:
+            y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]
+            feature_acts = y > MIN_MARGIN * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
         total, pairs = coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
         self.sums.copy_(torch.stack((total, pairs)))
         live_directions = directions[live]

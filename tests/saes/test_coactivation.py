@@ -75,6 +75,39 @@ def test_a_row_with_more_active_latents_than_the_limit_counts_its_first_ones():
         assert float(total) == pytest.approx(6 * float(decoder[0] @ decoder[1]))
 
 
+def test_with_a_margin_a_latent_that_only_just_clears_its_threshold_enters_no_pair(monkeypatch):
+    decoder = torch.tensor([[1.0, 0.0], [0.28, 0.96], [0.0, 1.0]])  # unit rows; |cos| 0.28, 0.96 (cut), 0
+    bias = torch.tensor([-1.0, -1.0, -1.0])  # thresholds 1
+    # row 0: latents 0 and 1 fire, latent 1 only just (u 1.05, y 0.05); row 1: both clear it by half
+    hidden_pre = torch.tensor([[0.8, 0.05, -0.5], [0.5, 0.5, -0.5]])
+    acts = torch.where(hidden_pre > 0, hidden_pre - bias, torch.zeros(()))
+
+    def sums(margin):
+        monkeypatch.setattr(C, "MIN_MARGIN", margin)
+        balance = C.CoactivationBalance()
+        balance.observe(acts, decoder, torch.ones(3, dtype=torch.bool), 10, hidden_pre, bias)
+        return balance.sums.tolist()
+
+    assert sums(0.0) == pytest.approx([4 * 0.28, 4.0])  # both rows: the ordered pairs (0, 1), (1, 0)
+    assert sums(0.1) == pytest.approx([2 * 0.28, 2.0])  # row 0's pair is left out
+    assert sums(0.6) == [0.0, 0.0]
+
+
+def test_the_trainer_gives_the_check_its_pre_activations_and_thresholds(step_input, monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(256, 8, generator=gen)) * 2
+
+    def checked_ratio(margin):
+        monkeypatch.setattr(C, "MIN_MARGIN", margin)
+        torch.manual_seed(0)
+        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
+        sae.training_forward_pass(step_input(x, C.CHECK_EVERY))
+        return sae.bias_adaptation.coactivation.last_ratio
+
+    assert checked_ratio(0.0) is not None
+    assert checked_ratio(1e9) is None  # no latent clears its threshold a billion times over: no pair
+
+
 def test_the_denominator_is_the_mean_over_every_pair_of_the_sampled_latents():
     gen = torch.Generator().manual_seed(2)
     directions = _unit(torch.randn(30, 6, generator=gen))
