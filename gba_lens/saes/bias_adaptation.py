@@ -41,7 +41,8 @@ from torch import nn
 
 from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.l0_control import L0Control
-from gba_lens.saes.target_adaptation import INITIAL_AVERAGE, adapt_group_targets, targets_from_valleys
+from gba_lens.saes import target_adaptation
+from gba_lens.saes.target_adaptation import adapt_group_targets, targets_from_valleys
 from gba_lens.saes.target_search import TargetSearch
 
 TARGET_MODES = ("geometric", "adaptive", "valleys")
@@ -128,7 +129,7 @@ class GroupBiasAdaptation(nn.Module):
         if find_l0 and target_l0 is not None:
             raise ValueError("find_l0 finds the L0 that target_l0 asks for; set one of them")
         if self.targets == "adaptive":
-            self.register_buffer("average", INITIAL_AVERAGE * self.target.clone())
+            self.register_buffer("average", target_adaptation.INITIAL_AVERAGE * self.target.clone())
         self.l0_control = L0Control(target_l0, self.target) if target_l0 is not None or find_l0 else None
         self.coactivation = CoactivationBalance(device) if find_l0 else None
         if self.l0_control is not None:

@@ -49,3 +49,21 @@ def test_gba_settings_refuse_what_is_not_a_numeric_setting(text, message):
 
     with pytest.raises(ValueError, match=message):
         gba_settings([text])
+
+
+def test_no_module_binds_a_studied_constant_by_name():
+    """``--set`` rebinds the constant in its module: a ``from MODULE import NAME`` elsewhere would keep
+    the old value and the study would silently change nothing."""
+    import re
+    from pathlib import Path
+
+    import gba_lens
+    from gba_lens.experiments.overrides import STUDIED_MODULES
+
+    studied = "|".join(STUDIED_MODULES)
+    by_name = re.compile(rf"from gba_lens\.saes\.({studied}) import ([^\n(]*(?:\([^)]*\))?)")
+    found = []
+    for path in Path(gba_lens.__file__).parent.rglob("*.py"):
+        for module, names in by_name.findall(path.read_text()):
+            found += [f"{path.name}: {module}.{name}" for name in re.findall(r"\b[A-Z][A-Z0-9_]*\b", names)]
+    assert found == []
