@@ -51,6 +51,12 @@ MIN_MARGIN = 0.0
 """A latent enters the pairs only where its pre-activation clears its threshold by this fraction of
 the threshold (u > (1 + MIN_MARGIN) t, t = -b): one that only just fires is often pushed there by
 another active direction leaning its way (interference), not a mixture (0: every active latent)."""
+OWN_CODE = 0
+"""1: the pairs are read off the SAE's own code with each latent's activations moved to other rows
+(a random cyclic shift per latent, which breaks which latents fire together and keeps how often and
+how strongly each fires), decoded and encoded again. Data made of the SAE's latents as independent
+features: mixtures still fire together (they share directions), interference from the data's own
+features does not (docs/experiments/prior_free.md, twentieth step). 0: the batch's own code."""
 MAX_PAIR_COSINE = 0.5
 """Pairs of latents whose decoder rows have a larger |cos| are left out of both means (near-copies).
 Measured on latents told the L0 (docs/experiments/prior_free.md, nineteenth step): with every pair
@@ -105,6 +111,26 @@ def coactive_alignment(
     return (cosines * pairs).sum(), pairs.sum().to(directions.dtype)
 
 
+def shifted_code(
+    feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int, generator: torch.Generator,
+) -> Float[torch.Tensor, "rows d_sae"]:
+    """The first ``max_rows`` rows of dense or sparse (COO) activations, each latent's column shifted
+    cyclically by its own random number of rows (dense)."""
+    if feature_acts.is_sparse:
+        acts = feature_acts.coalesce()
+        indices, values = acts.indices(), acts.values()
+        n_rows = min(int(acts.shape[0]), max_rows)
+        read = indices[0] < n_rows
+        rows = torch.zeros(n_rows, acts.shape[-1], dtype=values.dtype, device=values.device)
+        rows[indices[0][read], indices[1][read]] = values[read]
+    else:
+        rows = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
+    n_rows, d_sae = rows.shape
+    offsets = torch.randint(0, max(n_rows, 1), (d_sae,), generator=generator, device=generator.device).to(rows.device)
+    index = (torch.arange(n_rows, device=rows.device)[:, None] + offsets[None, :]) % max(n_rows, 1)
+    return rows.gather(0, index)
+
+
 def random_pair_alignment(
     directions: Float[torch.Tensor, "n d_in"], generator: torch.Generator, n_latents: int = BASELINE_LATENTS,
     max_cosine: float | None = None,
@@ -140,13 +166,17 @@ class CoactivationBalance(nn.Module):
         self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"],
         live: Bool[torch.Tensor, " d_sae"], step: int,
         hidden_pre: Float[torch.Tensor, "... d_sae"] | None = None, bias: Float[torch.Tensor, " d_sae"] | None = None,
+        reencode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """This batch's sums over co-active pairs (of this rank's rows) and the denominator over the
         live latents (the same on every rank: ``live`` is the global batch's). With ``MIN_MARGIN``,
-        the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``."""
+        the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``; with
+        ``OWN_CODE``, off ``reencode`` (activations -> y of their reconstruction) of the shifted code."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        if MIN_MARGIN > 0 and hidden_pre is not None and bias is not None:
+        if OWN_CODE and reencode is not None:
+            hidden_pre = reencode(shifted_code(feature_acts, MAX_ROWS, _generator(directions.device, step + 1)))
+        if (MIN_MARGIN > 0 or OWN_CODE) and hidden_pre is not None and bias is not None:
             y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]
             feature_acts = y > MIN_MARGIN * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
         total, pairs = coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)

@@ -64,8 +64,8 @@ from torch import nn
 from typing_extensions import override
 
 from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from gba_lens.saes import coactivation
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
-from gba_lens.saes.coactivation import GAIN as COACTIVATION_GAIN
 from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
@@ -240,6 +240,11 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         parallel training replaces this with a reduction over ranks (the global batch's)."""
         return fire_count, peak, n_samples
 
+    @torch.no_grad()
+    def _reencode(self, feature_acts: Float[torch.Tensor, "rows d_sae"]) -> Float[torch.Tensor, "rows d_sae"]:
+        """y = u + b of the reconstruction of ``feature_acts`` (no hooks' statistics, no gradient)."""
+        return self.pre_activations(self.decode(feature_acts.to(self.W_dec.dtype))) + self.b_enc
+
     @override
     def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
         return self.finish_decode(feature_acts @ self.W_dec)
@@ -349,11 +354,11 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         balance = controller.coactivation  # find_l0: the target scale follows the co-activation ratio
         if balance is not None and balance.due(step_input.n_training_steps):
             balance.observe(output.feature_acts, self.W_dec, batch_stats[0] > 0, step_input.n_training_steps,
-                            output.hidden_pre, self.b_enc)
+                            output.hidden_pre, self.b_enc, self._reencode)
             self.reduce_window_statistics(balance)
             ratio = balance.ratio()
             if ratio is not None:
-                controller.l0_control.follow(ratio, COACTIVATION_GAIN)
+                controller.l0_control.follow(ratio, coactivation.GAIN)  # read now: a study may set it
         search = controller.target_search
         if search is not None and search.due(step_input.n_training_steps):
             search.check(self.W_dec, controller.target, step_input.n_training_steps, self.training_horizon)

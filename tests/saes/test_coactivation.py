@@ -108,6 +108,45 @@ def test_the_trainer_gives_the_check_its_pre_activations_and_thresholds(step_inp
     assert checked_ratio(1e9) is None  # no latent clears its threshold a billion times over: no pair
 
 
+def test_the_shifted_code_keeps_each_latents_activations_and_breaks_which_fire_together():
+    gen = torch.Generator().manual_seed(0)
+    column = (torch.rand(500, 1, generator=gen) < 0.2) * torch.rand(500, 1, generator=gen)
+    acts = column.repeat(1, 40)  # 40 latents that always fire together
+    shifted = C.shifted_code(acts, 400, torch.Generator().manual_seed(3))
+    assert shifted.shape == (400, 40)
+    for j in range(40):  # each column is the first 400 rows, rotated
+        assert torch.equal(shifted[:, j].sort().values, acts[:400, j].sort().values)
+    fired = (shifted > 0).float()
+    both = (fired.T @ fired / 400)[~torch.eye(40, dtype=torch.bool)].mean()
+    assert both < 0.06  # a pair fired together on a fifth of the rows; shifted, as independent ones (0.2^2)
+    assert torch.equal(C.shifted_code(acts.to_sparse(), 400, torch.Generator().manual_seed(3)), shifted)
+
+
+def test_with_own_code_the_trainer_reads_the_pairs_off_its_reencoded_shifted_code(step_input, monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(256, 8, generator=gen)) * 2
+    seen = []
+
+    def checked(own_code):
+        monkeypatch.setattr(C, "OWN_CODE", own_code)
+        torch.manual_seed(0)
+        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
+        real = C.shifted_code
+        monkeypatch.setattr(C, "shifted_code", lambda *a: seen.append(real(*a)) or seen[-1])
+        sae.training_forward_pass(step_input(x, C.CHECK_EVERY))
+        return sae, sae.bias_adaptation.coactivation.sums.clone()
+
+    _, own_sums = checked(1)
+    sae, batch_sums = checked(0)
+    assert len(seen) == 1 and seen[0].shape == (256, 32)  # once, with OWN_CODE only
+    assert not torch.equal(own_sums, batch_sums)
+    with torch.no_grad():  # what the check read: the shifted code decoded and encoded again
+        y = sae.encode_with_hidden_pre(sae.decode(seen[0]))[1]
+    balance = C.CoactivationBalance()
+    balance.observe(y > 0, sae.W_dec, torch.ones(32, dtype=torch.bool), C.CHECK_EVERY)
+    assert torch.allclose(balance.sums, own_sums)
+
+
 def test_the_denominator_is_the_mean_over_every_pair_of_the_sampled_latents():
     gen = torch.Generator().manual_seed(2)
     directions = _unit(torch.randn(30, 6, generator=gen))
