@@ -6,6 +6,10 @@
     python scripts/prior_free.py zipf --models 1 --modes geometric --gba update_interval=8
     python scripts/prior_free.py toy --samples 300000 --seeds 0 1 2
     python scripts/prior_free.py synthbench --samples 750000 --seeds 0 1 2 --cache runs/compare_synthbench/cache
+    python scripts/prior_free.py small --samples 150000 --modes geometric valley+find-l0
+
+``small`` is the paper's model of the library's recovery test (tests/synthetic/test_recovery.py):
+48 features in 24 dimensions, 2 per input, width 128, more latents than features.
 """
 
 from __future__ import annotations
@@ -108,6 +112,36 @@ def synthbench(args: argparse.Namespace) -> list[dict]:
     return out
 
 
+def small(args: argparse.Namespace) -> list[dict]:
+    """The recovery test's model and schedule (its learning rate decays over the last 175 of 586
+    steps at 150k samples, the same share at other budgets), data and SAE seeded alike."""
+    import torch
+
+    from gba_lens.data import SeededBatches
+    from gba_lens.synthetic.metrics import evaluate_on_synthetic
+    from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+    from gba_lens.training.methods import build_sae
+    from gba_lens.training.train import TrainConfig, train_sae
+
+    out = []
+    for mode in args.modes:
+        runs = []
+        for seed in args.seeds:
+            model = SparseMixtureModel(SparseMixtureConfig(n_features=48, d=24, sparsities=(2,), sparsity_weights=(1.0,), seed=seed))
+            torch.manual_seed(seed)
+            sae = build_sae("gba", 24, 128, **options(mode, 2.0 * args.l0_multiple, args.gba_settings))
+            train_sae(sae, SeededBatches(model.sample, 256, seed=seed),
+                      TrainConfig(total_samples=args.samples, batch_size=256, lr=3e-3,
+                                  lr_decay_steps=round(175 * args.samples / 150_000), device="cpu"))
+            runs.append(evaluate_on_synthetic(sae.eval(), model, n_samples=5_000))
+        row = {"model": "small", "method": f"GBA {mode}", "seeds": len(runs), "true_l0": 2.0}
+        for k in ("mcc", "l0", "frr_08", "frr_09"):
+            row[k + "_per_seed"] = [round(getattr(r, k), 4) for r in runs]
+            row[k] = sum(getattr(r, k) for r in runs) / len(runs)
+        out.append(row)
+    return out
+
+
 def _row(model: str, r) -> dict:
     row = {"model": model, "method": r.method, "seeds": r.seeds, "true_l0": r.true_l0}
     for k in ("mcc", "f1", "l0", "explained_variance", "dead_fraction", "frr_08", "frr_09"):
@@ -119,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     from gba_lens.experiments.overrides import add_gba_option, add_set_option, apply_set_option, gba_settings_of
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("experiment", choices=("zipf", "toy", "synthbench"))
+    p.add_argument("experiment", choices=("zipf", "toy", "synthbench", "small"))
     p.add_argument("--samples", type=int, default=500_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", type=int, default=3, help="Zipf: the first N of A, B, C")
@@ -137,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     args.gba_settings = gba_settings_of(p, args)
     if args.baselines and args.experiment != "zipf":
         p.error(f"--baselines runs on the Zipf models only, not {args.experiment}")
-    rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench}[args.experiment](args)
+    rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench, "small": small}[args.experiment](args)
     for row in rows:
         print(json.dumps(row), flush=True)
     sys.stdout.flush()

@@ -54,9 +54,11 @@ another active direction leaning its way (interference), not a mixture (0: every
 OWN_CODE = 0
 """1: the pairs are read off the SAE's own code with each latent's activations moved to other rows
 (a random cyclic shift per latent, which breaks which latents fire together and keeps how often and
-how strongly each fires), decoded and encoded again. Data made of the SAE's latents as independent
-features: mixtures still fire together (they share directions), interference from the data's own
-features does not (docs/experiments/prior_free.md, twentieth step). 0: the batch's own code."""
+how strongly each fires), decoded and encoded again: data made of the SAE's latents as independent
+features, where mixtures still fire together (they share directions) and the data's own features
+do not push latents over their thresholds. 2: the same with each row's reconstruction error, taken
+from another row, added before encoding (what the SAE does not fire on stays in its input).
+0: the batch's own code (docs/experiments/prior_free.md, twentieth step)."""
 MAX_PAIR_COSINE = 0.5
 """Pairs of latents whose decoder rows have a larger |cos| are left out of both means (near-copies).
 Measured on latents told the L0 (docs/experiments/prior_free.md, nineteenth step): with every pair
@@ -167,15 +169,25 @@ class CoactivationBalance(nn.Module):
         live: Bool[torch.Tensor, " d_sae"], step: int,
         hidden_pre: Float[torch.Tensor, "... d_sae"] | None = None, bias: Float[torch.Tensor, " d_sae"] | None = None,
         reencode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        residual: Float[torch.Tensor, "... d_in"] | None = None,
     ) -> None:
         """This batch's sums over co-active pairs (of this rank's rows) and the denominator over the
         live latents (the same on every rank: ``live`` is the global batch's). With ``MIN_MARGIN``,
         the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``; with
-        ``OWN_CODE``, off ``reencode`` (activations -> y of their reconstruction) of the shifted code."""
+        ``OWN_CODE``, off ``reencode`` (inputs in the SAE's units -> y) of the shifted code's
+        reconstruction (plus, with 2, ``residual`` x - x_hat of the batch's rows, shifted by a random
+        number of rows)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         if OWN_CODE and reencode is not None:
-            hidden_pre = reencode(shifted_code(feature_acts, MAX_ROWS, _generator(directions.device, step + 1)))
+            generator = _generator(directions.device, step + 1)
+            code = shifted_code(feature_acts, MAX_ROWS, generator)
+            error = None
+            if OWN_CODE == 2 and residual is not None:
+                error = residual.detach().reshape(-1, residual.shape[-1])[:code.shape[0]]
+                shift = int(torch.randint(1, max(2, error.shape[0]), (), generator=generator, device=generator.device))
+                error = error.roll(shift, 0)
+            hidden_pre = reencode(code, error)
         if (MIN_MARGIN > 0 or OWN_CODE) and hidden_pre is not None and bias is not None:
             y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]
             feature_acts = y > MIN_MARGIN * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t

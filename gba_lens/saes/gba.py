@@ -241,9 +241,12 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         return fire_count, peak, n_samples
 
     @torch.no_grad()
-    def _reencode(self, feature_acts: Float[torch.Tensor, "rows d_sae"]) -> Float[torch.Tensor, "rows d_sae"]:
-        """y = u + b of the reconstruction of ``feature_acts`` (no hooks' statistics, no gradient)."""
-        return self.pre_activations(self.decode(feature_acts.to(self.W_dec.dtype))) + self.b_enc
+    def _reencode(self, feature_acts: Float[torch.Tensor, "rows d_sae"],
+                  added: Float[torch.Tensor, "rows d_in"] | None = None) -> Float[torch.Tensor, "rows d_sae"]:
+        """y = u + b of the reconstruction of ``feature_acts`` (plus ``added``, in the input's units;
+        no hooks' statistics, no gradient)."""
+        inputs = self.decode(feature_acts.to(self.W_dec.dtype))
+        return self.pre_activations(inputs if added is None else inputs + added) + self.b_enc
 
     @override
     def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
@@ -354,7 +357,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         balance = controller.coactivation  # find_l0: the target scale follows the co-activation ratio
         if balance is not None and balance.due(step_input.n_training_steps):
             balance.observe(output.feature_acts, self.W_dec, batch_stats[0] > 0, step_input.n_training_steps,
-                            output.hidden_pre, self.b_enc, self._reencode)
+                            output.hidden_pre, self.b_enc, self._reencode, output.sae_in - output.sae_out.detach())
             self.reduce_window_statistics(balance)
             ratio = balance.ratio()
             if ratio is not None:

@@ -147,6 +147,21 @@ def test_with_own_code_the_trainer_reads_the_pairs_off_its_reencoded_shifted_cod
     assert torch.allclose(balance.sums, own_sums)
 
 
+def test_with_own_code_2_the_reencoded_input_carries_another_rows_reconstruction_error(step_input, monkeypatch):
+    monkeypatch.setattr(C, "OWN_CODE", 2)
+    x = torch.relu(torch.randn(256, 8, generator=torch.Generator().manual_seed(1))) * 2
+    torch.manual_seed(0)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
+    calls = []
+    reencode = sae._reencode
+    monkeypatch.setattr(sae, "_reencode", lambda code, added=None: calls.append(added) or reencode(code, added))
+    out = sae.training_forward_pass(step_input(x, C.CHECK_EVERY))
+    (added,) = calls
+    error = (x - out.sae_out).detach()
+    shift = next(k for k in range(1, 256) if torch.allclose(added, error.roll(k, 0)))  # whole rows, moved
+    assert 0 < shift < 256
+
+
 def test_the_denominator_is_the_mean_over_every_pair_of_the_sampled_latents():
     gen = torch.Generator().manual_seed(2)
     directions = _unit(torch.randn(30, 6, generator=gen))
