@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
+from gba_lens.saes.coactivation import shifted_code
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import threshold_signals as ts  # noqa: E402  (the models and the training of prior_free.py's figures)
 
@@ -54,9 +56,9 @@ def extra_setting(name: str) -> ts.Setting:
     from gba_lens.synthetic.metrics import evaluate_on_synthetic
 
     if name == "small":
-        from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+        from gba_lens.synthetic.paper_model import SparseMixtureModel, small_model_config
 
-        model = SparseMixtureModel(SparseMixtureConfig(n_features=48, d=24, sparsities=(2,), sparsity_weights=(1.0,), seed=0))
+        model = SparseMixtureModel(small_model_config(0))
         return ts.Setting(name, model, model.sample, 128, 256, 3e-3, 175 / 586, 150_000, {}, 2.0,
                           lambda sae: {k: getattr(evaluate_on_synthetic(sae, model, n_samples=5000), k) for k in ("mcc", "l0")})
     from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
@@ -67,7 +69,7 @@ def extra_setting(name: str) -> ts.Setting:
                       lambda sae: {k: getattr(evaluate_on_synthetic(sae, model), k) for k in ("mcc", "l0")})
 
 
-def mean_pair_cosine(pairs: Float[torch.Tensor, "rows w w"] | Float[torch.Tensor, "w w"],
+def pair_cosine_sums(pairs: Float[torch.Tensor, "rows w w"] | Float[torch.Tensor, "w w"],
                      cosines: Float[torch.Tensor, "w w"]) -> tuple[float, float]:
     """(sum of |cos| over the weighted pairs, their weight)."""
     return float((pairs * cosines).sum()), float(pairs.sum())
@@ -78,13 +80,6 @@ def explained_away(z: Float[torch.Tensor, "rows w"], y: Float[torch.Tensor, "row
     """still[r, n, m]: latent m fires on row r with latent n's output taken out of the input
     (y_m - z_n gain[n, m] > 0, gain = W_dec W_enc: n's unit output in m's pre-activation)."""
     return (y[:, None, :] - z[:, :, None] * gain[None]) > 0
-
-
-def shifted(z: Float[torch.Tensor, "rows w"], generator: torch.Generator) -> Float[torch.Tensor, "rows w"]:
-    """Each column shifted cyclically by its own random number of rows (find_l0's ``shifted_code``)."""
-    from gba_lens.saes.coactivation import shifted_code
-
-    return shifted_code(z, z.shape[0], generator)
 
 
 @torch.no_grad()
@@ -98,37 +93,31 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
     active = z > 0
     live = active.any(0)
     live_pairs = live[:, None] & live[None, :]
-    baseline = {"every_pair": mean_pair_cosine(live_pairs & distinct, cosines),
-                "cut": mean_pair_cosine(live_pairs & kept, cosines)}
-    sums: dict[str, list[float]] = {}
 
-    def add(key: str, mask: torch.Tensor, pairs: torch.Tensor) -> None:
-        total, weight = mean_pair_cosine(mask.float().T @ mask.float() * pairs, cosines)
-        sums.setdefault(key, [0.0, 0.0])
-        sums[key][0] += total
-        sums[key][1] += weight
+    def co_active(mask: torch.Tensor, pairs: torch.Tensor) -> tuple[float, float]:
+        return pair_cosine_sums(mask.float().T @ mask.float() * pairs, cosines)
 
-    add("every_pair", active, distinct)
-    add("cut", active, kept)
-    for a in MARGINS:
-        add(f"margin_{a}", y > a * thresholds, kept)
     gen = torch.Generator().manual_seed(5)
-    code = shifted(z, gen)
-    twin = sae.decode(code)
+    twin = sae.decode(shifted_code(z, len(z), gen))
     error = (x - sae.decode(z))[torch.randperm(len(x), generator=gen)]
-    for key, inputs in (("own_code", twin), ("own_code_residual", twin + error)):
-        add(key, sae.encode_with_hidden_pre(inputs)[1].float() > 0, kept)
+    sums = {"every_pair": co_active(active, distinct), "cut": co_active(active, kept),
+            **{f"margin_{a}": co_active(y > a * thresholds, kept) for a in MARGINS},
+            **{key: co_active(sae.encode_with_hidden_pre(inputs)[1].float() > 0, kept)
+               for key, inputs in (("own_code", twin), ("own_code_residual", twin + error))}}
     gain = decoder @ encoder
-    chunk = max(1, int(2e7 // z.shape[1] ** 2))
+    chunk = max(1, int(2e7 // z.shape[1] ** 2))  # rows per [rows, w, w] block
+    stay = {"both_stay": [0.0, 0.0], "either_stays": [0.0, 0.0]}
     for start in range(0, len(z), chunk):
-        zc, yc, ac = z[start:start + chunk], y[start:start + chunk], active[start:start + chunk].float()
-        still = explained_away(zc, yc, gain)
-        pairs = ac[:, :, None] * ac[:, None, :] * kept
+        still = explained_away(z[start:start + chunk], y[start:start + chunk], gain)
+        rows = active[start:start + chunk].float()
+        pairs = rows[:, :, None] * rows[:, None, :] * kept
         for key, mask in (("both_stay", still & still.transpose(1, 2)), ("either_stays", still | still.transpose(1, 2))):
-            total, weight = mean_pair_cosine(pairs * mask, cosines)
-            sums.setdefault(key, [0.0, 0.0])
-            sums[key][0] += total
-            sums[key][1] += weight
+            total, weight = pair_cosine_sums(pairs * mask, cosines)
+            stay[key][0] += total
+            stay[key][1] += weight
+    sums.update(stay)
+    baseline = {"every_pair": pair_cosine_sums(live_pairs & distinct, cosines),
+                "cut": pair_cosine_sums(live_pairs & kept, cosines)}
     out = {"l0": float(active.float().sum(1).mean())}
     for key, (total, weight) in sums.items():
         base_total, base_weight = baseline["every_pair" if key == "every_pair" else "cut"]

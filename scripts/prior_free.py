@@ -119,7 +119,7 @@ def small(args: argparse.Namespace) -> list[dict]:
 
     from gba_lens.data import SeededBatches
     from gba_lens.synthetic.metrics import evaluate_on_synthetic
-    from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+    from gba_lens.synthetic.paper_model import SparseMixtureModel, small_model_config
     from gba_lens.training.methods import build_sae
     from gba_lens.training.train import TrainConfig, train_sae
 
@@ -127,7 +127,7 @@ def small(args: argparse.Namespace) -> list[dict]:
     for mode in args.modes:
         runs = []
         for seed in args.seeds:
-            model = SparseMixtureModel(SparseMixtureConfig(n_features=48, d=24, sparsities=(2,), sparsity_weights=(1.0,), seed=seed))
+            model = SparseMixtureModel(small_model_config(seed))
             torch.manual_seed(seed)
             sae = build_sae("gba", 24, 128, **options(mode, 2.0 * args.l0_multiple, args.gba_settings))
             train_sae(sae, SeededBatches(model.sample, 256, seed=seed),

@@ -39,9 +39,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
+from gba_lens.saes import target_adaptation
 from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.l0_control import L0Control
-from gba_lens.saes import target_adaptation
 from gba_lens.saes.target_adaptation import adapt_group_targets, targets_from_valleys
 from gba_lens.saes.target_search import TargetSearch
 

@@ -168,25 +168,25 @@ class CoactivationBalance(nn.Module):
         self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"],
         live: Bool[torch.Tensor, " d_sae"], step: int,
         hidden_pre: Float[torch.Tensor, "... d_sae"] | None = None, bias: Float[torch.Tensor, " d_sae"] | None = None,
-        reencode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        residual: Float[torch.Tensor, "... d_in"] | None = None,
+        reencode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+        sae_in: Float[torch.Tensor, "... d_in"] | None = None, sae_out: Float[torch.Tensor, "... d_in"] | None = None,
     ) -> None:
         """This batch's sums over co-active pairs (of this rank's rows) and the denominator over the
         live latents (the same on every rank: ``live`` is the global batch's). With ``MIN_MARGIN``,
         the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``; with
         ``OWN_CODE``, off ``reencode`` (inputs in the SAE's units -> y) of the shifted code's
-        reconstruction (plus, with 2, ``residual`` x - x_hat of the batch's rows, shifted by a random
-        number of rows)."""
+        reconstruction (plus, with 2, the error ``sae_in - sae_out`` of the rows read, shifted by a
+        random number of rows)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         if OWN_CODE and reencode is not None:
             generator = _generator(directions.device, step + 1)
             code = shifted_code(feature_acts, MAX_ROWS, generator)
             error = None
-            if OWN_CODE == 2 and residual is not None:
-                error = residual.detach().reshape(-1, residual.shape[-1])[:code.shape[0]]
-                shift = int(torch.randint(1, max(2, error.shape[0]), (), generator=generator, device=generator.device))
-                error = error.roll(shift, 0)
+            if OWN_CODE == 2 and sae_in is not None and sae_out is not None:
+                n_rows, d_in = code.shape[0], sae_in.shape[-1]
+                error = sae_in.reshape(-1, d_in)[:n_rows] - sae_out.detach().reshape(-1, d_in)[:n_rows]
+                error = error.roll(int(torch.randint(1, max(2, n_rows), (), generator=generator, device=generator.device)), 0)
             hidden_pre = reencode(code, error)
         if (MIN_MARGIN > 0 or OWN_CODE) and hidden_pre is not None and bias is not None:
             y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]

@@ -357,8 +357,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         balance = controller.coactivation  # find_l0: the target scale follows the co-activation ratio
         if balance is not None and balance.due(step_input.n_training_steps):
             balance.observe(output.feature_acts, self.W_dec, batch_stats[0] > 0, step_input.n_training_steps,
-                            output.hidden_pre, self.b_enc, self._reencode,
-                            output.sae_in - output.sae_out.detach() if coactivation.OWN_CODE == 2 else None)
+                            output.hidden_pre, self.b_enc, self._reencode, output.sae_in, output.sae_out)
             self.reduce_window_statistics(balance)
             ratio = balance.ratio()
             if ratio is not None:

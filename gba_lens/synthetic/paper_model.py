@@ -131,6 +131,12 @@ class SparseMixtureModel(nn.Module):
         return self.sample(batch_size)
 
 
+def small_model_config(seed: int = 0) -> SparseMixtureConfig:
+    """A small instance of the paper's model with more latents (128 in its tests) than features:
+    n = 48 features in d = 24 (superposition, d > sqrt(n)), s = 2 per sample (f = 0.042)."""
+    return SparseMixtureConfig(n_features=48, d=24, sparsities=(2,), sparsity_weights=(1.0,), seed=seed)
+
+
 def paper_toy(seed: int = 0, **overrides: object) -> SparseMixtureModel:
     """The paper's imbalanced toy: n = 128, d = 42, half the samples s = 3, half s = 20."""
     cfg = SparseMixtureConfig(n_features=128, d=42, sparsities=(3, 20), sparsity_weights=(0.5, 0.5), seed=seed)

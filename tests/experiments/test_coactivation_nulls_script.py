@@ -20,7 +20,7 @@ def test_the_shifted_code_reads_as_independent_features(script):
     gen = torch.Generator().manual_seed(0)
     fire = (torch.rand(4000, 1, generator=gen) < 0.1).float()
     z = fire.repeat(1, 8)                   # eight latents that always fire together
-    code = nulls.shifted(z, torch.Generator().manual_seed(1))
+    code = nulls.shifted_code(z, len(z), torch.Generator().manual_seed(1))
     together = (code.T @ code / 4000)[~torch.eye(8, dtype=torch.bool)].mean()
     assert together == pytest.approx(0.01, abs=0.005)   # 0.1 x 0.1, not 0.1
 

@@ -7,7 +7,7 @@ import torch
 
 from gba_lens import experiments as ex
 from gba_lens.experiments import runner
-from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+from gba_lens.synthetic.paper_model import SparseMixtureModel, small_model_config
 from gba_lens.training.train import TrainConfig, resolve_device
 
 
@@ -43,7 +43,7 @@ def test_device_reaches_every_run(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="needs a CUDA device (CI has none); the same instance runs on CPU in test_recovery.py")
 def test_small_recovery_runs_on_cuda():
-    cfg = SparseMixtureConfig(n_features=48, d=24, sparsities=(2,), sparsity_weights=(1.0,), seed=0)
+    cfg = small_model_config(0)
     train = TrainConfig(total_samples=150_000, batch_size=256, lr=3e-3, lr_decay_steps=175, device="cuda")
     record = ex.run_job(ex.Job(ex.MethodSpec("GBA", "gba"), SparseMixtureModel, (cfg, "cuda"), 128, train, 0,
                                eval_samples=5_000, consistency_samples=1_000))

@@ -261,10 +261,10 @@ def test_a_found_l0_still_rising_at_the_end_of_training_is_reported(monkeypatch)
     monkeypatch.setattr(C, "MAX_PAIR_COSINE", 1.0)
     from gba_lens.data import SeededBatches
     from gba_lens.synthetic.metrics import evaluate_on_synthetic
-    from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+    from gba_lens.synthetic.paper_model import SparseMixtureModel, small_model_config
     from gba_lens.training.train import TrainConfig, train_sae
 
-    model = SparseMixtureModel(SparseMixtureConfig(n_features=48, d=24, sparsities=(2,), sparsity_weights=(1.0,), seed=0))
+    model = SparseMixtureModel(small_model_config(0))
     torch.manual_seed(0)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=24, d_sae=128, find_l0=True, valley_thresholds=True))
     with pytest.warns(UserWarning, match="find_l0 was still raising the targets"):

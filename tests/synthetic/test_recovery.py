@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gba_lens.synthetic.metrics import cross_seed_consistency, evaluate_on_synthetic, feature_recovery_rate
-from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
+from gba_lens.synthetic.paper_model import SparseMixtureModel, small_model_config
 from gba_lens.training.data import SeededBatches
 from gba_lens.training.methods import build_sae
 from gba_lens.training.train import TrainConfig, train_sae
@@ -15,7 +15,7 @@ SEEDS = (0, 1, 2)
 
 
 def _train(seed: int, method: str = "gba", **params):
-    model = SparseMixtureModel(SparseMixtureConfig(n_features=48, d=24, sparsities=(2,), sparsity_weights=(1.0,), seed=seed))
+    model = SparseMixtureModel(small_model_config(seed))
     torch.manual_seed(seed)
     sae = build_sae(method, 24, 128, **params)
     train_sae(sae, SeededBatches(model.sample, 256, seed=seed),
