@@ -15,7 +15,16 @@ ratio and what a check could read instead:
   other's output z_n d_n taken out of the input (a latent pushed over its threshold by another
   active direction is explained away);
 * ``margin_<a>``: only latents whose pre-activation clears the threshold by a fraction a
-  (``coactivation.MIN_MARGIN``).
+  (``coactivation.MIN_MARGIN``);
+* ``frequency_weighted``, ``magnitude_weighted``: the co-active pairs over the mean |cos| of pairs
+  weighted by f_m f_n (the two latents' firing frequencies) or by their mean activations, instead of
+  two live latents: the null of latents that fire independently at their own rates;
+  ``shifted``: the pairs of the shifted code itself (before decoding), over two live latents: how
+  much of the ratio's fall is that weighting (twenty-first step).
+
+``--valley-thresholds`` trains the told-L0 SAEs with valley thresholds and adds, for the pairs of
+neurons with a valley on the held-out inputs (V) and without (N), each class's ratio and share of
+the co-active pairs (``VV``, ``VN``, ``NN``).
 
 Every ratio but ``every_pair`` leaves near-copies out. ``--pairs`` (models drawn from the paper's
 sparse mixture: ``small``, ``toy``) adds what the truth says of the co-active pairs of different
@@ -28,6 +37,7 @@ independent in 64 dimensions, width 128.
 
     python scripts/coactivation_nulls.py --models small cex toy A B C sb --seed 0
     python scripts/coactivation_nulls.py --models small --multiples 1 --pairs
+    python scripts/coactivation_nulls.py --models small toy A B C sb --valley-thresholds --seed 0
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from gba_lens.saes.coactivation import shifted_code
+from gba_lens.saes.valley_thresholds import ROWS_PER_STEP, ValleyThresholds, find_valleys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import threshold_signals as ts  # noqa: E402  (the models and the training of prior_free.py's figures)
@@ -104,6 +115,10 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
             **{f"margin_{a}": co_active(y > a * thresholds, kept) for a in MARGINS},
             **{key: co_active(sae.encode_with_hidden_pre(inputs)[1].float() > 0, kept)
                for key, inputs in (("own_code", twin), ("own_code_residual", twin + error))}}
+    sums["shifted"] = co_active(shifted_code(z, len(z), torch.Generator().manual_seed(6)) > 0, kept)
+    sums["frequency_weighted"] = sums["cut"]
+    sums["magnitude_weighted"] = pair_cosine_sums(z.T @ z * kept, cosines)
+    rates = {"frequency_weighted": active.float().mean(0), "magnitude_weighted": z.mean(0)}
     gain = decoder @ encoder
     chunk = max(1, int(2e7 // z.shape[1] ** 2))  # rows per [rows, w, w] block
     stay = {"both_stay": [0.0, 0.0], "either_stays": [0.0, 0.0]}
@@ -118,10 +133,47 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
     sums.update(stay)
     baseline = {"every_pair": pair_cosine_sums(live_pairs & distinct, cosines),
                 "cut": pair_cosine_sums(live_pairs & kept, cosines)}
+    baseline.update({key: pair_cosine_sums(rate[:, None] * rate[None, :] * kept, cosines) for key, rate in rates.items()})
     out = {"l0": float(active.float().sum(1).mean())}
     for key, (total, weight) in sums.items():
-        base_total, base_weight = baseline["every_pair" if key == "every_pair" else "cut"]
+        base_total, base_weight = baseline[key if key in baseline else "cut"]
         out[key] = total / weight / (base_total / base_weight) if weight else float("nan")
+    return out
+
+
+@torch.no_grad()
+def valley_neurons(y: Float[torch.Tensor, "rows w"], bias: Float[torch.Tensor, " w"]) -> Bool[torch.Tensor, " w"]:
+    """Which neurons' pre-activations u = y - b over these rows have a second mode (the trainer's
+    valley test, on one window of held-out inputs)."""
+    window = ValleyThresholds(y.shape[1])
+    window.scale.copy_((y - bias).amax(0).clamp(min=1e-6))
+    for start in range(0, len(y), ROWS_PER_STEP):
+        rows = y[start:start + ROWS_PER_STEP]
+        window.observe(rows, bias, len(rows))
+    return find_valleys(window.histogram[:, 1:])[0]
+
+
+@torch.no_grad()
+def valley_pairs(sae: Any, x: Float[torch.Tensor, "rows d"]) -> dict[str, float]:
+    """The ratio (near-copies left out) over the co-active pairs of two neurons with a valley (VV),
+    one (VN) and none (NN), and each class's share of the pairs."""
+    z, y = (t.float() for t in sae.encode_with_hidden_pre(x))
+    with_valley = valley_neurons(y, sae.b_enc.detach().float()).float()
+    unit = sae.W_dec.detach().float() / sae.W_dec.detach().float().norm(dim=1, keepdim=True)
+    cosines = (unit @ unit.T).abs()
+    kept = ((cosines <= CUT) & ~torch.eye(len(cosines), dtype=torch.bool)).float()
+    active = (z > 0).float()
+    live = active.any(0).float()
+    base_total, base_weight = pair_cosine_sums(live[:, None] * live[None, :] * kept, cosines)
+    co = active.T @ active * kept
+    without = 1 - with_valley
+    out = {"valley_fraction": float(with_valley.mean())}
+    for key, classes in (("VV", with_valley[:, None] * with_valley[None, :]),
+                         ("VN", with_valley[:, None] * without[None, :] + without[:, None] * with_valley[None, :]),
+                         ("NN", without[:, None] * without[None, :])):
+        total, weight = pair_cosine_sums(co * classes, cosines)
+        out[key] = total / weight / (base_total / base_weight) if weight else float("nan")
+        out[f"{key}_share"] = weight / float(co.sum()) if float(co.sum()) else float("nan")
     return out
 
 
@@ -156,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-samples", type=int, default=8000, help="held-out inputs the ratios are read on")
     p.add_argument("--pairs", action="store_true", help="small, toy: also what the truth says of the pairs")
+    p.add_argument("--valley-thresholds", action="store_true",
+                   help="train with valley thresholds; add the pairs by which neurons have a valley")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
     if args.pairs and not set(args.models) <= {"small", "toy"}:
@@ -163,13 +217,16 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         s = extra_setting(name) if name in EXTRA_MODELS else ts.setting(name, args.cache)
         for multiple in args.multiples:
-            sae = ts.train_gba(s, s.samples, args.seed, target_l0=multiple * s.top_w_l0)
+            sae = ts.train_gba(s, s.samples, args.seed, target_l0=multiple * s.top_w_l0,
+                               **({"valley_thresholds": True} if args.valley_thresholds else {}))
             torch.manual_seed(77)
             x = s.sample(args.eval_samples)
             row: dict[str, Any] = {"model": name, "seed": args.seed, "multiple": multiple,
                                    **readings(sae, x, (-sae.b_enc.detach().float()).clamp(min=0))}
             if args.pairs:
                 row.update(pair_truth(sae, s.model, 20_000))
+            if args.valley_thresholds:
+                row.update(valley_pairs(sae, x))
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
 

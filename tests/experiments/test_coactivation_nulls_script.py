@@ -30,3 +30,43 @@ def test_pairs_need_a_model_with_its_features_behind_each_input(script, capsys):
         script("coactivation_nulls").main(["--models", "A", "--pairs"])
     assert exit_info.value.code == 2
     assert "--pairs needs the features behind each input" in capsys.readouterr().err
+
+
+class _IdentitySAE:
+    """Inputs in latent units: latent m fires with value x_m where x_m > 0.5 (JumpReLU at 0.5)."""
+
+    def __init__(self, decoder: torch.Tensor):
+        self.W_dec, self.W_enc = decoder, torch.eye(decoder.shape[0])
+        self.b_enc = torch.full((decoder.shape[0],), -0.5)
+
+    def encode_with_hidden_pre(self, x):
+        y = x @ self.W_enc + self.b_enc
+        return (x @ self.W_enc) * (y > 0), y
+
+    def decode(self, z):
+        return z @ self.W_dec
+
+
+def test_the_frequency_weighted_null_reads_one_for_latents_that_fire_independently(script):
+    nulls = script("coactivation_nulls")
+    rare = torch.tensor([[0.3, 0.3, 0.9, 0.0], [0.3, 0.3, 0.0, 0.9]])
+    decoder = torch.cat([torch.eye(4)[:2], rare / rare.norm(dim=1, keepdim=True)])  # frequent pair orthogonal
+    gen = torch.Generator().manual_seed(0)
+    rates = torch.tensor([0.5, 0.5, 0.02, 0.02])
+    x = (torch.rand(20_000, 4, generator=gen) < rates).float()          # independent firing
+    read = nulls.readings(_IdentitySAE(decoder), x, torch.full((4,), 0.5))
+    assert read["cut"] < 0.5                  # two live latents: mostly the rare, aligned pairs
+    assert read["frequency_weighted"] == pytest.approx(1.0, abs=0.1)
+    assert read["magnitude_weighted"] == pytest.approx(1.0, abs=0.1)
+    assert read["shifted"] == pytest.approx(read["cut"], abs=0.1)       # already independent
+
+
+def test_valley_neurons_finds_the_second_mode(script):
+    nulls = script("coactivation_nulls")
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand(8000, 2, generator=gen) * 0.5                     # the interference mode near 0
+    feature = torch.rand(8000, generator=gen) < 0.1
+    y = noise.clone()
+    y[feature, 0] = 3.0 + 0.1 * torch.rand(int(feature.sum()), generator=gen)
+    y[:, 1] = torch.empty(8000).exponential_(2.0, generator=gen)       # one mode, a long tail
+    assert nulls.valley_neurons(y, torch.zeros(2)).tolist() == [True, False]
