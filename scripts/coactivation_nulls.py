@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
 from gba_lens.saes.coactivation import shifted_code
 from gba_lens.saes.valley_thresholds import ROWS_PER_STEP, ValleyThresholds, find_valleys
@@ -81,16 +81,27 @@ def extra_setting(name: str) -> ts.Setting:
 
 
 def pair_cosine_sums(pairs: Float[torch.Tensor, "rows w w"] | Float[torch.Tensor, "w w"],
-                     cosines: Float[torch.Tensor, "w w"]) -> tuple[float, float]:
+                     cosines: Float[torch.Tensor, "rows w w"] | Float[torch.Tensor, "w w"]) -> tuple[float, float]:
     """(sum of |cos| over the weighted pairs, their weight)."""
     return float((pairs * cosines).sum()), float(pairs.sum())
 
 
 def explained_away(z: Float[torch.Tensor, "rows w"], y: Float[torch.Tensor, "rows w"],
-                   gain: Float[torch.Tensor, "w w"]) -> Bool[torch.Tensor, "rows w w"]:
+                   gain: Float[torch.Tensor, "w w"] | Float[torch.Tensor, "rows w w"]) -> Bool[torch.Tensor, "rows w w"]:
     """still[r, n, m]: latent m fires on row r with latent n's output taken out of the input
-    (y_m - z_n gain[n, m] > 0, gain = W_dec W_enc: n's unit output in m's pre-activation)."""
-    return (y[:, None, :] - z[:, :, None] * gain[None]) > 0
+    (y_m - z_n gain[n, m] > 0, gain = W_dec W_enc: n's unit output in m's pre-activation; one
+    matrix for every row, or one per row)."""
+    return (y[:, None, :] - z[:, :, None] * (gain if gain.dim() == 3 else gain[None])) > 0
+
+
+def active_slots(active: Bool[torch.Tensor, "rows w"]) -> Int[torch.Tensor, "rows k"]:
+    """Each row's active latents, padded with -1 to the longest row's count (k)."""
+    row, latent = active.nonzero(as_tuple=True)
+    counts = torch.bincount(row, minlength=len(active))
+    position = torch.arange(len(row)) - (torch.cumsum(counts, 0) - counts)[row]
+    slots = torch.full((len(active), max(int(counts.max()) if len(row) else 0, 1)), -1, dtype=torch.long)
+    slots[row, position] = latent
+    return slots
 
 
 @torch.no_grad()
@@ -120,14 +131,17 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
     sums["magnitude_weighted"] = pair_cosine_sums(z.T @ z * kept, cosines)
     rates = {"frequency_weighted": active.float().mean(0), "magnitude_weighted": z.mean(0)}
     gain = decoder @ encoder
-    chunk = max(1, int(2e7 // z.shape[1] ** 2))  # rows per [rows, w, w] block
+    slots = active_slots(active)  # only active latents can pair: [rows, k, k] blocks, not [rows, w, w]
+    chunk = max(1, int(2e7 // slots.shape[1] ** 2))
     stay = {"both_stay": [0.0, 0.0], "either_stays": [0.0, 0.0]}
     for start in range(0, len(z), chunk):
-        still = explained_away(z[start:start + chunk], y[start:start + chunk], gain)
-        rows = active[start:start + chunk].float()
-        pairs = rows[:, :, None] * rows[:, None, :] * kept
+        block = slots[start:start + chunk]
+        filled, index = block >= 0, block.clamp(min=0)
+        n, m = index[:, :, None], index[:, None, :]
+        still = explained_away(z[start:start + chunk].gather(1, index), y[start:start + chunk].gather(1, index), gain[n, m])
+        pairs = filled[:, :, None] & filled[:, None, :] & kept[n, m]
         for key, mask in (("both_stay", still & still.transpose(1, 2)), ("either_stays", still | still.transpose(1, 2))):
-            total, weight = pair_cosine_sums(pairs * mask, cosines)
+            total, weight = pair_cosine_sums((pairs & mask).float(), cosines[n, m])
             stay[key][0] += total
             stay[key][1] += weight
     sums.update(stay)

@@ -70,3 +70,26 @@ def test_valley_neurons_finds_the_second_mode(script):
     y[feature, 0] = 3.0 + 0.1 * torch.rand(int(feature.sum()), generator=gen)
     y[:, 1] = torch.empty(8000).exponential_(2.0, generator=gen)       # one mode, a long tail
     assert nulls.valley_neurons(y, torch.zeros(2)).tolist() == [True, False]
+
+
+def test_explained_away_pairs_read_on_each_rows_active_latents_match_the_dense_definition(script):
+    nulls = script("coactivation_nulls")
+    gen = torch.Generator().manual_seed(3)
+    decoder = torch.nn.functional.normalize(torch.randn(12, 12, generator=gen), dim=1)  # d_in = width: inputs are codes
+    sae = _IdentitySAE(decoder)
+    sae.W_enc = torch.nn.functional.normalize(torch.randn(12, 12, generator=gen), dim=0) + torch.eye(12)
+    x = torch.rand(300, 12, generator=gen) * (torch.rand(300, 12, generator=gen) < 0.3)
+    read = nulls.readings(sae, x, torch.full((12,), 0.5))
+    z, y = sae.encode_with_hidden_pre(x)
+    still = nulls.explained_away(z, y, decoder @ sae.W_enc)              # every row x every pair of latents
+    cosines = (decoder @ decoder.T).abs()
+    kept = (cosines <= nulls.CUT) & ~torch.eye(12, dtype=torch.bool)
+    active = (z > 0).float()
+    pairs = active[:, :, None] * active[:, None, :] * kept
+    live = active.any(0)
+    base = (live[:, None] & live[None, :] & kept).float()
+    baseline = (base * cosines).sum() / base.sum()
+    for key, mask in (("both_stay", still & still.transpose(1, 2)), ("either_stays", still | still.transpose(1, 2))):
+        chosen = pairs * mask
+        assert chosen.sum() > 0
+        assert read[key] == pytest.approx(float((chosen * cosines).sum() / chosen.sum() / baseline), rel=1e-5)
