@@ -56,6 +56,8 @@ _common.setup_environment(TQDM_DISABLE="1")  # one progress bar per fit() would 
 
 import torch  # noqa: E402
 
+from gba_lens.experiments.overrides import add_set_option, apply_set_option  # noqa: E402
+
 BATCH = 1024
 SIZES: tuple[tuple[int, int], ...] = ((512, 4096), (128, 512))
 GOALS = {(512, 4096): 0.95, (128, 512): 0.90}  # GBA / standard samples/s
@@ -517,10 +519,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="GBA with find_l0=True and valley thresholds (adds its check's cost; writes no file unless --out)")
     parser.add_argument("--encoder-regression", type=float, default=0.0, metavar="WEIGHT",
                         help="GBA with encoder_regression=WEIGHT (step sizes only; writes no file unless --out)")
+    add_set_option(parser)
     args = parser.parse_args(argv)
+    apply_set_option(parser, args)
     options = {"valley_thresholds": args.valley_thresholds or args.find_l0, "encoder_regression": args.encoder_regression,
                "find_l0": args.find_l0}
-    variant = bool(args.valley_thresholds or args.encoder_regression or args.find_l0)  # not the default GBA: no generator, no file
+    variant = bool(args.valley_thresholds or args.encoder_regression or args.find_l0 or args.set)  # not the default GBA: no generator, no file
     clock = _common.configure(args.threads, args.wall)
     start = time.perf_counter()
 
@@ -540,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     md += f"\n\nCommand: `python benchmarks/bench_training.py{' --quick' if args.quick else ''}" \
           f"{' --valley-thresholds' if args.valley_thresholds else ''}{' --find-l0' if args.find_l0 else ''}" \
           f"{f' --encoder-regression {args.encoder_regression:g}' if args.encoder_regression else ''}" \
+          f"{''.join(f' --set {assignment}' for assignment in args.set or [])}" \
           f"{f' --threads {args.threads}' if args.threads != 1 else ''}`; " \
           f"total wall time {time.perf_counter() - start:.0f} s.\n"
     if args.profile:

@@ -14,6 +14,8 @@ ratio > 1. One that fires too much spends its extra firings on latents that comp
 already active, filling the input's other directions: ratio < 1. So ``find_l0`` scales GBA's
 geometric targets (with the third branch of a requested L0, :mod:`gba_lens.saes.l0_control`) by an
 integral controller on the ratio: every ``CHECK_EVERY`` steps, log s <- log s + GAIN (ratio - 1).
+With ``MINMOD`` the ratio is read twice, off the batch and off the SAE's own code, and the scale
+moves only where the two agree.
 
 Pairs whose directions are aligned beyond ``MAX_PAIR_COSINE`` are left out of both means: they are
 near-copies of one feature, which an SAE with latents to spare fires together at the right L0, not
@@ -59,6 +61,13 @@ features, where mixtures still fire together (they share directions) and the dat
 do not push latents over their thresholds. 2: the same with each row's reconstruction error, taken
 from another row, added before encoding (what the SAE does not fire on stays in its input).
 0: the batch's own code (docs/experiments/prior_free.md, twentieth step)."""
+MINMOD = 0
+"""1: two readings of each check, the batch's own pairs (the check) and the own code with another
+row's error (``OWN_CODE=2``'s reading), and the scale moves by the one closer to 1 when both are on
+the same side of 1 and holds when they disagree (minmod). The check is pushed up by latents that
+fire without their features where interference is large; the own code is pushed down where which
+features occur together carries structure it breaks; where the two disagree the L0 lies between
+their levels (docs/experiments/prior_free.md, twenty-first step). 0: one reading, as ``OWN_CODE`` says."""
 MAX_PAIR_COSINE = 0.5
 """Pairs of latents whose decoder rows have a larger |cos| are left out of both means (near-copies).
 Measured on latents told the L0 (docs/experiments/prior_free.md, nineteenth step): with every pair
@@ -85,7 +94,7 @@ def active_entries(
     else:
         flat = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
         n_rows = flat.shape[0]
-        row, latent = (flat != 0).nonzero(as_tuple=True)
+        row, latent = flat.nonzero(as_tuple=True)  # not (flat != 0): a slow copy of a boolean code
     keep = _row_positions(row, n_rows)[1] < max_active
     return row[keep], latent[keep], n_rows
 
@@ -117,20 +126,24 @@ def shifted_code(
     feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int, generator: torch.Generator,
 ) -> Float[torch.Tensor, "rows d_sae"]:
     """The first ``max_rows`` rows of dense or sparse (COO) activations, each latent's column shifted
-    cyclically by its own random number of rows (dense)."""
+    cyclically by its own random number of rows (dense): ``out[i, j] = acts[(i + offset_j) % rows, j]``.
+    Built from the active entries (a code is sparse; a gather over every entry costs more than the
+    decoding that follows)."""
     if feature_acts.is_sparse:
         acts = feature_acts.coalesce()
         indices, values = acts.indices(), acts.values()
-        n_rows = min(int(acts.shape[0]), max_rows)
+        n_rows, d_sae = min(int(acts.shape[0]), max_rows), int(acts.shape[-1])
         read = indices[0] < n_rows
-        rows = torch.zeros(n_rows, acts.shape[-1], dtype=values.dtype, device=values.device)
-        rows[indices[0][read], indices[1][read]] = values[read]
+        row, latent, values = indices[0][read], indices[1][read], values[read]
     else:
-        rows = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
-    n_rows, d_sae = rows.shape
-    offsets = torch.randint(0, max(n_rows, 1), (d_sae,), generator=generator, device=generator.device).to(rows.device)
-    index = (torch.arange(n_rows, device=rows.device)[:, None] + offsets[None, :]) % max(n_rows, 1)
-    return rows.gather(0, index)
+        flat = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
+        n_rows, d_sae = flat.shape
+        row, latent = flat.nonzero(as_tuple=True)
+        values = flat[row, latent]
+    offsets = torch.randint(0, max(n_rows, 1), (d_sae,), generator=generator, device=generator.device).to(values.device)
+    shifted = torch.zeros(n_rows, d_sae, dtype=values.dtype, device=values.device)
+    shifted[(row - offsets[latent]) % max(n_rows, 1), latent] = values
+    return shifted
 
 
 def random_pair_alignment(
@@ -152,10 +165,12 @@ class CoactivationBalance(nn.Module):
     target scale it moves lives in :class:`~gba_lens.saes.l0_control.L0Control`, which checkpoints carry."""
 
     sums: torch.Tensor
+    own_sums: torch.Tensor
 
     def __init__(self, device: str | torch.device = "cpu"):
         super().__init__()
         self.register_buffer("sums", torch.zeros(2, device=device), persistent=False)
+        self.register_buffer("own_sums", torch.zeros(2, device=device), persistent=False)  # MINMOD's second reading
         self.baseline: torch.Tensor | None = None  # None: fewer than two live latents
         self.last_ratio: float | None = None
 
@@ -176,37 +191,60 @@ class CoactivationBalance(nn.Module):
         the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``; with
         ``OWN_CODE``, off ``reencode`` (inputs in the SAE's units -> y) of the shifted code's
         reconstruction (plus, with 2, the error ``sae_in - sae_out`` of the rows read, shifted by a
-        random number of rows)."""
+        random number of rows). With ``MINMOD``, both the batch's pairs (``sums``) and ``OWN_CODE=2``'s
+        (``own_sums``)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        if OWN_CODE and reencode is not None:
-            generator = _generator(directions.device, step + 1)
-            code = shifted_code(feature_acts, MAX_ROWS, generator)
-            error = None
-            if OWN_CODE == 2 and sae_in is not None and sae_out is not None:
-                n_rows, d_in = code.shape[0], sae_in.shape[-1]
-                error = sae_in.reshape(-1, d_in)[:n_rows] - sae_out.detach().reshape(-1, d_in)[:n_rows]
-                error = error.roll(int(torch.randint(1, max(2, n_rows), (), generator=generator, device=generator.device)), 0)
-            hidden_pre = reencode(code, error)
-        if (MIN_MARGIN > 0 or OWN_CODE) and hidden_pre is not None and bias is not None:
-            y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]
-            feature_acts = y > MIN_MARGIN * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
-        total, pairs = coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
-        self.sums.copy_(torch.stack((total, pairs)))
+        readings = ((self.sums, 0), (self.own_sums, 2)) if MINMOD else ((self.sums, OWN_CODE),)
+        for sums, own_code in readings:
+            sums.copy_(torch.stack(self._pair_sums(own_code, feature_acts, directions, step, hidden_pre, bias,
+                                                   reencode, sae_in, sae_out)))
         live_directions = directions[live]
         self.baseline = (random_pair_alignment(live_directions, _generator(directions.device, step))
                          if live_directions.shape[0] >= 2 else None)
 
+    @staticmethod
+    def _pair_sums(
+        own_code: int, feature_acts: torch.Tensor, directions: torch.Tensor, step: int, hidden_pre: torch.Tensor | None,
+        bias: torch.Tensor | None, reencode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None,
+        sae_in: torch.Tensor | None, sae_out: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reading's two sums (see :meth:`observe`)."""
+        if own_code and reencode is not None:
+            generator = _generator(directions.device, step + 1)
+            code = shifted_code(feature_acts, MAX_ROWS, generator)
+            error = None
+            if own_code == 2 and sae_in is not None and sae_out is not None:
+                n_rows, d_in = code.shape[0], sae_in.shape[-1]
+                error = sae_in.reshape(-1, d_in)[:n_rows] - sae_out.detach().reshape(-1, d_in)[:n_rows]
+                error = error.roll(int(torch.randint(1, max(2, n_rows), (), generator=generator, device=generator.device)), 0)
+            hidden_pre = reencode(code, error)
+        if (MIN_MARGIN > 0 or own_code) and hidden_pre is not None and bias is not None:
+            y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]
+            feature_acts = y > MIN_MARGIN * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
+        return coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
+
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows."""
         all_reduce(self.sums, "sum")
+        if MINMOD:
+            all_reduce(self.own_sums, "sum")
 
     def ratio(self) -> float | None:
         """The check's ratio (None when the batch had no co-active pair or fewer than two live latents)."""
-        if float(self.sums[1]) == 0 or self.baseline is None:
+        readings = (self.sums, self.own_sums) if MINMOD else (self.sums,)
+        if self.baseline is None or any(float(sums[1]) == 0 for sums in readings):
             return None
-        self.last_ratio = float(self.sums[0] / self.sums[1] / self.baseline.clamp(min=1e-8))
+        ratios = [float(sums[0] / sums[1] / self.baseline.clamp(min=1e-8)) for sums in readings]
+        self.last_ratio = ratios[0] if len(ratios) == 1 else 1.0 + minmod([r - 1.0 for r in ratios])
         return self.last_ratio
+
+
+def minmod(offsets: list[float]) -> float:
+    """The offset closest to 0 when all have the same sign, else 0."""
+    if all(o > 0 for o in offsets) or all(o < 0 for o in offsets):
+        return min(offsets, key=abs)
+    return 0.0
 
 
 def _cut(max_cosine: float | None) -> float:

@@ -120,6 +120,9 @@ def test_the_shifted_code_keeps_each_latents_activations_and_breaks_which_fire_t
     both = (fired.T @ fired / 400)[~torch.eye(40, dtype=torch.bool)].mean()
     assert both < 0.06  # a pair fired together on a fifth of the rows; shifted, as independent ones (0.2^2)
     assert torch.equal(C.shifted_code(acts.to_sparse(), 400, torch.Generator().manual_seed(3)), shifted)
+    offsets = torch.randint(0, 400, (40,), generator=torch.Generator().manual_seed(3))
+    index = (torch.arange(400)[:, None] + offsets[None, :]) % 400  # out[i, j] = acts[(i + offset_j) % rows, j]
+    assert torch.equal(shifted, acts[:400].gather(0, index))
 
 
 def test_with_own_code_the_trainer_reads_the_pairs_off_its_reencoded_shifted_code(step_input, monkeypatch):
@@ -160,6 +163,37 @@ def test_with_own_code_2_the_reencoded_input_carries_another_rows_reconstruction
     error = (x - out.sae_out).detach()
     shift = next(k for k in range(1, 256) if torch.allclose(added, error.roll(k, 0)))  # whole rows, moved
     assert 0 < shift < 256
+
+
+def test_minmod_moves_by_the_reading_closer_to_one_and_holds_when_they_disagree():
+    assert C.minmod([0.2, 0.05]) == 0.05
+    assert C.minmod([-0.2, -0.05]) == -0.05
+    assert C.minmod([0.2, -0.05]) == 0.0
+    assert C.minmod([0.0, 0.3]) == 0.0
+    assert C.minmod([-0.1]) == -0.1
+
+
+def test_with_minmod_the_trainer_reads_the_batch_and_the_own_code_and_combines_them(step_input, monkeypatch):
+    x = torch.relu(torch.randn(256, 8, generator=torch.Generator().manual_seed(1))) * 2
+
+    def checked(own_code, minmod):
+        monkeypatch.setattr(C, "OWN_CODE", own_code)
+        monkeypatch.setattr(C, "MINMOD", minmod)
+        torch.manual_seed(0)
+        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
+        sae.training_forward_pass(step_input(x, C.CHECK_EVERY))
+        balance = sae.bias_adaptation.coactivation
+        return balance.sums.clone(), balance.own_sums.clone(), balance.last_ratio
+
+    batch_sums, _, check = checked(0, 0)
+    own_sums, _, own = checked(2, 0)
+    both_batch, both_own, combined = checked(0, 1)
+    assert torch.equal(both_batch, batch_sums) and torch.equal(both_own, own_sums)
+    assert check != own
+    assert combined == pytest.approx(1.0 + C.minmod([check - 1.0, own - 1.0]))
+    reduced = []
+    C.CoactivationBalance().reduce_statistics(lambda tensor, op: reduced.append(op))
+    assert reduced == ["sum", "sum"]  # MINMOD is still set: both readings' sums cross the ranks
 
 
 def test_the_denominator_is_the_mean_over_every_pair_of_the_sampled_latents():
