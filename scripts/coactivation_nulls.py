@@ -10,7 +10,9 @@ ratio and what a check could read instead:
   check since the nineteenth step);
 * ``own_code``: the pairs of the SAE's own code with each latent's column shifted to other rows,
   decoded and encoded again (``coactivation.OWN_CODE``); ``own_code_residual``: the same with each
-  row's reconstruction error, from another row, added before encoding;
+  row's reconstruction error, from another row, added before encoding; ``unshifted_residual``: the
+  code not shifted (which latents fire together kept), decoded with another row's error and
+  encoded again (twenty-second step);
 * ``both_stay``, ``either_stays``: only pairs in which both (either) latents still fire with the
   other's output z_n d_n taken out of the input (a latent pushed over its threshold by another
   active direction is explained away);
@@ -26,6 +28,13 @@ ratio and what a check could read instead:
 neurons with a valley on the held-out inputs (V) and without (N), each class's ratio and share of
 the co-active pairs (``VV``, ``VN``, ``NN``).
 
+``--truth-shifted`` (models drawn by a SAELens ``SyntheticModel``: A, B, C, sb, cex) reads every
+ratio again on held-out inputs built from the true features with each feature's column shifted to
+other rows (``truth_shifted:<reading>``): the same features at the same rates, occurring
+independently; ``true_cooccurrence``, how often two true features occur together over the
+independent rate (1: independent), and ``true_cooccurring_alignment``, how aligned the true
+directions of features that occur together are over pairs weighted by their rates (twenty-second step).
+
 Every ratio but ``every_pair`` leaves near-copies out. ``--pairs`` (models drawn from the paper's
 sparse mixture: ``small``, ``toy``) adds what the truth says of the co-active pairs of different
 features: the share with both features present and their |cos|, against the rest.
@@ -38,6 +47,7 @@ independent in 64 dimensions, width 128.
     python scripts/coactivation_nulls.py --models small cex toy A B C sb --seed 0
     python scripts/coactivation_nulls.py --models small --multiples 1 --pairs
     python scripts/coactivation_nulls.py --models small toy A B C sb --valley-thresholds --seed 0
+    python scripts/coactivation_nulls.py --models A B C sb cex --truth-shifted --seed 0
 """
 
 from __future__ import annotations
@@ -125,7 +135,8 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
     sums = {"every_pair": co_active(active, distinct), "cut": co_active(active, kept),
             **{f"margin_{a}": co_active(y > a * thresholds, kept) for a in MARGINS},
             **{key: co_active(sae.encode_with_hidden_pre(inputs)[1].float() > 0, kept)
-               for key, inputs in (("own_code", twin), ("own_code_residual", twin + error))}}
+               for key, inputs in (("own_code", twin), ("own_code_residual", twin + error),
+                                   ("unshifted_residual", sae.decode(z) + error))}}
     sums["shifted"] = co_active(shifted_code(z, len(z), torch.Generator().manual_seed(6)) > 0, kept)
     sums["frequency_weighted"] = sums["cut"]
     sums["magnitude_weighted"] = pair_cosine_sums(z.T @ z * kept, cosines)
@@ -215,6 +226,42 @@ def pair_truth(sae: Any, model: Any, n_samples: int) -> dict[str, float]:
             "two_live_cos": float((random_pairs * cosines).sum() / random_pairs.sum())}
 
 
+def true_cooccurrence(features: Float[torch.Tensor, "rows n"]) -> float:
+    """How often two distinct true features occur in the same input over how often they would if
+    they occurred independently at their rates: E[k (k - 1)] / sum_{i != j} p_i p_j (k: features
+    per input, p_i: feature i's rate)."""
+    present = (features != 0).float()
+    k, rates = present.sum(1), present.mean(0)
+    independent = float(rates.sum() ** 2 - (rates ** 2).sum())
+    return float((k * (k - 1)).mean()) / independent if independent else float("nan")
+
+
+def true_cooccurring_alignment(features: Float[torch.Tensor, "rows n"], directions: Float[torch.Tensor, "n d"]) -> float:
+    """Mean |cos| of the true directions of two features occurring in the same input over that of
+    pairs weighted by p_i p_j (1: features that occur together are no more aligned than others)."""
+    present = (features != 0).float()
+    occurring = present.sum(0) > 0
+    present, unit = present[:, occurring], directions[occurring].float()
+    unit = unit / unit.norm(dim=1, keepdim=True)
+    distinct = ~torch.eye(len(unit), dtype=torch.bool)
+    cosines = (unit @ unit.T).abs() * distinct
+    together, rates = present.T @ present * distinct, present.mean(0)
+    independent = rates[:, None] * rates[None, :] * distinct
+    return float((together * cosines).sum() / together.sum() / ((independent * cosines).sum() / independent.sum()))
+
+
+@torch.no_grad()
+def truth_shifted_inputs(model: Any, n_samples: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Held-out inputs from ``n_samples`` draws of a SyntheticModel's true features, each feature's
+    column shifted to other rows (independent occurrence, the same rates and magnitudes), and what
+    the unshifted draws say of the features that occur together."""
+    features = model.activation_generator.sample(n_samples)
+    features = features.to_dense() if features.is_sparse else features
+    truth = {"true_cooccurrence": true_cooccurrence(features),
+             "true_cooccurring_alignment": true_cooccurring_alignment(features, model.feature_dict.feature_vectors)}
+    return model.feature_dict(shifted_code(features, n_samples, generator)), truth
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", choices=ts.MODELS + EXTRA_MODELS, default=["small", "cex", "A"])
@@ -224,10 +271,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pairs", action="store_true", help="small, toy: also what the truth says of the pairs")
     p.add_argument("--valley-thresholds", action="store_true",
                    help="train with valley thresholds; add the pairs by which neurons have a valley")
+    p.add_argument("--truth-shifted", action="store_true",
+                   help="A, B, C, sb, cex: also the readings on inputs whose true features occur independently")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
     if args.pairs and not set(args.models) <= {"small", "toy"}:
         p.error("--pairs needs the features behind each input: models small and toy only")
+    if args.truth_shifted and not set(args.models) <= {"A", "B", "C", "sb", "cex"}:
+        p.error("--truth-shifted needs a SyntheticModel's feature generator: models A, B, C, sb and cex only")
     for name in args.models:
         s = extra_setting(name) if name in EXTRA_MODELS else ts.setting(name, args.cache)
         for multiple in args.multiples:
@@ -241,6 +292,12 @@ def main(argv: list[str] | None = None) -> None:
                 row.update(pair_truth(sae, s.model, 20_000))
             if args.valley_thresholds:
                 row.update(valley_pairs(sae, x))
+            if args.truth_shifted:
+                torch.manual_seed(78)
+                shifted, truth = truth_shifted_inputs(s.model, args.eval_samples, torch.Generator().manual_seed(9))
+                row.update(truth)
+                thresholds = (-sae.b_enc.detach().float()).clamp(min=0)
+                row.update({f"truth_shifted:{k}": v for k, v in readings(sae, shifted, thresholds).items()})
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
 

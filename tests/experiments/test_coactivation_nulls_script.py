@@ -93,3 +93,84 @@ def test_explained_away_pairs_read_on_each_rows_active_latents_match_the_dense_d
         chosen = pairs * mask
         assert chosen.sum() > 0
         assert read[key] == pytest.approx(float((chosen * cosines).sum() / chosen.sum() / baseline), rel=1e-5)
+
+
+def test_true_cooccurrence_reads_one_for_independent_features_and_more_for_features_that_occur_together(script):
+    nulls = script("coactivation_nulls")
+    gen = torch.Generator().manual_seed(0)
+    independent = (torch.rand(20_000, 6, generator=gen) < 0.1).float()
+    assert nulls.true_cooccurrence(independent) == pytest.approx(1.0, abs=0.05)
+    together = independent.clone()
+    together[:, 1] = together[:, 0]                      # feature 1 occurs exactly when feature 0 does
+    assert nulls.true_cooccurrence(together) > 1.2
+    exclusive = torch.zeros(20_000, 6)
+    exclusive[torch.arange(20_000), torch.randint(0, 6, (20_000,), generator=gen)] = 1.0  # one per input
+    assert nulls.true_cooccurrence(exclusive) == 0.0
+
+
+class _Generator:
+    def __init__(self, features):
+        self.features = features
+
+    def sample(self, n):
+        return self.features[:n].to_sparse()
+
+
+class _Dictionary:
+    def __init__(self, n):
+        self.feature_vectors = torch.eye(n)
+
+    def __call__(self, features):
+        return features
+
+
+class _SyntheticModel:
+    """Inputs are the features themselves (identity dictionary)."""
+
+    def __init__(self, features):
+        self.activation_generator = _Generator(features)
+        self.feature_dict = _Dictionary(features.shape[1])
+
+
+def test_truth_shifted_inputs_keep_each_features_rate_and_make_them_occur_independently(script):
+    nulls = script("coactivation_nulls")
+    gen = torch.Generator().manual_seed(0)
+    parent = (torch.rand(8000, 1, generator=gen) < 0.2).float()
+    features = torch.cat([parent, parent * (torch.rand(8000, 3, generator=gen) < 0.5)], 1)  # children need the parent
+    inputs, truth = nulls.truth_shifted_inputs(_SyntheticModel(features), 8000, torch.Generator().manual_seed(1))
+    assert truth["true_cooccurrence"] == pytest.approx(nulls.true_cooccurrence(features)) and truth["true_cooccurrence"] > 2
+
+    assert torch.equal((inputs != 0).sum(0), (features != 0).sum(0))      # each feature's count kept
+    assert nulls.true_cooccurrence(inputs) == pytest.approx(1.0, abs=0.1)
+
+
+def test_truth_shifted_needs_a_synthetic_model_with_a_feature_generator(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script("coactivation_nulls").main(["--models", "small", "--truth-shifted"])
+    assert exit_info.value.code == 2
+    assert "--truth-shifted needs a SyntheticModel's feature generator" in capsys.readouterr().err
+
+
+def test_true_cooccurring_alignment_is_above_one_when_features_that_occur_together_share_directions(script):
+    nulls = script("coactivation_nulls")
+    gen = torch.Generator().manual_seed(0)
+    features = (torch.rand(20_000, 6, generator=gen) < 0.1).float()
+    features[:, 1] = features[:, 0]                      # features 0 and 1 occur together ...
+    directions = torch.nn.functional.normalize(torch.randn(6, 16, generator=gen), dim=1)
+    independent = nulls.true_cooccurring_alignment((torch.rand(20_000, 6, generator=gen) < 0.1).float(), directions)
+    assert independent == pytest.approx(1.0, abs=0.05)
+    directions[1] = torch.nn.functional.normalize(directions[0] + 0.3 * directions[1], dim=0)  # ... and point the same way
+    assert nulls.true_cooccurring_alignment(features, directions) > 1.5
+
+
+def test_the_unshifted_residual_reads_the_check_where_the_sae_reconstructs_exactly(script):
+    nulls = script("coactivation_nulls")
+    gen = torch.Generator().manual_seed(4)
+    decoder = torch.eye(5) + 0.2 * torch.rand(5, 5, generator=gen)
+    sae = _IdentitySAE(decoder)
+    sae.W_enc = torch.linalg.inv(decoder)                                 # encode(decode(z)) = z
+    fire = (torch.rand(6000, 1, generator=gen) < 0.3).float()
+    code = torch.cat([fire, fire, (torch.rand(6000, 3, generator=gen) < 0.3).float()], 1)  # latents 0 and 1 fire together
+    read = nulls.readings(sae, code @ decoder, torch.full((5,), 0.5))
+    assert read["unshifted_residual"] == pytest.approx(read["cut"])       # same code, same pairs
+    assert abs(read["own_code_residual"] - read["cut"]) > 0.02             # the shift breaks the pair 0-1
