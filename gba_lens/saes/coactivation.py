@@ -60,10 +60,12 @@ how strongly each fires), decoded and encoded again: data made of the SAE's late
 features, where mixtures still fire together (they share directions) and the data's own features
 do not push latents over their thresholds. 2: the same with each row's reconstruction error, taken
 from another row, added before encoding (what the SAE does not fire on stays in its input).
-0: the batch's own code (docs/experiments/prior_free.md, twentieth step)."""
+3: the code not shifted, decoded with another row's error and encoded again (which latents fire
+together is kept: twenty-second step). 0: the batch's own code (docs/experiments/prior_free.md,
+twentieth step)."""
 MINMOD = 0
 """1: two readings of each check, the batch's own pairs (the check) and the own code with another
-row's error (``OWN_CODE=2``'s reading), and the scale moves by the one closer to 1 when both are on
+row's error (``OWN_CODE=2``'s reading, or ``OWN_CODE``'s where it is set), and the scale moves by the one closer to 1 when both are on
 the same side of 1 and holds when they disagree (minmod). The check is pushed up by latents that
 fire without their features where interference is large; the own code is pushed down where which
 features occur together carries structure it breaks; where the two disagree the L0 lies between
@@ -191,11 +193,11 @@ class CoactivationBalance(nn.Module):
         the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``; with
         ``OWN_CODE``, off ``reencode`` (inputs in the SAE's units -> y) of the shifted code's
         reconstruction (plus, with 2, the error ``sae_in - sae_out`` of the rows read, shifted by a
-        random number of rows). With ``MINMOD``, both the batch's pairs (``sums``) and ``OWN_CODE=2``'s
+        random number of rows). With ``MINMOD``, both the batch's pairs (``sums``) and ``OWN_CODE``'s (2 where it is 0)
         (``own_sums``)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        readings = ((self.sums, 0), (self.own_sums, 2)) if MINMOD else ((self.sums, OWN_CODE),)
+        readings = ((self.sums, 0), (self.own_sums, OWN_CODE or 2)) if MINMOD else ((self.sums, OWN_CODE),)
         for sums, own_code in readings:
             sums.copy_(torch.stack(self._pair_sums(own_code, feature_acts, directions, step, hidden_pre, bias,
                                                    reencode, sae_in, sae_out)))
@@ -212,9 +214,13 @@ class CoactivationBalance(nn.Module):
         """One reading's two sums (see :meth:`observe`)."""
         if own_code and reencode is not None:
             generator = _generator(directions.device, step + 1)
-            code = shifted_code(feature_acts, MAX_ROWS, generator)
+            if own_code == 3:  # not shifted: which latents fire together is kept
+                dense = feature_acts.to_dense() if feature_acts.is_sparse else feature_acts
+                code = dense.detach().reshape(-1, dense.shape[-1])[:MAX_ROWS]
+            else:
+                code = shifted_code(feature_acts, MAX_ROWS, generator)
             error = None
-            if own_code == 2 and sae_in is not None and sae_out is not None:
+            if own_code >= 2 and sae_in is not None and sae_out is not None:
                 n_rows, d_in = code.shape[0], sae_in.shape[-1]
                 error = sae_in.reshape(-1, d_in)[:n_rows] - sae_out.detach().reshape(-1, d_in)[:n_rows]
                 error = error.roll(int(torch.randint(1, max(2, n_rows), (), generator=generator, device=generator.device)), 0)

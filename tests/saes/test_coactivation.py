@@ -165,6 +165,21 @@ def test_with_own_code_2_the_reencoded_input_carries_another_rows_reconstruction
     assert 0 < shift < 256
 
 
+def test_with_own_code_3_the_trainer_reencodes_its_own_code_unshifted_with_another_rows_error(step_input, monkeypatch):
+    monkeypatch.setattr(C, "OWN_CODE", 3)
+    x = torch.relu(torch.randn(256, 8, generator=torch.Generator().manual_seed(1))) * 2
+    torch.manual_seed(0)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
+    calls = []
+    reencode = sae._reencode
+    monkeypatch.setattr(sae, "_reencode", lambda code, added=None: calls.append((code, added)) or reencode(code, added))
+    out = sae.training_forward_pass(step_input(x, C.CHECK_EVERY))
+    ((code, added),) = calls
+    assert torch.equal(code, out.feature_acts.detach())                 # which latents fire together kept
+    error = (x - out.sae_out).detach()
+    assert any(torch.allclose(added, error.roll(k, 0)) for k in range(1, 256))
+
+
 def test_minmod_moves_by_the_reading_closer_to_one_and_holds_when_they_disagree():
     assert C.minmod([0.2, 0.05]) == 0.05
     assert C.minmod([-0.2, -0.05]) == -0.05
@@ -191,6 +206,8 @@ def test_with_minmod_the_trainer_reads_the_batch_and_the_own_code_and_combines_t
     assert torch.equal(both_batch, batch_sums) and torch.equal(both_own, own_sums)
     assert check != own
     assert combined == pytest.approx(1.0 + C.minmod([check - 1.0, own - 1.0]))
+    unshifted_sums, _, _ = checked(3, 0)
+    assert torch.equal(checked(3, 1)[1], unshifted_sums)  # OWN_CODE set: MINMOD's second reading is that one
     reduced = []
     C.CoactivationBalance().reduce_statistics(lambda tensor, op: reduced.append(op))
     assert reduced == ["sum", "sum"]  # MINMOD is still set: both readings' sums cross the ranks
