@@ -25,11 +25,15 @@ def test_the_shifted_code_reads_as_independent_features(script):
     assert together == pytest.approx(0.01, abs=0.005)   # 0.1 x 0.1, not 0.1
 
 
-def test_pairs_need_a_model_with_its_features_behind_each_input(script, capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--models", "A", "--pairs"], "--pairs needs the features behind each input"),
+    (["--models", "small", "--truth-shifted"], "--truth-shifted needs a SyntheticModel's feature generator"),
+])
+def test_options_that_need_a_models_features_refuse_the_others(script, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
-        script("coactivation_nulls").main(["--models", "A", "--pairs"])
+        script("coactivation_nulls").main(args)
     assert exit_info.value.code == 2
-    assert "--pairs needs the features behind each input" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 class _IdentitySAE:
@@ -142,13 +146,6 @@ def test_truth_shifted_inputs_keep_each_features_rate_and_make_them_occur_indepe
 
     assert torch.equal((inputs != 0).sum(0), (features != 0).sum(0))      # each feature's count kept
     assert nulls.true_cooccurrence(inputs) == pytest.approx(1.0, abs=0.1)
-
-
-def test_truth_shifted_needs_a_synthetic_model_with_a_feature_generator(script, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        script("coactivation_nulls").main(["--models", "small", "--truth-shifted"])
-    assert exit_info.value.code == 2
-    assert "--truth-shifted needs a SyntheticModel's feature generator" in capsys.readouterr().err
 
 
 def test_true_cooccurring_alignment_is_above_one_when_features_that_occur_together_share_directions(script):
