@@ -65,7 +65,8 @@ together is kept: twenty-second step). 0: the batch's own code (docs/experiments
 twentieth step)."""
 MINMOD = 0
 """1: two readings of each check, the batch's own pairs (the check) and the own code with another
-row's error (``OWN_CODE=2``'s reading, or ``OWN_CODE``'s where it is set), and the scale moves by the one closer to 1 when both are on
+row's error (``OWN_CODE=2``'s reading; ``OWN_CODE``'s where it is set, else ``MIN_MARGIN``'s where it is
+set: the check itself is then read with neither), and the scale moves by the one closer to 1 when both are on
 the same side of 1 and holds when they disagree (minmod). The check is pushed up by latents that
 fire without their features where interference is large; the own code is pushed down where which
 features occur together carries structure it breaks; where the two disagree the L0 lies between
@@ -193,13 +194,16 @@ class CoactivationBalance(nn.Module):
         the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``; with
         ``OWN_CODE``, off ``reencode`` (inputs in the SAE's units -> y) of the shifted code's
         reconstruction (plus, with 2, the error ``sae_in - sae_out`` of the rows read, shifted by a
-        random number of rows). With ``MINMOD``, both the batch's pairs (``sums``) and ``OWN_CODE``'s (2 where it is 0)
-        (``own_sums``)."""
+        random number of rows). With ``MINMOD``, both the batch's pairs (``sums``) and the second
+        reading's (``own_sums``; see ``MINMOD``)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        readings = ((self.sums, 0), (self.own_sums, OWN_CODE or 2)) if MINMOD else ((self.sums, OWN_CODE),)
-        for sums, own_code in readings:
-            sums.copy_(torch.stack(self._pair_sums(own_code, feature_acts, directions, step, hidden_pre, bias,
+        if MINMOD:  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
+            readings = ((self.sums, 0, 0.0), (self.own_sums, OWN_CODE or (0 if MIN_MARGIN > 0 else 2), MIN_MARGIN))
+        else:
+            readings = ((self.sums, OWN_CODE, MIN_MARGIN),)
+        for sums, own_code, margin in readings:
+            sums.copy_(torch.stack(self._pair_sums(own_code, margin, feature_acts, directions, step, hidden_pre, bias,
                                                    reencode, sae_in, sae_out)))
         live_directions = directions[live]
         self.baseline = (random_pair_alignment(live_directions, _generator(directions.device, step))
@@ -207,7 +211,7 @@ class CoactivationBalance(nn.Module):
 
     @staticmethod
     def _pair_sums(
-        own_code: int, feature_acts: torch.Tensor, directions: torch.Tensor, step: int, hidden_pre: torch.Tensor | None,
+        own_code: int, margin: float, feature_acts: torch.Tensor, directions: torch.Tensor, step: int, hidden_pre: torch.Tensor | None,
         bias: torch.Tensor | None, reencode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None,
         sae_in: torch.Tensor | None, sae_out: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,9 +229,9 @@ class CoactivationBalance(nn.Module):
                 error = sae_in.reshape(-1, d_in)[:n_rows] - sae_out.detach().reshape(-1, d_in)[:n_rows]
                 error = error.roll(int(torch.randint(1, max(2, n_rows), (), generator=generator, device=generator.device)), 0)
             hidden_pre = reencode(code, error)
-        if (MIN_MARGIN > 0 or own_code) and hidden_pre is not None and bias is not None:
+        if (margin > 0 or own_code) and hidden_pre is not None and bias is not None:
             y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]
-            feature_acts = y > MIN_MARGIN * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
+            feature_acts = y > margin * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
         return coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:

@@ -179,9 +179,10 @@ def test_minmod_moves_by_the_reading_closer_to_one_and_holds_when_they_disagree(
 def test_with_minmod_the_trainer_reads_the_batch_and_the_own_code_and_combines_them(step_input, monkeypatch):
     x = torch.relu(torch.randn(256, 8, generator=torch.Generator().manual_seed(1))) * 2
 
-    def checked(own_code, minmod):
+    def checked(own_code, minmod, margin=0.0):
         monkeypatch.setattr(C, "OWN_CODE", own_code)
         monkeypatch.setattr(C, "MINMOD", minmod)
+        monkeypatch.setattr(C, "MIN_MARGIN", margin)
         torch.manual_seed(0)
         sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
         sae.training_forward_pass(step_input(x, C.CHECK_EVERY))
@@ -196,6 +197,10 @@ def test_with_minmod_the_trainer_reads_the_batch_and_the_own_code_and_combines_t
     assert combined == pytest.approx(1.0 + C.minmod([check - 1.0, own - 1.0]))
     unshifted_sums, _, _ = checked(3, 0)
     assert torch.equal(checked(3, 1)[1], unshifted_sums)  # OWN_CODE set: MINMOD's second reading is that one
+    margin_sums, _, _ = checked(0, 0, margin=0.25)
+    assert not torch.equal(margin_sums, batch_sums)
+    both_batch, both_margin, _ = checked(0, 1, margin=0.25)  # MIN_MARGIN set: the margin reading second,
+    assert torch.equal(both_margin, margin_sums) and torch.equal(both_batch, batch_sums)  # the check without it
     reduced = []
     C.CoactivationBalance().reduce_statistics(lambda tensor, op: reduced.append(op))
     assert reduced == ["sum", "sum"]  # MINMOD is still set: both readings' sums cross the ranks
