@@ -59,9 +59,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 
-from gba_lens.saes.coactivation import shifted_code
+from gba_lens.saes.coactivation import active_slots, shifted_code
 from gba_lens.saes.valley_thresholds import ROWS_PER_STEP, ValleyThresholds, find_valleys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -104,24 +104,19 @@ def explained_away(z: Float[torch.Tensor, "rows w"], y: Float[torch.Tensor, "row
     return (y[:, None, :] - z[:, :, None] * (gain if gain.dim() == 3 else gain[None])) > 0
 
 
-def active_slots(active: Bool[torch.Tensor, "rows w"]) -> Int[torch.Tensor, "rows k"]:
-    """Each row's active latents, padded with -1 to the longest row's count (k)."""
-    row, latent = active.nonzero(as_tuple=True)
-    counts = torch.bincount(row, minlength=len(active))
-    position = torch.arange(len(row)) - (torch.cumsum(counts, 0) - counts)[row]
-    slots = torch.full((len(active), max(int(counts.max()) if len(row) else 0, 1)), -1, dtype=torch.long)
-    slots[row, position] = latent
-    return slots
+def decoder_cosines(sae: Any) -> tuple[Float[torch.Tensor, "w w"], Bool[torch.Tensor, "w w"]]:
+    """|cos| between the SAE's decoder rows, and the pairs the check keeps (distinct, |cos| <= CUT)."""
+    decoder = sae.W_dec.detach().float()
+    unit = decoder / decoder.norm(dim=1, keepdim=True)
+    cosines = (unit @ unit.T).abs()
+    return cosines, (cosines <= CUT) & ~torch.eye(len(cosines), dtype=torch.bool)
 
 
 @torch.no_grad()
 def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch.Tensor, " w"]) -> dict[str, float]:
     z, y = (t.float() for t in sae.encode_with_hidden_pre(x))
-    decoder, encoder = sae.W_dec.detach().float(), sae.W_enc.detach().float()
-    unit = decoder / decoder.norm(dim=1, keepdim=True)
-    cosines = (unit @ unit.T).abs()
+    cosines, kept = decoder_cosines(sae)
     distinct = ~torch.eye(len(cosines), dtype=torch.bool)
-    kept = (cosines <= CUT) & distinct
     active = z > 0
     live = active.any(0)
     live_pairs = live[:, None] & live[None, :]
@@ -141,9 +136,9 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
     sums["frequency_weighted"] = sums["cut"]
     sums["magnitude_weighted"] = pair_cosine_sums(z.T @ z * kept, cosines)
     rates = {"frequency_weighted": active.float().mean(0), "magnitude_weighted": z.mean(0)}
-    gain = decoder @ encoder
-    slots = active_slots(active)  # only active latents can pair: [rows, k, k] blocks, not [rows, w, w]
-    chunk = max(1, int(2e7 // slots.shape[1] ** 2))
+    gain = sae.W_dec.detach().float() @ sae.W_enc.detach().float()
+    slots = active_slots(*active.nonzero(as_tuple=True), len(active))  # only active latents can pair: [rows, k, k] blocks
+    chunk = max(1, int(2e7 // max(slots.shape[1], 1) ** 2))
     stay = {"both_stay": [0.0, 0.0], "either_stays": [0.0, 0.0]}
     for start in range(0, len(z), chunk):
         block = slots[start:start + chunk]
@@ -184,9 +179,8 @@ def valley_pairs(sae: Any, x: Float[torch.Tensor, "rows d"]) -> dict[str, float]
     one (VN) and none (NN), and each class's share of the pairs."""
     z, y = (t.float() for t in sae.encode_with_hidden_pre(x))
     with_valley = valley_neurons(y, sae.b_enc.detach().float()).float()
-    unit = sae.W_dec.detach().float() / sae.W_dec.detach().float().norm(dim=1, keepdim=True)
-    cosines = (unit @ unit.T).abs()
-    kept = ((cosines <= CUT) & ~torch.eye(len(cosines), dtype=torch.bool)).float()
+    cosines, kept = decoder_cosines(sae)
+    kept = kept.float()
     active = (z > 0).float()
     live = active.any(0).float()
     base_total, base_weight = pair_cosine_sums(live[:, None] * live[None, :] * kept, cosines)
@@ -213,7 +207,7 @@ def pair_truth(sae: Any, model: Any, n_samples: int) -> dict[str, float]:
     unit = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     features = model.feature_vectors / model.feature_vectors.norm(dim=1, keepdim=True)
     best = (unit @ features.T).abs().argmax(1)
-    cosines = (unit @ unit.T).abs()
+    cosines = decoder_cosines(sae)[0]
     pairs = ((cosines <= CUT) & (best[:, None] != best[None, :])).float()
     present = (h != 0).float()[:, best]        # [rows, latent]: its feature is in the input
     co = active.T @ active * pairs
@@ -286,8 +280,9 @@ def main(argv: list[str] | None = None) -> None:
                                **({"valley_thresholds": True} if args.valley_thresholds else {}))
             torch.manual_seed(77)
             x = s.sample(args.eval_samples)
+            thresholds = (-sae.b_enc.detach().float()).clamp(min=0)
             row: dict[str, Any] = {"model": name, "seed": args.seed, "multiple": multiple,
-                                   **readings(sae, x, (-sae.b_enc.detach().float()).clamp(min=0))}
+                                   **readings(sae, x, thresholds)}
             if args.pairs:
                 row.update(pair_truth(sae, s.model, 20_000))
             if args.valley_thresholds:
@@ -296,7 +291,6 @@ def main(argv: list[str] | None = None) -> None:
                 torch.manual_seed(78)
                 shifted, truth = truth_shifted_inputs(s.model, args.eval_samples, torch.Generator().manual_seed(9))
                 row.update(truth)
-                thresholds = (-sae.b_enc.detach().float()).clamp(min=0)
                 row.update({f"truth_shifted:{k}": v for k, v in readings(sae, shifted, thresholds).items()})
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 

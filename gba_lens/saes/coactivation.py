@@ -102,6 +102,20 @@ def active_entries(
     return row[keep], latent[keep], n_rows
 
 
+def active_slots(
+    row: Int[torch.Tensor, " nnz"], latent: Int[torch.Tensor, " nnz"], n_rows: int, max_active: int | None = None,
+) -> Int[torch.Tensor, "rows width"]:
+    """Each row's active latents (row-major entries), the first ``max_active`` (None: all), padded
+    with -1 to the longest row's count."""
+    counts, position = _row_positions(row, n_rows)
+    width = int(counts.max()) if counts.numel() else 0
+    width = width if max_active is None else min(width, max_active)
+    keep = position < width
+    slots = torch.full((n_rows, width), -1, dtype=torch.long, device=row.device)
+    slots[row[keep], position[keep]] = latent[keep]
+    return slots
+
+
 def coactive_alignment(
     row: Int[torch.Tensor, " nnz"], latent: Int[torch.Tensor, " nnz"], n_rows: int,
     directions: Float[torch.Tensor, "d_sae d_in"], max_active: int = MAX_ACTIVE, max_cosine: float | None = None,
@@ -109,14 +123,11 @@ def coactive_alignment(
     """Sum of |cos| over the ordered pairs of distinct latents active in the same row (the first
     ``max_active`` of each) whose |cos| is at most ``max_cosine`` (None: ``MAX_PAIR_COSINE``), and the
     number of those pairs (0-dim float tensors). ``directions``: unit decoder rows; entries row-major."""
-    counts, position = _row_positions(row, n_rows)
-    width = min(int(counts.max()) if counts.numel() else 0, max_active)
+    slots = active_slots(row, latent, n_rows, max_active)
+    width = slots.shape[1]
     if width < 2:
         zero = directions.new_zeros(())
         return zero, zero.clone()
-    keep = position < width
-    slots = torch.full((n_rows, width), -1, dtype=torch.long, device=row.device)
-    slots[row[keep], position[keep]] = latent[keep]
     filled = slots >= 0
     vectors = directions[slots.clamp(min=0)] * filled[..., None]  # [rows, width, d_in], empty slots 0
     cosines = torch.bmm(vectors, vectors.transpose(1, 2)).abs()
