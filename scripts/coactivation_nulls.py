@@ -16,6 +16,9 @@ ratio and what a check could read instead:
 * ``both_stay``, ``either_stays``: only pairs in which both (either) latents still fire with the
   other's output z_n d_n taken out of the input (a latent pushed over its threshold by another
   active direction is explained away);
+* ``refit_supported``: only pairs of latents that a least-squares refit of the row on its active
+  latents' decoder rows gives at least half their activation (a latent that fires without its
+  feature should get about 0: twenty-third step);
 * ``margin_<a>``: only latents whose pre-activation clears the threshold by a fraction a
   (``coactivation.MIN_MARGIN``);
 * ``frequency_weighted``, ``magnitude_weighted``: the co-active pairs over the mean |cos| of pairs
@@ -35,9 +38,16 @@ independently; ``true_cooccurrence``, how often two true features occur together
 independent rate (1: independent), and ``true_cooccurring_alignment``, how aligned the true
 directions of features that occur together are over pairs weighted by their rates (twenty-second step).
 
+``--find-l0`` reads the same ratios on SAEs that found their L0 (``find_l0``, with valley thresholds
+if ``--valley-thresholds``; ``--set`` as in prior_free.py) instead of the told ones; where a check
+reads two ratios (``coactivation.MINMOD`` or ``GATE``), the gap between them (the check minus the
+own code) is averaged over each fifth of the run's checks (``gap_by_fifth``), with the share of
+checks over the gate (``over_gate_by_fifth``; twenty-third step).
+
 Every ratio but ``every_pair`` leaves near-copies out. ``--pairs`` (models drawn from the paper's
 sparse mixture: ``small``, ``toy``) adds what the truth says of the co-active pairs of different
-features: the share with both features present and their |cos|, against the rest.
+features: the share with both features present and their |cos|, against the rest, and the refit's
+coefficient over the activation (median) of latents whose feature is present and absent.
 
 Models: the paper toy, Zipf A / B / C and the synthbench preset as in threshold_signals.py; ``small``,
 the paper's small model with more latents than features (48 features in 24 dimensions, 2 per input,
@@ -48,6 +58,7 @@ independent in 64 dimensions, width 128.
     python scripts/coactivation_nulls.py --models small --multiples 1 --pairs
     python scripts/coactivation_nulls.py --models small toy A B C sb --valley-thresholds --seed 0
     python scripts/coactivation_nulls.py --models A B C sb cex --truth-shifted --seed 0
+    python scripts/coactivation_nulls.py --models small sb A toy --find-l0 --valley-thresholds --set coactivation.GATE=0.09
 """
 
 from __future__ import annotations
@@ -55,12 +66,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
+from gba_lens.saes import coactivation
 from gba_lens.saes.coactivation import active_slots, shifted_code
 from gba_lens.saes.valley_thresholds import ROWS_PER_STEP, ValleyThresholds, find_valleys
 
@@ -113,6 +126,23 @@ def decoder_cosines(sae: Any) -> tuple[Float[torch.Tensor, "w w"], Bool[torch.Te
 
 
 @torch.no_grad()
+def refit_over_activation(sae: Any, x: Float[torch.Tensor, "rows d"], z: Float[torch.Tensor, "rows w"],
+                          ) -> tuple[Int[torch.Tensor, "rows k"], Float[torch.Tensor, "rows k"]]:
+    """Each row's active latents (``active_slots``, -1 padded) and, for each, its coefficient in the
+    least-squares fit of the row (less the decoder's offset) on the active latents' decoder rows,
+    over its activation (0 in the padding). The decoder rows are read in the input's units through
+    ``sae.decode`` (any input scaling included)."""
+    offset = sae.decode(torch.zeros_like(z[:1])).float()
+    rows = sae.decode(torch.eye(z.shape[1])).float() - offset
+    slots = active_slots(*(z > 0).nonzero(as_tuple=True), len(z))
+    filled, index = slots >= 0, slots.clamp(min=0)
+    directions = rows[index] * filled[..., None]
+    gram = directions @ directions.transpose(1, 2) + torch.diag_embed((~filled).float())
+    fit = torch.linalg.solve(gram + 1e-6 * torch.eye(gram.shape[-1]), directions @ (x.float() - offset)[:, :, None])[..., 0]
+    return slots, torch.where(filled, fit / z.gather(1, index).clamp(min=1e-12), torch.zeros_like(fit))
+
+
+@torch.no_grad()
 def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch.Tensor, " w"]) -> dict[str, float]:
     z, y = (t.float() for t in sae.encode_with_hidden_pre(x))
     cosines, kept = decoder_cosines(sae)
@@ -151,6 +181,10 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
             stay[key][0] += total
             stay[key][1] += weight
     sums.update(stay)
+    slots, refit = refit_over_activation(sae, x, z)
+    supported = (slots >= 0) & (refit >= 0.5)
+    n, m = slots.clamp(min=0)[:, :, None], slots.clamp(min=0)[:, None, :]
+    sums["refit_supported"] = pair_cosine_sums((supported[:, :, None] & supported[:, None, :] & kept[n, m]).float(), cosines[n, m])
     baseline = {"every_pair": pair_cosine_sums(live_pairs & distinct, cosines),
                 "cut": pair_cosine_sums(live_pairs & kept, cosines)}
     baseline.update({key: pair_cosine_sums(rate[:, None] * rate[None, :] * kept, cosines) for key, rate in rates.items()})
@@ -214,7 +248,12 @@ def pair_truth(sae: Any, model: Any, n_samples: int) -> dict[str, float]:
     both = (active * present).T @ (active * present) * pairs
     live = active.any(0)
     random_pairs = pairs * live[:, None] * live[None, :]
-    return {"both_present_share": float(both.sum() / co.sum()),
+    slots, refit = refit_over_activation(sae, x, sae.encode(x).float())
+    filled = slots >= 0
+    latent_present = present.gather(1, slots.clamp(min=0)).bool()
+    return {"refit_present_median": float(refit[filled & latent_present].median()),
+            "refit_absent_median": float(refit[filled & ~latent_present].median()),
+            "both_present_share": float(both.sum() / co.sum()),
             "both_present_cos": float((both * cosines).sum() / both.sum()),
             "one_absent_cos": float(((co - both) * cosines).sum() / (co - both).sum()),
             "two_live_cos": float((random_pairs * cosines).sum() / random_pairs.sum())}
@@ -256,7 +295,35 @@ def truth_shifted_inputs(model: Any, n_samples: int, generator: torch.Generator)
     return model.feature_dict(shifted_code(features, n_samples, generator)), truth
 
 
+def fifths(trace: list[tuple[float, ...]]) -> dict[str, list[float]]:
+    """A run's two readings per check: the check minus the second, averaged over each fifth of the
+    checks, and (with ``GATE``) the share of each fifth's checks over the gate."""
+    gaps = torch.tensor([check - second for check, second in trace])
+    parts = [gaps[i * len(gaps) // 5:(i + 1) * len(gaps) // 5] for i in range(5)]
+    out = {"gap_by_fifth": [round(float(p.mean()), 3) for p in parts]}
+    if coactivation.GATE > 0:
+        out["over_gate_by_fifth"] = [round(float((p > coactivation.GATE).float().mean()), 2) for p in parts]
+    return out
+
+
+def recording(trace: list[tuple[float, ...]]) -> Callable[[Any], None]:
+    """A ``train_gba`` setup that appends each check's two readings (when it reads two) to ``trace``."""
+    def setup(sae: Any) -> None:
+        balance = sae.bias_adaptation.coactivation
+        ratio = balance.ratio
+
+        def recorded() -> float | None:
+            out = ratio()
+            if out is not None and len(balance.last_readings) == 2:
+                trace.append(balance.last_readings)
+            return out
+        balance.ratio = recorded
+    return setup
+
+
 def main(argv: list[str] | None = None) -> None:
+    from gba_lens.experiments.overrides import add_set_option, apply_set_option
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", choices=ts.MODELS + EXTRA_MODELS, default=["small", "cex", "A"])
     p.add_argument("--multiples", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="of the top-W L0, asked with target_l0")
@@ -267,22 +334,32 @@ def main(argv: list[str] | None = None) -> None:
                    help="train with valley thresholds; add the pairs by which neurons have a valley")
     p.add_argument("--truth-shifted", action="store_true",
                    help="A, B, C, sb, cex: also the readings on inputs whose true features occur independently")
+    p.add_argument("--find-l0", action="store_true",
+                   help="SAEs that find their L0 (find_l0) instead of the told multiples")
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
+    add_set_option(p)
     args = p.parse_args(argv)
+    apply_set_option(p, args)
     if args.pairs and not set(args.models) <= {"small", "toy"}:
         p.error("--pairs needs the features behind each input: models small and toy only")
     if args.truth_shifted and not set(args.models) <= {"A", "B", "C", "sb", "cex"}:
         p.error("--truth-shifted needs a SyntheticModel's feature generator: models A, B, C, sb and cex only")
+    valleys = {"valley_thresholds": True} if args.valley_thresholds else {}
     for name in args.models:
         s = extra_setting(name) if name in EXTRA_MODELS else ts.setting(name, args.cache)
-        for multiple in args.multiples:
-            sae = ts.train_gba(s, s.samples, args.seed, target_l0=multiple * s.top_w_l0,
-                               **({"valley_thresholds": True} if args.valley_thresholds else {}))
+        for multiple in ([None] if args.find_l0 else args.multiples):
+            trace: list[tuple[float, ...]] = []
+            if multiple is None:
+                sae = ts.train_gba(s, s.samples, args.seed, setup=recording(trace), find_l0=True, **valleys)
+            else:
+                sae = ts.train_gba(s, s.samples, args.seed, target_l0=multiple * s.top_w_l0, **valleys)
             torch.manual_seed(77)
             x = s.sample(args.eval_samples)
             thresholds = (-sae.b_enc.detach().float()).clamp(min=0)
-            row: dict[str, Any] = {"model": name, "seed": args.seed, "multiple": multiple,
-                                   **readings(sae, x, thresholds)}
+            row: dict[str, Any] = {"model": name, "seed": args.seed, "multiple": multiple if multiple is not None else "find_l0",
+                                   "top_w_l0": s.top_w_l0, **readings(sae, x, thresholds)}
+            if trace:
+                row.update(fifths(trace))
             if args.pairs:
                 row.update(pair_truth(sae, s.model, 20_000))
             if args.valley_thresholds:

@@ -219,13 +219,16 @@ def setting(name: str, cache: str) -> Setting:
                    {}, zipf_top_width_l0(model, zcfg.width), scores(model))
 
 
-def train_gba(s: Setting, samples: int, seed: int, **options: Any) -> Any:
+def train_gba(s: Setting, samples: int, seed: int, setup: Callable[[Any], None] | None = None, **options: Any) -> Any:
+    """A GBA SAE trained on ``s`` with ``options``; ``setup`` sees it before training."""
     from gba_lens.data.batches import SeededBatches
     from gba_lens.training.methods import build_sae
     from gba_lens.training.train import TrainConfig, train_sae
 
     torch.manual_seed(seed)
     sae = build_sae("gba", s.model.feature_dict.hidden_dim, s.width, **s.sae_params, **options)
+    if setup is not None:
+        setup(sae)
     steps = samples // s.batch_size
     batches = s.stream(seed) if s.stream is not None else SeededBatches(s.sample, s.batch_size, seed=seed)
     train_sae(sae, batches,

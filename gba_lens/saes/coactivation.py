@@ -14,8 +14,9 @@ ratio > 1. One that fires too much spends its extra firings on latents that comp
 already active, filling the input's other directions: ratio < 1. So ``find_l0`` scales GBA's
 geometric targets (with the third branch of a requested L0, :mod:`gba_lens.saes.l0_control`) by an
 integral controller on the ratio: every ``CHECK_EVERY`` steps, log s <- log s + GAIN (ratio - 1).
-With ``MINMOD`` the ratio is read twice, off the batch and off the SAE's own code, and the scale
-moves only where the two agree.
+With ``MINMOD`` or ``GATE`` the ratio is read twice, off the batch and off the SAE's own code, and
+the scale moves only where the two agree (``MINMOD``) or follows the own code where the batch's
+reading exceeds it by more than ``GATE``.
 
 Pairs whose directions are aligned beyond ``MAX_PAIR_COSINE`` are left out of both means: they are
 near-copies of one feature, which an SAE with latents to spare fires together at the right L0, not
@@ -71,6 +72,13 @@ the same side of 1 and holds when they disagree (minmod). The check is pushed up
 fire without their features where interference is large; the own code is pushed down where which
 features occur together carries structure it breaks; where the two disagree the L0 lies between
 their levels (docs/experiments/prior_free.md, twenty-first step). 0: one reading, as ``OWN_CODE`` says."""
+GATE = 0.0
+"""> 0: the same two readings as ``MINMOD``, combined otherwise: the scale follows the check, and the
+second reading where the check exceeds it by more than GATE. Latents pushed over their thresholds
+by the data's features (interference, large where the input has few dimensions) lift the check and
+not the SAE's own code; features that occur together lift both a little (by up to 0.07 on the
+hierarchical synthbench model, 0.13 ... 0.2 on a small model with more latents than features:
+docs/experiments/prior_free.md, twenty-third step). 0: off. Not with ``MINMOD``."""
 MAX_PAIR_COSINE = 0.5
 """Pairs of latents whose decoder rows have a larger |cos| are left out of both means (near-copies).
 Measured on latents told the L0 (docs/experiments/prior_free.md, nineteenth step): with every pair
@@ -184,9 +192,10 @@ class CoactivationBalance(nn.Module):
     def __init__(self, device: str | torch.device = "cpu"):
         super().__init__()
         self.register_buffer("sums", torch.zeros(2, device=device), persistent=False)
-        self.register_buffer("own_sums", torch.zeros(2, device=device), persistent=False)  # MINMOD's second reading
+        self.register_buffer("own_sums", torch.zeros(2, device=device), persistent=False)  # MINMOD's, GATE's second reading
         self.baseline: torch.Tensor | None = None  # None: fewer than two live latents
         self.last_ratio: float | None = None
+        self.last_readings: tuple[float, ...] = ()  # the last check's readings (two with MINMOD or GATE)
 
     @staticmethod
     def due(step: int) -> bool:
@@ -205,11 +214,11 @@ class CoactivationBalance(nn.Module):
         the pairs are read off ``hidden_pre`` (y = u + b) and ``bias`` b instead of ``feature_acts``; with
         ``OWN_CODE``, off ``reencode`` (inputs in the SAE's units -> y) of the shifted code's
         reconstruction (plus, with 2, the error ``sae_in - sae_out`` of the rows read, shifted by a
-        random number of rows). With ``MINMOD``, both the batch's pairs (``sums``) and the second
-        reading's (``own_sums``; see ``MINMOD``)."""
+        random number of rows). With ``MINMOD`` or ``GATE``, both the batch's pairs (``sums``) and the
+        second reading's (``own_sums``; see ``MINMOD``)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        if MINMOD:  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
+        if _two_readings():  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
             readings = ((self.sums, 0, 0.0), (self.own_sums, OWN_CODE or (0 if MIN_MARGIN > 0 else 2), MIN_MARGIN))
         else:
             readings = ((self.sums, OWN_CODE, MIN_MARGIN),)
@@ -248,16 +257,22 @@ class CoactivationBalance(nn.Module):
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows."""
         all_reduce(self.sums, "sum")
-        if MINMOD:
+        if _two_readings():
             all_reduce(self.own_sums, "sum")
 
     def ratio(self) -> float | None:
         """The check's ratio (None when the batch had no co-active pair or fewer than two live latents)."""
-        readings = (self.sums, self.own_sums) if MINMOD else (self.sums,)
+        readings = (self.sums, self.own_sums) if _two_readings() else (self.sums,)
         if self.baseline is None or any(float(sums[1]) == 0 for sums in readings):
             return None
         ratios = [float(sums[0] / sums[1] / self.baseline.clamp(min=1e-8)) for sums in readings]
-        self.last_ratio = ratios[0] if len(ratios) == 1 else 1.0 + minmod([r - 1.0 for r in ratios])
+        self.last_readings = tuple(ratios)
+        if len(ratios) == 1:
+            self.last_ratio = ratios[0]
+        elif MINMOD:
+            self.last_ratio = 1.0 + minmod([r - 1.0 for r in ratios])
+        else:
+            self.last_ratio = gate(*ratios, GATE)
         return self.last_ratio
 
 
@@ -266,6 +281,18 @@ def minmod(offsets: list[float]) -> float:
     if all(o > 0 for o in offsets) or all(o < 0 for o in offsets):
         return min(offsets, key=abs)
     return 0.0
+
+
+def gate(check: float, second: float, threshold: float) -> float:
+    """The second reading where the check exceeds it by more than ``threshold``, else the check."""
+    return second if check - second > threshold else check
+
+
+def _two_readings() -> bool:
+    """Whether a check reads the second reading too (``MINMOD`` or ``GATE``; read now: a study sets them)."""
+    if MINMOD and GATE > 0:
+        raise ValueError("coactivation.MINMOD and coactivation.GATE combine the same two readings two ways: set one")
+    return bool(MINMOD) or GATE > 0
 
 
 def _cut(max_cosine: float | None) -> float:

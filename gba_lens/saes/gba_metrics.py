@@ -33,6 +33,8 @@ def logging_metrics(sae: Any, output: TrainStepOutput) -> dict[str, Any]:
     balance = sae.bias_adaptation.coactivation
     if balance is not None and balance.last_ratio is not None:  # find_l0: its last check's ratio
         metrics["gba/coactivation_ratio"] = balance.last_ratio
+        if len(balance.last_readings) == 2:  # MINMOD, GATE: the two readings it combined
+            metrics["gba/coactivation_check"], metrics["gba/coactivation_own_code"] = balance.last_readings
     # Per group: firing frequency, target and mean bias. A frequency that falls while the bias
     # stays put is the encoder growing selective, not the rule. From the second logging step on,
     # how far the group's decoder directions turned since the last one (decoder_stability.py).

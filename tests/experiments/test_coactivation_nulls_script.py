@@ -171,3 +171,47 @@ def test_the_unshifted_residual_reads_the_check_where_the_sae_reconstructs_exact
     read = nulls.readings(sae, code @ decoder, torch.full((5,), 0.5))
     assert read["unshifted_residual"] == pytest.approx(read["cut"])       # same code, same pairs
     assert abs(read["own_code_residual"] - read["cut"]) > 0.02             # the shift breaks the pair 0-1
+
+
+def test_a_runs_gap_between_its_two_readings_is_averaged_by_fifths_of_its_checks(script, monkeypatch):
+    nulls = script("coactivation_nulls")
+    trace = [(1.0 + 0.1 * (i // 2), 1.0) for i in range(10)]  # the gap grows by 0.1 every fifth
+    monkeypatch.setattr(nulls.coactivation, "GATE", 0.15)
+    out = nulls.fifths(trace)
+    assert out["gap_by_fifth"] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert out["over_gate_by_fifth"] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    monkeypatch.setattr(nulls.coactivation, "GATE", 0.0)
+    assert "over_gate_by_fifth" not in nulls.fifths(trace)
+
+
+def test_recording_keeps_each_checks_two_readings(script, monkeypatch):
+    from sae_lens.saes.sae import TrainStepInput
+
+    from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+
+    nulls = script("coactivation_nulls")
+    x = torch.relu(torch.randn(256, 8, generator=torch.Generator().manual_seed(1))) * 2
+    for gate, expected in ((0.09, 1), (0.0, 0)):  # one reading without MINMOD or GATE: nothing to record
+        monkeypatch.setattr(nulls.coactivation, "GATE", gate)
+        torch.manual_seed(0)
+        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
+        trace = []
+        nulls.recording(trace)(sae)
+        for step in range(nulls.coactivation.CHECK_EVERY + 1):
+            sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None,
+                                                     n_training_steps=step, is_logging_step=False))
+        assert len(trace) == expected
+        if expected:
+            assert trace[0] == sae.bias_adaptation.coactivation.last_readings
+
+
+def test_the_refit_gives_a_latent_that_fires_without_its_feature_no_part_of_the_row(script):
+    nulls = script("coactivation_nulls")
+    sae = _IdentitySAE(torch.tensor([[1.0, 0.0], [0.6, 0.8]]))          # decoder rows d0, d1
+    x = torch.tensor([[1.0, 0.0], [1.3, 0.4], [0.0, 0.0]])              # d0 alone; d0 + 0.5 d1; nothing
+    z = torch.tensor([[1.0, 0.3], [1.0, 0.5], [0.0, 0.0]])              # row 0: latent 1 fires anyway
+    slots, refit = nulls.refit_over_activation(sae, x, z)
+    assert slots.tolist() == [[0, 1], [0, 1], [-1, -1]]
+    assert refit[0].tolist() == pytest.approx([1.0, 0.0], abs=1e-4)  # the false positive gets nothing
+    assert refit[1].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert refit[2].tolist() == [0.0, 0.0]
