@@ -93,10 +93,11 @@ def _row_positions(row: Int[torch.Tensor, " nnz"], n_rows: int) -> tuple[torch.T
 
 
 def active_entries(
-    feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int, max_active: int = MAX_ACTIVE
+    feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int, max_active: int | None = None
 ) -> tuple[Int[torch.Tensor, " nnz"], Int[torch.Tensor, " nnz"], int]:
-    """(row, latent) of the first ``max_active`` active entries (by latent index) of each of the first
-    ``max_rows`` rows of dense or sparse (COO) activations, row-major, and the number of rows read."""
+    """(row, latent) of the first ``max_active`` (None: ``MAX_ACTIVE``) active entries (by latent
+    index) of each of the first ``max_rows`` rows of dense or sparse (COO) activations, row-major, and
+    the number of rows read."""
     if feature_acts.is_sparse:
         indices = feature_acts.coalesce().indices()
         n_rows = min(int(feature_acts.shape[0]), max_rows)
@@ -106,7 +107,7 @@ def active_entries(
         flat = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
         n_rows = flat.shape[0]
         row, latent = flat.nonzero(as_tuple=True)  # not (flat != 0): a slow copy of a boolean code
-    keep = _row_positions(row, n_rows)[1] < max_active
+    keep = _row_positions(row, n_rows)[1] < (MAX_ACTIVE if max_active is None else max_active)
     return row[keep], latent[keep], n_rows
 
 
@@ -126,12 +127,13 @@ def active_slots(
 
 def coactive_alignment(
     row: Int[torch.Tensor, " nnz"], latent: Int[torch.Tensor, " nnz"], n_rows: int,
-    directions: Float[torch.Tensor, "d_sae d_in"], max_active: int = MAX_ACTIVE, max_cosine: float | None = None,
+    directions: Float[torch.Tensor, "d_sae d_in"], max_active: int | None = None, max_cosine: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of |cos| over the ordered pairs of distinct latents active in the same row (the first
-    ``max_active`` of each) whose |cos| is at most ``max_cosine`` (None: ``MAX_PAIR_COSINE``), and the
+    ``max_active`` of each; None: ``MAX_ACTIVE``) whose |cos| is at most ``max_cosine`` (None:
+    ``MAX_PAIR_COSINE``), and the
     number of those pairs (0-dim float tensors). ``directions``: unit decoder rows; entries row-major."""
-    slots = active_slots(row, latent, n_rows, max_active)
+    slots = active_slots(row, latent, n_rows, MAX_ACTIVE if max_active is None else max_active)
     width = slots.shape[1]
     if width < 2:
         zero = directions.new_zeros(())
@@ -169,12 +171,14 @@ def shifted_code(
 
 
 def random_pair_alignment(
-    directions: Float[torch.Tensor, "n d_in"], generator: torch.Generator, n_latents: int = BASELINE_LATENTS,
+    directions: Float[torch.Tensor, "n d_in"], generator: torch.Generator, n_latents: int | None = None,
     max_cosine: float | None = None,
 ) -> torch.Tensor:
-    """Mean |cos| over the pairs of distinct rows of ``n_latents`` random rows of ``directions`` whose
-    |cos| is at most ``max_cosine`` (None: ``MAX_PAIR_COSINE``)."""
-    pick = torch.randperm(directions.shape[0], generator=generator, device=generator.device)[:n_latents]
+    """Mean |cos| over the pairs of distinct rows of ``n_latents`` (None: ``BASELINE_LATENTS``) random
+    rows of ``directions`` whose |cos| is at most ``max_cosine`` (None: ``MAX_PAIR_COSINE``). The
+    module's constants are read at the call (a study may set them)."""
+    pick = torch.randperm(directions.shape[0], generator=generator, device=generator.device)
+    pick = pick[:BASELINE_LATENTS if n_latents is None else n_latents]
     sample = directions[pick.to(directions.device)]
     cosines = (sample @ sample.T).abs()
     kept = cosines <= _cut(max_cosine)

@@ -67,3 +67,23 @@ def test_no_module_binds_a_studied_constant_by_name():
         for module, names in by_name.findall(path.read_text()):
             found += [f"{path.name}: {module}.{name}" for name in re.findall(r"\b[A-Z][A-Z0-9_]*\b", names)]
     assert found == []
+
+
+def test_no_studied_constant_is_a_default_argument():
+    """A default argument is bound when its function is defined: ``--set`` would not reach it (read
+    the module's constant at the call instead, e.g. with a None default)."""
+    import ast
+    import importlib
+    import inspect
+
+    from gba_lens.experiments.overrides import STUDIED_MODULES
+
+    found = []
+    for name in STUDIED_MODULES:
+        module = importlib.import_module(f"gba_lens.saes.{name}")
+        constants = {key for key, value in vars(module).items() if key.isupper() and type(value) in (int, float)}
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                defaults = node.args.defaults + [d for d in node.args.kw_defaults if d is not None]
+                found += [f"{name}.{node.name}: {d.id}" for d in defaults if isinstance(d, ast.Name) and d.id in constants]
+    assert found == []
