@@ -7,7 +7,9 @@ true L0 it finds it; this script measures, at 0.5, 1 and 2 times the top-W L0 (`
 ratio and what a check could read instead:
 
 * ``every_pair``, ``cut``: the ratio over every pair, and without near-copies (|cos| > 0.5: the
-  check since the nineteenth step);
+  check since the nineteenth step); ``cut_first``, ``own_code_residual_first``: the check and the
+  own code + residual over each row's first ``coactivation.MAX_ACTIVE`` active latents (by index),
+  as the trainer reads them (every other reading takes every active latent);
 * ``own_code``: the pairs of the SAE's own code with each latent's column shifted to other rows,
   decoded and encoded again (``coactivation.OWN_CODE``); ``own_code_residual``: the same with each
   row's reconstruction error, from another row, added before encoding; ``unshifted_residual``: the
@@ -142,6 +144,12 @@ def refit_over_activation(sae: Any, x: Float[torch.Tensor, "rows d"], z: Float[t
     return slots, torch.where(filled, fit / z.gather(1, index).clamp(min=1e-12), torch.zeros_like(fit))
 
 
+def first_active(mask: Bool[torch.Tensor, "rows w"]) -> Bool[torch.Tensor, "rows w"]:
+    """Each row's first ``coactivation.MAX_ACTIVE`` active latents (by index): what the trainer's
+    check reads of a row."""
+    return mask & (mask.cumsum(1) <= coactivation.MAX_ACTIVE)
+
+
 @torch.no_grad()
 def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch.Tensor, " w"]) -> dict[str, float]:
     z, y = (t.float() for t in sae.encode_with_hidden_pre(x))
@@ -163,6 +171,8 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
                for key, inputs in (("own_code", twin), ("own_code_residual", twin + error),
                                    ("unshifted_residual", sae.decode(z) + error))}}
     sums["shifted"] = co_active(shifted_code(z, len(z), torch.Generator().manual_seed(6)) > 0, kept)
+    reencoded = sae.encode_with_hidden_pre(twin + error)[1].float() > 0
+    sums["cut_first"], sums["own_code_residual_first"] = (co_active(first_active(mask), kept) for mask in (active, reencoded))
     sums["frequency_weighted"] = sums["cut"]
     sums["magnitude_weighted"] = pair_cosine_sums(z.T @ z * kept, cosines)
     rates = {"frequency_weighted": active.float().mean(0), "magnitude_weighted": z.mean(0)}

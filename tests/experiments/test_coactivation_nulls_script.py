@@ -215,3 +215,10 @@ def test_the_refit_gives_a_latent_that_fires_without_its_feature_no_part_of_the_
     assert refit[0].tolist() == pytest.approx([1.0, 0.0], abs=1e-4)  # the false positive gets nothing
     assert refit[1].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
     assert refit[2].tolist() == [0.0, 0.0]
+
+
+def test_first_active_keeps_each_rows_first_latents_as_the_trainers_check_reads_them(script, monkeypatch):
+    nulls = script("coactivation_nulls")
+    monkeypatch.setattr(nulls.coactivation, "MAX_ACTIVE", 2)
+    mask = torch.tensor([[True, False, True, True, True], [False, True, False, False, False]])
+    assert nulls.first_active(mask).tolist() == [[True, False, True, False, False], [False, True, False, False, False]]
