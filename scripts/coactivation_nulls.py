@@ -43,8 +43,9 @@ directions of features that occur together are over pairs weighted by their rate
 ``--find-l0`` reads the same ratios on SAEs that found their L0 (``find_l0``, with valley thresholds
 if ``--valley-thresholds``; ``--set`` as in prior_free.py) instead of the told ones; where a check
 reads two ratios (``coactivation.MINMOD`` or ``GATE``), the gap between them (the check minus the
-own code) is averaged over each fifth of the run's checks (``gap_by_fifth``), with the share of
-checks over the gate (``over_gate_by_fifth``; twenty-third step).
+own code; with ``GATE`` the gate's, over each row's first ``GATE_ACTIVE`` active latents) is averaged
+over each fifth of the run's checks (``gap_by_fifth``), with the share of checks over the gate
+(``over_gate_by_fifth``; twenty-third step).
 
 Every ratio but ``every_pair`` leaves near-copies out. ``--pairs`` (models drawn from the paper's
 sparse mixture: ``small``, ``toy``) adds what the truth says of the co-active pairs of different
@@ -305,19 +306,21 @@ def truth_shifted_inputs(model: Any, n_samples: int, generator: torch.Generator)
     return model.feature_dict(shifted_code(features, n_samples, generator)), truth
 
 
-def fifths(trace: list[tuple[float, ...]]) -> dict[str, list[float]]:
-    """A run's two readings per check: the check minus the second, averaged over each fifth of the
-    checks, and (with ``GATE``) the share of each fifth's checks over the gate."""
-    gaps = torch.tensor([check - second for check, second in trace])
-    parts = [gaps[i * len(gaps) // 5:(i + 1) * len(gaps) // 5] for i in range(5)]
+def fifths(gaps: list[float]) -> dict[str, list[float]]:
+    """A run's gap between its two readings per check, averaged over each fifth of the checks, and
+    (with ``GATE``) the share of each fifth's checks over the gate."""
+    values = torch.tensor(gaps)
+    parts = [values[i * len(values) // 5:(i + 1) * len(values) // 5] for i in range(5)]
     out = {"gap_by_fifth": [round(float(p.mean()), 3) for p in parts]}
     if coactivation.GATE > 0:
         out["over_gate_by_fifth"] = [round(float((p > coactivation.GATE).float().mean()), 2) for p in parts]
     return out
 
 
-def recording(trace: list[tuple[float, ...]]) -> Callable[[Any], None]:
-    """A ``train_gba`` setup that appends each check's two readings (when it reads two) to ``trace``."""
+def recording(gaps: list[float]) -> Callable[[Any], None]:
+    """A ``train_gba`` setup that appends each check's gap between its two readings (when it reads
+    two) to ``gaps``: the gate's own (over ``GATE_ACTIVE`` latents of a row) with ``GATE``, else the
+    check minus the second reading."""
     def setup(sae: Any) -> None:
         balance = sae.bias_adaptation.coactivation
         ratio = balance.ratio
@@ -325,7 +328,8 @@ def recording(trace: list[tuple[float, ...]]) -> Callable[[Any], None]:
         def recorded() -> float | None:
             out = ratio()
             if out is not None and len(balance.last_readings) == 2:
-                trace.append(balance.last_readings)
+                check, second = balance.last_readings
+                gaps.append(balance.last_gap if balance.last_gap is not None else check - second)
             return out
         balance.ratio = recorded
     return setup
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         s = extra_setting(name) if name in EXTRA_MODELS else ts.setting(name, args.cache)
         for multiple in ([None] if args.find_l0 else args.multiples):
-            trace: list[tuple[float, ...]] = []
+            trace: list[float] = []
             if multiple is None:
                 sae = ts.train_gba(s, s.samples, args.seed, setup=recording(trace), find_l0=True, **valleys)
             else:

@@ -74,11 +74,15 @@ features occur together carries structure it breaks; where the two disagree the 
 their levels (docs/experiments/prior_free.md, twenty-first step). 0: one reading, as ``OWN_CODE`` says."""
 GATE = 0.0
 """> 0: the same two readings as ``MINMOD``, combined otherwise: the scale follows the check, and the
-second reading where the check exceeds it by more than GATE. Latents pushed over their thresholds
-by the data's features (interference, large where the input has few dimensions) lift the check and
-not the SAE's own code; features that occur together lift both a little (by up to 0.07 on the
-hierarchical synthbench model, 0.13 ... 0.2 on a small model with more latents than features:
-docs/experiments/prior_free.md, twenty-third step). 0: off. Not with ``MINMOD``."""
+second reading where the check exceeds it by more than GATE, both read for this over each row's
+first ``GATE_ACTIVE`` active latents. Latents pushed over their thresholds by the data's features
+(interference, large where the input has few dimensions) lift the check and not the SAE's own code;
+features that occur together lift both alike (the gap is 0.10 ... 0.14 on a small model with more
+latents than features, at most 0.04 on the Zipf models, the hierarchical synthbench model and the
+paper toy: docs/experiments/prior_free.md, twenty-third step). 0: off. Not with ``MINMOD``."""
+GATE_ACTIVE = 64
+"""Active latents of a row the gate's gap reads (the scale's readings read ``MAX_ACTIVE``): with only
+the first 8, rows that fire many latents count for less, and synthbench's gap doubles."""
 MAX_PAIR_COSINE = 0.5
 """Pairs of latents whose decoder rows have a larger |cos| are left out of both means (near-copies).
 Measured on latents told the L0 (docs/experiments/prior_free.md, nineteenth step): with every pair
@@ -192,14 +196,18 @@ class CoactivationBalance(nn.Module):
 
     sums: torch.Tensor
     own_sums: torch.Tensor
+    gap_sums: torch.Tensor
 
     def __init__(self, device: str | torch.device = "cpu"):
         super().__init__()
         self.register_buffer("sums", torch.zeros(2, device=device), persistent=False)
         self.register_buffer("own_sums", torch.zeros(2, device=device), persistent=False)  # MINMOD's, GATE's second reading
+        # GATE: the check's and the second reading's sums over each row's first GATE_ACTIVE latents
+        self.register_buffer("gap_sums", torch.zeros(4, device=device), persistent=False)
         self.baseline: torch.Tensor | None = None  # None: fewer than two live latents
         self.last_ratio: float | None = None
         self.last_readings: tuple[float, ...] = ()  # the last check's readings (two with MINMOD or GATE)
+        self.last_gap: float | None = None  # GATE: the last check's gap between them
 
     @staticmethod
     def due(step: int) -> bool:
@@ -219,16 +227,19 @@ class CoactivationBalance(nn.Module):
         ``OWN_CODE``, off ``reencode`` (inputs in the SAE's units -> y) of the shifted code's
         reconstruction (plus, with 2, the error ``sae_in - sae_out`` of the rows read, shifted by a
         random number of rows). With ``MINMOD`` or ``GATE``, both the batch's pairs (``sums``) and the
-        second reading's (``own_sums``; see ``MINMOD``)."""
+        second reading's (``own_sums``; see ``MINMOD``); with ``GATE`` also both over each row's
+        first ``GATE_ACTIVE`` active latents (``gap_sums``)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         if _two_readings():  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
             readings = ((self.sums, 0, 0.0), (self.own_sums, OWN_CODE or (0 if MIN_MARGIN > 0 else 2), MIN_MARGIN))
         else:
             readings = ((self.sums, OWN_CODE, MIN_MARGIN),)
-        for sums, own_code, margin in readings:
-            sums.copy_(torch.stack(self._pair_sums(own_code, margin, feature_acts, directions, step, hidden_pre, bias,
-                                                   reencode, sae_in, sae_out)))
+        for i, (sums, own_code, margin) in enumerate(readings):
+            found = self._pair_sums(own_code, margin, feature_acts, directions, step, hidden_pre, bias, reencode, sae_in, sae_out)
+            sums.copy_(torch.stack(found[:2]))
+            if len(found) == 4:
+                self.gap_sums[2 * i:2 * i + 2].copy_(torch.stack(found[2:]))
         live_directions = directions[live]
         self.baseline = (random_pair_alignment(live_directions, _generator(directions.device, step))
                          if live_directions.shape[0] >= 2 else None)
@@ -238,8 +249,9 @@ class CoactivationBalance(nn.Module):
         own_code: int, margin: float, feature_acts: torch.Tensor, directions: torch.Tensor, step: int, hidden_pre: torch.Tensor | None,
         bias: torch.Tensor | None, reencode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None,
         sae_in: torch.Tensor | None, sae_out: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One reading's two sums (see :meth:`observe`)."""
+    ) -> tuple[torch.Tensor, ...]:
+        """One reading's two sums over each row's first ``MAX_ACTIVE`` active latents, and with
+        ``GATE`` two more over its first ``GATE_ACTIVE`` (see :meth:`observe`)."""
         if own_code and reencode is not None:
             generator = _generator(directions.device, step + 1)
             if own_code == 3:  # not shifted: which latents fire together is kept
@@ -256,13 +268,18 @@ class CoactivationBalance(nn.Module):
         if (margin > 0 or own_code) and hidden_pre is not None and bias is not None:
             y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]
             feature_acts = y > margin * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
-        return coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
+        if GATE <= 0:
+            return coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
+        entries = active_entries(feature_acts, MAX_ROWS, max(MAX_ACTIVE, GATE_ACTIVE))
+        return (*coactive_alignment(*entries, directions), *coactive_alignment(*entries, directions, max_active=GATE_ACTIVE))
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows."""
         all_reduce(self.sums, "sum")
         if _two_readings():
             all_reduce(self.own_sums, "sum")
+        if GATE > 0:
+            all_reduce(self.gap_sums, "sum")
 
     def ratio(self) -> float | None:
         """The check's ratio (None when the batch had no co-active pair or fewer than two live latents)."""
@@ -276,7 +293,12 @@ class CoactivationBalance(nn.Module):
         elif MINMOD:
             self.last_ratio = 1.0 + minmod([r - 1.0 for r in ratios])
         else:
-            self.last_ratio = gate(*ratios, GATE)
+            wide = self.gap_sums.view(2, 2)
+            if float(wide[:, 1].min()) == 0:
+                return None
+            check_wide, second_wide = (float(total / count / self.baseline.clamp(min=1e-8)) for total, count in wide)
+            self.last_gap = check_wide - second_wide
+            self.last_ratio = gate(*ratios, self.last_gap, GATE)
         return self.last_ratio
 
 
@@ -287,9 +309,10 @@ def minmod(offsets: list[float]) -> float:
     return 0.0
 
 
-def gate(check: float, second: float, threshold: float) -> float:
-    """The second reading where the check exceeds it by more than ``threshold``, else the check."""
-    return second if check - second > threshold else check
+def gate(check: float, second: float, gap: float, threshold: float) -> float:
+    """The second reading where ``gap`` (the check minus the second, read over more of each row's
+    latents) is over ``threshold``, else the check."""
+    return second if gap > threshold else check
 
 
 def _two_readings() -> bool:

@@ -35,6 +35,8 @@ def logging_metrics(sae: Any, output: TrainStepOutput) -> dict[str, Any]:
         metrics["gba/coactivation_ratio"] = balance.last_ratio
         if len(balance.last_readings) == 2:  # MINMOD, GATE: the two readings it combined
             metrics["gba/coactivation_check"], metrics["gba/coactivation_own_code"] = balance.last_readings
+        if balance.last_gap is not None:  # GATE: the gap it compares with its threshold
+            metrics["gba/coactivation_gap"] = balance.last_gap
     # Per group: firing frequency, target and mean bias. A frequency that falls while the bias
     # stays put is the encoder growing selective, not the rule. From the second logging step on,
     # how far the group's decoder directions turned since the last one (decoder_stability.py).

@@ -175,7 +175,7 @@ def test_the_unshifted_residual_reads_the_check_where_the_sae_reconstructs_exact
 
 def test_a_runs_gap_between_its_two_readings_is_averaged_by_fifths_of_its_checks(script, monkeypatch):
     nulls = script("coactivation_nulls")
-    trace = [(1.0 + 0.1 * (i // 2), 1.0) for i in range(10)]  # the gap grows by 0.1 every fifth
+    trace = [0.1 * (i // 2) for i in range(10)]  # the gap grows by 0.1 every fifth
     monkeypatch.setattr(nulls.coactivation, "GATE", 0.15)
     out = nulls.fifths(trace)
     assert out["gap_by_fifth"] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
@@ -202,7 +202,7 @@ def test_recording_keeps_each_checks_two_readings(script, monkeypatch):
                                                      n_training_steps=step, is_logging_step=False))
         assert len(trace) == expected
         if expected:
-            assert trace[0] == sae.bias_adaptation.coactivation.last_readings
+            assert trace[0] == sae.bias_adaptation.coactivation.last_gap
 
 
 def test_the_refit_gives_a_latent_that_fires_without_its_feature_no_part_of_the_row(script):

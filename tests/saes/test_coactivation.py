@@ -176,10 +176,10 @@ def test_minmod_moves_by_the_reading_closer_to_one_and_holds_when_they_disagree(
     assert C.minmod([-0.1]) == -0.1
 
 
-def test_gate_follows_the_second_reading_only_where_the_check_exceeds_it_by_more_than_the_threshold():
-    assert C.gate(1.2, 1.0, 0.09) == 1.0  # interference lifts the check: the own code's reading
-    assert C.gate(1.05, 1.0, 0.09) == 1.05  # the two within the threshold: the check
-    assert C.gate(0.9, 1.1, 0.09) == 0.9  # the second reading above the check: the check
+def test_gate_follows_the_second_reading_only_where_the_gap_is_over_the_threshold():
+    assert C.gate(1.2, 1.0, 0.15, 0.09) == 1.0  # interference lifts the check: the own code's reading
+    assert C.gate(1.2, 1.0, 0.05, 0.09) == 1.2  # the gap over every latent within the threshold: the check
+    assert C.gate(0.9, 1.1, -0.2, 0.09) == 0.9  # the second reading above the check: the check
 
 
 def test_minmod_and_gate_together_are_refused(monkeypatch):
@@ -192,11 +192,12 @@ def test_minmod_and_gate_together_are_refused(monkeypatch):
 def test_with_minmod_or_gate_the_trainer_reads_the_batch_and_the_own_code_and_combines_them(step_input, monkeypatch):
     x = torch.relu(torch.randn(256, 8, generator=torch.Generator().manual_seed(1))) * 2
 
-    def checked(own_code, minmod, margin=0.0, gate=0.0):
+    def checked(own_code, minmod, margin=0.0, gate=0.0, max_active=C.MAX_ACTIVE):
         monkeypatch.setattr(C, "OWN_CODE", own_code)
         monkeypatch.setattr(C, "MINMOD", minmod)
         monkeypatch.setattr(C, "MIN_MARGIN", margin)
         monkeypatch.setattr(C, "GATE", gate)
+        monkeypatch.setattr(C, "MAX_ACTIVE", max_active)
         torch.manual_seed(0)
         sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
         metrics = sae.training_forward_pass(step_input(x, C.CHECK_EVERY)).metrics
@@ -205,6 +206,8 @@ def test_with_minmod_or_gate_the_trainer_reads_the_batch_and_the_own_code_and_co
             assert (metrics["gba/coactivation_check"], metrics["gba/coactivation_own_code"]) == balance.last_readings
         else:
             assert "gba/coactivation_check" not in metrics
+        assert metrics.get("gba/coactivation_gap") == balance.last_gap
+        checked.gap_sums = balance.gap_sums.clone()
         return balance.sums.clone(), balance.own_sums.clone(), balance.last_ratio
 
     batch_sums, _, check = checked(0, 0)
@@ -213,10 +216,16 @@ def test_with_minmod_or_gate_the_trainer_reads_the_batch_and_the_own_code_and_co
     assert torch.equal(both_batch, batch_sums) and torch.equal(both_own, own_sums)
     assert check != own
     assert combined == pytest.approx(1.0 + C.minmod([check - 1.0, own - 1.0]))
-    assert check > own  # this batch's check reads above its own code: a gate under the gap switches
-    for threshold, expected in ((0.5 * (check - own), own), (check - own + 0.01, check)):  # under the gap, over it
+    # GATE: the same two readings steer; their gap is read over each row's first GATE_ACTIVE latents
+    wide_batch, _, wide_check = checked(0, 0, max_active=C.GATE_ACTIVE)
+    wide_own_sums, _, wide_own = checked(2, 0, max_active=C.GATE_ACTIVE)
+    assert not torch.equal(wide_batch, batch_sums)  # rows here fire more than MAX_ACTIVE latents
+    gap = wide_check - wide_own
+    assert gap > 0  # a gate under the gap switches to the own code, one over it keeps the check
+    for threshold, expected in ((0.5 * gap, own), (gap + 0.01, check)):
         gated_batch, gated_own, gated = checked(0, 0, gate=threshold)
         assert torch.equal(gated_batch, batch_sums) and torch.equal(gated_own, own_sums)
+        assert torch.equal(checked.gap_sums, torch.cat([wide_batch, wide_own_sums]))
         assert gated == pytest.approx(expected)
     unshifted_sums, _, _ = checked(3, 0)
     assert torch.equal(checked(3, 1)[1], unshifted_sums)  # OWN_CODE set: MINMOD's second reading is that one
@@ -231,7 +240,7 @@ def test_with_minmod_or_gate_the_trainer_reads_the_batch_and_the_own_code_and_co
     monkeypatch.setattr(C, "GATE", 0.09)
     reduced.clear()
     C.CoactivationBalance().reduce_statistics(lambda tensor, op: reduced.append(op))
-    assert reduced == ["sum", "sum"]  # and with GATE
+    assert reduced == ["sum", "sum", "sum"]  # with GATE also the sums of its gap
 
 
 def test_the_denominator_is_the_mean_over_every_pair_of_the_sampled_latents():
