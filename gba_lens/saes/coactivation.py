@@ -74,15 +74,17 @@ features occur together carries structure it breaks; where the two disagree the 
 their levels (docs/experiments/prior_free.md, twenty-first step). 0: one reading, as ``OWN_CODE`` says."""
 GATE = 0.0
 """> 0: the same two readings as ``MINMOD``, combined otherwise: the scale follows the check, and the
-second reading where the check exceeds it by more than GATE, both read for this over each row's
-first ``GATE_ACTIVE`` active latents. Latents pushed over their thresholds by the data's features
+second reading where the check exceeds it by more than GATE, both read for this over every pair of
+a row's active latents (``GATE_ACTIVE``). Latents pushed over their thresholds by the data's features
 (interference, large where the input has few dimensions) lift the check and not the SAE's own code;
 features that occur together lift both alike (the gap is 0.10 ... 0.14 on a small model with more
 latents than features, at most 0.04 on the Zipf models, the hierarchical synthbench model and the
 paper toy: docs/experiments/prior_free.md, twenty-third step). 0: off. Not with ``MINMOD``."""
-GATE_ACTIVE = 64
-"""Active latents of a row the gate's gap reads (the scale's readings read ``MAX_ACTIVE``): with only
-the first 8, rows that fire many latents count for less, and synthbench's gap doubles."""
+GATE_ACTIVE = 0
+"""0: the gate's gap reads every pair of a row's active latents, estimated from ``MAX_ACTIVE`` of them
+drawn at random (each row's pairs weighted by k (k - 1) / (m (m - 1)), k active, m drawn: unbiased,
+at the cost of the check). n > 0: the first n by index. The scale's readings read the first
+``MAX_ACTIVE``, which count a row that fires many latents for less: on synthbench that doubles the gap."""
 MAX_PAIR_COSINE = 0.5
 """Pairs of latents whose decoder rows have a larger |cos| are left out of both means (near-copies).
 Measured on latents told the L0 (docs/experiments/prior_free.md, nineteenth step): with every pair
@@ -132,11 +134,12 @@ def active_slots(
 def coactive_alignment(
     row: Int[torch.Tensor, " nnz"], latent: Int[torch.Tensor, " nnz"], n_rows: int,
     directions: Float[torch.Tensor, "d_sae d_in"], max_active: int | None = None, max_cosine: float | None = None,
+    row_weights: Float[torch.Tensor, " rows"] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of |cos| over the ordered pairs of distinct latents active in the same row (the first
     ``max_active`` of each; None: ``MAX_ACTIVE``) whose |cos| is at most ``max_cosine`` (None:
-    ``MAX_PAIR_COSINE``), and the
-    number of those pairs (0-dim float tensors). ``directions``: unit decoder rows; entries row-major."""
+    ``MAX_PAIR_COSINE``), and the number of those pairs (0-dim float tensors), each row's weighted by
+    ``row_weights`` where given. ``directions``: unit decoder rows; entries row-major."""
     slots = active_slots(row, latent, n_rows, MAX_ACTIVE if max_active is None else max_active)
     width = slots.shape[1]
     if width < 2:
@@ -147,7 +150,25 @@ def coactive_alignment(
     cosines = torch.bmm(vectors, vectors.transpose(1, 2)).abs()
     pairs = filled[:, :, None] & filled[:, None, :] & ~torch.eye(width, dtype=torch.bool, device=row.device)
     pairs &= cosines <= _cut(max_cosine)
-    return (cosines * pairs).sum(), pairs.sum().to(directions.dtype)
+    if row_weights is None:
+        return (cosines * pairs).sum(), pairs.sum().to(directions.dtype)
+    return (row_weights @ (cosines * pairs).sum((1, 2)), row_weights @ pairs.sum((1, 2)).to(directions.dtype))
+
+
+def sampled_pair_alignment(
+    row: Int[torch.Tensor, " nnz"], latent: Int[torch.Tensor, " nnz"], n_rows: int,
+    directions: Float[torch.Tensor, "d_sae d_in"], generator: torch.Generator, drawn: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`coactive_alignment` over every pair of each row's active latents (entries row-major),
+    estimated from ``drawn`` (None: ``MAX_ACTIVE``) of them drawn at random per row, each row's pairs
+    weighted by k (k - 1) / (m (m - 1)) (k active, m drawn): unbiased, at the cost of ``drawn``."""
+    drawn = MAX_ACTIVE if drawn is None else drawn
+    key = torch.rand(row.numel(), generator=generator, device=generator.device).to(row.device, torch.float64)
+    order = torch.argsort(row.to(torch.float64) + key)  # each row's entries in random order
+    active = torch.bincount(row, minlength=n_rows).to(torch.float64)
+    kept = active.clamp(max=drawn)
+    weights = (active * (active - 1) / (kept * (kept - 1)).clamp(min=1)).to(directions.dtype)
+    return coactive_alignment(row[order], latent[order], n_rows, directions, drawn, row_weights=weights)
 
 
 def shifted_code(
@@ -202,7 +223,7 @@ class CoactivationBalance(nn.Module):
         super().__init__()
         self.register_buffer("sums", torch.zeros(2, device=device), persistent=False)
         self.register_buffer("own_sums", torch.zeros(2, device=device), persistent=False)  # MINMOD's, GATE's second reading
-        # GATE: the check's and the second reading's sums over each row's first GATE_ACTIVE latents
+        # GATE: the check's and the second reading's sums over every pair of a row (GATE_ACTIVE)
         self.register_buffer("gap_sums", torch.zeros(4, device=device), persistent=False)
         self.baseline: torch.Tensor | None = None  # None: fewer than two live latents
         self.last_ratio: float | None = None
@@ -227,8 +248,8 @@ class CoactivationBalance(nn.Module):
         ``OWN_CODE``, off ``reencode`` (inputs in the SAE's units -> y) of the shifted code's
         reconstruction (plus, with 2, the error ``sae_in - sae_out`` of the rows read, shifted by a
         random number of rows). With ``MINMOD`` or ``GATE``, both the batch's pairs (``sums``) and the
-        second reading's (``own_sums``; see ``MINMOD``); with ``GATE`` also both over each row's
-        first ``GATE_ACTIVE`` active latents (``gap_sums``)."""
+        second reading's (``own_sums``; see ``MINMOD``); with ``GATE`` also both over every pair of
+        each row's active latents (``gap_sums``; see ``GATE_ACTIVE``)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         if _two_readings():  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
@@ -251,7 +272,7 @@ class CoactivationBalance(nn.Module):
         sae_in: torch.Tensor | None, sae_out: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
         """One reading's two sums over each row's first ``MAX_ACTIVE`` active latents, and with
-        ``GATE`` two more over its first ``GATE_ACTIVE`` (see :meth:`observe`)."""
+        ``GATE`` two more over its pairs as ``GATE_ACTIVE`` says (see :meth:`observe`)."""
         if own_code and reencode is not None:
             generator = _generator(directions.device, step + 1)
             if own_code == 3:  # not shifted: which latents fire together is kept
@@ -270,8 +291,10 @@ class CoactivationBalance(nn.Module):
             feature_acts = y > margin * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
         if GATE <= 0:
             return coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
-        entries = active_entries(feature_acts, MAX_ROWS, max(MAX_ACTIVE, GATE_ACTIVE))
-        return (*coactive_alignment(*entries, directions), *coactive_alignment(*entries, directions, max_active=GATE_ACTIVE))
+        entries = active_entries(feature_acts, MAX_ROWS, GATE_ACTIVE or feature_acts.shape[-1])
+        wide = (coactive_alignment(*entries, directions, max_active=GATE_ACTIVE) if GATE_ACTIVE
+                else sampled_pair_alignment(*entries, directions, _generator(directions.device, step + 2)))
+        return (*coactive_alignment(*entries, directions), *wide)
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows."""

@@ -182,6 +182,21 @@ def test_gate_follows_the_second_reading_only_where_the_gap_is_over_the_threshol
     assert C.gate(0.9, 1.1, -0.2, 0.09) == 0.9  # the second reading above the check: the check
 
 
+def test_the_sampled_pair_alignment_estimates_every_pair_of_each_row():
+    gen = torch.Generator().manual_seed(3)
+    directions = _unit(torch.randn(40, 6, generator=gen))
+    acts = (torch.rand(50, 40, generator=gen) < torch.linspace(0.05, 0.6, 50)[:, None]).float()  # 2 ... 24 per row
+    row, latent, n_rows = C.active_entries(acts, 50, 40)
+    exact = torch.stack(C.coactive_alignment(row, latent, n_rows, directions, max_active=40))
+    draws = torch.stack([torch.stack(C.sampled_pair_alignment(row, latent, n_rows, directions, gen, drawn=6))
+                         for _ in range(400)])
+    assert draws.mean(0).tolist() == pytest.approx(exact.tolist(), rel=0.03)  # unbiased
+    first = torch.stack(C.coactive_alignment(row, latent, n_rows, directions, max_active=6))
+    assert float(first[1]) < 0.5 * float(exact[1])  # the first 6 by index count far fewer pairs
+    full = torch.stack(C.sampled_pair_alignment(row, latent, n_rows, directions, gen, drawn=40))
+    assert torch.allclose(full, exact)  # drawing every latent is exact
+
+
 def test_minmod_and_gate_together_are_refused(monkeypatch):
     monkeypatch.setattr(C, "MINMOD", 1)
     monkeypatch.setattr(C, "GATE", 0.09)
@@ -216,9 +231,11 @@ def test_with_minmod_or_gate_the_trainer_reads_the_batch_and_the_own_code_and_co
     assert torch.equal(both_batch, batch_sums) and torch.equal(both_own, own_sums)
     assert check != own
     assert combined == pytest.approx(1.0 + C.minmod([check - 1.0, own - 1.0]))
-    # GATE: the same two readings steer; their gap is read over each row's first GATE_ACTIVE latents
-    wide_batch, _, wide_check = checked(0, 0, max_active=C.GATE_ACTIVE)
-    wide_own_sums, _, wide_own = checked(2, 0, max_active=C.GATE_ACTIVE)
+    # GATE: the same two readings steer; their gap is read over more of each row's latents (here the
+    # first 64: GATE_ACTIVE's estimate of every pair is tested below)
+    monkeypatch.setattr(C, "GATE_ACTIVE", 64)
+    wide_batch, _, wide_check = checked(0, 0, max_active=64)
+    wide_own_sums, _, wide_own = checked(2, 0, max_active=64)
     assert not torch.equal(wide_batch, batch_sums)  # rows here fire more than MAX_ACTIVE latents
     gap = wide_check - wide_own
     assert gap > 0  # a gate under the gap switches to the own code, one over it keeps the check
