@@ -29,7 +29,9 @@ of the first ``MAX_ACTIVE`` active latents (by index) of each row gives two sums
 that data-parallel ranks all-reduce, so that they see what one process sees; the denominator is the
 mean |cos| over every pair of ``BASELINE_LATENTS`` random live latents, drawn by a generator seeded
 with the step, so that every rank (and a resumed run) draws the same ones. Cost per check: about
-(MAX_ROWS x MAX_ACTIVE^2 + BASELINE_LATENTS^2) x d_in multiply-adds, every CHECK_EVERY steps.
+(MAX_ROWS x MAX_ACTIVE^2 + BASELINE_LATENTS^2) x d_in multiply-adds, every CHECK_EVERY steps;
+``MINMOD`` and ``GATE`` add the own code's reading (a decode and an encode of the rows read), ``GATE``
+also its gap's pairs.
 """
 
 from __future__ import annotations
@@ -77,9 +79,10 @@ GATE = 0.0
 second reading where the check exceeds it by more than GATE, both read for this over every pair of
 a row's active latents (``GATE_ACTIVE``). Latents pushed over their thresholds by the data's features
 (interference, large where the input has few dimensions) lift the check and not the SAE's own code;
-features that occur together lift both alike (the gap is 0.10 ... 0.14 on a small model with more
-latents than features, at most 0.04 on the Zipf models, the hierarchical synthbench model and the
-paper toy: docs/experiments/prior_free.md, twenty-third step). 0: off. Not with ``MINMOD``."""
+features that occur together lift both alike (during training the gap is 0.10 ... 0.22 on a small
+model with more latents than features, at most 0.05 on the Zipf models, the hierarchical synthbench
+model and the paper toy; 0.07 keeps their figures and the small model's: docs/experiments/prior_free.md,
+twenty-third step). 0: off. Not with ``MINMOD``."""
 GATE_ACTIVE = 0
 """0: the gate's gap reads every pair of a row's active latents, estimated from ``MAX_ACTIVE`` of them
 drawn at random (each row's pairs weighted by k (k - 1) / (m (m - 1)), k active, m drawn: unbiased,
