@@ -166,14 +166,15 @@ def readings(sae: Any, x: Float[torch.Tensor, "rows d"], thresholds: Float[torch
     gen = torch.Generator().manual_seed(5)
     twin = sae.decode(shifted_code(z, len(z), gen))
     error = (x - sae.decode(z))[torch.randperm(len(x), generator=gen)]
+    reencoded = {key: sae.encode_with_hidden_pre(inputs)[1].float() > 0
+                 for key, inputs in (("own_code", twin), ("own_code_residual", twin + error),
+                                     ("unshifted_residual", sae.decode(z) + error))}
     sums = {"every_pair": co_active(active, distinct), "cut": co_active(active, kept),
             **{f"margin_{a}": co_active(y > a * thresholds, kept) for a in MARGINS},
-            **{key: co_active(sae.encode_with_hidden_pre(inputs)[1].float() > 0, kept)
-               for key, inputs in (("own_code", twin), ("own_code_residual", twin + error),
-                                   ("unshifted_residual", sae.decode(z) + error))}}
+            **{key: co_active(mask, kept) for key, mask in reencoded.items()}}
     sums["shifted"] = co_active(shifted_code(z, len(z), torch.Generator().manual_seed(6)) > 0, kept)
-    reencoded = sae.encode_with_hidden_pre(twin + error)[1].float() > 0
-    sums["cut_first"], sums["own_code_residual_first"] = (co_active(first_active(mask), kept) for mask in (active, reencoded))
+    sums["cut_first"], sums["own_code_residual_first"] = (
+        co_active(first_active(mask), kept) for mask in (active, reencoded["own_code_residual"]))
     sums["frequency_weighted"] = sums["cut"]
     sums["magnitude_weighted"] = pair_cosine_sums(z.T @ z * kept, cosines)
     rates = {"frequency_weighted": active.float().mean(0), "magnitude_weighted": z.mean(0)}
@@ -248,7 +249,8 @@ def pair_truth(sae: Any, model: Any, n_samples: int) -> dict[str, float]:
     live latents of different features."""
     torch.manual_seed(5)
     x, h = model.sample_with_features(n_samples)
-    active = (sae.encode(x) > 0).float()
+    z = sae.encode(x).float()
+    active = (z > 0).float()
     unit = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     features = model.feature_vectors / model.feature_vectors.norm(dim=1, keepdim=True)
     best = (unit @ features.T).abs().argmax(1)
@@ -259,7 +261,7 @@ def pair_truth(sae: Any, model: Any, n_samples: int) -> dict[str, float]:
     both = (active * present).T @ (active * present) * pairs
     live = active.any(0)
     random_pairs = pairs * live[:, None] * live[None, :]
-    slots, refit = refit_over_activation(sae, x, sae.encode(x).float())
+    slots, refit = refit_over_activation(sae, x, z)
     filled = slots >= 0
     latent_present = present.gather(1, slots.clamp(min=0)).bool()
     return {"refit_present_median": float(refit[filled & latent_present].median()),

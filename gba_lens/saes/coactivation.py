@@ -294,7 +294,7 @@ class CoactivationBalance(nn.Module):
             feature_acts = y > margin * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
         if GATE <= 0:
             return coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
-        entries = active_entries(feature_acts, MAX_ROWS, GATE_ACTIVE or feature_acts.shape[-1])
+        entries = active_entries(feature_acts, MAX_ROWS, max(MAX_ACTIVE, GATE_ACTIVE) if GATE_ACTIVE else feature_acts.shape[-1])
         wide = (coactive_alignment(*entries, directions, max_active=GATE_ACTIVE) if GATE_ACTIVE
                 else sampled_pair_alignment(*entries, directions, _generator(directions.device, step + 2)))
         return (*coactive_alignment(*entries, directions), *wide)
@@ -312,7 +312,8 @@ class CoactivationBalance(nn.Module):
         readings = (self.sums, self.own_sums) if _two_readings() else (self.sums,)
         if self.baseline is None or any(float(sums[1]) == 0 for sums in readings):
             return None
-        ratios = [float(sums[0] / sums[1] / self.baseline.clamp(min=1e-8)) for sums in readings]
+        baseline = self.baseline.clamp(min=1e-8)
+        ratios = [float(total / count / baseline) for total, count in readings]
         self.last_readings = tuple(ratios)
         if len(ratios) == 1:
             self.last_ratio = ratios[0]
@@ -322,7 +323,7 @@ class CoactivationBalance(nn.Module):
             wide = self.gap_sums.view(2, 2)
             if float(wide[:, 1].min()) == 0:
                 return None
-            check_wide, second_wide = (float(total / count / self.baseline.clamp(min=1e-8)) for total, count in wide)
+            check_wide, second_wide = (float(total / count / baseline) for total, count in wide)
             self.last_gap = check_wide - second_wide
             self.last_ratio = gate(*ratios, self.last_gap, GATE)
         return self.last_ratio
