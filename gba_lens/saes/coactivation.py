@@ -14,9 +14,10 @@ ratio > 1. One that fires too much spends its extra firings on latents that comp
 already active, filling the input's other directions: ratio < 1. So ``find_l0`` scales GBA's
 geometric targets (with the third branch of a requested L0, :mod:`gba_lens.saes.l0_control`) by an
 integral controller on the ratio: every ``CHECK_EVERY`` steps, log s <- log s + GAIN (ratio - 1).
-With ``MINMOD`` or ``GATE`` the ratio is read twice, off the batch and off the SAE's own code, and
-the scale moves only where the two agree (``MINMOD``) or follows the own code where the batch's
-reading exceeds it by more than ``GATE``.
+The ratio is read twice, off the batch (the check) and off the SAE's own code (its activations
+moved to other rows, decoded and encoded again), and the scale follows the check, or the own code
+where the check exceeds it by more than ``GATE`` (latents the data's features push over their
+thresholds lift the check alone); ``MINMOD`` combines the two otherwise, ``GATE=0`` reads the check alone.
 
 Pairs whose directions are aligned beyond ``MAX_PAIR_COSINE`` are left out of both means: they are
 near-copies of one feature, which an SAE with latents to spare fires together at the right L0, not
@@ -74,20 +75,26 @@ the same side of 1 and holds when they disagree (minmod). The check is pushed up
 fire without their features where interference is large; the own code is pushed down where which
 features occur together carries structure it breaks; where the two disagree the L0 lies between
 their levels (docs/experiments/prior_free.md, twenty-first step). 0: one reading, as ``OWN_CODE`` says."""
-GATE = 0.0
-"""> 0: the same two readings as ``MINMOD``, combined otherwise: the scale follows the check, and the
-second reading where the check exceeds it by more than GATE, both read for this over every pair of
-a row's active latents (``GATE_ACTIVE``). Latents pushed over their thresholds by the data's features
-(interference, large where the input has few dimensions) lift the check and not the SAE's own code;
-features that occur together lift both alike (during training the gap is 0.10 ... 0.22 on a small
-model with more latents than features, at most 0.05 on the Zipf models, the hierarchical synthbench
-model and the paper toy; 0.07 keeps their figures and the small model's: docs/experiments/prior_free.md,
-twenty-third step). 0: off. Not with ``MINMOD``."""
+GATE = 0.07
+"""Two readings of each check, the batch's own pairs (the check) and the SAE's own code (as with
+``MINMOD``), combined: the scale follows the check, and the second reading where the check exceeds it
+by more than GATE, both read for this over every pair of a row's active latents (``GATE_ACTIVE``).
+Latents pushed over their thresholds by the data's features (interference, large where the input has
+few dimensions) lift the check and not the SAE's own code; features that occur together lift both
+alike (during training the gap is 0.10 ... 0.22 on a small model with more latents than features, at
+most 0.05 on the Zipf models, the hierarchical synthbench model and the paper toy; 0.07 keeps their
+figures and brings the small model's L0 from about twice its truth to +13%: docs/experiments/prior_free.md,
+twenty-third and twenty-fourth steps). 0: the check alone (the eighteenth to twenty-second steps'
+``find_l0``), at about a sixth of the cost. Set it to 0 to use ``MINMOD``."""
 GATE_ACTIVE = 0
 """0: the gate's gap reads every pair of a row's active latents, estimated from ``MAX_ACTIVE`` of them
 drawn at random (each row's pairs weighted by k (k - 1) / (m (m - 1)), k active, m drawn: unbiased,
 at the cost of the check). n > 0: the first n by index. The scale's readings read the first
 ``MAX_ACTIVE``, which count a row that fires many latents for less: on synthbench that doubles the gap."""
+SPARSE_BELOW = 0.01
+"""The own code is decoded as a sparse matrix where under this share of its entries are active (cost
+only: at 1024 x 4096 with 15 active per row a sparse product takes a fifth of the dense one's time; at
+1024 x 512 with 30 per row, 2.6 times as long)."""
 MAX_PAIR_COSINE = 0.5
 """Pairs of latents whose decoder rows have a larger |cos| are left out of both means (near-copies).
 Measured on latents told the L0 (docs/experiments/prior_free.md, nineteenth step): with every pair
@@ -176,11 +183,13 @@ def sampled_pair_alignment(
 
 def shifted_code(
     feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int, generator: torch.Generator,
+    sparse: bool | None = False,
 ) -> Float[torch.Tensor, "rows d_sae"]:
     """The first ``max_rows`` rows of dense or sparse (COO) activations, each latent's column shifted
-    cyclically by its own random number of rows (dense): ``out[i, j] = acts[(i + offset_j) % rows, j]``.
+    cyclically by its own random number of rows: ``out[i, j] = acts[(i + offset_j) % rows, j]``.
     Built from the active entries (a code is sparse; a gather over every entry costs more than the
-    decoding that follows)."""
+    decoding that follows). Dense, or sparse (COO) with ``sparse``; None: sparse where under
+    ``SPARSE_BELOW`` of the entries are active (where a sparse product decodes it faster)."""
     if feature_acts.is_sparse:
         acts = feature_acts.coalesce()
         indices, values = acts.indices(), acts.values()
@@ -193,8 +202,14 @@ def shifted_code(
         row, latent = flat.nonzero(as_tuple=True)
         values = flat[row, latent]
     offsets = torch.randint(0, max(n_rows, 1), (d_sae,), generator=generator, device=generator.device).to(values.device)
+    moved = (row - offsets[latent]) % max(n_rows, 1)
+    if sparse is None:
+        sparse = values.numel() < SPARSE_BELOW * n_rows * d_sae
+    if sparse:
+        return torch.sparse_coo_tensor(torch.stack([moved, latent]), values, (n_rows, d_sae),
+                                       check_invariants=False).coalesce()
     shifted = torch.zeros(n_rows, d_sae, dtype=values.dtype, device=values.device)
-    shifted[(row - offsets[latent]) % max(n_rows, 1), latent] = values
+    shifted[moved, latent] = values
     return shifted
 
 
@@ -282,7 +297,7 @@ class CoactivationBalance(nn.Module):
                 dense = feature_acts.to_dense() if feature_acts.is_sparse else feature_acts
                 code = dense.detach().reshape(-1, dense.shape[-1])[:MAX_ROWS]
             else:
-                code = shifted_code(feature_acts, MAX_ROWS, generator)
+                code = shifted_code(feature_acts, MAX_ROWS, generator, sparse=None)
             error = None
             if own_code >= 2 and sae_in is not None and sae_out is not None:
                 n_rows, d_in = code.shape[0], sae_in.shape[-1]
@@ -345,7 +360,8 @@ def gate(check: float, second: float, gap: float, threshold: float) -> float:
 def _two_readings() -> bool:
     """Whether a check reads the second reading too (``MINMOD`` or ``GATE``; read now: a study sets them)."""
     if MINMOD and GATE > 0:
-        raise ValueError("coactivation.MINMOD and coactivation.GATE combine the same two readings two ways: set one")
+        raise ValueError("coactivation.MINMOD and coactivation.GATE combine the same two readings two ways: "
+                         "set coactivation.GATE=0 to use MINMOD")
     return bool(MINMOD) or GATE > 0
 
 

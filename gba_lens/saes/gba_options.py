@@ -62,16 +62,18 @@ class GBAOptions:
     |cosine| over the mean of two live latents, the ratio 1 that data made of features with their
     own directions have), measured every 10 steps (:mod:`gba_lens.saes.coactivation`; logged as
     ``gba/coactivation_ratio``). Too few firings leave mixtures that fire together (ratio > 1: the
-    targets rise), too many fill the input's other directions (< 1: they fall). Measured with
-    ``valley_thresholds`` (docs/experiments/prior_free.md, eighteenth and nineteenth steps, 3 seeds):
-    the L0 of a hierarchical synthetic model, the paper's toy and three Zipfian ones off the truth by
-    -9 ... +8 percent (the default: -48 ... +180 percent), with every MCC and F1 target of issue 18 on
-    them but the toy's. Two kinds of data give it no level to stop at: features that are all frequent and
-    independent (it keeps lowering the targets) and fewer features than latents, few per input, in few
-    dimensions (the thresholds pick inputs whose features lean toward each other, so the latents that
-    fire together are aligned: it keeps raising them); the training warns when the targets were still
-    moving at the end. Only with
-    ``targets="geometric"``, not with ``target_l0`` or ``target_search``."""
+    targets rise), too many fill the input's other directions (< 1: they fall). Where the inputs have
+    few dimensions, latents that the data's features push over their thresholds fire together too;
+    the ratio is also read off the SAE's own code (its activations moved to other rows, decoded and
+    encoded again), which they do not lift, and that reading steers where the first exceeds it by
+    more than 0.07 (``coactivation.GATE``). Measured with ``valley_thresholds``
+    (docs/experiments/prior_free.md, eighteenth to twenty-fourth steps, 3 seeds or more): the L0 of
+    a hierarchical synthetic model, the paper's toy, three Zipfian ones and a small model with more
+    latents than features within 25 percent of the truth at their budgets (the default: -48 ... +180
+    percent), with every MCC and F1 target of issue 18 on them but the toy's. Features that are all
+    frequent and independent give it no level to stop at (it keeps lowering the targets); the
+    training warns when the targets were still moving at the end. Only with ``targets="geometric"``,
+    not with ``target_l0`` or ``target_search``."""
     valley_thresholds: bool = False
     """Move each neuron's threshold to the valley of its own pre-activation histogram, once that
     histogram shows a second mode (the inputs where the neuron's feature is present), so that
