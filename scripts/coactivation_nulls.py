@@ -43,9 +43,10 @@ directions of features that occur together are over pairs weighted by their rate
 ``--find-l0`` reads the same ratios on SAEs that found their L0 (``find_l0``, with valley thresholds
 if ``--valley-thresholds``; ``--set`` as in prior_free.py) instead of the told ones; where a check
 reads two ratios (``coactivation.MINMOD`` or ``GATE``), the gap between them (the check minus the
-own code; with ``GATE`` the gate's, over each row's first ``GATE_ACTIVE`` active latents) is averaged
+own code; with ``GATE`` the gate's, over a row's pairs as ``GATE_ACTIVE`` says) is averaged
 over each fifth of the run's checks (``gap_by_fifth``), with the share of checks over the gate
-(``over_gate_by_fifth``; twenty-third step).
+(``over_gate_by_fifth``; twenty-third step). ``find_l0`` reads both with the gate by default (``--set
+coactivation.GATE=0``: the check alone).
 
 Every ratio but ``every_pair`` leaves near-copies out. ``--pairs`` (models drawn from the paper's
 sparse mixture: ``small``, ``toy``) adds what the truth says of the co-active pairs of different
@@ -61,7 +62,7 @@ independent in 64 dimensions, width 128.
     python scripts/coactivation_nulls.py --models small --multiples 1 --pairs
     python scripts/coactivation_nulls.py --models small toy A B C sb --valley-thresholds --seed 0
     python scripts/coactivation_nulls.py --models A B C sb cex --truth-shifted --seed 0
-    python scripts/coactivation_nulls.py --models small sb A toy --find-l0 --valley-thresholds --set coactivation.GATE=0.09
+    python scripts/coactivation_nulls.py --models small sb A toy --find-l0 --valley-thresholds [--set coactivation.GATE=0]
 """
 
 from __future__ import annotations
