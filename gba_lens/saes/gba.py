@@ -244,10 +244,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     def _reencode(self, feature_acts: Float[torch.Tensor, "rows d_sae"],
                   added: Float[torch.Tensor, "rows d_in"] | None = None) -> Float[torch.Tensor, "rows d_sae"]:
         """y = u + b of the reconstruction of ``feature_acts`` (plus ``added``, in the input's units;
-        no hooks' statistics, no gradient). ``feature_acts`` dense or sparse (COO)."""
-        feature_acts = feature_acts.to(self.W_dec.dtype)
-        inputs = (self.finish_decode(torch.sparse.mm(feature_acts, self.W_dec)) if feature_acts.is_sparse
-                  else self.decode(feature_acts))
+        no hooks' statistics, no gradient). ``feature_acts`` dense or sparse (COO: ``decode``'s product
+        is then a sparse one)."""
+        inputs = self.decode(feature_acts.to(self.W_dec.dtype))
         return self.pre_activations(inputs if added is None else inputs + added) + self.b_enc
 
     @override

@@ -79,4 +79,6 @@ def test_find_l0_finds_the_true_l0_and_every_feature(seed):
     result = evaluate_on_synthetic(sae, model, n_samples=5_000)
     assert result.frr_08 >= 0.95, result
     assert result.frr_09 >= 0.9, result
+    # Issue 18's L0 target is within 25% of the true 2 (1.5 ... 2.5); 2.6 leaves room for the seeds'
+    # spread (seed 2 ends at 2.52), while the check alone ends at 4.20 / 3.17 on these seeds.
     assert 1.5 <= result.l0 <= 2.6, result
