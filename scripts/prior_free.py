@@ -8,8 +8,13 @@
     python scripts/prior_free.py synthbench --samples 750000 --seeds 0 1 2 --cache runs/compare_synthbench/cache
     python scripts/prior_free.py small --samples 150000 --modes geometric valley+find-l0
 
+    python scripts/prior_free.py counterexample --samples 500000 --seeds 0 1 2 3 4 5 --modes valley+find-l0
+
 ``small`` is the paper's model of the library's recovery test (tests/synthetic/test_recovery.py):
 48 features in 24 dimensions, 2 per input, width 128, more latents than features.
+``counterexample`` is data with no level for ``find_l0``: 128 features, all frequent (0.15 ... 0.05)
+and independent, in 64 dimensions, width 128 (tests/saes/test_coactivation.py's falling-L0 test);
+each row gives the L0 per seed and the end-of-training warning about the L0 or ``find_l0``, if any.
 """
 
 from __future__ import annotations
@@ -142,6 +147,42 @@ def small(args: argparse.Namespace) -> list[dict]:
     return out
 
 
+def counterexample(args: argparse.Namespace) -> list[dict]:
+    """The falling-L0 test's model and schedule, data and SAE seeded alike."""
+    import warnings
+
+    import torch
+    from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
+
+    from gba_lens.data import SeededBatches
+    from gba_lens.training.methods import build_sae
+    from gba_lens.training.train import TrainConfig, train_sae
+
+    out = []
+    for mode in args.modes:
+        l0s, true_l0s, warned = [], [], []
+        for seed in args.seeds:
+            model = SyntheticModel(SyntheticModelConfig(
+                num_features=128, hidden_dim=64,
+                firing_probability=ZipfianFiringProbabilityConfig(max_prob=0.15, min_prob=0.05), seed=seed))
+            true_l0 = float(model.activation_generator.firing_probabilities.sum())
+            true_l0s.append(true_l0)
+            torch.manual_seed(seed)
+            sae = build_sae("gba", 64, 128, **options(mode, true_l0 * args.l0_multiple, args.gba_settings))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                train_sae(sae, SeededBatches(model.sample, 1024, seed=seed),
+                          TrainConfig(total_samples=args.samples, batch_size=1024, lr=1e-2, device="cpu"))
+            with torch.no_grad():
+                l0s.append(round(float((sae.eval().encode(model.sample(20_000)) > 0).float().sum(-1).mean()), 4))
+            about_l0 = [str(w.message) for w in caught if "L0 was still" in str(w.message) or "find_l0" in str(w.message)]
+            warned.append(about_l0[0][:60] if about_l0 else None)
+        out.append({"model": "counterexample", "method": f"GBA {mode}", "seeds": len(l0s),
+                    "true_l0": round(sum(true_l0s) / len(true_l0s), 4),
+                    "l0_per_seed": l0s, "l0": sum(l0s) / len(l0s), "warned_per_seed": warned})
+    return out
+
+
 def _row(model: str, r) -> dict:
     row = {"model": model, "method": r.method, "seeds": r.seeds, "true_l0": r.true_l0}
     for k in ("mcc", "f1", "l0", "explained_variance", "dead_fraction", "frr_08", "frr_09"):
@@ -153,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     from gba_lens.experiments.overrides import add_gba_option, add_set_option, apply_set_option, gba_settings_of
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("experiment", choices=("zipf", "toy", "synthbench", "small"))
+    p.add_argument("experiment", choices=("zipf", "toy", "synthbench", "small", "counterexample"))
     p.add_argument("--samples", type=int, default=500_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", type=int, default=3, help="Zipf: the first N of A, B, C")
@@ -171,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     args.gba_settings = gba_settings_of(p, args)
     if args.baselines and args.experiment != "zipf":
         p.error(f"--baselines runs on the Zipf models only, not {args.experiment}")
-    rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench, "small": small}[args.experiment](args)
+    rows = {"zipf": zipf, "toy": toy, "synthbench": synthbench, "small": small,
+            "counterexample": counterexample}[args.experiment](args)
     for row in rows:
         print(json.dumps(row), flush=True)
     sys.stdout.flush()

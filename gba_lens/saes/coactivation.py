@@ -15,9 +15,10 @@ already active, filling the input's other directions: ratio < 1. So ``find_l0`` 
 geometric targets (with the third branch of a requested L0, :mod:`gba_lens.saes.l0_control`) by an
 integral controller on the ratio: every ``CHECK_EVERY`` steps, log s <- log s + GAIN (ratio - 1).
 The ratio is read twice, off the batch (the check) and off the SAE's own code (its activations
-moved to other rows, decoded and encoded again), and the scale follows the check, or the own code
-where the check exceeds it by more than ``GATE`` (latents the data's features push over their
-thresholds lift the check alone); ``MINMOD`` combines the two otherwise, ``GATE=0`` reads the check alone.
+moved to other rows, decoded and encoded again; only after a check over 1), and the scale follows
+the check, or the own code where the check exceeds it by more than ``GATE`` (latents the data's
+features push over their thresholds lift the check alone); ``MINMOD`` combines the two otherwise,
+``GATE=0`` reads the check alone.
 
 Pairs whose directions are aligned beyond ``MAX_PAIR_COSINE`` are left out of both means: they are
 near-copies of one feature, which an SAE with latents to spare fires together at the right L0, not
@@ -32,11 +33,12 @@ mean |cos| over every pair of ``BASELINE_LATENTS`` random live latents, drawn by
 with the step, so that every rank (and a resumed run) draws the same ones. Cost per check: about
 (MAX_ROWS x MAX_ACTIVE^2 + BASELINE_LATENTS^2) x d_in multiply-adds, every CHECK_EVERY steps;
 ``MINMOD`` and ``GATE`` add the own code's reading (a decode and an encode of the rows read), ``GATE``
-also its gap's pairs.
+also its gap's pairs, and reads them only after a check over 1 (``OWN_CODE_AFTER``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -49,6 +51,11 @@ GAIN = 0.6
 """Integral gain: log s moves by GAIN (ratio - 1) per check."""
 MAX_ROWS = 1024
 """Rows of the batch a check reads."""
+OWN_CODE_ROWS = 1024
+"""Rows of the check's batch (of the first ``MAX_ROWS``) whose own code a second reading re-encodes.
+512 halves its encode (the gate's check at 512 x 4096 from 3.2% of the step to 1.9%) with the
+synthetic figures within the seeds' spread, and takes the LM's mlp_out 0.003 further under TopK's
+CE with valleys (docs/experiments/prior_free.md, twenty-fifth step)."""
 MAX_ACTIVE = 8
 """Active latents of a row a check reads (the first by index: their order says nothing of their directions)."""
 BASELINE_LATENTS = 512
@@ -86,6 +93,13 @@ most 0.05 on the Zipf models, the hierarchical synthbench model and the paper to
 figures and brings the small model's L0 from about twice its truth to +13%: docs/experiments/prior_free.md,
 twenty-third and twenty-fourth steps). 0: the check alone (the eighteenth to twenty-second steps'
 ``find_l0``), at about a sixth of the cost. Set it to 0 to use ``MINMOD``."""
+OWN_CODE_AFTER = 1.0
+"""With ``GATE``, a check reads the SAE's own code only where the last check's batch reading was over
+this (0: every check). The gate only ever lowers a reading, for latents that interference lifts over
+their thresholds, which holds the check over 1; after a check at or under 1 the scale is not being
+raised, and the check alone moves it. The last check's reading is the all-reduced one, so every rank
+skips alike, and checkpoints carry it. Measured: the same figures on every synthetic model and the
+LM, and a new SAE's checks at 0.4 ... 0.6 times the cost (docs/experiments/prior_free.md, twenty-fifth step)."""
 GATE_ACTIVE = 0
 """0: the gate's gap reads every pair of a row's active latents, estimated from ``MAX_ACTIVE`` of them
 drawn at random (each row's pairs weighted by k (k - 1) / (m (m - 1)), k active, m drawn: unbiased,
@@ -151,14 +165,24 @@ def coactive_alignment(
     ``MAX_PAIR_COSINE``), and the number of those pairs (0-dim float tensors), each row's weighted by
     ``row_weights`` where given. ``directions``: unit decoder rows; entries row-major."""
     slots = active_slots(row, latent, n_rows, MAX_ACTIVE if max_active is None else max_active)
+    return slot_alignment(slots, directions, max_cosine, row_weights)
+
+
+def slot_alignment(
+    slots: Int[torch.Tensor, "rows width"], directions: Float[torch.Tensor, "d_sae d_in"],
+    max_cosine: float | None = None, row_weights: Float[torch.Tensor, " rows"] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`coactive_alignment` over the latents in each row's slots (-1: empty)."""
     width = slots.shape[1]
     if width < 2:
         zero = directions.new_zeros(())
         return zero, zero.clone()
     filled = slots >= 0
-    vectors = directions[slots.clamp(min=0)] * filled[..., None]  # [rows, width, d_in], empty slots 0
-    cosines = torch.bmm(vectors, vectors.transpose(1, 2)).abs()
-    pairs = filled[:, :, None] & filled[:, None, :] & ~torch.eye(width, dtype=torch.bool, device=row.device)
+    # [rows, width, d_in]; empty slots hold latent 0's row, which ``pairs`` leaves out. index_select,
+    # not directions[slots]: advanced indexing with a 2-D index is several times slower on the CPU.
+    vectors = directions.index_select(0, slots.clamp(min=0).view(-1)).view(*slots.shape, -1)
+    cosines = torch.bmm(vectors, vectors.transpose(1, 2)).abs_()
+    pairs = filled[:, :, None] & filled[:, None, :] & ~torch.eye(width, dtype=torch.bool, device=slots.device)
     pairs &= cosines <= _cut(max_cosine)
     if row_weights is None:
         return (cosines * pairs).sum(), pairs.sum().to(directions.dtype)
@@ -173,12 +197,20 @@ def sampled_pair_alignment(
     estimated from ``drawn`` (None: ``MAX_ACTIVE``) of them drawn at random per row, each row's pairs
     weighted by k (k - 1) / (m (m - 1)) (k active, m drawn): unbiased, at the cost of ``drawn``."""
     drawn = MAX_ACTIVE if drawn is None else drawn
-    key = torch.rand(row.numel(), generator=generator, device=generator.device).to(row.device, torch.float64)
-    order = torch.argsort(row.to(torch.float64) + key)  # each row's entries in random order
-    active = torch.bincount(row, minlength=n_rows).to(torch.float64)
+    key = torch.rand(row.numel(), generator=generator, device=generator.device).to(row.device)
+    active, position = _row_positions(row, n_rows)
+    width = int(active.max()) if active.numel() else 0
+    # Each row's entries in slots with a random key each, empty slots keyed 2 (after every draw in
+    # [0, 1)); the row's ``drawn`` smallest keys, in their order, are its draw.
+    index = row * width + position
+    keys = torch.full((n_rows * width,), 2.0, device=row.device).index_copy_(0, index, key).view(n_rows, width)
+    latents = torch.full((n_rows * width,), -1, dtype=latent.dtype, device=row.device).index_copy_(0, index, latent)
+    chosen = keys.topk(min(drawn, width), dim=1, largest=False).indices
+    slots = latents.view(n_rows, width).gather(1, chosen)
+    active = active.to(torch.float64)
     kept = active.clamp(max=drawn)
     weights = (active * (active - 1) / (kept * (kept - 1)).clamp(min=1)).to(directions.dtype)
-    return coactive_alignment(row[order], latent[order], n_rows, directions, drawn, row_weights=weights)
+    return slot_alignment(slots, directions, row_weights=weights)
 
 
 def shifted_code(
@@ -222,7 +254,7 @@ def random_pair_alignment(
     module's constants are read at the call (a study may set them)."""
     pick = torch.randperm(directions.shape[0], generator=generator, device=generator.device)
     pick = pick[:BASELINE_LATENTS if n_latents is None else n_latents]
-    sample = directions[pick.to(directions.device)]
+    sample = directions.index_select(0, pick.to(directions.device))
     cosines = (sample @ sample.T).abs()
     kept = cosines <= _cut(max_cosine)
     kept.fill_diagonal_(False)
@@ -230,12 +262,15 @@ def random_pair_alignment(
 
 
 class CoactivationBalance(nn.Module):
-    """One check's sums and denominator (not saved: a check starts and ends within one step); the
-    target scale it moves lives in :class:`~gba_lens.saes.l0_control.L0Control`, which checkpoints carry."""
+    """One check's sums and denominator (not saved: a check starts and ends within one step), and the
+    last check's batch reading (``last_check``, saved: it decides whether the next check reads the own
+    code, ``OWN_CODE_AFTER``). The target scale a check moves lives in
+    :class:`~gba_lens.saes.l0_control.L0Control`, which checkpoints carry."""
 
     sums: torch.Tensor
     own_sums: torch.Tensor
     gap_sums: torch.Tensor
+    last_check: torch.Tensor
 
     def __init__(self, device: str | torch.device = "cpu"):
         super().__init__()
@@ -243,10 +278,33 @@ class CoactivationBalance(nn.Module):
         self.register_buffer("own_sums", torch.zeros(2, device=device), persistent=False)  # MINMOD's, GATE's second reading
         # GATE: the check's and the second reading's sums over every pair of a row (GATE_ACTIVE)
         self.register_buffer("gap_sums", torch.zeros(4, device=device), persistent=False)
+        self.register_buffer("last_check", torch.full((), -1.0, device=device))  # -1: no check yet (a ratio is >= 0)
         self.baseline: torch.Tensor | None = None  # None: fewer than two live latents
         self.last_ratio: float | None = None
-        self.last_readings: tuple[float, ...] = ()  # the last check's readings (two with MINMOD or GATE)
-        self.last_gap: float | None = None  # GATE: the last check's gap between them
+        self.last_readings: tuple[float, ...] = ()  # the last check's readings (two where it read the second)
+        self.last_gap: float | None = None  # GATE: the last check's gap between them (None: not read)
+        self._second = False  # whether this check reads the second reading
+        self._last_check: float | None = None  # last_check on the host, so that no step waits on the GPU
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        key = prefix + "last_check"
+        if key not in state_dict:  # a checkpoint from before OWN_CODE_AFTER: as if no check had run
+            warnings.warn("this checkpoint's find_l0 predates the saved last check: the resumed run's "
+                          "next check reads the own code", stacklevel=2)
+            state_dict[key] = torch.full_like(self.last_check, -1.0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._last_check = None  # read again from the loaded buffer
+
+    def reads_second(self) -> bool:
+        """Whether the next check reads the second reading (``MINMOD``, or ``GATE`` after a check over
+        ``OWN_CODE_AFTER``)."""
+        if not _two_readings():
+            return False
+        if MINMOD:
+            return True
+        if self._last_check is None:
+            self._last_check = float(self.last_check)
+        return self._last_check < 0 or self._last_check > OWN_CODE_AFTER  # < 0: no check yet
 
     @staticmethod
     def due(step: int) -> bool:
@@ -270,12 +328,16 @@ class CoactivationBalance(nn.Module):
         each row's active latents (``gap_sums``; see ``GATE_ACTIVE``)."""
         directions = decoder.detach().float()
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        if _two_readings():  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
+        self._second = self.reads_second()
+        if self._second:  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
             readings = ((self.sums, 0, 0.0), (self.own_sums, OWN_CODE or (0 if MIN_MARGIN > 0 else 2), MIN_MARGIN))
+        elif _two_readings():  # GATE after a check at or under OWN_CODE_AFTER: the check alone
+            readings = ((self.sums, 0, 0.0),)
         else:
             readings = ((self.sums, OWN_CODE, MIN_MARGIN),)
         for i, (sums, own_code, margin) in enumerate(readings):
-            found = self._pair_sums(own_code, margin, feature_acts, directions, step, hidden_pre, bias, reencode, sae_in, sae_out)
+            found = self._pair_sums(own_code, margin, feature_acts, directions, step, hidden_pre, bias, reencode,
+                                    sae_in, sae_out, gap=self._second and GATE > 0)
             sums.copy_(torch.stack(found[:2]))
             if len(found) == 4:
                 self.gap_sums[2 * i:2 * i + 2].copy_(torch.stack(found[2:]))
@@ -287,17 +349,17 @@ class CoactivationBalance(nn.Module):
     def _pair_sums(
         own_code: int, margin: float, feature_acts: torch.Tensor, directions: torch.Tensor, step: int, hidden_pre: torch.Tensor | None,
         bias: torch.Tensor | None, reencode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None,
-        sae_in: torch.Tensor | None, sae_out: torch.Tensor | None,
+        sae_in: torch.Tensor | None, sae_out: torch.Tensor | None, gap: bool,
     ) -> tuple[torch.Tensor, ...]:
         """One reading's two sums over each row's first ``MAX_ACTIVE`` active latents, and with
-        ``GATE`` two more over its pairs as ``GATE_ACTIVE`` says (see :meth:`observe`)."""
+        ``gap`` two more over its pairs as ``GATE_ACTIVE`` says (see :meth:`observe`)."""
         if own_code and reencode is not None:
             generator = _generator(directions.device, step + 1)
             if own_code == 3:  # not shifted: which latents fire together is kept
                 dense = feature_acts.to_dense() if feature_acts.is_sparse else feature_acts
                 code = dense.detach().reshape(-1, dense.shape[-1])[:MAX_ROWS]
             else:
-                code = shifted_code(feature_acts, MAX_ROWS, generator, sparse=None)
+                code = shifted_code(feature_acts, min(MAX_ROWS, OWN_CODE_ROWS), generator, sparse=None)
             error = None
             if own_code >= 2 and sae_in is not None and sae_out is not None:
                 n_rows, d_in = code.shape[0], sae_in.shape[-1]
@@ -307,7 +369,7 @@ class CoactivationBalance(nn.Module):
         if (margin > 0 or own_code) and hidden_pre is not None and bias is not None:
             y = hidden_pre.detach().reshape(-1, hidden_pre.shape[-1])[:MAX_ROWS]
             feature_acts = y > margin * (-bias.detach()).clamp(min=0)  # u > (1 + margin) t
-        if GATE <= 0:
+        if not gap:
             return coactive_alignment(*active_entries(feature_acts, MAX_ROWS), directions)
         entries = active_entries(feature_acts, MAX_ROWS, max(MAX_ACTIVE, GATE_ACTIVE) if GATE_ACTIVE else feature_acts.shape[-1])
         wide = (coactive_alignment(*entries, directions, max_active=GATE_ACTIVE) if GATE_ACTIVE
@@ -317,19 +379,22 @@ class CoactivationBalance(nn.Module):
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows."""
         all_reduce(self.sums, "sum")
-        if _two_readings():
+        if self._second:
             all_reduce(self.own_sums, "sum")
-        if GATE > 0:
-            all_reduce(self.gap_sums, "sum")
+            if GATE > 0:
+                all_reduce(self.gap_sums, "sum")
 
     def ratio(self) -> float | None:
         """The check's ratio (None when the batch had no co-active pair or fewer than two live latents)."""
-        readings = (self.sums, self.own_sums) if _two_readings() else (self.sums,)
+        readings = (self.sums, self.own_sums) if self._second else (self.sums,)
         if self.baseline is None or any(float(sums[1]) == 0 for sums in readings):
             return None
         baseline = self.baseline.clamp(min=1e-8)
         ratios = [float(total / count / baseline) for total, count in readings]
         self.last_readings = tuple(ratios)
+        self._last_check = ratios[0]
+        self.last_check.fill_(ratios[0])
+        self.last_gap = None
         if len(ratios) == 1:
             self.last_ratio = ratios[0]
         elif MINMOD:

@@ -66,8 +66,9 @@ class GBAOptions:
     few dimensions, latents that the data's features push over their thresholds fire together too;
     the ratio is also read off the SAE's own code (its activations moved to other rows, decoded and
     encoded again), which they do not lift, and that reading steers where the first exceeds it by
-    more than 0.07 (``coactivation.GATE``). Measured with ``valley_thresholds``
-    (docs/experiments/prior_free.md, eighteenth to twenty-fourth steps, 3 seeds or more): the L0 of
+    more than 0.07 (``coactivation.GATE``; read after a check over 1 only, as only those raise the
+    targets: ``coactivation.OWN_CODE_AFTER``). Measured with ``valley_thresholds``
+    (docs/experiments/prior_free.md, eighteenth to twenty-fifth steps, 3 seeds or more): the L0 of
     a hierarchical synthetic model, the paper's toy, three Zipfian ones and a small model with more
     latents than features within 25 percent of the truth at their budgets (the default: -48 ... +180
     percent), with every MCC and F1 target of issue 18 on them but the toy's. Features that are all

@@ -23,3 +23,15 @@ def test_every_mode_builds_a_valid_gba_config(script):
     for mode in prior_free.MODES:
         cfg = GBATrainingSAEConfig(d_in=8, d_sae=32, **prior_free.options(mode, 2.5, {}))
         assert cfg.target_search == ("search" in mode)
+
+
+def test_the_counterexample_reports_each_seeds_l0_and_its_warning(script, capsys):
+    """30k samples: the paper's rule is still lowering its L0 from the start's (about 23 of a true 6.85)."""
+    script("prior_free").main(["counterexample", "--samples", "30000", "--seeds", "0", "--modes", "geometric"])
+    import json
+
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["model"] == "counterexample" and row["seeds"] == 1
+    assert row["true_l0"] == pytest.approx(6.85, abs=0.01)
+    assert len(row["l0_per_seed"]) == 1 and row["l0_per_seed"][0] > 10
+    assert row["warned_per_seed"][0].startswith("GBA's L0 was still falling")

@@ -219,7 +219,7 @@ def test_minmod_and_gate_together_are_refused(monkeypatch):
     monkeypatch.setattr(C, "MINMOD", 1)
     monkeypatch.setattr(C, "GATE", 0.09)
     with pytest.raises(ValueError, match="MINMOD and coactivation.GATE"):
-        C.CoactivationBalance().reduce_statistics(lambda tensor, op: None)
+        C.CoactivationBalance().observe(torch.eye(4), torch.eye(4), torch.ones(4, dtype=torch.bool), 10)
 
 
 def test_with_minmod_or_gate_the_trainer_reads_the_batch_and_the_own_code_and_combines_them(step_input, monkeypatch):
@@ -269,13 +269,65 @@ def test_with_minmod_or_gate_the_trainer_reads_the_batch_and_the_own_code_and_co
     both_batch, both_margin, _ = checked(0, 1, margin=0.25)  # MIN_MARGIN set: the margin reading second,
     assert torch.equal(both_margin, margin_sums) and torch.equal(both_batch, batch_sums)  # the check without it
     reduced = []
-    C.CoactivationBalance().reduce_statistics(lambda tensor, op: reduced.append(op))
-    assert reduced == ["sum", "sum"]  # MINMOD is still set: both readings' sums cross the ranks
+
+    def reduced_by_a_check(gate: float) -> list[str]:
+        monkeypatch.setattr(C, "GATE", gate)
+        balance = C.CoactivationBalance()
+        balance.observe(x > 1, torch.randn(8, 8), torch.ones(8, dtype=torch.bool), C.CHECK_EVERY)
+        reduced.clear()
+        balance.reduce_statistics(lambda tensor, op: reduced.append(op))
+        return reduced
+
+    assert reduced_by_a_check(0.0) == ["sum", "sum"]  # MINMOD is still set: both readings' sums cross the ranks
     monkeypatch.setattr(C, "MINMOD", 0)
-    monkeypatch.setattr(C, "GATE", 0.09)
-    reduced.clear()
-    C.CoactivationBalance().reduce_statistics(lambda tensor, op: reduced.append(op))
-    assert reduced == ["sum", "sum", "sum"]  # with GATE also the sums of its gap
+    assert reduced_by_a_check(0.09) == ["sum", "sum", "sum"]  # with GATE also the sums of its gap
+    assert reduced_by_a_check(0.0) == ["sum"]  # the check alone
+
+
+def test_with_gate_a_check_reads_the_own_code_only_after_a_check_over_one_and_resumes_alike(step_input, monkeypatch):
+    """OWN_CODE_AFTER: the own code (a re-encoding, its sums all-reduced) only where the last check's
+    batch reading was over 1; the last reading is saved, so a resumed run skips the same checks."""
+    monkeypatch.setattr(C, "GATE", 0.07)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(256, 8, generator=gen)) * 2
+    torch.manual_seed(0)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
+    balance = sae.bias_adaptation.coactivation
+    # "no check yet" must not read as a diverged run: training checks every buffer before it saves
+    assert all(bool(torch.isfinite(b).all()) for b in sae.buffers() if b.is_floating_point())
+    encodes = []
+    real = sae._reencode
+    monkeypatch.setattr(sae, "_reencode", lambda code, error: encodes.append(code.shape[0]) or real(code, error))
+
+    def check(last: float) -> tuple[int, list[str], dict]:
+        balance.last_check.fill_(last)
+        balance.load_state_dict(balance.state_dict())  # as a resumed run: the host copy read again
+        encodes.clear()
+        metrics = sae.training_forward_pass(step_input(x, C.CHECK_EVERY)).metrics
+        reduced = []
+        balance.reduce_statistics(lambda tensor, op: reduced.append(op))
+        return len(encodes), reduced, metrics
+
+    for last in (-1.0, 1.2):  # no check yet, or one over 1: both readings and the gate's gap
+        n_encodes, reduced, metrics = check(last)
+        assert encodes == [256] and reduced == ["sum", "sum", "sum"]
+        assert len(balance.last_readings) == 2 and balance.last_gap is not None and "gba/coactivation_gap" in metrics
+        assert float(balance.last_check) == balance.last_readings[0]  # this check's batch reading, saved
+    for last in (1.0, 0.8):  # a check at or under 1: the batch's pairs alone, and the scale follows them
+        n_encodes, reduced, metrics = check(last)
+        assert n_encodes == 0 and reduced == ["sum"]
+        assert len(balance.last_readings) == 1 and balance.last_ratio == balance.last_readings[0]
+        assert balance.last_gap is None and "gba/coactivation_gap" not in metrics
+        assert "gba/coactivation_check" not in metrics and metrics["gba/coactivation_ratio"] == balance.last_ratio
+    monkeypatch.setattr(C, "OWN_CODE_AFTER", 0.0)  # 0: every check reads both
+    assert check(0.8)[0] == 1
+    monkeypatch.setattr(C, "OWN_CODE_ROWS", 100)  # the own code of the batch's first 100 rows
+    check(1.2)
+    assert encodes == [100] and len(balance.last_readings) == 2
+    old = {k: v for k, v in balance.state_dict().items() if k != "last_check"}
+    with pytest.warns(UserWarning, match="predates the saved last check"):
+        balance.load_state_dict(old)
+    assert float(balance.last_check) == -1.0 and balance.reads_second()  # as if no check had run
 
 
 def test_the_denominator_is_the_mean_over_every_pair_of_the_sampled_latents():
