@@ -176,7 +176,7 @@ def counterexample(args: argparse.Namespace) -> list[dict]:
             with torch.no_grad():
                 l0s.append(round(float((sae.eval().encode(model.sample(20_000)) > 0).float().sum(-1).mean()), 4))
             about_l0 = [str(w.message) for w in caught if "L0 was still" in str(w.message) or "find_l0" in str(w.message)]
-            warned.append(about_l0[0][:60] if about_l0 else None)
+            warned.append(about_l0[0][:80] if about_l0 else None)
         out.append({"model": "counterexample", "method": f"GBA {mode}", "seeds": len(l0s),
                     "true_l0": round(sum(true_l0s) / len(true_l0s), 4),
                     "l0_per_seed": l0s, "l0": sum(l0s) / len(l0s), "warned_per_seed": warned})

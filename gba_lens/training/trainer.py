@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from gba_lens.data.batches import SeekableBatches
 from gba_lens.training.checkpoints import check_finite_sae
-from gba_lens.training.l0_course import L0Course
+from gba_lens.training.l0_course import L0Course, silent_error
 from gba_lens.training.state_io import CheckpointError, atomic_directory, load_state, save_state
 from gba_lens.wandb_run import WandbGuard
 
@@ -194,7 +194,10 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
             self.l0_course.add((self.n_training_steps + 1) / self._steps_before_decay, density, self.sae.cfg.d_sae)
             control = self.sae.bias_adaptation.l0_control
             if control is not None and control.finds_l0:  # its target scale, over the whole run
-                self.l0_course.add_scale((self.n_training_steps + 1) / self.cfg.total_training_steps, control.log_scale)
+                run_fraction = (self.n_training_steps + 1) / self.cfg.total_training_steps
+                self.l0_course.add_scale(run_fraction, control.log_scale)
+                if self.l0_course.counts_silent(run_fraction):  # what the inputs no latent fires on leave
+                    self.l0_course.add_silent(run_fraction, *silent_error(output.sae_in, output.sae_out, output.feature_acts))
         return output
 
     def unsettled_l0(self) -> str | None:

@@ -398,11 +398,12 @@ def test_find_l0_moves_the_scale_every_check_logs_its_ratio_and_resumes_exactly(
     assert not any("coactivation" in key for key in straight.to_inference_sae().state_dict())
 
 
-def test_a_found_l0_still_falling_at_the_end_of_training_is_reported():
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_found_l0_far_under_the_truth_is_reported(seed):
     """Features that are all frequent (0.15 ... 0.05) and independent, as many as latents: latents
     that fire together stay less aligned than any two at every L0, so find_l0 lowers the targets to
-    a tenth of the true L0 of 6.85 (measured: the scale's last two tenths 0.192 -> 0.183, within its
-    tolerance; the L0 0.67 -> 0.62 over the last fifth) and says so."""
+    a tenth of the true L0 of 6.85, and says so: half the inputs fire no latent and leave 45% of the
+    variance unexplained (measured on both seeds; seed 1's L0 and scale had settled, 0.63)."""
     from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
 
     from gba_lens.data import SeededBatches
@@ -410,13 +411,11 @@ def test_a_found_l0_still_falling_at_the_end_of_training_is_reported():
 
     model = SyntheticModel(SyntheticModelConfig(
         num_features=128, hidden_dim=64,
-        firing_probability=ZipfianFiringProbabilityConfig(max_prob=0.15, min_prob=0.05), seed=0))
-    torch.manual_seed(0)
+        firing_probability=ZipfianFiringProbabilityConfig(max_prob=0.15, min_prob=0.05), seed=seed))
+    torch.manual_seed(seed)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=64, d_sae=128, find_l0=True, valley_thresholds=True))
-    # the check alone warns of the falling L0, with the gate (the default) of the falling scale
-    falling = r"(L0 was still falling .*: with find_l0|find_l0 was still lowering the targets) .* all frequent and independent"
-    with pytest.warns(UserWarning, match=falling):
-        train_sae(sae, SeededBatches(model.sample, 1024, seed=0),
+    with pytest.warns(UserWarning, match=r"find_l0's L0 is far too low: inputs on which no latent fires left 4\d% .* all frequent and independent"):
+        train_sae(sae, SeededBatches(model.sample, 1024, seed=seed),
                   TrainConfig(total_samples=500_000, batch_size=1024, lr=1e-2, device="cpu"))
     assert float(sae.bias_adaptation.l0_control.relative_scale()) < 0.6
 

@@ -1,5 +1,7 @@
 """GBA recovers the features of a small instance of the paper's model, on every seed tried."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -75,7 +77,11 @@ def test_find_l0_finds_the_true_l0_and_every_feature(seed):
     interference (the check alone ends near twice the true L0 and loses features:
     tests/saes/test_coactivation.py); the gate's second reading, the SAE's own code, holds the L0 near
     the true 2 (measured: 2.21 / 2.07, FRR 100 / 97.9 and 100 / 91.7, seeds 0 / 1)."""
-    sae, model = _train(seed, find_l0=True, valley_thresholds=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sae, model = _train(seed, find_l0=True, valley_thresholds=True)
+    # its silent inputs leave 2-5% of the variance: not the counter-example's report (measured 45%)
+    assert not [w for w in caught if "far too low" in str(w.message)]
     result = evaluate_on_synthetic(sae, model, n_samples=5_000)
     assert result.frr_08 >= 0.95, result
     assert result.frr_09 >= 0.9, result

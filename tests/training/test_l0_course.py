@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gba_lens.data.batches import SeededBatches
-from gba_lens.training.l0_course import FALL_TOLERANCE, SCALE_TOLERANCE, L0Course, found_l0_unsettled
+from gba_lens.training.l0_course import (FALL_TOLERANCE, SCALE_TOLERANCE, SILENT_SHARE, L0Course, found_l0_unsettled,
+                                         silent_error)
 from gba_lens.training.train import TrainConfig, train_sae
 from training_builders import relu_sampler, tiny_gba_sae
 
@@ -35,6 +36,40 @@ def test_a_fall_beyond_the_tolerance_is_reported_and_a_flat_or_rising_l0_is_not(
     only_last = L0Course()
     only_last.add(0.95, torch.tensor(0.01), 100)
     assert only_last.means() is None
+
+
+def test_the_silent_rows_error_is_the_error_of_the_rows_no_latent_fires_on_dense_or_sparse():
+    x = torch.tensor([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]])
+    out = torch.tensor([[0.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    acts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]])  # rows 0 and 2 silent
+    silent, variance = silent_error(x, out, acts)
+    assert float(silent) == pytest.approx(1.0)  # row 0's error 1, row 2's 0; row 1 fired (error 4)
+    assert float(variance) == pytest.approx(float(((x - x.mean(0)) ** 2).sum()))
+    sparse = silent_error(x, out, acts.to_sparse())
+    assert float(sparse[0]) == float(silent) and float(sparse[1]) == float(variance)
+
+
+def test_silent_inputs_leaving_much_of_the_variance_report_a_found_l0_far_too_low_and_survive_a_checkpoint():
+    def course_of(silent_share, fraction=0.9):
+        course = L0Course()
+        course.add(0.85, torch.tensor(0.05), 100)  # a settled L0 and scale: nothing else to report
+        course.add(0.95, torch.tensor(0.05), 100)
+        course.add_silent(fraction, torch.tensor(silent_share * 10.0), torch.tensor(10.0))
+        return course
+
+    message = course_of(0.45).found_l0_unsettled(at_bound=0)
+    assert message is not None and "far too low" in message and "45%" in message and "target_l0" in message
+    assert course_of(SILENT_SHARE - 0.01).found_l0_unsettled(at_bound=0) is None
+    assert course_of(0.45, fraction=0.5).found_l0_unsettled(at_bound=0) is None  # before the windows: not counted
+    assert not L0Course.counts_silent(0.5) and L0Course.counts_silent(0.85)
+    resumed = L0Course()
+    resumed.load_state_dict(course_of(0.45).state_dict())
+    assert resumed.silent_share() == pytest.approx(0.45)
+    old = course_of(0.45).state_dict()
+    del old["silent_sums"]  # written before the silent rows were counted
+    before = L0Course()
+    before.load_state_dict(old)
+    assert before.silent_share() is None
 
 
 def test_a_found_l0s_scale_moving_beyond_the_tolerance_gives_its_direction_and_survives_a_checkpoint():
