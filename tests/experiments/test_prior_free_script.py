@@ -1,5 +1,7 @@
 """scripts/prior_free.py: each mode's GBA options (the runs themselves are the page's figures)."""
 
+from pathlib import Path
+
 import pytest
 
 
@@ -35,3 +37,18 @@ def test_the_counterexample_reports_each_seeds_l0_and_its_warning(script, capsys
     assert row["true_l0"] == pytest.approx(6.85, abs=0.01)
     assert len(row["l0_per_seed"]) == 1 and row["l0_per_seed"][0] > 10
     assert row["warned_per_seed"][0].startswith("GBA's L0 was still falling")
+
+
+def test_silent_inputs_reports_each_runs_silent_share_and_leaves_the_trainer_as_it_was(script, capsys):
+    import re
+
+    from gba_lens.training.trainer import GBATrainer
+
+    step = GBATrainer.step
+    prior_free = str(Path(__file__).resolve().parents[2] / "scripts" / "prior_free.py")
+    script("silent_inputs").main([prior_free, "counterexample", "--samples", "30000", "--seeds", "0", "--modes", "geometric"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("silent inputs:")]
+    assert len(lines) == 1 and "gba d_in 64 d_sae 128 find_l0 False" in lines[0]
+    rows, variance = (float(v) for v in re.findall(r"(\d\.\d+) of the", lines[0]))
+    assert 0.0 <= variance <= rows <= 1.0  # a young SAE fires on most inputs; silent ones hold less than their share
+    assert GBATrainer.step is step
