@@ -355,11 +355,12 @@ class CoactivationBalance(nn.Module):
         ``gap`` two more over its pairs as ``GATE_ACTIVE`` says (see :meth:`observe`)."""
         if own_code and reencode is not None:
             generator = _generator(directions.device, step + 1)
+            rows = min(MAX_ROWS, OWN_CODE_ROWS)
             if own_code == 3:  # not shifted: which latents fire together is kept
                 dense = feature_acts.to_dense() if feature_acts.is_sparse else feature_acts
-                code = dense.detach().reshape(-1, dense.shape[-1])[:MAX_ROWS]
+                code = dense.detach().reshape(-1, dense.shape[-1])[:rows]
             else:
-                code = shifted_code(feature_acts, min(MAX_ROWS, OWN_CODE_ROWS), generator, sparse=None)
+                code = shifted_code(feature_acts, rows, generator, sparse=None)
             error = None
             if own_code >= 2 and sae_in is not None and sae_out is not None:
                 n_rows, d_in = code.shape[0], sae_in.shape[-1]
