@@ -41,8 +41,8 @@ SILENT_SHARE = 0.2
 variance unexplained over the last fifth of its steps is reported. Measured at the end of training
 (docs/experiments/prior_free.md, twenty-fifth step): 0.43 ... 0.45 where features are all frequent
 and independent (L0 a tenth of the truth); at most 0.09 on the paper toy, three Zipfian models, the
-hierarchical synthbench model, the paper's small model and the stdlib LM (0 there), and at most 0.08
-with the paper's rule on all of them."""
+hierarchical synthbench model, the paper's small model and the stdlib LM (0 there); with the paper's
+rule at most 0.08 on the synthetic ones, the counter-example included."""
 SCALE_TOLERANCE = 0.05
 """A found L0's target scale s counts as still moving when the last window's mean s is this much
 (relative) above or below the one before."""
@@ -124,8 +124,9 @@ class L0Course:
         return 1 if change > SCALE_TOLERANCE else -1 if change < -SCALE_TOLERANCE else 0
 
     def found_l0_unsettled(self, at_bound: int) -> str | None:
-        """A ``find_l0`` run's end-of-training line: its target scale still moving or at a bound
-        (``at_bound``, :meth:`L0Control.found_bound_reached`), else its L0 still falling, else None."""
+        """A ``find_l0`` run's end-of-training line: its silent inputs leaving over ``SILENT_SHARE`` of
+        the variance, else its target scale still moving or at a bound (``at_bound``,
+        :meth:`L0Control.found_bound_reached`), else its L0 still falling, else None."""
         share = self.silent_share()
         if share is not None and share > SILENT_SHARE:
             return (f"find_l0's L0 is far too low: inputs on which no latent fires left {share:.0%} of the data's "
