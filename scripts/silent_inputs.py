@@ -23,7 +23,7 @@ import torch
 def main(argv: list[str]) -> None:
     if not argv or not argv[0].endswith(".py"):
         sys.exit("usage: python scripts/silent_inputs.py SCRIPT.py [ARGS ...]")
-    from gba_lens.training.l0_course import silent_error
+    from gba_lens.training.l0_course import L0Course, silent_error
     from gba_lens.training.trainer import GBATrainer
 
     runs: dict[int, dict] = {}
@@ -31,15 +31,14 @@ def main(argv: list[str]) -> None:
 
     def step(self: GBATrainer, batch: torch.Tensor):  # type: ignore[no-untyped-def]
         output = real_step(self, batch)
-        if (self.n_training_steps + 1) / self.cfg.total_training_steps > 0.8:
+        if L0Course.counts_silent((self.n_training_steps + 1) / self.cfg.total_training_steps):  # the last fifth
             cfg = self.sae.cfg
             label = (f"{cfg.architecture()} d_in {cfg.d_in} d_sae {cfg.d_sae} find_l0 {getattr(cfg, 'find_l0', None)} "
                      f"valley_thresholds {getattr(cfg, 'valley_thresholds', None)}")
             run = runs.setdefault(id(self), {"label": label, "sums": torch.zeros(3), "steps": 0})
-            silent, variance = silent_error(output.sae_in, output.sae_out, output.feature_acts)
-            acts = output.feature_acts.to_dense() if output.feature_acts.is_sparse else output.feature_acts
-            silent_rows = (~(acts.reshape(-1, acts.shape[-1]) > 0).any(-1)).float().mean()
-            run["sums"] += torch.stack([silent, variance, silent_rows]).detach().cpu().float()
+            silent, variance, silent_rows = silent_error(output.sae_in, output.sae_out, output.feature_acts)
+            n_rows = output.sae_in.reshape(-1, output.sae_in.shape[-1]).shape[0]
+            run["sums"] += torch.stack([silent, variance, silent_rows / n_rows]).cpu().float()
             run["steps"] += 1
         return output
 

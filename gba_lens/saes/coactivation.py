@@ -284,7 +284,6 @@ class CoactivationBalance(nn.Module):
         self.last_readings: tuple[float, ...] = ()  # the last check's readings (two where it read the second)
         self.last_gap: float | None = None  # GATE: the last check's gap between them (None: not read)
         self._second = False  # whether this check reads the second reading
-        self._last_check: float | None = None  # last_check on the host, so that no step waits on the GPU
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         key = prefix + "last_check"
@@ -293,7 +292,6 @@ class CoactivationBalance(nn.Module):
                           "next check reads the own code", stacklevel=2)
             state_dict[key] = torch.full_like(self.last_check, -1.0)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._last_check = None  # read again from the loaded buffer
 
     def reads_second(self) -> bool:
         """Whether the next check reads the second reading (``MINMOD``, or ``GATE`` after a check over
@@ -302,9 +300,8 @@ class CoactivationBalance(nn.Module):
             return False
         if MINMOD:
             return True
-        if self._last_check is None:
-            self._last_check = float(self.last_check)
-        return self._last_check < 0 or self._last_check > OWN_CODE_AFTER  # < 0: no check yet
+        last = float(self.last_check)  # a check waits on the device anyway, for its ratio
+        return last < 0 or last > OWN_CODE_AFTER  # < 0: no check yet
 
     @staticmethod
     def due(step: int) -> bool:
@@ -393,7 +390,6 @@ class CoactivationBalance(nn.Module):
         baseline = self.baseline.clamp(min=1e-8)
         ratios = [float(total / count / baseline) for total, count in readings]
         self.last_readings = tuple(ratios)
-        self._last_check = ratios[0]
         self.last_check.fill_(ratios[0])
         self.last_gap = None
         if len(ratios) == 1:

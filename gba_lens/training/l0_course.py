@@ -154,9 +154,10 @@ class L0Course:
 def silent_error(
     sae_in: Float[torch.Tensor, "rows d_in"], sae_out: Float[torch.Tensor, "rows d_in"],
     feature_acts: Float[torch.Tensor, "rows d_sae"],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The squared error of the rows on which no latent fires, and the rows' total variance (sum of
-    squared deviations from their mean); dense or sparse (COO) ``feature_acts``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The squared error of the rows on which no latent fires, the rows' total variance (sum of
+    squared deviations from their mean), and the number of those silent rows; dense or sparse (COO)
+    ``feature_acts``."""
     x = sae_in.detach().reshape(-1, sae_in.shape[-1]).float()
     error = (x - sae_out.detach().reshape(x.shape).float()).pow(2).sum(-1)
     if feature_acts.is_sparse:
@@ -164,7 +165,7 @@ def silent_error(
         fired[feature_acts.coalesce().indices()[0]] = True
     else:
         fired = (feature_acts.detach().reshape(x.shape[0], -1) > 0).any(-1)
-    return error[~fired].sum(), (x - x.mean(0)).pow(2).sum()
+    return error[~fired].sum(), (x - x.mean(0)).pow(2).sum(), (~fired).sum()
 
 
 def _window(fraction: float) -> int | None:

@@ -197,7 +197,8 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
                 run_fraction = (self.n_training_steps + 1) / self.cfg.total_training_steps
                 self.l0_course.add_scale(run_fraction, control.log_scale)
                 if self.l0_course.counts_silent(run_fraction):  # what the inputs no latent fires on leave
-                    self.l0_course.add_silent(run_fraction, *silent_error(output.sae_in, output.sae_out, output.feature_acts))
+                    silent, variance, _ = silent_error(output.sae_in, output.sae_out, output.feature_acts)
+                    self.l0_course.add_silent(run_fraction, silent, variance)
         return output
 
     def unsettled_l0(self) -> str | None:

@@ -42,11 +42,12 @@ def test_the_silent_rows_error_is_the_error_of_the_rows_no_latent_fires_on_dense
     x = torch.tensor([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]])
     out = torch.tensor([[0.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
     acts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]])  # rows 0 and 2 silent
-    silent, variance = silent_error(x, out, acts)
+    silent, variance, n_silent = silent_error(x, out, acts)
+    assert int(n_silent) == 2
     assert float(silent) == pytest.approx(1.0)  # row 0's error 1, row 2's 0; row 1 fired (error 4)
     assert float(variance) == pytest.approx(float(((x - x.mean(0)) ** 2).sum()))
     sparse = silent_error(x, out, acts.to_sparse())
-    assert float(sparse[0]) == float(silent) and float(sparse[1]) == float(variance)
+    assert float(sparse[0]) == float(silent) and float(sparse[1]) == float(variance) and int(sparse[2]) == 2
 
 
 def test_silent_inputs_leaving_much_of_the_variance_report_a_found_l0_far_too_low_and_survive_a_checkpoint():
