@@ -49,17 +49,17 @@ CHECK_EVERY = 10
 """Optimiser steps between two measurements (and moves of the target scale)."""
 GAIN = 0.6
 """Integral gain: log s moves by GAIN (ratio - 1) per check."""
-MAX_ROWS = 1024
-"""Rows of the batch a check reads."""
+MAX_ROWS = 512
+"""Rows of the batch a check reads (of each rank's batch). 1024 gives the same figures within the seeds'
+spread, the LM's over six seeds, at about twice the check's cost (docs/experiments/prior_free.md,
+twenty-sixth step)."""
 OWN_CODE_ROWS = 1024
-"""Rows of the check's batch (of the first ``MAX_ROWS``) whose own code a second reading re-encodes.
-512 halves its encode (the gate's check at 512 x 4096 from 3.2% of the step to 1.9%) with the
-synthetic figures within the seeds' spread, and takes the LM's mlp_out 0.003 further under TopK's
-CE with valleys (docs/experiments/prior_free.md, twenty-fifth step)."""
+"""Rows of the check's batch (of the first ``MAX_ROWS``) whose own code a second reading re-encodes."""
 MAX_ACTIVE = 8
 """Active latents of a row a check reads (the first by index: their order says nothing of their directions)."""
-BASELINE_LATENTS = 512
-"""Random live latents whose pairs give the denominator."""
+BASELINE_LATENTS = 256
+"""Random live latents whose pairs give the denominator (32,640 pairs; 512 gave the same figures at four
+times the denominator's cost: docs/experiments/prior_free.md, twenty-sixth step)."""
 MIN_MARGIN = 0.0
 """A latent enters the pairs only where its pre-activation clears its threshold by this fraction of
 the threshold (u > (1 + MIN_MARGIN) t, t = -b): one that only just fires is often pushed there by

@@ -336,7 +336,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
         valley = self.valley_thresholds
         if valley is not None:  # u of this batch, before the rule moves the biases
-            valley.observe(output.hidden_pre.reshape(-1, self.cfg.d_sae), self.b_enc, batch_stats[2])
+            valley.observe(output.hidden_pre.reshape(-1, self.cfg.d_sae), self.b_enc, batch_stats[2], batch_stats[1])
         controller = self.bias_adaptation
         log = step_input.is_logging_step
         if self.cfg.update_interval == 1 and self._window_empty:

@@ -116,15 +116,18 @@ class ValleyThresholds(nn.Module):
 
     @torch.no_grad()
     def observe(self, hidden_pre: Float[torch.Tensor, "rows d_sae"], bias: Float[torch.Tensor, " d_sae"],
-                global_rows: int) -> None:
+                global_rows: int, batch_peak: Float[torch.Tensor, " d_sae"] | None = None) -> None:
         """Add u = y - b of every k-th row of this batch (``hidden_pre`` y = u + b). ``global_rows``
         is the batch size over all ranks, so that each rank of a data-parallel run takes the rows
-        one process would (k divides the per-rank batch when that is a multiple of k)."""
+        one process would (k divides the per-rank batch when that is a multiple of k).
+        ``batch_peak``: max y of every row of the (global) batch, which the bias rule has already
+        taken; the window's max u is then read from it instead of from the rows taken here."""
         stride = max(1, global_rows // ROWS_PER_STEP)
         rows = hidden_pre.detach()[::stride].float()
         bias = bias.detach().float()
         d_sae = rows.shape[1]
-        self.peak.copy_(torch.maximum(self.peak, rows.amax(0) - bias))  # max u = max y - b
+        peak = rows.amax(0) if batch_peak is None else batch_peak.detach().float()
+        self.peak.copy_(torch.maximum(self.peak, peak - bias))  # max u = max y - b
         # column 1 + floor(u / bin width), clamped to [0, BINS] (0: u <= 0), in one pass over the
         # rows: with a = 1 / bin width, 1 + u * a = y * a + (1 - b * a). Truncating the clamped,
         # non-negative value is the floor, and int32 halves the cost of the cast and the count.
