@@ -54,7 +54,8 @@ MAX_ROWS = 512
 spread, the LM's over six seeds, at about twice the check's cost (docs/experiments/prior_free.md,
 twenty-sixth step)."""
 OWN_CODE_ROWS = 1024
-"""Rows of the check's batch (of the first ``MAX_ROWS``) whose own code a second reading re-encodes."""
+"""Rows of the check's batch (of the first ``MAX_ROWS``; by default all of them) whose own code a second
+reading re-encodes."""
 MAX_ACTIVE = 8
 """Active latents of a row a check reads (the first by index: their order says nothing of their directions)."""
 BASELINE_LATENTS = 256
@@ -247,14 +248,16 @@ def shifted_code(
 
 def random_pair_alignment(
     directions: Float[torch.Tensor, "n d_in"], generator: torch.Generator, n_latents: int | None = None,
-    max_cosine: float | None = None,
+    max_cosine: float | None = None, among: Int[torch.Tensor, " m"] | None = None,
 ) -> torch.Tensor:
     """Mean |cos| over the pairs of distinct rows of ``n_latents`` (None: ``BASELINE_LATENTS``) random
-    rows of ``directions`` whose |cos| is at most ``max_cosine`` (None: ``MAX_PAIR_COSINE``). The
-    module's constants are read at the call (a study may set them)."""
-    pick = torch.randperm(directions.shape[0], generator=generator, device=generator.device)
-    pick = pick[:BASELINE_LATENTS if n_latents is None else n_latents]
-    sample = directions.index_select(0, pick.to(directions.device))
+    rows of ``directions`` (of the rows ``among`` lists; None: every row) whose |cos| is at most
+    ``max_cosine`` (None: ``MAX_PAIR_COSINE``). The module's constants are read at the call (a study
+    may set them)."""
+    pick = torch.randperm(directions.shape[0] if among is None else among.numel(), generator=generator,
+                          device=generator.device)
+    pick = pick[:BASELINE_LATENTS if n_latents is None else n_latents].to(directions.device)
+    sample = directions.index_select(0, pick if among is None else among[pick])
     cosines = (sample @ sample.T).abs()
     kept = cosines <= _cut(max_cosine)
     kept.fill_diagonal_(False)
@@ -338,9 +341,9 @@ class CoactivationBalance(nn.Module):
             sums.copy_(torch.stack(found[:2]))
             if len(found) == 4:
                 self.gap_sums[2 * i:2 * i + 2].copy_(torch.stack(found[2:]))
-        live_directions = directions[live]
-        self.baseline = (random_pair_alignment(live_directions, _generator(directions.device, step))
-                         if live_directions.shape[0] >= 2 else None)
+        live_latents = live.nonzero().squeeze(1)  # the draw reads only its rows, not a copy of every live one
+        self.baseline = (random_pair_alignment(directions, _generator(directions.device, step), among=live_latents)
+                         if live_latents.numel() >= 2 else None)
 
     @staticmethod
     def _pair_sums(
