@@ -83,7 +83,7 @@ def make_sides(model, dataset, width: int, tokens: int, batch: int) -> dict[str,
         return draw
 
     return {
-        "GBA (gba_lens runner + GBATrainer)": build(GBALanguageModelRunner, GBATrainingSAEConfig(d_in=128, d_sae=width)),
+        "GBA (gba_lens runner + GBATrainer)": build(GBALanguageModelRunner, GBATrainingSAEConfig(d_in=128, d_sae=width, find_l0=False)),
         "standard L1 (same runner)": build(GBALanguageModelRunner, StandardTrainingSAEConfig(d_in=128, d_sae=width)),
         "standard L1 (SAELens runner + SAETrainer)": build(
             LanguageModelSAETrainingRunner, StandardTrainingSAEConfig(d_in=128, d_sae=width)),

@@ -129,7 +129,8 @@ class Side:
             self.trainer = SAETrainer(cfg=trainer_config(device), sae=sae, data_provider=data)
         else:
             cfg = GBATrainingSAEConfig(d_in=D_IN, d_sae=d_sae, device=device, gamma_minus=0.0,
-                                       gamma_plus=0.0, sparse_step="off" if name == "gba_dense" else "on")
+                                       gamma_plus=0.0, find_l0=False,  # the step alone: no valleys, no checks
+                                       sparse_step="off" if name == "gba_dense" else "on")
             sae = GBATrainingSAE(cfg)
             self.trainer = GBATrainer(cfg=trainer_config(device), sae=sae, data_provider=data)
             if name == "gba_sparse_unfused":

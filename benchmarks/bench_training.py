@@ -3,8 +3,9 @@
 In ONE run, on the same in-memory activations, SAE sizes and batch (1024), timed interleaved
 (A B C, then B C A, ...) so that load from other processes hits every side alike:
 
-* **GBA** (``gba_lens.saes.GBATrainingSAE``, default config: JumpReLU gate, K = 10 groups, bias
-  update every step; the dense step, ``sparse_step="off"``, as ``bench_sparse_step.py`` measures
+* **GBA** (``gba_lens.saes.GBATrainingSAE``: JumpReLU gate, K = 10 groups, bias update every step,
+  the paper's rule, ``find_l0=False``; ``--find-l0`` measures GBA's defaults, valley thresholds and
+  ``find_l0``; the dense step, ``sparse_step="off"``, as ``bench_sparse_step.py`` measures
   the sparse one) through the project's harness, ``gba_lens.training.train.train_sae`` on a
   ``TensorBatches`` stream (one whole ``fit()`` per repetition), and as a raw step loop
   (``GBATrainer.step`` per batch, timed per step).
@@ -524,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valley-thresholds", action="store_true",
                         help="GBA with valley_thresholds=True (step sizes only; writes no file unless --out)")
     parser.add_argument("--find-l0", action="store_true",
-                        help="GBA with find_l0=True and valley thresholds (adds its check's cost; writes no file unless --out)")
+                        help="GBA at its defaults: find_l0 and valley thresholds (adds its check's cost; writes no file unless --out)")
     parser.add_argument("--encoder-regression", type=float, default=0.0, metavar="WEIGHT",
                         help="GBA with encoder_regression=WEIGHT (step sizes only; writes no file unless --out)")
     add_set_option(parser)
@@ -532,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_set_option(parser, args)
     options = {"valley_thresholds": args.valley_thresholds or args.find_l0, "encoder_regression": args.encoder_regression,
                "find_l0": args.find_l0}
-    variant = bool(args.valley_thresholds or args.encoder_regression or args.find_l0 or args.set)  # not the default GBA: no generator, no file
+    variant = bool(args.valley_thresholds or args.encoder_regression or args.find_l0 or args.set)  # not the paper's rule: no generator, no file
     clock = _common.configure(args.threads, args.wall)
     start = time.perf_counter()
 

@@ -59,6 +59,7 @@ def firing(sae, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def
 
 
 def main(argv: list[str] | None = None) -> None:
+    from gba_lens.experiments.gba_modes import PAPER_RULE
     from gba_lens.experiments.overrides import add_gba_option, gba_settings_of
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.every < 1:
         p.error(f"--every must be >= 1, got {args.every}")
-    settings = gba_settings_of(p, args)
+    settings = {**PAPER_RULE, **gba_settings_of(p, args)}  # the paper's rule, which this script studies
 
     from gba_lens.training.methods import build_sae
     from gba_lens.training.train import train_sae

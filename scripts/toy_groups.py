@@ -64,6 +64,7 @@ def snapshot_decoder(batches, sae, step: int, stability):  # type: ignore[no-unt
 
 def main(argv: list[str] | None = None) -> None:
     from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup
+    from gba_lens.experiments.gba_modes import PAPER_RULE
     from gba_lens.experiments.overrides import add_gba_option, gba_settings_of
     from gba_lens.experiments.zipf import ZIPF_CONFIGS, zipf_model, zipf_train_config
     from gba_lens.saes.decoder_stability import DecoderStability
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     batch_size = train.batch_size
     if not 0 <= args.stability_from < 1:
         p.error(f"--stability-from must be in [0, 1), got {args.stability_from}")
-    settings = gba_settings_of(p, args)
+    settings = {**PAPER_RULE, **gba_settings_of(p, args)}  # the paper's rule, which this script studies
     if args.range is not None:
         settings.update(highest_target=args.range[0], lowest_target=args.range[1])
 

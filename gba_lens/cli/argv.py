@@ -4,6 +4,9 @@ argparse lets a repeated option silently replace the earlier one (``--hook a --h
 only ``b``). Here a repeated option that takes a list means all the values given
 (``--hook a --hook b`` is ``--hook a b``), and any other option given twice is an error.
 ``--no-NAME`` / ``--no_NAME`` switch a boolean option off (simple_parsing spells it ``--noNAME``).
+An option that may be left unset (``bool | None``, e.g. ``--find-l0``) reads ``--NAME`` alone as
+on and ``--no-NAME`` as off, as a plain boolean does (simple_parsing would read ``--NAME`` alone as
+unset).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ class ArgvError(ValueError):
 
 
 def _kinds(options: type) -> dict[str, str]:
-    """``{field name: "list" | "bool" | "scalar"}`` of an options dataclass."""
+    """``{field name: "list" | "bool" | "optional_bool" | "scalar"}`` of an options dataclass."""
     hints = typing.get_type_hints(options)
     kinds = {}
     for f in dataclasses.fields(options):
@@ -31,6 +34,8 @@ def _kinds(options: type) -> dict[str, str]:
             kinds[f.name] = "list"
         elif hint is bool:
             kinds[f.name] = "bool"
+        elif args == [bool]:
+            kinds[f.name] = "optional_bool"
         else:
             kinds[f.name] = "scalar"
     return kinds
@@ -48,9 +53,12 @@ def normalise_argv(args: list[str], options: type) -> list[str]:
         if token.startswith("--") and len(token) > 2:
             spelling, _, inline = token.partition("=")
             name = spelling[2:].replace("-", "_")
+            values = [inline] if inline or "=" in token else []
             if name.startswith("no_") and kinds.get(name[3:]) == "bool":
                 name, spelling = name[3:], f"--no{name[3:]}"
-            occurrences.append((name if name in kinds else None, spelling, [inline] if inline or "=" in token else []))
+            elif name.startswith("no_") and kinds.get(name[3:]) == "optional_bool" and not values:
+                name, spelling, values = name[3:], f"--{name[3:]}", ["false"]
+            occurrences.append((name if name in kinds else None, spelling, values))
         elif occurrences:
             occurrences[-1][2].append(token)
         else:
@@ -71,5 +79,7 @@ def normalise_argv(args: list[str], options: type) -> list[str]:
     out = list(head)
     for item in order:
         spelling, values = merged[item] if isinstance(item, str) else item
+        if isinstance(item, str) and kinds[item] == "optional_bool" and not values:
+            values = ["true"]  # simple_parsing reads a bare ``--NAME`` as unset
         out.extend([spelling, *values])
     return out

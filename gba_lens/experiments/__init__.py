@@ -4,7 +4,7 @@
 * :mod:`~gba_lens.experiments.runner`: many runs, in this process or a process pool.
 * :mod:`~gba_lens.experiments.results`: typed rows aggregated over seeds.
 * :mod:`~gba_lens.experiments.report`: markdown tables, result files, figures, W&B.
-* :mod:`~gba_lens.experiments.gba_modes`: GBA's opt-in modes by name, for the study scripts.
+* :mod:`~gba_lens.experiments.gba_modes`: GBA's modes by name (the paper's rule pinned), for the studies.
 * :mod:`~gba_lens.experiments.paper_toy`, :mod:`~gba_lens.experiments.zipf`,
   :mod:`~gba_lens.experiments.resonance`: the experiments (``gba-lens recover --preset ...``).
 

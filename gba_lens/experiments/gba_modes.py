@@ -1,4 +1,4 @@
-"""GBA's opt-in modes by name: the option sets (fields of :class:`~gba_lens.saes.gba_options.GBAOptions`)
+"""GBA's modes by name: the option sets (fields of :class:`~gba_lens.saes.gba_options.GBAOptions`)
 that the study scripts under ``scripts/`` compare, written once so that a mode means the same
 options in every table of docs/experiments/prior_free.md."""
 
@@ -6,15 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
+PAPER_RULE: dict[str, Any] = {"find_l0": False, "valley_thresholds": False}
+"""The paper's rule: fixed geometric targets, thresholds at the biases (the options' default before
+targets came from the data; every study of the range pins it)."""
+
 GBA_MODES: dict[str, dict[str, Any]] = {
-    "geometric": {},  # the paper's rule: fixed geometric targets (the default)
+    "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data)
+    "geometric": PAPER_RULE,  # the paper's rule: fixed geometric targets
     "adaptive": {"targets": "adaptive"},  # group targets moved by the neurons
-    "valley": {"valley_thresholds": True},  # thresholds at each neuron's valley, geometric targets
+    "valley": {"valley_thresholds": True, "find_l0": False},  # thresholds at each neuron's valley, geometric targets
     "valley+adaptive": {"valley_thresholds": True, "targets": "adaptive"},
     "valley-targets": {"valley_thresholds": True, "targets": "valleys"},  # group targets from the valleys
     "search": {"target_search": True},  # target search on the geometric targets
     "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True},
-    "find-l0": {"find_l0": True},  # target scale from the co-activation balance
-    "valley+find-l0": {"valley_thresholds": True, "find_l0": True},
+    "find-l0": {"find_l0": True, "valley_thresholds": False},  # target scale from the co-activation balance
+    "valley+find-l0": {"valley_thresholds": True, "find_l0": True},  # the default, spelled out
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

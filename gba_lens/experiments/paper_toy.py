@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gba_lens.experiments import runner
+from gba_lens.experiments.gba_modes import PAPER_RULE
 from gba_lens.experiments.report import pyplot, save_figure
 from gba_lens.experiments.results import MethodSummary, add_consistency, summarise
 from gba_lens.experiments.runner import Job
@@ -63,14 +64,16 @@ def paper_toy_methods(covering_range: tuple[float, float] | None = None) -> list
         MethodSpec("TopK K=20", "topk", {"k": 20, **PAPER_TOPK, **PAPER_TOY_SAE}, paper=(1.000, 0.984)),
         MethodSpec("TopK K=30", "topk", {"k": 30, **PAPER_TOPK, **PAPER_TOY_SAE}, paper=(0.984, 0.242)),
         MethodSpec("TopK K=50", "topk", {"k": 50, **PAPER_TOPK, **PAPER_TOY_SAE}, paper=(0.945, 0.234)),
-        # Covering: targets geometric from HTF to LTF (K = 10) that span f.
+        # The paper's rule with fixed targets, geometric from HTF to LTF (K = 10). Covering: they span f.
         MethodSpec(f"GBA, range covers f ({htf:g} … {ltf:g})", "gba",
-                   {"highest_target": htf, "lowest_target": ltf, **PAPER_TOY_SAE}, paper=(1.0, 1.0),
+                   {"highest_target": htf, "lowest_target": ltf, **PAPER_RULE, **PAPER_TOY_SAE}, paper=(1.0, 1.0),
                    role="gba_covering"),
         # Missing: every target far below f = 0.09 (0.01 down to 1e-4).
         MethodSpec("GBA, range misses f (0.01 … 1e-4)", "gba",
-                   {"highest_target": 1e-2, "lowest_target": 1e-4, **PAPER_TOY_SAE}, paper=(0.383, 0.039),
-                   role="gba_missing"),
+                   {"highest_target": 1e-2, "lowest_target": 1e-4, **PAPER_RULE, **PAPER_TOY_SAE},
+                   paper=(0.383, 0.039), role="gba_missing"),
+        # GBA's defaults: f not given; the targets' level found from the data (find_l0, valley thresholds).
+        MethodSpec("GBA defaults (f not given)", "gba", {**PAPER_TOY_SAE}, role="gba_default"),
     ]
 
 

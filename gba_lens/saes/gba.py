@@ -109,6 +109,9 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # The SAE's own config holds what it trains with: unset options resolved, so that its
+        # saved cfg and a resumed run read concrete values.
+        self.find_l0, self.valley_thresholds = self.resolved_level_options()
         self.check_gba_options(d_sae=self.d_sae)
         if self.unit_norm not in ("auto", "decoder", "encoder"):
             raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
@@ -240,6 +243,10 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         parallel training replaces this with a reduction over ranks (the global batch's)."""
         return fire_count, peak, n_samples
 
+    def combine_batch_histogram(self, counts: Float[torch.Tensor, " entries"]) -> None:
+        """Make the valley histograms' counts of a batch (in place) those the window should add:
+        here they are; data parallel training replaces this with a sum over ranks (the global batch's)."""
+
     @torch.no_grad()
     def _reencode(self, feature_acts: Float[torch.Tensor, "rows d_sae"],
                   added: Float[torch.Tensor, "rows d_in"] | None = None) -> Float[torch.Tensor, "rows d_sae"]:
@@ -336,7 +343,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
         valley = self.valley_thresholds
         if valley is not None:  # u of this batch, before the rule moves the biases
-            valley.observe(output.hidden_pre.reshape(-1, self.cfg.d_sae), self.b_enc, batch_stats[2], batch_stats[1])
+            valley.observe(output.hidden_pre.reshape(-1, self.cfg.d_sae), self.b_enc, batch_stats[2], batch_stats[1],
+                           self.combine_batch_histogram)
         controller = self.bias_adaptation
         log = step_input.is_logging_step
         if self.cfg.update_interval == 1 and self._window_empty:

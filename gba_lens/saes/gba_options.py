@@ -31,12 +31,14 @@ class GBAOptions:
     n_groups: int = 10
     """K, the number of neuron groups (K = 1 is single-group BA)."""
     highest_target: float = 0.1
-    """HTF, the target firing frequency of the first group (arXiv v1: 0.1; ICLR: 0.5). Of all the
-    options it sets the L0 the most: the rule holds the L0 near or under d_sae times the mean
-    target (about 0.025 d_sae at the defaults). Measured (docs/experiments/prior_free.md, sixteenth
-    and seventeenth steps): 0.2 meets every target on a hierarchical synthetic model and brings the
-    stdlib LM closer to TopK; 0.025 meets them on three Zipfian models (with valley targets and
-    target_search); the paper's toy keeps its features best at 0.1."""
+    """HTF, the target firing frequency of the first group (arXiv v1: 0.1; ICLR: 0.5). Under the
+    paper's rule (``find_l0=False``) it sets the L0 the most: the rule holds the L0 near or under
+    d_sae times the mean target (about 0.025 d_sae at 0.1 ... 1e-3); by default (``find_l0``) the
+    range gives the targets' shape and starting level, and the data their level. Measured under the
+    paper's rule (docs/experiments/prior_free.md, sixteenth and seventeenth steps): 0.2 meets every
+    target on a hierarchical synthetic model and brings the stdlib LM closer to TopK; 0.025 meets
+    them on three Zipfian models (with valley targets and target_search); the paper's toy keeps its
+    features best at 0.1."""
     lowest_target: float = 1e-3
     """LTF, the target firing frequency of the last group (targets are geometric in between)."""
     update_interval: int = 1
@@ -56,8 +58,11 @@ class GBAOptions:
     their target are raised as dead ones are (:mod:`gba_lens.saes.l0_control`); training warns
     if it ends more than a tenth off (too few steps). None: the targets are HTF ... LTF as given.
     Only with ``targets="geometric"``."""
-    find_l0: bool = False
-    """Find the L0 from the data: the geometric targets are scaled together (as for ``target_l0``)
+    find_l0: bool | None = None
+    """Find the L0 from the data. Unset (the default): on unless ``target_l0``, ``target_search``,
+    other ``targets`` or K = 1 set the level, or ``gating="relu"`` (not measured with it); False:
+    the paper's rule, the targets fixed at HTF ... LTF. The geometric targets are scaled together
+    (as for ``target_l0``; HTF ... LTF then give their shape and starting level, not their level)
     until the latents that fire together are no more aligned than any two (their decoders' mean
     |cosine| over the mean of two live latents, the ratio 1 that data made of features with their
     own directions have), measured every 10 steps (:mod:`gba_lens.saes.coactivation`; logged as
@@ -68,20 +73,21 @@ class GBAOptions:
     encoded again), which they do not lift, and that reading steers where the first exceeds it by
     more than 0.07 (``coactivation.GATE``; read after a check over 1 only, as only those raise the
     targets: ``coactivation.OWN_CODE_AFTER``). Measured with ``valley_thresholds``
-    (docs/experiments/prior_free.md, eighteenth to twenty-fifth steps, 3 seeds or more): the L0 of
+    (docs/experiments/prior_free.md, 3 seeds or more): the L0 of
     a hierarchical synthetic model, the paper's toy, three Zipfian ones and a small model with more
-    latents than features within 25 percent of the truth at their budgets (the default: -48 ... +180
+    latents than features within 25 percent of the truth at their budgets (the paper's rule: -48 ... +180
     percent), with every MCC and F1 target of issue 18 on them but the toy's. Features that are all
     frequent and independent give it no level to stop at (it lowers the targets to a tenth of the
     true L0); the training reports a run whose inputs that fire no latent leave over a fifth of the
     data's variance unexplained (there 40-49 percent, elsewhere at most 9), and warns when the
     targets were still moving at the end. Only with ``targets="geometric"``,
     not with ``target_l0`` or ``target_search``."""
-    valley_thresholds: bool = False
+    valley_thresholds: bool | None = None
     """Move each neuron's threshold to the valley of its own pre-activation histogram, once that
     histogram shows a second mode (the inputs where the neuron's feature is present), so that
     it fires at its feature's frequency rather than at its group's target
-    (:mod:`gba_lens.saes.valley_thresholds`). The targets still drive the search for features."""
+    (:mod:`gba_lens.saes.valley_thresholds`). The targets still drive the search for features.
+    Unset (the default): on with ``find_l0`` or ``targets="valleys"``, off otherwise."""
     target_search: bool = False
     """Raise the target of a neuron whose decoder direction keeps turning (at four checks 100 steps
     apart in a row: it has found no feature at its target), doubling it at each further check up to
@@ -105,8 +111,23 @@ class GBAOptions:
     ``off`` force it. Both give the same SAE up to float rounding."""
 
     def gba_options(self) -> dict[str, Any]:
-        """These options as keyword arguments of :class:`GBATrainingSAEConfig`."""
-        return {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
+        """These options as keyword arguments of :class:`GBATrainingSAEConfig`, the unset ones
+        resolved (:meth:`resolved_level_options`): what a run trains with and records."""
+        options = {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
+        options["find_l0"], options["valley_thresholds"] = self.resolved_level_options()
+        return options
+
+    def resolved_level_options(self) -> tuple[bool, bool]:
+        """``(find_l0, valley_thresholds)`` with unset (None) values resolved: ``find_l0`` is on
+        unless another option sets the level (``target_l0``, ``target_search``, ``targets`` other
+        than geometric, or K = 1) or the gate is ReLU (not measured with it); ``valley_thresholds``
+        is on with ``find_l0`` (the pair measured together) or ``targets="valleys"`` (which reads
+        them)."""
+        level_set = (self.target_l0 is not None or self.target_search or self.targets != "geometric"
+                     or self.n_groups == 1 or self.gating != "jumprelu")
+        find_l0 = not level_set if self.find_l0 is None else self.find_l0
+        valleys = (find_l0 or self.targets == "valleys") if self.valley_thresholds is None else self.valley_thresholds
+        return find_l0, valleys
 
     def __post_init__(self) -> None:
         self.check_gba_options()
@@ -121,7 +142,8 @@ class GBAOptions:
             raise ValueError(f"sparse_step must be one of {SPARSE_STEP_MODES}, got {self.sparse_step!r}")
         if self.targets not in TARGET_MODES:
             raise ValueError(f"targets must be one of {TARGET_MODES}, got {self.targets!r}")
-        if self.targets == "valleys" and not self.valley_thresholds:
+        find_l0, valley_thresholds = self.resolved_level_options()
+        if self.targets == "valleys" and not valley_thresholds:
             raise ValueError("targets='valleys' reads the valley thresholds' histograms: set valley_thresholds=True")
         if self.target_l0 is not None and not 0.0 < self.target_l0 <= (d_sae or float("inf")):
             raise ValueError(f"target_l0 must be > 0{f' and <= d_sae={d_sae}' if d_sae else ''}, got {self.target_l0}")
@@ -129,7 +151,7 @@ class GBAOptions:
             raise ValueError(f"target_l0 and targets={self.targets!r} both move the targets; set one of them")
         if self.target_l0 is not None and self.target_search:
             raise ValueError("target_l0 and target_search both move the targets; set one of them")
-        if self.find_l0 and (self.target_l0 is not None or self.target_search or self.targets != "geometric"):
+        if find_l0 and (self.target_l0 is not None or self.target_search or self.targets != "geometric"):
             raise ValueError("find_l0 moves the targets: it needs targets='geometric' and neither target_l0 "
                              "nor target_search")
         if not (math.isfinite(self.encoder_regression) and self.encoder_regression >= 0.0):

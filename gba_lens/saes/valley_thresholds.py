@@ -20,9 +20,11 @@ bias rule. The threshold then follows the data in both directions: down for a fe
 frequent than the target, up for a rarer one. The group targets stay the search: they decide which
 neurons get selective enough to find a feature at all.
 
-Statistics are sums (histogram counts, samples) and a maximum (max u), so data-parallel training
-all-reduces them before a window is applied. To keep the cost a few percent of a training step,
-each step adds at most ROWS_PER_STEP rows of the global batch (every k-th row).
+Statistics are sums (histogram counts, samples) and a maximum (max u). Data-parallel training
+all-reduces each batch's counts before they are added (so that every rank holds the global window,
+and a checkpoint written mid-window by one rank resumes exactly) and the maximum before a window
+is applied. To keep the cost a few percent of a training step, each step adds at most
+ROWS_PER_STEP rows of the global batch (every k-th row).
 """
 
 from __future__ import annotations
@@ -116,12 +118,15 @@ class ValleyThresholds(nn.Module):
 
     @torch.no_grad()
     def observe(self, hidden_pre: Float[torch.Tensor, "rows d_sae"], bias: Float[torch.Tensor, " d_sae"],
-                global_rows: int, batch_peak: Float[torch.Tensor, " d_sae"] | None = None) -> None:
+                global_rows: int, batch_peak: Float[torch.Tensor, " d_sae"] | None = None,
+                combine_counts: Callable[[torch.Tensor], None] | None = None) -> None:
         """Add u = y - b of every k-th row of this batch (``hidden_pre`` y = u + b). ``global_rows``
         is the batch size over all ranks, so that each rank of a data-parallel run takes the rows
         one process would (k divides the per-rank batch when that is a multiple of k).
         ``batch_peak``: max y of every row of the (global) batch, which the bias rule has already
-        taken; the window's max u is then read from it instead of from the rows taken here."""
+        taken; the window's max u is then read from it instead of from the rows taken here.
+        ``combine_counts``: turns this rank's counts of the batch, in place, into the global batch's
+        (data parallel: an all-reduce) before they are added."""
         stride = max(1, global_rows // ROWS_PER_STEP)
         rows = hidden_pre.detach()[::stride].float()
         bias = bias.detach().float()
@@ -136,7 +141,10 @@ class ValleyThresholds(nn.Module):
         per_width = (BINS / 1.25) / self.scale
         column = torch.addcmul(1 - bias * per_width, rows, per_width).nan_to_num_(0.0).clamp_(0, BINS).to(torch.int32)
         column += torch.arange(0, d_sae * (BINS + 1), BINS + 1, device=rows.device, dtype=torch.int32)
-        self.histogram.view(-1).add_(torch.bincount(column.view(-1), minlength=d_sae * (BINS + 1)).to(self.histogram.dtype))
+        counts = torch.bincount(column.view(-1), minlength=d_sae * (BINS + 1)).to(self.histogram.dtype)
+        if combine_counts is not None:
+            combine_counts(counts)
+        self.histogram.view(-1).add_(counts)
         added = -(-global_rows // stride)
         if self._count is None:
             self._count = int(self.n_samples.item())
@@ -148,8 +156,8 @@ class ValleyThresholds(nn.Module):
         return self._count is not None and self._count >= WINDOW_SAMPLES
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
-        """Combine the window across data-parallel ranks (``n_samples`` is already global)."""
-        all_reduce(self.histogram, "sum")
+        """Combine the window across data-parallel ranks: its max u (the histogram and
+        ``n_samples`` are the global batch's already, see :meth:`observe`)."""
         all_reduce(self.peak, "max")
 
     @torch.no_grad()

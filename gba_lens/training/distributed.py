@@ -18,8 +18,9 @@ module adds only what GBA needs on top:
   trains the same SAE as a run on one, and its checkpoints resume on any number of processes.
 
 The controller statistics are reduced every step rather than once per bias update: they are
-``2 * d_sae + 1`` numbers against the ``2 * d_in * d_sae`` gradients, and keeping them identical on
-every rank makes a checkpoint written by rank 0 mid-window exact for all ranks.
+``2 * d_sae + 1`` numbers against the ``2 * d_in * d_sae`` gradients (with valley thresholds
+``(BINS + 1) * d_sae`` more, the batch's histogram counts), and keeping them identical on every
+rank makes a checkpoint written by rank 0 mid-window exact for all ranks.
 """
 
 from __future__ import annotations
@@ -328,6 +329,7 @@ def _gba_patches(sae: GBATrainingSAE) -> dict[str, Callable[..., Any]]:
         cls.initialize_from_batch(sae, torch.cat(gathered))  # rank order = the global batch's rows
 
     return {"combine_batch_statistics": combine_batch_statistics, "initialize_from_batch": initialize_from_batch,
+            "combine_batch_histogram": lambda counts: all_reduce(counts, "sum"),
             "reduce_window_statistics": lambda statistics: statistics.reduce_statistics(all_reduce)}
 
 

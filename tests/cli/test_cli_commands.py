@@ -19,7 +19,7 @@ def test_recover_command_writes_table_and_plot(tmp_path, capsys):
     assert "| GBA, range covers f (0.1 … 0.03) |" in printed and "paper τ=0.9" in printed
     rows = json.loads((out / "paper_toy.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["TopK K=20", "TopK K=30", "TopK K=50", "GBA, range covers f (0.1 … 0.03)",
-                                           "GBA, range misses f (0.01 … 1e-4)"]
+                                           "GBA, range misses f (0.01 … 1e-4)", "GBA defaults (f not given)"]
     assert all(0.0 <= r["frr_08"] <= 1.0 for r in rows)
     assert (out / "paper_toy_frr.png").stat().st_size > 1000
 

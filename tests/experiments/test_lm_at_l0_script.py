@@ -6,8 +6,8 @@ import pytest
 @pytest.mark.parametrize("method, expected", [
     ("gba", {"target_l0": 4.0}),
     ("gba-valley", {"target_l0": 4.0, "valley_thresholds": True}),
-    ("gba-geometric", {}),
-    ("gba-valley-thresholds", {"valley_thresholds": True}),
+    ("gba-geometric", {"find_l0": False, "valley_thresholds": False}),  # the paper's rule, pinned
+    ("gba-valley-thresholds", {"valley_thresholds": True, "find_l0": False}),
     ("gba-valley-targets", {"valley_thresholds": True, "targets": "valleys"}),
     ("gba-search", {"target_search": True}),
     ("gba-valley-targets-search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),

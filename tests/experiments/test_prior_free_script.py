@@ -6,11 +6,11 @@ import pytest
 
 
 @pytest.mark.parametrize("mode, expected", [
-    ("geometric", {}),
+    ("geometric", {"find_l0": False, "valley_thresholds": False}),  # the paper's rule, pinned
     ("valley-targets", {"valley_thresholds": True, "targets": "valleys"}),
     ("search", {"target_search": True}),
     ("valley-targets+search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),
-    ("told-l0", {"target_l0": 2.5}),
+    ("told-l0", {"find_l0": False, "valley_thresholds": False, "target_l0": 2.5}),
 ])
 def test_modes_set_their_options_and_the_settings_are_added(script, mode, expected):
     options = script("prior_free").options

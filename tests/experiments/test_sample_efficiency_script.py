@@ -19,11 +19,12 @@ def test_every_gba_row_builds_a_valid_gba_config(script):
     from gba_lens.saes.gba import GBATrainingSAEConfig
 
     modes = script("sample_efficiency").GBA_MODES
-    assert modes["GBA"] == {}
+    assert modes["GBA"] == {"find_l0": False, "valley_thresholds": False}  # the paper's rule, pinned
     for name, options in modes.items():
         cfg = GBATrainingSAEConfig(d_in=8, d_sae=32, **options)
         assert cfg.target_search == name.endswith("search")
         assert cfg.valley_thresholds == ("valley" in name)
+        assert cfg.find_l0 == ("find_l0" in name)
 
 
 def test_an_unknown_gba_row_is_refused_by_the_parser(script, capsys):

@@ -155,14 +155,15 @@ def test_the_exported_sae_records_the_final_targets_that_the_dashboard_shows(ste
     from gba_lens.dashboard.data import gba_groups
 
     gen = torch.Generator().manual_seed(2)
-    for options in ({"target_l0": 3.0}, {}):
+    for i, options in enumerate(({"target_l0": 3.0}, {}, {"find_l0": False})):
         torch.manual_seed(0)
         sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, **options))
         for step in range(6):
             sae.training_forward_pass(step_input(torch.relu(torch.randn(64, 8, generator=gen)) * 2, step))
         final = sae.bias_adaptation.group_targets.tolist()
-        sae.save_inference_model(tmp_path / str(len(options)))
-        for exported in (SAE.load_from_disk(tmp_path / str(len(options))), sae.to_inference_sae()):
+        sae.save_inference_model(tmp_path / str(i))
+        for exported in (SAE.load_from_disk(tmp_path / str(i)), sae.to_inference_sae()):
             assert gba_groups(exported).targets == pytest.approx(final)
         geometric = group_targets(4, 0.1, 1e-3).tolist()
-        assert (final == pytest.approx(geometric)) is (not options)  # the requested L0 scaled them
+        # the requested L0, and by default the L0 found, scaled them; the paper's rule keeps them
+        assert (final == pytest.approx(geometric)) is (options == {"find_l0": False})

@@ -137,6 +137,9 @@ def test_training_run_with_the_sparse_step_reproduces_the_dense_run(monkeypatch)
     dense, sparse = saes["off"], saes["on"]
     assert 0 < sparse.step_density.item() < 0.25
     for key, value in dense.state_dict().items():
+        if key.endswith("histogram"):  # counts: float rounding moves an entry across a bin edge at most rarely
+            assert (value - sparse.state_dict()[key]).abs().sum() <= 1e-4 * value.sum(), key
+            continue
         assert torch.allclose(value, sparse.state_dict()[key], rtol=1e-3, atol=1e-4), key
     assert (dense.b_enc < 0).any()  # the biases moved: the comparison is not trivial
     x = acts[:512]

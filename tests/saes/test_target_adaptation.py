@@ -85,8 +85,9 @@ def test_adaptive_statistics_still_reduce_and_the_step_is_identical_on_every_ran
 def test_default_is_geometric_and_bad_modes_fail_in_one_line():
     assert GBAOptions().targets == "geometric"
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=4, d_sae=8, n_groups=2))
-    assert sae.bias_adaptation.targets == "geometric"
-    assert not any(k.endswith("average") for k in sae.state_dict())
+    assert sae.bias_adaptation.targets == "geometric"  # the shape find_l0 scales (on by default)
+    assert sae.bias_adaptation.coactivation is not None and sae.valley_thresholds is not None
+    assert "bias_adaptation.average" not in sae.state_dict()  # no adaptive targets' state
     with pytest.raises(ValueError, match="targets must be"):
         GBAOptions(targets="histogram")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="targets must be"):
@@ -150,7 +151,8 @@ def test_a_group_needs_min_valley_neurons_valleys_whatever_its_fraction(monkeypa
 
 def test_valley_targets_need_valley_thresholds_and_exclude_a_requested_l0():
     with pytest.raises(ValueError, match="valley_thresholds=True"):
-        GBAOptions(targets="valleys")
+        GBAOptions(targets="valleys", valley_thresholds=False)
+    assert GBAOptions(targets="valleys").gba_options()["valley_thresholds"]  # unset: on, as they need
     with pytest.raises(ValueError, match="target_l0 and targets='valleys'"):
         GBAOptions(targets="valleys", valley_thresholds=True, target_l0=4.0)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=4, d_sae=8, n_groups=2, targets="valleys", valley_thresholds=True))
@@ -174,7 +176,8 @@ def test_valley_targets_find_a_zipfian_models_features_and_its_l0():
     results = {}
     for targets in ("geometric", "valleys"):
         torch.manual_seed(0)
-        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=32, d_sae=128, valley_thresholds=True, targets=targets))
+        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=32, d_sae=128, valley_thresholds=True, targets=targets,
+                                                    find_l0=False))
         cfg = TrainConfig(total_samples=500_000, batch_size=1024, lr=1e-2, lr_decay_steps=146, device="cpu")
         train_sae(sae, SeededBatches(model.sample, 1024, seed=0), cfg)
         results[targets] = evaluate_on_synthetic(sae.to_inference_sae(), model, n_samples=20_000)

@@ -87,19 +87,42 @@ def test_a_window_moves_a_bimodal_neurons_threshold_into_its_valley_and_leaves_t
     assert valley.scale.tolist() == pytest.approx(u.amax(0).tolist())  # next window's range
 
 
-def test_reduce_statistics_sums_histograms_and_maxes_peaks():
+def test_each_batchs_counts_are_combined_before_they_are_added_and_the_window_reduces_its_peak():
+    """Data parallel: every rank adds the global batch's counts (so a checkpoint written mid-window
+    by one rank holds the whole window) and the window's max u is all-reduced before it is applied."""
+    torch.manual_seed(0)
+    u = torch.randn(64, 3).abs()
+    bias = torch.full((3,), -0.5)
+    ranks = [ValleyThresholds(3) for _ in range(2)]
+    single = ValleyThresholds(3)
+    single.observe(u + bias, bias, global_rows=64)
+    halves = [u[:32], u[32:]]
+    counts = [None, None]
+
+    def combine(rank):
+        def sum_over_ranks(c):  # the other rank's counts of its half, added in place as an all-reduce
+            other = ValleyThresholds(3)
+            other.observe(halves[1 - rank] + bias, bias, global_rows=64)
+            counts[rank] = c.clone()
+            c += other.histogram.view(-1)
+        return sum_over_ranks
+
+    for rank in (0, 1):
+        ranks[rank].observe(halves[rank] + bias, bias, global_rows=64, combine_counts=combine(rank))
+        assert torch.equal(ranks[rank].histogram, single.histogram)  # the global window on every rank
+        assert counts[rank].sum() == 32 * 3  # what the rank counted itself: its own rows
+    calls = []
     valley = ValleyThresholds(2)
     valley.histogram.fill_(1.0)
     valley.peak.copy_(torch.tensor([0.5, 0.2]))
-    calls = []
 
     def fake_all_reduce(tensor, op):
         calls.append(op)
-        tensor.mul_(2) if op == "sum" else tensor.copy_(torch.maximum(tensor, torch.tensor([0.1, 0.9])))
+        tensor.copy_(torch.maximum(tensor, torch.tensor([0.1, 0.9])))
 
     valley.reduce_statistics(fake_all_reduce)
-    assert calls == ["sum", "max"]
-    assert valley.histogram.eq(2).all() and valley.peak.tolist() == pytest.approx([0.5, 0.9])
+    assert calls == ["max"]  # the histogram is global already: summing it again would count it twice
+    assert valley.histogram.eq(1).all() and valley.peak.tolist() == pytest.approx([0.5, 0.9])
 
 
 def _sae(**options):
@@ -110,7 +133,8 @@ def _sae(**options):
 def test_the_option_adds_checkpointed_statistics_that_an_exported_sae_does_not_carry(step_input, monkeypatch):
     monkeypatch.setattr(V, "WINDOW_SAMPLES", 128)
     sae = _sae(valley_thresholds=True)
-    assert _sae().valley_thresholds is None
+    assert _sae(find_l0=False).valley_thresholds is None  # the paper's rule: no valley statistics
+    assert _sae().valley_thresholds is not None  # on by default, with find_l0
     x = torch.relu(torch.randn(64, 8)) * 2
     sae.training_forward_pass(step_input(x, 0))
     out = sae.training_forward_pass(step_input(x, 1))  # the second batch fills the window

@@ -1,6 +1,6 @@
 """One rank of the distributed tests (launched by ``torchrun`` from ``test_distributed.py``).
 
-    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on] [--valley [--targets valleys]] [--target-l0 X] [--search]
+    dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on] [--valley [--targets valleys]] [--target-l0 X] [--search] [--defaults]
 
 Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) with checkpoints
 in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
@@ -28,12 +28,18 @@ D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
 
 VALLEY_WINDOW = 256
 """Valley-threshold window of the tests (samples): 4 global batches, so that a run applies 6."""
+DEFAULTS_VALLEY_WINDOW = 5 * BATCH
+"""With GBA's defaults (valleys and find_l0): windows of 5 global batches, so that the checkpoint of
+step 12 falls inside one."""
 VALLEY_GROUP_FRACTION = 1e-9
 """``targets="valleys"`` in the tests: a group follows its valleys from the first (this noise has few)."""
 
 
-def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False, find_l0=False):
+def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False, find_l0=False,
+             defaults=False):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
+    if defaults:  # GBA's defaults: find_l0 and valley thresholds, unset
+        return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step)
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley,
                         target_l0=target_l0, targets=targets, target_search=search, find_l0=find_l0)
 
@@ -106,6 +112,7 @@ def main() -> None:
     parser.add_argument("--targets", default="geometric", help="GBA's target mode (valleys needs --valley)")
     parser.add_argument("--search", action="store_true", help="GBA with target_search (SEARCH_CONSTANTS)")
     parser.add_argument("--find-l0", action="store_true", help="GBA with find_l0")
+    parser.add_argument("--defaults", action="store_true", help="GBA's defaults (valleys and find_l0)")
     args = parser.parse_args()
     if args.multi:
         from gba_lens.training.distributed import ensure_process_group, world_size
@@ -117,6 +124,10 @@ def main() -> None:
         from gba_lens.saes import valley_thresholds
 
         valley_thresholds.WINDOW_SAMPLES = VALLEY_WINDOW
+    if args.defaults:
+        from gba_lens.saes import valley_thresholds
+
+        valley_thresholds.WINDOW_SAMPLES = DEFAULTS_VALLEY_WINDOW
     if args.targets == "valleys":
         from gba_lens.saes import target_adaptation
 
@@ -124,7 +135,8 @@ def main() -> None:
     if args.search:
         use_search_constants()
     stream = make_stream()
-    sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets, args.search, args.find_l0)
+    sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets, args.search, args.find_l0,
+                   args.defaults)
     if rank() == args.fail_rank:
         stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))

@@ -98,6 +98,29 @@ def test_failed_rank_stops_the_run_and_a_resume_matches_one_process(tmp_path, si
     _assert_same_sae(load_file(str(Path(out) / "state.safetensors")), single_process_state)
 
 
+def test_gbas_defaults_resume_a_failed_two_rank_run_mid_window_as_one_process_trains(tmp_path, monkeypatch):
+    """With valley thresholds (on by default) the checkpoint of step 12 falls inside a histogram
+    window: every rank holds the global window's counts (each batch's are all-reduced before they
+    are added), so rank 0's checkpoint resumes on both ranks as one process trains."""
+    from gba_lens.saes import valley_thresholds
+
+    monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", dist_worker.DEFAULTS_VALLEY_WINDOW)
+    sae = dist_worker.make_sae(defaults=True)
+    assert sae.valley_thresholds is not None and sae.bias_adaptation.coactivation is not None
+    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
+    out = str(tmp_path / "run")
+    code, err, _ = _torchrun([str(WORKER), out, "--defaults", "--fail-rank", "1", "--fail-at", "14"])
+    assert code != 0 and "rank 1 of 2 failed at step 14" in err, err[-3000:]
+    checkpoint = latest_checkpoint(Path(out) / "checkpoints")
+    assert checkpoint.name == "step_000000012"
+    saved = load_file(str(checkpoint / "sae_weights.safetensors"))
+    assert saved["valley_thresholds.n_samples"].item() == 2 * dist_worker.BATCH  # mid-window
+    assert saved["valley_thresholds.histogram"].sum() == 2 * dist_worker.BATCH * dist_worker.D_SAE  # both ranks' rows
+    code, err, _ = _torchrun([str(WORKER), out, "--defaults"])
+    assert code == 0, err[-3000:]
+    _assert_same_sae(load_file(str(Path(out) / "state.safetensors")), sae.state_dict())
+
+
 def test_sparse_step_on_two_ranks_trains_the_one_process_sae(tmp_path, single_process_state):
     """GBA's sparse step under DDP (gradients reduced through its custom backward, sparse feature
     activations in the step output) ends where one process with the dense step does."""

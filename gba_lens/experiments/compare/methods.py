@@ -12,8 +12,9 @@ method is a curve (a metric against L0), not one point:
 - ``gba``: GBA has no penalty and no k. Its L0 follows its firing targets (K = 10 groups with
   targets geometric from ``highest_target`` to ``lowest_target``): the rule lowers a neuron's
   bias only while it fires above its group's target, so the mean target bounds the firing rate.
-  The knob swept is a common factor on both ends of the target range (1 = the library's defaults
-  0.1 ... 1e-3); every other setting stays at its default.
+  The knob swept is a common factor on both ends of the target range (1 = the library's range
+  0.1 ... 1e-3), under the paper's rule (fixed targets: ``find_l0=False``, which GBA's defaults
+  turn on to find the level from the data instead); every other setting stays at its default.
 
 Why not :func:`gba_lens.training.methods.build_sae` for all: it does not build Matryoshka or
 MatchingPursuit SAEs, so those two are built here from SAELens's classes directly.
@@ -35,6 +36,7 @@ import torch
 from sae_lens import SAE
 from sae_lens import TrainingSAE
 
+from gba_lens.experiments.gba_modes import PAPER_RULE
 from gba_lens.training.methods import build_sae
 from gba_lens.training.train import TrainConfig, train_sae
 
@@ -150,7 +152,9 @@ def l0_knob_sweep(method: str, l0s: Sequence[float]) -> list[Variant]:
 
 
 def gba_sweep(scales: Sequence[float]) -> list[Variant]:
-    return [Variant("gba", float(s)) for s in scales]
+    """The paper's rule at each scale of its range (its L0 follows the range; GBA's defaults find
+    the level from the data instead, so a sweep of them would be one point)."""
+    return [Variant("gba", float(s), tuple(PAPER_RULE.items())) for s in scales]
 
 
 def penalty_sweep(method: str, coefficients: Sequence[float]) -> list[Variant]:

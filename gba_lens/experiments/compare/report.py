@@ -69,7 +69,7 @@ def synthbench_markdown(results: dict[str, Any], command: str) -> str:
         f"{'loaded from the cache' if pool['from_cache'] else 'drawn'} in {pool['seconds']:.0f} s here); "
         f"trainers (samples/s, one core, shared machine): {trainer_rate}.",
         "",
-        "## At the true L0 (k = true L0; GBA at its default targets; penalties: the grid point nearest)",
+        "## At the true L0 (k = true L0; GBA: the paper's rule at the library's range 0.1 … 1e-3; penalties: the grid point nearest)",
         "",
         table(at, SYNTH_COLUMNS),
         "",

@@ -60,8 +60,11 @@ def test_end_to_end_results_json(run):
     assert m["ce_loss_score"] == pytest.approx(expected, rel=1e-6)
     assert 0 < m["ce_loss_score"] <= 1 and 0 < m["explained_variance"] < 1
     assert 0 < m["l0"] <= 64 and 0 <= m["dead_fraction"] <= 1
-    # GBA groups: geometric targets from HTF to LTF, one measured frequency per group
-    assert res["group_targets"] == pytest.approx([0.1, 0.1 * 0.01 ** (1 / 3), 0.1 * 0.01 ** (2 / 3), 1e-3], rel=1e-5)
+    # GBA groups: the geometric targets' shape (HTF ... LTF), their level found from the data
+    # (find_l0, the default: scaled together), one measured frequency per group
+    targets = res["group_targets"]
+    assert [b / a for a, b in zip(targets, targets[1:])] == pytest.approx([0.01 ** (1 / 3)] * 3, rel=1e-4)
+    assert targets[0] != pytest.approx(0.1, rel=1e-3)
     assert len(res["group_frequencies"]) == 4 and all(0 <= f <= 1 for f in res["group_frequencies"])
     # the mean of the group frequencies is the mean latent density (equal-sized groups)
     assert sum(res["group_frequencies"]) / 4 == pytest.approx(m["mean_feature_density"], rel=1e-5)
@@ -366,8 +369,8 @@ def test_runner_says_per_hook_when_an_sae_ended_with_its_l0_still_falling(model,
     monkeypatch.setattr(L0Course, "still_falling", lambda self: f"steps counted {self.steps}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = train_gba_on_model(LMTrainConfig(hook=hooks, out=str(tmp_path), **{**TINY, "training_tokens": 10240,
-                                                                                   "width": [32]}), model=model)
+        res = train_gba_on_model(LMTrainConfig(hook=hooks, out=str(tmp_path), find_l0=False,  # the paper's rule
+                                               **{**TINY, "training_tokens": 10240, "width": [32]}), model=model)
     said = [str(w.message) for w in caught if "steps counted" in str(w.message)]
     # 10 steps: the ninth in the second-to-last tenth of the run, the tenth in the last
     assert sorted(said) == sorted(f"{hook}: steps counted [1, 1]" for hook in hooks)
