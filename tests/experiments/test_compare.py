@@ -12,7 +12,7 @@ import torch
 from gba_lens.experiments.compare import CompareConfig, run_compare
 from gba_lens.experiments.compare import methods as M
 from gba_lens.experiments.compare import report
-from gba_lens.experiments.compare.lm_frontier import LMScale, run_lm_frontier
+from gba_lens.experiments.compare.lm_frontier import LMScale, defaults_against_frontiers, run_lm_frontier
 from gba_lens.experiments.compare.pool import SynthScale, load_or_build_pool, pool_key
 from gba_lens.experiments.compare.synthbench import SYNTH_METHODS, run_synthbench
 
@@ -107,6 +107,24 @@ def test_every_variant_builds_saelens_class_and_converts_to_inference():
     assert M.matryoshka_widths(256) == [8, 32, 128, 256]
 
 
+def test_gba_defaults_is_one_point_at_the_defaults_and_the_sweep_is_the_papers_rule():
+    (point,) = M.defaults_point()
+    sae = M.build(point, d_in=8, width=32, device="cpu")
+    assert sae.cfg.find_l0 and sae.cfg.valley_thresholds  # the targets' level found from the data
+    for variant in M.gba_sweep([0.5, 1.0]):
+        sae = M.build(variant, d_in=8, width=32, device="cpu")
+        assert not sae.cfg.find_l0 and not sae.cfg.valley_thresholds  # fixed targets, scaled
+    runs = [{"hook": "h", "method": "gba_defaults", "l0": 8.0, "ce_loss_score": 0.95, "explained_variance": 0.90},
+            {"hook": "h", "method": "topk", "l0": 4.0, "ce_loss_score": 0.90, "explained_variance": 0.80},
+            {"hook": "h", "method": "topk", "l0": 16.0, "ce_loss_score": 0.98, "explained_variance": 0.94},
+            {"hook": "h", "method": "l1", "l0": 20.0, "ce_loss_score": 0.99, "explained_variance": 0.95}]
+    topk, l1 = defaults_against_frontiers(runs)
+    assert (topk["label"], topk["l0"]) == ("TopK", 8.0)
+    assert topk["ce_loss_score_gap"] == pytest.approx(0.95 - 0.94)  # TopK at L0 8: halfway in log L0
+    assert topk["explained_variance_gap"] == pytest.approx(0.90 - 0.87)
+    assert l1["ce_loss_score_gap"] is None  # L0 8 is outside L1's one point
+
+
 def test_gba_knob_scales_the_default_range_and_a_range_given_in_the_variant_wins():
     scaled = M.sae_params(M.Variant("gba", 2.0), 64)
     assert (scaled["highest_target"], scaled["lowest_target"]) == pytest.approx((0.2, 2e-3))
@@ -127,25 +145,26 @@ def test_lm_preset_on_a_tiny_cache_gives_a_frontier_per_hook(tmp_path):
     scale = LMScale(cache_tokens=1024, train_tokens=1024, eval_tokens=256, batch_size=256, width_multiple=1,
                     ks=(8, 16), gba_scales=(1.0,), penalty_grids=(("l1", (3.0,)),), max_extensions=0,
                     eval_batch_prompts=2)
-    cfg = CompareConfig(preset="lm", methods=["gba", "batchtopk", "l1"], out=str(tmp_path / "out"))
+    cfg = CompareConfig(preset="lm", methods=["gba_defaults", "gba", "batchtopk", "l1"], out=str(tmp_path / "out"))
     results = run_lm_frontier(cfg, progress=False, scale=scale)
     hooks = list(results["hooks"])
     assert len(hooks) == 2 and any("resid" in h for h in hooks) and any("mlp_out" in h for h in hooks)
     for hook in hooks:
         runs = [r for r in results["runs"] if r["hook"] == hook]
-        assert {r["method"] for r in runs} == {"gba", "batchtopk", "l1"}
+        assert {r["method"] for r in runs} == {"gba_defaults", "gba", "batchtopk", "l1"}
+        assert [r["method"] for r in results["defaults_against_frontiers"] if r["hook"] == hook] == ["gba", "batchtopk", "l1"]
         for r in runs:
             for key in ("ce_loss_score", "kl_div_with_sae", "explained_variance", "l0", "dead_fraction",
                         "dense_fraction"):
                 assert math.isfinite(r[key]), (hook, r["method"], key)
-        assert sum(r["hook"] == hook for r in results["frontier_at"]) == 3
+        assert sum(r["hook"] == hook for r in results["frontier_at"]) == 3  # the swept methods
     # The cache is made once per hook and reused by a second run.
     again = run_lm_frontier(dataclasses.replace(cfg, methods=["gba"]), progress=False, scale=scale)
     assert {h: i["cache"] for h, i in again["hooks"].items()} == {h: i["cache"] for h, i in results["hooks"].items()}
     results["config"] = vars(cfg)
     report.write(results, tmp_path / "out")
     text = (tmp_path / "out" / "compare_lm.md").read_text()
-    assert all(h in text for h in hooks) and "CE loss recovered" in text
+    assert all(h in text for h in hooks) and "CE loss recovered" in text and "GBA at its defaults minus" in text
     assert (tmp_path / "out" / "compare_lm.png").stat().st_size > 0
 
 
@@ -153,9 +172,11 @@ def test_run_compare_writes_the_report(tmp_path, monkeypatch):
     import gba_lens.experiments.compare.synthbench as synthbench
 
     monkeypatch.setattr(synthbench, "resolve_scale", lambda cfg: TINY)
-    cfg = CompareConfig(preset="synthbench", methods=["gba", "batchtopk"], seeds=[0], out=str(tmp_path))
+    cfg = CompareConfig(preset="synthbench", methods=["gba_defaults", "gba", "batchtopk"], seeds=[0], out=str(tmp_path))
     results = run_compare(cfg, progress=False)
     assert set(results["files"]) == {"md", "json", "png"}
+    assert [r["method"] for r in results["at_true_l0"]] == ["gba_defaults", "gba", "batchtopk"]
+    assert "GBA (defaults)" in (tmp_path / "compare_synthbench.md").read_text()
     assert (tmp_path / "compare_synthbench.md").exists()
 
 

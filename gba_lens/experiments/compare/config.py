@@ -22,7 +22,7 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=list)
     """SAE / sample-stream seeds (default: 0 1 2 for synthbench, 0 for lm, 0 with --quick)."""
     methods: list[str] = field(default_factory=list)
-    """Methods to run (default: all of gba batchtopk matryoshka jumprelu l1 matching_pursuit for synthbench; gba topk batchtopk matryoshka jumprelu l1 for lm)."""
+    """Methods to run (default: all of gba_defaults gba batchtopk matryoshka jumprelu l1 matching_pursuit for synthbench; gba_defaults gba topk batchtopk matryoshka jumprelu l1 for lm). gba_defaults: GBA at its defaults (one point); gba: the paper's rule, its target range scaled."""
     out: str = "runs/compare"
     """Output directory: compare_<preset>.md/.json/.png and the caches (the synthbench sample pool, the LM activations)."""
     cache_dir: str | None = None

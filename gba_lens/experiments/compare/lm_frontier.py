@@ -31,7 +31,7 @@ from gba_lens.experiments.compare.config import CompareConfig
 from gba_lens.data import TensorBatches, load_activations
 from gba_lens.training.train import TrainConfig, resolve_device
 
-LM_METHODS = ("gba", "topk", "batchtopk", "matryoshka", "jumprelu", "l1")
+LM_METHODS = ("gba_defaults", "gba", "topk", "batchtopk", "matryoshka", "jumprelu", "l1")
 # MatchingPursuit is left out of the LM preset: its encoder runs one [batch, width] matmul per
 # selected latent, so at k = 64 a step costs ~64 ordinary steps (hours on this CPU for the sweep).
 
@@ -184,6 +184,8 @@ def evaluate(sae: Any, loaded: Any, data: Any, ctx: int, hook: str, scale: LMSca
 
 
 def initial_sweep(method: str, scale: LMScale) -> list[M.Variant]:
+    if method == "gba_defaults":
+        return M.defaults_point()
     if method == "gba":
         return M.gba_sweep(scale.gba_scales)
     if method in M.PENALTY_METHODS:
@@ -258,20 +260,37 @@ def run_lm_frontier(cfg: CompareConfig, progress: bool = True, scale: LMScale | 
         "seed": seed,
         "runs": runs,
         "frontier_at": frontier_comparison(runs),
+        "defaults_against_frontiers": defaults_against_frontiers(runs),
     }
 
 
 def frontier_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per hook and method: CE loss recovered and EV interpolated at L0 16 and 32 (None outside
-    the method's measured L0 range), the frontier read at common L0s."""
+    """Per hook and swept method: CE loss recovered and EV interpolated at L0 16 and 32 (None outside
+    the method's measured L0 range), the frontier read at common L0s (GBA's defaults, one point:
+    :func:`defaults_against_frontiers`)."""
     rows = []
     for hook in dict.fromkeys(r["hook"] for r in runs):
-        for method in dict.fromkeys(r["method"] for r in runs if r["hook"] == hook):
+        for method in dict.fromkeys(r["method"] for r in runs if r["hook"] == hook and r["method"] != "gba_defaults"):
             pts = [r for r in runs if r["hook"] == hook and r["method"] == method]
             row: dict[str, Any] = {"hook": hook, "method": method, "label": M.LABELS[method],
                                    "l0_range": (min(p["l0"] for p in pts), max(p["l0"] for p in pts))}
             for l0 in (16, 32):
                 for metric in ("ce_loss_score", "explained_variance", "kl_div_with_sae"):
                     row[f"{metric}@{l0}"] = M.interpolate_at_l0(pts, metric, l0)
+            rows.append(row)
+    return rows
+
+
+def defaults_against_frontiers(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per hook and method: GBA at its defaults minus the method's frontier at GBA's own L0 (CE
+    loss recovered and EV interpolated in log L0; None outside the method's measured L0 range)."""
+    rows = []
+    for own in (r for r in runs if r["method"] == "gba_defaults"):
+        for method in dict.fromkeys(r["method"] for r in runs if r["hook"] == own["hook"] and r["method"] != "gba_defaults"):
+            pts = [r for r in runs if r["hook"] == own["hook"] and r["method"] == method]
+            row: dict[str, Any] = {"hook": own["hook"], "method": method, "label": M.LABELS[method], "l0": own["l0"]}
+            for metric in ("ce_loss_score", "explained_variance"):
+                at = M.interpolate_at_l0(pts, metric, own["l0"])
+                row[f"{metric}_gap"] = None if at is None else own[metric] - at
             rows.append(row)
     return rows

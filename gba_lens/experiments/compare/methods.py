@@ -9,6 +9,8 @@ method is a curve (a metric against L0), not one point:
 - ``jumprelu`` (``l0_coefficient``) and ``l1`` (``l1_coefficient``): a penalty whose L0 is only
   known after training. A geometric grid is trained and extended (see :func:`extend_grid`) until
   the measured L0s bracket the L0 range asked for.
+- ``gba_defaults``: GBA at its defaults, which find the targets' level from the data (``find_l0``
+  and valley thresholds): one point, no sweep, compared with every frontier at its own L0.
 - ``gba``: GBA has no penalty and no k. Its L0 follows its firing targets (K = 10 groups with
   targets geometric from ``highest_target`` to ``lowest_target``): the rule lowers a neuron's
   bias only while it fires above its group's target, so the mean target bounds the firing rate.
@@ -42,7 +44,8 @@ from gba_lens.training.train import TrainConfig, train_sae
 
 #: Display name of every method.
 LABELS: dict[str, str] = {
-    "gba": "GBA",
+    "gba_defaults": "GBA (defaults)",
+    "gba": "GBA, paper's rule",
     "topk": "TopK",
     "batchtopk": "BatchTopK",
     "matryoshka": "Matryoshka BatchTopK",
@@ -53,6 +56,7 @@ LABELS: dict[str, str] = {
 ALL_METHODS: tuple[str, ...] = tuple(LABELS)
 #: The knob each method is swept over (the x of its sweep, before L0 is measured).
 KNOBS: dict[str, str] = {
+    "gba_defaults": "none",
     "gba": "target_scale",
     "topk": "k",
     "batchtopk": "k",
@@ -96,7 +100,9 @@ def sae_params(variant: Variant, width: int) -> dict[str, Any]:
     """The SAELens config parameters of a sweep point (defaults for everything else)."""
     m, v = variant.method, variant.knob
     params: dict[str, Any] = dict(variant.params)
-    if m == "gba":  # the knob scales the default range; a range given in the variant's params wins
+    if m == "gba_defaults":  # nothing set: the knob means nothing
+        pass
+    elif m == "gba":  # the knob scales the default range; a range given in the variant's params wins
         params = {"highest_target": min(1.0, GBA_DEFAULT_RANGE[0] * v), "lowest_target": GBA_DEFAULT_RANGE[1] * v,
                   **params}
     elif m == "topk":
@@ -129,7 +135,8 @@ def build(variant: Variant, d_in: int, width: int, device: str) -> TrainingSAE[A
 
         return MatchingPursuitTrainingSAE(
             MatchingPursuitTrainingSAEConfig(d_in=d_in, d_sae=width, device=device, **params))
-    return build_sae(variant.method, d_in, width, device=device, **params)
+    return build_sae("gba" if variant.method == "gba_defaults" else variant.method, d_in, width, device=device,
+                     **params)
 
 
 def to_inference(sae: TrainingSAE[Any], hook_name: str | None = None) -> SAE[Any]:
@@ -149,6 +156,11 @@ def l0_knob_sweep(method: str, l0s: Sequence[float]) -> list[Variant]:
         values = sorted({max(1, int(round(v))) for v in l0s})
         return [Variant(method, float(v)) for v in values]
     return [Variant(method, float(v)) for v in l0s]
+
+
+def defaults_point() -> list[Variant]:
+    """GBA at its defaults: one point (its L0 is found, not swept)."""
+    return [Variant("gba_defaults", 1.0)]
 
 
 def gba_sweep(scales: Sequence[float]) -> list[Variant]:

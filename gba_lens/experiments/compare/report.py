@@ -11,8 +11,8 @@ from typing import Any
 from gba_lens.experiments.compare.methods import ALL_METHODS, LABELS
 from gba_lens.experiments.report import pyplot, save_figure
 
-COLOURS = {"gba": "tab:red", "topk": "tab:gray", "batchtopk": "tab:blue", "matryoshka": "tab:green",
-           "jumprelu": "tab:orange", "l1": "tab:purple", "matching_pursuit": "tab:brown"}
+COLOURS = {"gba_defaults": "black", "gba": "tab:red", "topk": "tab:gray", "batchtopk": "tab:blue",
+           "matryoshka": "tab:green", "jumprelu": "tab:orange", "l1": "tab:purple", "matching_pursuit": "tab:brown"}
 
 
 def _fmt(value: Any, std: Any = None, digits: int = 3) -> str:
@@ -69,7 +69,7 @@ def synthbench_markdown(results: dict[str, Any], command: str) -> str:
         f"{'loaded from the cache' if pool['from_cache'] else 'drawn'} in {pool['seconds']:.0f} s here); "
         f"trainers (samples/s, one core, shared machine): {trainer_rate}.",
         "",
-        "## At the true L0 (k = true L0; GBA: the paper's rule at the library's range 0.1 … 1e-3; penalties: the grid point nearest)",
+        "## At the true L0 (k = true L0; GBA at its defaults, and the paper's rule at its range 0.1 … 1e-3; penalties: the grid point nearest)",
         "",
         table(at, SYNTH_COLUMNS),
         "",
@@ -135,6 +135,13 @@ def lm_markdown(results: dict[str, Any], command: str) -> str:
                                                                           ("explained_variance", "EV"))]
     parts += ["## The frontiers read at common L0s (interpolated in log L0; – outside a sweep's range)", "",
               table(results["frontier_at"], cols, with_std=False), ""]
+    if results.get("defaults_against_frontiers"):
+        gap_cols = [("hook", "hook"), ("label", "minus"), ("l0", "GBA's L0"), ("ce_loss_score_gap", "CE rec."),
+                    ("explained_variance_gap", "EV")]
+        gaps = [{**r, **{k: f"{r[k]:+.4f}" for k in ("ce_loss_score_gap", "explained_variance_gap")
+                         if r[k] is not None}} for r in results["defaults_against_frontiers"]]
+        parts += ["## GBA at its defaults minus each frontier at GBA's own L0 (≥ 0: on or above it; – outside "
+                  "a sweep's range)", "", table(gaps, gap_cols, with_std=False), ""]
     return "\n".join(parts)
 
 

@@ -36,7 +36,7 @@ from gba_lens.experiments.compare.pool import (
 from gba_lens.data import SeededBatches, TensorBatches
 from gba_lens.training.train import TrainConfig, resolve_device
 
-SYNTH_METHODS = ("gba", "batchtopk", "matryoshka", "jumprelu", "l1", "matching_pursuit")
+SYNTH_METHODS = ("gba_defaults", "gba", "batchtopk", "matryoshka", "jumprelu", "l1", "matching_pursuit")
 #: The sweep around the true L0, as multiples of it (k-methods) and GBA's target-range factors.
 L0_MULTIPLES = (0.5, 1.0, 2.0)
 GBA_SCALES = (0.5, 1.0, 2.0)
@@ -98,6 +98,8 @@ def _run(variant: M.Variant, pool: SamplePool, scale: SynthScale, train: TrainCo
 
 
 def initial_sweep(method: str, true_l0: float) -> list[M.Variant]:
+    if method == "gba_defaults":
+        return M.defaults_point()
     if method == "gba":
         return M.gba_sweep(GBA_SCALES)
     if method in M.PENALTY_METHODS:
@@ -218,12 +220,12 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def at_true_l0(points: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], true_l0: float) -> list[dict[str, Any]]:
     """Per method: the sweep point nearest the true L0 (k = true L0 for the k-methods, GBA at its
-    defaults) with its seed mean ± std, and MCC / F1 / EV interpolated at the true L0 along the
+    defaults, the paper's rule at its range) with its seed mean ± std, and MCC / F1 / EV interpolated at the true L0 along the
     mean curve (None when the sweep does not reach it)."""
     rows = []
     for method in dict.fromkeys(p["method"] for p in points):
         pts = [p for p in points if p["method"] == method]
-        if method == "gba":
+        if method in ("gba", "gba_defaults"):  # the range's factor 1, or the one point
             chosen = min(pts, key=lambda p: abs(math.log(p["knob_value"])))
         elif method in M.L0_KNOB_METHODS:
             chosen = min(pts, key=lambda p: abs(math.log(p["knob_value"] / true_l0)))
