@@ -35,11 +35,9 @@ VALLEY_GROUP_FRACTION = 1e-9
 """``targets="valleys"`` in the tests: a group follows its valleys from the first (this noise has few)."""
 
 
-def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False, find_l0=False,
-             defaults=False):
-    # update_interval 3: windows spanning several steps (and a checkpoint mid-window)
-    if defaults:  # GBA's defaults: find_l0 and valley thresholds, unset
-        return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step)
+def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False, find_l0=False):
+    # update_interval 3: windows spanning several steps (and a checkpoint mid-window); valley and
+    # find_l0 None: GBA's defaults
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley,
                         target_l0=target_l0, targets=targets, target_search=search, find_l0=find_l0)
 
@@ -120,14 +118,10 @@ def main() -> None:
         ensure_process_group()
         train_multi(args.out if is_main_process() else None, world_size(), rank())
         return
-    if args.valley:
+    if args.valley or args.defaults:
         from gba_lens.saes import valley_thresholds
 
-        valley_thresholds.WINDOW_SAMPLES = VALLEY_WINDOW
-    if args.defaults:
-        from gba_lens.saes import valley_thresholds
-
-        valley_thresholds.WINDOW_SAMPLES = DEFAULTS_VALLEY_WINDOW
+        valley_thresholds.WINDOW_SAMPLES = DEFAULTS_VALLEY_WINDOW if args.defaults else VALLEY_WINDOW
     if args.targets == "valleys":
         from gba_lens.saes import target_adaptation
 
@@ -135,8 +129,9 @@ def main() -> None:
     if args.search:
         use_search_constants()
     stream = make_stream()
-    sae = make_sae(args.sparse_step, args.valley, args.target_l0, args.targets, args.search, args.find_l0,
-                   args.defaults)
+    unset = args.defaults  # GBA's defaults: valley thresholds and find_l0 left to resolve
+    sae = make_sae(args.sparse_step, None if unset else args.valley, args.target_l0, args.targets, args.search,
+                   None if unset else args.find_l0)
     if rank() == args.fail_rank:
         stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))

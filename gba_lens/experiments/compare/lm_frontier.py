@@ -270,8 +270,7 @@ def frontier_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     :func:`defaults_against_frontiers`)."""
     rows = []
     for hook in dict.fromkeys(r["hook"] for r in runs):
-        for method in dict.fromkeys(r["method"] for r in runs if r["hook"] == hook and r["method"] != "gba_defaults"):
-            pts = [r for r in runs if r["hook"] == hook and r["method"] == method]
+        for method, pts in _sweeps(runs, hook):
             row: dict[str, Any] = {"hook": hook, "method": method, "label": M.LABELS[method],
                                    "l0_range": (min(p["l0"] for p in pts), max(p["l0"] for p in pts))}
             for l0 in (16, 32):
@@ -286,11 +285,16 @@ def defaults_against_frontiers(runs: list[dict[str, Any]]) -> list[dict[str, Any
     loss recovered and EV interpolated in log L0; None outside the method's measured L0 range)."""
     rows = []
     for own in (r for r in runs if r["method"] == "gba_defaults"):
-        for method in dict.fromkeys(r["method"] for r in runs if r["hook"] == own["hook"] and r["method"] != "gba_defaults"):
-            pts = [r for r in runs if r["hook"] == own["hook"] and r["method"] == method]
+        for method, pts in _sweeps(runs, own["hook"]):
             row: dict[str, Any] = {"hook": own["hook"], "method": method, "label": M.LABELS[method], "l0": own["l0"]}
             for metric in ("ce_loss_score", "explained_variance"):
                 at = M.interpolate_at_l0(pts, metric, own["l0"])
                 row[f"{metric}_gap"] = None if at is None else own[metric] - at
             rows.append(row)
     return rows
+
+
+def _sweeps(runs: list[dict[str, Any]], hook: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``(method, its runs)`` at ``hook`` for every swept method (GBA's defaults are one point)."""
+    methods = dict.fromkeys(r["method"] for r in runs if r["hook"] == hook and r["method"] != "gba_defaults")
+    return [(m, [r for r in runs if r["hook"] == hook and r["method"] == m]) for m in methods]
