@@ -3,12 +3,13 @@
 In ONE run, on the same in-memory activations, SAE sizes and batch (1024), timed interleaved
 (A B C, then B C A, ...) so that load from other processes hits every side alike:
 
-* **GBA** (``gba_lens.saes.GBATrainingSAE``: JumpReLU gate, K = 10 groups, bias update every step,
-  the paper's rule, ``find_l0=False``; ``--find-l0`` measures GBA's defaults, valley thresholds and
-  ``find_l0``; the dense step, ``sparse_step="off"``, as ``bench_sparse_step.py`` measures
-  the sparse one) through the project's harness, ``gba_lens.training.train.train_sae`` on a
-  ``TensorBatches`` stream (one whole ``fit()`` per repetition), and as a raw step loop
-  (``GBATrainer.step`` per batch, timed per step).
+* **GBA** (``gba_lens.saes.GBATrainingSAE``: JumpReLU gate, K = 10 groups, bias update every step;
+  the dense step, ``sparse_step="off"``, as ``bench_sparse_step.py`` measures the sparse one), in
+  two configurations, each measured against its own interleaved standard SAE: its **defaults**
+  (valley thresholds and ``find_l0``: what a user gets with nothing set) and **the paper's rule**
+  (``find_l0=False``: fixed geometric targets; ``--gba`` picks one), through the project's harness,
+  ``gba_lens.training.train.train_sae`` on a ``TensorBatches`` stream (one whole ``fit()`` per
+  repetition), and as a raw step loop (``GBATrainer.step`` per batch, timed per step).
 * **standard**: SAELens's ``StandardTrainingSAE`` (L1) trained by SAELens's own ``SAETrainer``
   with the same trainer settings (constant lr, no W&B, no checkpoints), the same two ways
   (``SAETrainer.fit()`` and ``SAETrainer.step`` per batch).
@@ -22,10 +23,11 @@ In ONE run, on the same in-memory activations, SAE sizes and batch (1024), timed
   than its GEMMs, so "% of roofline" = GEMM time / step time.
 * **bias adaptation share**: the controller's ``observe`` + ``update`` (and GBA's
   ``project_weights``) are wrapped with timers inside the real GBA steps of the raw loop, so they
-  run on the real pre-activations ([B, d_sae]); share = median over steps of BA time / step time.
-  With ``--find-l0`` its co-activation check (every few steps) is timed too, and bias adaptation in
-  total (the rule, the valleys' histograms and windows, the checks) is the sum over every timed step
-  over the steps' sum: amortised, since the windows and checks run on some steps only.
+  run on the real pre-activations ([B, d_sae]); the per-step share is the median over steps of
+  BA time / step time. At the defaults ``find_l0``'s co-activation check (every few steps) is timed
+  too, and bias adaptation in total (the rule, the valleys' histograms and windows, the checks) is
+  the sum over every timed step over the steps' sum: amortised, since the windows and checks run on
+  some steps only. The goal applies to that total.
 * **generator**: the paper's ``SparseMixtureModel.sample`` through ``SeededBatches`` (batch B),
   interleaved with GBA steps on the same dimensions, and the end-to-end ``train_sae`` throughput
   on the live generator stream.
@@ -35,10 +37,11 @@ machine, wall time mostly measures the time spent descheduled); with more thread
 time. Medians over repetitions after warm-up; a ratio (GBA / standard, BA share, generator /
 training) is the median of per-repetition ratios of sides timed back to back. Usage::
 
-    python benchmarks/bench_training.py [--quick] [--threads 1] [--wall] [--profile] [--out FILE]
+    python benchmarks/bench_training.py [--quick] [--gba both|defaults|paper-rule] [--threads 1] [--wall]
+                                        [--profile] [--out FILE]
 
-Prints markdown tables; a full run also writes them to ``benchmarks/results_training.md``
-(``--quick`` writes only where ``--out`` says).
+Prints markdown tables; a full run of both configurations also writes them to
+``benchmarks/results_training.md`` (``--quick`` and the variants write only where ``--out`` says).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ _common.setup_environment(TQDM_DISABLE="1")  # one progress bar per fit() would 
 
 import torch  # noqa: E402
 
+from gba_lens.experiments.gba_modes import PAPER_RULE  # noqa: E402
 from gba_lens.experiments.overrides import add_set_option, apply_set_option  # noqa: E402
 
 BATCH = 1024
@@ -228,6 +232,8 @@ class Instrument:
 class SizeResult:
     d_in: int
     d_sae: int
+    gba: str = "defaults"
+    """Which GBA configuration was measured (a key of ``configurations``' result)."""
     step_gba: Samples = field(default_factory=Samples)
     step_std: Samples = field(default_factory=Samples)
     gemm: Samples = field(default_factory=Samples)
@@ -242,7 +248,8 @@ class SizeResult:
     reps: int = 0
 
 
-def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, **gba_options: Any) -> SizeResult:
+def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "defaults",
+                 **gba_options: Any) -> SizeResult:
     from sae_lens import SAETrainer
 
     from gba_lens.training.data import TensorBatches
@@ -250,7 +257,7 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, **gba_options:
     from gba_lens.training.trainer import GBATrainer
 
     steps, fit_steps, reps, warmup = plan.steps[d_sae], plan.fit_steps[d_sae], plan.reps, plan.warmup
-    res = SizeResult(d_in, d_sae, fit_steps=fit_steps, steps=steps, reps=reps)
+    res = SizeResult(d_in, d_sae, label, fit_steps=fit_steps, steps=steps, reps=reps)
     acts = make_activations(d_in, d_sae, plan.data_batches * BATCH)
 
     # --- raw step loops + GEMM roofline, interleaved step by step ---------------------------
@@ -436,16 +443,17 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
     w(f"CPU `{platform.processor() or platform.machine()}`, torch {torch.__version__}, "
       f"{threads} torch thread(s), fp32, batch {BATCH}, in-memory activations (paper's sparse "
       f"mixture, n = d_sae features). Clock: {clock.name}; medians over "
-      + ", ".join(f"{r.steps} (d_sae {r.d_sae})" for r in sizes)
+      + ", ".join(dict.fromkeys(f"{r.steps} (d_sae {r.d_sae})" for r in sizes))
       + f" interleaved steps (step loop) and {sizes[0].reps} interleaved `fit()` runs per "
-      f"trainer (harness). Roofline = the step's six "
+      f"trainer (harness). GBA: " + " and ".join(dict.fromkeys(GBA_LABELS.get(r.gba, r.gba) for r in sizes))
+      + ", each timed against its own standard SAE. Roofline = the step's six "
       f"fp32 GEMMs timed with `torch.matmul` in the same run (12·B·d_in·d_sae flops/step). "
       f"Ratios and shares are medians of per-repetition ratios (the two sides of a ratio run "
       f"back to back). "
       f"Square 1024³ GEMM peak in this run: {peak:.1f} GFLOP/s.\n")
-    w("| d_in × d_sae | measurement | GBA samples/s | standard samples/s | GBA / standard | goal "
+    w("| d_in × d_sae | GBA | measurement | GBA samples/s | standard samples/s | GBA / standard | goal "
       "| GBA % roofline | standard % roofline | roofline samples/s (GFLOP/s) |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in sizes:
         goal = GOALS.get((r.d_in, r.d_sae))
         roof = r.gemm.median
@@ -459,45 +467,40 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
         ]
         for label, t_gba, t_std, n, ratio in rows:
             ok = "" if goal is None else (" ✅" if ratio >= goal else " ❌")
-            w(f"| {r.d_in} × {r.d_sae} | {label} | {fmt_rate(t_gba, n * BATCH)} | "
+            w(f"| {r.d_in} × {r.d_sae} | {GBA_LABELS.get(r.gba, r.gba)} | {label} | {fmt_rate(t_gba, n * BATCH)} | "
               f"{fmt_rate(t_std, n * BATCH)} | {ratio:.3f}x{ok} | ≥ {goal:.2f}x | "
               f"{100 * roof * n / t_gba:.0f}% | {100 * roof * n / t_std:.0f}% | "
               f"{fmt_rate(roof)} ({gflops:.1f}) |")
     w("")
     w("Wall-clock medians (same runs; affected by other processes on the machine): "
-      + "; ".join(f"{r.d_in}×{r.d_sae}: step GBA {fmt_rate(r.step_gba.wall_median)} vs standard "
-                  f"{fmt_rate(r.step_std.wall_median)} samples/s" for r in sizes) + ".\n")
+      + "; ".join(f"{r.d_in}×{r.d_sae}, {GBA_LABELS.get(r.gba, r.gba)}: step GBA {fmt_rate(r.step_gba.wall_median)} "
+                  f"vs standard {fmt_rate(r.step_std.wall_median)} samples/s" for r in sizes) + ".\n")
 
     w("### Bias adaptation share of the GBA step (measured inside the real steps)\n")
-    w("| d_in × d_sae | GBA step (ms) | `observe` (ms) | `update` (ms) | BA share | goal "
-      "| `project_weights` (ms) | projection share |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    w("`observe`: the firing statistics (and at the defaults the valleys' histograms); `update`: the "
+      "rule (and the valley windows); the check: `find_l0`'s co-activation check, every few steps. "
+      "Per step: the median over steps of (`observe` + `update`) / step. In total: everything, the "
+      "checks included, summed over every timed step over the steps' sum (amortised); the goal "
+      "applies to it.\n")
+    w("| d_in × d_sae | GBA | GBA step (ms) | `observe` (ms) | `update` (ms) | checks | ms per check "
+      "| per step | in total, amortised | goal | `project_weights` (ms) | projection share |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sizes:
         step = r.step_gba.median
         obs, upd, proj = (statistics.median(v) for v in (r.observe, r.update, r.project))
         share = paired_ratio([o + u for o, u in zip(r.observe, r.update)], r.step_gba.times)
-        ok = " ✅" if share <= BA_GOAL else " ❌"
-        w(f"| {r.d_in} × {r.d_sae} | {1e3 * step:.2f} | {1e3 * obs:.3f} | {1e3 * upd:.3f} | "
-          f"{100 * share:.2f}%{ok} | ≤ {100 * BA_GOAL:.0f}% | {1e3 * proj:.3f} | "
-          f"{100 * paired_ratio(r.project, r.step_gba.times):.2f}% |")
+        checks = sum(1 for c in r.check if c > 0)
+        per_check = f"{1e3 * sum(r.check) / checks:.2f}" if checks else "—"
+        total = (sum(r.observe) + sum(r.update) + sum(r.check)) / sum(r.step_gba.times)
+        ok = " ✅" if total <= BA_GOAL else " ❌"
+        w(f"| {r.d_in} × {r.d_sae} | {GBA_LABELS.get(r.gba, r.gba)} | {1e3 * step:.2f} | {1e3 * obs:.3f} | "
+          f"{1e3 * upd:.3f} | {checks} | {per_check} | {100 * share:.2f}% | {100 * total:.2f}%{ok} | "
+          f"≤ {100 * BA_GOAL:.0f}% | {1e3 * proj:.3f} | {100 * paired_ratio(r.project, r.step_gba.times):.2f}% |")
     w("")
 
-    if any(any(r.check) for r in sizes):
-        w("### `find_l0`'s co-activation check (every few steps; amortised: total over the steps)\n")
-        w("| d_in × d_sae | checks | ms per check | share of the GBA step, amortised | bias adaptation "
-          "in total, amortised | goal |")
-        w("|---|---:|---:|---:|---:|---:|")
-        for r in sizes:
-            checks = sum(1 for c in r.check if c > 0)
-            steps = sum(r.step_gba.times)
-            # the rule, the valleys' histograms and windows, and the checks, over every timed step
-            total = (sum(r.observe) + sum(r.update) + sum(r.check)) / steps
-            w(f"| {r.d_in} × {r.d_sae} | {checks} | {1e3 * sum(r.check) / max(checks, 1):.2f} | "
-              f"{100 * sum(r.check) / steps:.2f}% | {100 * total:.2f}%{' ✅' if total <= BA_GOAL else ' ❌'} | "
-              f"≤ {100 * BA_GOAL:.0f}% |")
-        w("")
-
-    w("### Synthetic generator vs GBA training (`SparseMixtureModel.sample` via `SeededBatches`)\n")
+    if not gens:
+        return "\n".join(lines)
+    w("### Synthetic generator vs GBA training (`SparseMixtureModel.sample` via `SeededBatches`, GBA's defaults)\n")
     w("| generator (n features, d) | GBA d_sae | generator samples/s | GBA training samples/s "
       "| generator / training | end-to-end `train_sae` on the generator, samples/s |")
     w("|---|---:|---:|---:|---:|---:|")
@@ -513,27 +516,48 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
     return "\n".join(lines)
 
 
+GBA_LABELS = {"defaults": "defaults", "paper-rule": "the paper's rule"}
+"""How each GBA configuration is named in the tables."""
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The GBA configurations to measure, as (label, options): both by default; a variant flag
+    measures one configuration (valley thresholds and the encoder loss on the paper's targets)."""
+    if args.valley_thresholds or args.encoder_regression:
+        options = {**PAPER_RULE, "valley_thresholds": args.valley_thresholds,
+                   "encoder_regression": args.encoder_regression}
+        named = " + ".join(n for n, on in (("valley thresholds", args.valley_thresholds),
+                                           (f"encoder_regression {args.encoder_regression:g}",
+                                            args.encoder_regression)) if on)
+        return [(f"the paper's rule + {named}", options)]
+    chosen = "defaults" if args.find_l0 else args.gba
+    known = {"defaults": {}, "paper-rule": dict(PAPER_RULE)}
+    return list(known.items()) if chosen == "both" else [(chosen, known[chosen])]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke-test run (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="short smoke-test run (< 90 s)")
     _common.add_clock_args(parser)
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler op tables of GBA and standard steps")
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown output file (default: benchmarks/results_training.md for a "
-                             "full run, none for --quick)")
-    parser.add_argument("--valley-thresholds", action="store_true",
-                        help="GBA with valley_thresholds=True (step sizes only; writes no file unless --out)")
+                             "full run of both configurations, none otherwise)")
+    parser.add_argument("--gba", choices=("both", "defaults", "paper-rule"), default="both",
+                        help="GBA's configurations: its defaults (valley thresholds and find_l0), the "
+                             "paper's rule (find_l0=False), or both (default)")
     parser.add_argument("--find-l0", action="store_true",
-                        help="GBA at its defaults: find_l0 and valley thresholds (adds its check's cost; writes no file unless --out)")
+                        help="the same as --gba defaults")
+    parser.add_argument("--valley-thresholds", action="store_true",
+                        help="GBA with valley thresholds on the paper's targets (step sizes only; writes no file unless --out)")
     parser.add_argument("--encoder-regression", type=float, default=0.0, metavar="WEIGHT",
-                        help="GBA with encoder_regression=WEIGHT (step sizes only; writes no file unless --out)")
+                        help="GBA's paper rule with encoder_regression=WEIGHT (step sizes only; writes no file unless --out)")
     add_set_option(parser)
     args = parser.parse_args(argv)
     apply_set_option(parser, args)
-    options = {"valley_thresholds": args.valley_thresholds or args.find_l0, "encoder_regression": args.encoder_regression,
-               "find_l0": args.find_l0}
-    variant = bool(args.valley_thresholds or args.encoder_regression or args.find_l0 or args.set)  # not the paper's rule: no generator, no file
+    gba_configs = configurations(args)
+    tracked = len(gba_configs) == 2 and not args.set  # what results_training.md holds (with the generator)
     clock = _common.configure(args.threads, args.wall)
     start = time.perf_counter()
 
@@ -541,26 +565,30 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = []
     for d_in, d_sae in SIZES:
-        log(f"[bench_training] d_in {d_in}, d_sae {d_sae} ...")
-        sizes.append(measure_size(d_in, d_sae, clock, plan, **options))
+        for label, options in gba_configs:
+            log(f"[bench_training] d_in {d_in}, d_sae {d_sae}, GBA {label} ...")
+            sizes.append(measure_size(d_in, d_sae, clock, plan, label, **options))
     gen_cases = [("paper toy", 128, 42, 1024), ("small", 512, 128, 512), ("large", 4096, 512, 4096)]
     gens = []
-    for label, n, d, d_sae in ([] if variant else gen_cases):
+    for label, n, d, d_sae in (gen_cases if tracked else []):
         log(f"[bench_training] generator {label} (n {n}, d {d}) ...")
         gens.append(measure_generator(label, n, d, d_sae, clock, plan))
     peak = gemm_peak(clock, 5)
     md = report(sizes, gens, peak, clock, args.threads, args.quick)
-    md += f"\n\nCommand: `python benchmarks/bench_training.py{' --quick' if args.quick else ''}" \
-          f"{' --valley-thresholds' if args.valley_thresholds else ''}{' --find-l0' if args.find_l0 else ''}" \
-          f"{f' --encoder-regression {args.encoder_regression:g}' if args.encoder_regression else ''}" \
-          f"{''.join(f' --set {assignment}' for assignment in args.set or [])}" \
-          f"{f' --threads {args.threads}' if args.threads != 1 else ''}`; " \
+    flags = [" --quick" if args.quick else "",
+             f" --gba {args.gba}" if args.gba != "both" else "",
+             " --find-l0" if args.find_l0 else "",
+             " --valley-thresholds" if args.valley_thresholds else "",
+             f" --encoder-regression {args.encoder_regression:g}" if args.encoder_regression else "",
+             "".join(f" --set {assignment}" for assignment in args.set or []),
+             f" --threads {args.threads}" if args.threads != 1 else ""]
+    md += f"\n\nCommand: `python benchmarks/bench_training.py{''.join(flags)}`; " \
           f"total wall time {time.perf_counter() - start:.0f} s.\n"
     if args.profile:
         md += "\n" + "\n".join(profile_steps(d_in, d_sae) for d_in, d_sae in SIZES)
     print(md)
     out = args.out if args.out is not None else (
-        None if args.quick or variant else Path(__file__).with_name("results_training.md"))
+        Path(__file__).with_name("results_training.md") if tracked and not args.quick else None)
     if out is not None:
         out.write_text(md + "\n")
         log(f"[bench_training] wrote {out}")
