@@ -111,6 +111,44 @@ class Samples:
         return statistics.median(self.wall)
 
 
+class Instrument:
+    """Wraps bound methods of an object with timers (instance attributes shadow the methods); the
+    time of each label adds up until :meth:`take`. ``sync`` (e.g. ``torch.cuda.synchronize``) runs
+    before each clock reading."""
+
+    def __init__(self, clock: Clock, sync: Callable[[], None] | None = None):
+        self.clock = clock
+        self.sync = sync or (lambda: None)
+        self.acc: dict[str, float] = {}
+        self._patched: list[tuple[Any, str]] = []
+
+    def wrap(self, obj: Any, name: str, label: str) -> None:
+        original = getattr(obj, name)
+        self.acc[label] = 0.0
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self.sync()
+            t0 = self.clock()
+            out = original(*args, **kwargs)
+            self.sync()
+            self.acc[label] += self.clock() - t0
+            return out
+
+        object.__setattr__(obj, name, wrapper)
+        self._patched.append((obj, name))
+
+    def take(self) -> dict[str, float]:
+        out = dict(self.acc)
+        for k in self.acc:
+            self.acc[k] = 0.0
+        return out
+
+    def restore(self) -> None:
+        for obj, name in self._patched:
+            del obj.__dict__[name]
+        self._patched.clear()
+
+
 def timed(clock: Clock, fn: Callable[[], T], into: Samples) -> T:
     """Run ``fn`` once, adding its time on ``clock`` (and on the wall clock) to ``into``."""
     t0, w0 = clock(), time.perf_counter()

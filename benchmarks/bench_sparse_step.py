@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import Clock, Samples, log, paired_ratio, rotate, timed
+from _common import Clock, Instrument, Samples, log, paired_ratio, rotate, timed
 
 _common.setup_environment(TQDM_DISABLE="1")
 
@@ -151,31 +151,18 @@ class Side:
         self.sae = sae
         self.l0: list[float] = []
         self.check_seconds: list[float] = []  # the co-activation check's time within each step
-        self._check = 0.0
-        if name == "gba_sparse_defaults" and check_clock is not None:
-            self._time_the_check(sae.bias_adaptation.coactivation, check_clock)
-
-    def _time_the_check(self, balance: Any, clock: Clock) -> None:
-        """Run the check on every step, its time (synchronised on CUDA) added up in ``_check``."""
-        balance.due = lambda step: True
-        for method in ("observe", "ratio"):
-            original = getattr(balance, method)
-
-            def timed_call(*args: Any, _original: Callable[..., Any] = original, **kwargs: Any) -> Any:
-                synchronise(self.sae.cfg.device)
-                t0 = clock()
-                out = _original(*args, **kwargs)
-                synchronise(self.sae.cfg.device)
-                self._check += clock() - t0
-                return out
-
-            setattr(balance, method, timed_call)
+        self._check: Instrument | None = None
+        if name == "gba_sparse_defaults" and check_clock is not None:  # the check on every step, timed apart
+            balance = sae.bias_adaptation.coactivation
+            object.__setattr__(balance, "due", lambda step: True)
+            self._check = Instrument(check_clock, lambda: synchronise(device))
+            self._check.wrap(balance, "observe", "check")
+            self._check.wrap(balance, "ratio", "check")
 
     def step(self) -> None:
-        self._check = 0.0
         out = self.trainer.step(next(self.trainer.data_provider))
         self.trainer.n_training_steps += 1
-        self.check_seconds.append(self._check)
+        self.check_seconds.append(self._check.take()["check"] if self._check is not None else 0.0)
         if self.name.startswith("gba"):
             self.l0.append(float(out.feature_acts.bool().float().sum(-1).to_dense().mean()))
 

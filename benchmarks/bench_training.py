@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import Clock, Samples, log, paired_ratio, rotate, timed
+from _common import Clock, Instrument, Samples, log, paired_ratio, rotate, timed
 
 _common.setup_environment(TQDM_DISABLE="1")  # one progress bar per fit() would flood the output
 
@@ -193,47 +193,13 @@ def step_flops(d_in: int, d_sae: int) -> float:
     return 12.0 * BATCH * d_in * d_sae
 
 
-# ------------------------------------------------------------------------ instrumentation
-class Instrument:
-    """Wraps bound methods of an object with timers (instance attributes shadow the methods)."""
-
-    def __init__(self, clock: Clock):
-        self.clock = clock
-        self.acc: dict[str, float] = {}
-        self._patched: list[tuple[Any, str]] = []
-
-    def wrap(self, obj: Any, name: str, label: str) -> None:
-        original = getattr(obj, name)
-        self.acc[label] = 0.0
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = self.clock()
-            out = original(*args, **kwargs)
-            self.acc[label] += self.clock() - t0
-            return out
-
-        object.__setattr__(obj, name, wrapper)
-        self._patched.append((obj, name))
-
-    def take(self) -> dict[str, float]:
-        out = dict(self.acc)
-        for k in self.acc:
-            self.acc[k] = 0.0
-        return out
-
-    def restore(self) -> None:
-        for obj, name in self._patched:
-            del obj.__dict__[name]
-        self._patched.clear()
-
-
 # ------------------------------------------------------------------------------ measuring
 @dataclass
 class SizeResult:
     d_in: int
     d_sae: int
     gba: str = "defaults"
-    """Which GBA configuration was measured (a key of ``configurations``' result)."""
+    """The GBA configuration measured, as the tables name it."""
     step_gba: Samples = field(default_factory=Samples)
     step_std: Samples = field(default_factory=Samples)
     gemm: Samples = field(default_factory=Samples)
@@ -445,7 +411,7 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
       f"mixture, n = d_sae features). Clock: {clock.name}; medians over "
       + ", ".join(dict.fromkeys(f"{r.steps} (d_sae {r.d_sae})" for r in sizes))
       + f" interleaved steps (step loop) and {sizes[0].reps} interleaved `fit()` runs per "
-      f"trainer (harness). GBA: " + " and ".join(dict.fromkeys(GBA_LABELS.get(r.gba, r.gba) for r in sizes))
+      f"trainer (harness). GBA: " + " and ".join(dict.fromkeys(r.gba for r in sizes))
       + ", each timed against its own standard SAE. Roofline = the step's six "
       f"fp32 GEMMs timed with `torch.matmul` in the same run (12·B·d_in·d_sae flops/step). "
       f"Ratios and shares are medians of per-repetition ratios (the two sides of a ratio run "
@@ -467,13 +433,13 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
         ]
         for label, t_gba, t_std, n, ratio in rows:
             ok = "" if goal is None else (" ✅" if ratio >= goal else " ❌")
-            w(f"| {r.d_in} × {r.d_sae} | {GBA_LABELS.get(r.gba, r.gba)} | {label} | {fmt_rate(t_gba, n * BATCH)} | "
+            w(f"| {r.d_in} × {r.d_sae} | {r.gba} | {label} | {fmt_rate(t_gba, n * BATCH)} | "
               f"{fmt_rate(t_std, n * BATCH)} | {ratio:.3f}x{ok} | ≥ {goal:.2f}x | "
               f"{100 * roof * n / t_gba:.0f}% | {100 * roof * n / t_std:.0f}% | "
               f"{fmt_rate(roof)} ({gflops:.1f}) |")
     w("")
     w("Wall-clock medians (same runs; affected by other processes on the machine): "
-      + "; ".join(f"{r.d_in}×{r.d_sae}, {GBA_LABELS.get(r.gba, r.gba)}: step GBA {fmt_rate(r.step_gba.wall_median)} "
+      + "; ".join(f"{r.d_in}×{r.d_sae}, {r.gba}: step GBA {fmt_rate(r.step_gba.wall_median)} "
                   f"vs standard {fmt_rate(r.step_std.wall_median)} samples/s" for r in sizes) + ".\n")
 
     w("### Bias adaptation share of the GBA step (measured inside the real steps)\n")
@@ -493,7 +459,7 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
         per_check = f"{1e3 * sum(r.check) / checks:.2f}" if checks else "—"
         total = (sum(r.observe) + sum(r.update) + sum(r.check)) / sum(r.step_gba.times)
         ok = " ✅" if total <= BA_GOAL else " ❌"
-        w(f"| {r.d_in} × {r.d_sae} | {GBA_LABELS.get(r.gba, r.gba)} | {1e3 * step:.2f} | {1e3 * obs:.3f} | "
+        w(f"| {r.d_in} × {r.d_sae} | {r.gba} | {1e3 * step:.2f} | {1e3 * obs:.3f} | "
           f"{1e3 * upd:.3f} | {checks} | {per_check} | {100 * share:.2f}% | {100 * total:.2f}%{ok} | "
           f"≤ {100 * BA_GOAL:.0f}% | {1e3 * proj:.3f} | {100 * paired_ratio(r.project, r.step_gba.times):.2f}% |")
     w("")
@@ -516,13 +482,9 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
     return "\n".join(lines)
 
 
-GBA_LABELS = {"defaults": "defaults", "paper-rule": "the paper's rule"}
-"""How each GBA configuration is named in the tables."""
-
-
 def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    """The GBA configurations to measure, as (label, options): both by default; a variant flag
-    measures one configuration (valley thresholds and the encoder loss on the paper's targets)."""
+    """The GBA configurations to measure, as (the tables' name, options): both by default; a variant
+    flag measures one configuration (valley thresholds and the encoder loss on the paper's targets)."""
     if args.valley_thresholds or args.encoder_regression:
         options = {**PAPER_RULE, "valley_thresholds": args.valley_thresholds,
                    "encoder_regression": args.encoder_regression}
@@ -531,8 +493,8 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]
                                             args.encoder_regression)) if on)
         return [(f"the paper's rule + {named}", options)]
     chosen = "defaults" if args.find_l0 else args.gba
-    known = {"defaults": {}, "paper-rule": dict(PAPER_RULE)}
-    return list(known.items()) if chosen == "both" else [(chosen, known[chosen])]
+    known = {"defaults": ("defaults", {}), "paper-rule": ("the paper's rule", dict(PAPER_RULE))}
+    return list(known.values()) if chosen == "both" else [known[chosen]]
 
 
 def main(argv: list[str] | None = None) -> int:
