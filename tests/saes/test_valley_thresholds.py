@@ -52,6 +52,27 @@ def test_observe_counts_every_kth_row_into_the_right_bins():
     assert valley.peak.tolist() == pytest.approx([0.61, 0.1, 2.0])
 
 
+def test_counting_the_latents_in_blocks_gives_one_passs_histogram_and_combines_once(monkeypatch):
+    """On the CPU the histogram counts LATENTS_PER_PASS latents at a time (the counters stay in
+    cache); blocks that do not divide the width, non-finite and out-of-range u included, give the
+    same counts as one pass, and the global batch's counts are combined once per batch."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(96, 23, generator=g) * 0.6
+    u[3, 4], u[5, 6], u[7, 8] = float("nan"), float("inf"), 50.0
+    bias = -torch.rand(23, generator=g) * 0.3
+    one, blocks = ValleyThresholds(23), ValleyThresholds(23)
+    for valley in (one, blocks):
+        valley.scale.copy_(torch.rand(23, generator=torch.Generator().manual_seed(1)) + 0.5)
+    monkeypatch.setattr(V, "LATENTS_PER_PASS", 10**6)
+    one.observe(u + bias, bias, global_rows=96)
+    monkeypatch.setattr(V, "LATENTS_PER_PASS", 5)
+    combined = []
+    blocks.observe(u + bias, bias, global_rows=96, combine_counts=lambda c: combined.append(c.sum().item()))
+    assert torch.equal(blocks.histogram, one.histogram)
+    assert one.histogram.sum().item() == 96 * 23 and one.histogram[:, 1:].sum().item() > 0
+    assert combined == [96 * 23]
+
+
 def test_observe_takes_the_windows_max_u_from_the_batch_peak_where_given():
     # every 2nd row is taken; the largest u of neurons 0 and 2 lies in rows that are not
     u = torch.tensor([[0.1, 0.4, 0.2], [0.9, 0.1, 0.3], [0.2, 0.2, 0.1], [0.3, 0.1, 1.5]]).repeat(V.ROWS_PER_STEP // 2, 1)
