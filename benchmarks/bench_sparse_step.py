@@ -124,6 +124,7 @@ class Side:
         from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
         from gba_lens.data.batches import TensorBatches
+        from gba_lens.experiments.gba_modes import PAPER_RULE
         from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
         from gba_lens.training.trainer import GBATrainer
 
@@ -138,7 +139,7 @@ class Side:
                                                         use_sparse_activations=True))
             self.trainer = SAETrainer(cfg=trainer_config(device), sae=sae, data_provider=data)
         else:
-            level = {} if name == "gba_sparse_defaults" else {"find_l0": False}  # else the step alone
+            level = {} if name == "gba_sparse_defaults" else PAPER_RULE  # else the step alone
             cfg = GBATrainingSAEConfig(d_in=D_IN, d_sae=d_sae, device=device, gamma_minus=0.0,
                                        gamma_plus=0.0, sparse_step="off" if name == "gba_dense" else "on", **level)
             sae = GBATrainingSAE(cfg)
@@ -281,13 +282,15 @@ def memory_table(plan: Plan, device: str, sides: tuple[str, ...]) -> dict[tuple[
 # -------------------------------------------------------------------------------- report
 def report(plan: Plan, widths: list[WidthResult], density: list[WidthResult],
            memory: dict[tuple[str, int], int | None], clock: Clock, device: str, topk_failure: str | None) -> str:
+    from gba_lens.saes import coactivation
+
     lines = [f"# Sparse GBA training step ({device}, {clock.name}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})", "",
              f"d_in {D_IN}, batch {BATCH}, L0 {plan.l0}. Speed-up = SAELens standard SAE step time / this "
              "step's time (median of per-step ratios, sides interleaved); ms = median step time.", "",
              "The step alone: GBA under the paper's rule. At its defaults: with the valleys' histograms "
              "and `find_l0`'s check (its median time per check in the last column, counted once per "
-             "10 steps in the speed-up).", "",
+             f"{coactivation.CHECK_EVERY} steps in the speed-up).", "",
              "| d_sae | standard ms | TopK sparse | GBA dense | GBA sparse | GBA sparse, unfused Adam | GBA sparse ms | GBA L0 "
              "| goal | GBA sparse at its defaults | ms per check |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
