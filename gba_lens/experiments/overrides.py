@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-STUDIED_MODULES = ("valley_thresholds", "target_adaptation", "l0_control", "target_search", "coactivation")
+STUDIED_MODULES = ("valley_thresholds", "target_adaptation", "l0_control", "target_search", "coactivation", "data_init")
 """Modules of ``gba_lens.saes`` whose constants a study may set."""
 
 
@@ -68,32 +68,40 @@ def apply_set_option(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     _or_parser_error(parser, set_constants, args.set)
 
 
-def gba_settings(assignments: Sequence[str]) -> dict[str, int | float]:
-    """``NAME=VALUE`` assignments of GBA's numeric settings (fields of
-    :class:`~gba_lens.saes.gba.GBATrainingSAEConfig` such as ``gamma_minus`` or ``update_interval``,
-    VALUE of the field's type), for a study script's GBA runs. Raises ``ValueError`` naming the
-    first bad one."""
+def gba_settings(assignments: Sequence[str]) -> dict[str, int | float | str]:
+    """``NAME=VALUE`` assignments of GBA's numeric and named settings (fields of
+    :class:`~gba_lens.saes.gba.GBATrainingSAEConfig` such as ``gamma_minus``, ``update_interval`` or
+    ``encoder_init``, VALUE of the field's type, a named one among its choices), for a study
+    script's GBA runs. Raises ``ValueError`` naming the first bad one."""
     import dataclasses
+    import typing
 
     from gba_lens.saes.gba import GBATrainingSAEConfig
 
-    numeric = {f.name: type(f.default) for f in dataclasses.fields(GBATrainingSAEConfig)
-               if type(f.default) in (int, float)}
-    settings: dict[str, int | float] = {}
+    hints = typing.get_type_hints(GBATrainingSAEConfig)
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(GBATrainingSAEConfig)
+             if type(f.default) in (int, float) or typing.get_origin(hints[f.name]) is typing.Literal}
+    settings: dict[str, int | float | str] = {}
     for text in assignments:
         name, sep, raw = text.partition("=")
-        if not sep or name not in numeric:
-            raise ValueError(f"--gba {text!r}: expected NAME=VALUE with NAME one of {sorted(numeric)}")
-        settings[name] = _typed("--gba", text, name, numeric[name], raw)
+        if not sep or name not in kinds:
+            raise ValueError(f"--gba {text!r}: expected NAME=VALUE with NAME one of {sorted(kinds)}")
+        if kinds[name] is str:
+            choices = typing.get_args(hints[name])
+            if raw not in choices:
+                raise ValueError(f"--gba {text!r}: {name} must be one of {choices}")
+            settings[name] = raw
+        else:
+            settings[name] = _typed("--gba", text, name, kinds[name], raw)
     return settings
 
 
 def add_gba_option(parser: argparse.ArgumentParser) -> None:
     """``--gba NAME=VALUE ...`` on a study script's parser (read with :func:`gba_settings_of`)."""
     parser.add_argument("--gba", nargs="+", default=[], metavar="NAME=VALUE",
-                        help="a numeric GBA setting for the script's GBA runs, e.g. gamma_minus=0.03")
+                        help="a GBA setting for the script's GBA runs, e.g. gamma_minus=0.03 or encoder_init=data")
 
 
-def gba_settings_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, int | float]:
+def gba_settings_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, int | float | str]:
     """The settings ``--gba`` names; a bad one ends the script with the parser's one-line error."""
     return _or_parser_error(parser, gba_settings, args.gba)

@@ -67,6 +67,7 @@ from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig,
 from gba_lens.saes import coactivation
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 from gba_lens.saes.coactivation import CoactivationBalance
+from gba_lens.saes.data_init import start_at_inputs
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
 from gba_lens.saes.gba_metrics import logging_metrics
@@ -117,6 +118,8 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
             raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
         if self.input_norm not in ("unit_mean", "none"):
             raise ValueError(f"input_norm must be 'unit_mean' or 'none', got {self.input_norm!r}")
+        if self.encoder_init == "data" and self.input_norm != "unit_mean":  # the first batch's scale sets it
+            raise ValueError("encoder_init='data' starts the neurons on the first batch: it needs input_norm='unit_mean'")
         if self.encoder_regression and self.normalize_activations != "none":
             raise ValueError(f"encoder_regression needs normalize_activations='none', got {self.normalize_activations!r}")
 
@@ -293,7 +296,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     @torch.no_grad()
     def initialize_from_batch(self, batch: Float[torch.Tensor, "batch d_in"]) -> None:
         """Set b_pre to the batch mean (``centre_inputs``, else 0) and s so that the inputs
-        s x - b_pre have unit mean norm."""
+        s x - b_pre have unit mean norm; ``encoder_init="data"``: the neurons start at its inputs."""
         x = batch.detach().to(torch.float32).reshape(-1, self.cfg.d_in)
         if x.shape[0] == 0:
             raise ValueError("cannot initialise the GBA input scale from an empty batch")
@@ -308,6 +311,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         scale = 1.0 / norm.clamp(min=1e-12)
         self.input_scale.fill_(scale.item())
         self.b_dec.data.copy_((mean * scale).to(self.b_dec.dtype))
+        if self.cfg.encoder_init == "data":  # the neurons start at inputs as the encoder sees them
+            start_at_inputs((x - mean) * scale, self.W_enc.data, self.W_dec.data)
 
     @torch.no_grad()
     def project_weights(self) -> None:

@@ -36,6 +36,7 @@ def test_gba_settings_take_the_config_fields_types():
 
     assert gba_settings(["gamma_minus=0.03", "update_interval=8"]) == {"gamma_minus": 0.03, "update_interval": 8}
     assert type(gba_settings(["update_interval=8"])["update_interval"]) is int
+    assert gba_settings(["encoder_init=data", "gating=relu"]) == {"encoder_init": "data", "gating": "relu"}
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -43,8 +44,9 @@ def test_gba_settings_take_the_config_fields_types():
     ("no_such_setting=1", "expected NAME=VALUE with NAME one of"),
     ("update_interval=1.5", "update_interval is int, got '1.5'"),
     ("gamma_minus=fast", "gamma_minus is float"),
+    ("encoder_init=kmeans", r"encoder_init must be one of \('random', 'data'\)"),
 ])
-def test_gba_settings_refuse_what_is_not_a_numeric_setting(text, message):
+def test_gba_settings_refuse_what_is_not_a_setting_of_its_type(text, message):
     from gba_lens.experiments.overrides import gba_settings
 
     with pytest.raises(ValueError, match=message):
