@@ -140,7 +140,7 @@ def small(args: argparse.Namespace) -> list[dict]:
                                   lr_decay_steps=round(175 * args.samples / 150_000), device="cpu"))
             runs.append(evaluate_on_synthetic(sae.eval(), model, n_samples=5_000))
         row = {"model": "small", "method": f"GBA {mode}", "seeds": len(runs), "true_l0": 2.0}
-        for k in ("mcc", "l0", "frr_08", "frr_09"):
+        for k in ("mcc", "f1", "l0", "frr_08", "frr_09"):
             row[k + "_per_seed"] = [round(getattr(r, k), 4) for r in runs]
             row[k] = sum(getattr(r, k) for r in runs) / len(runs)
         out.append(row)

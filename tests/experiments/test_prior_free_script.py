@@ -39,6 +39,19 @@ def test_the_counterexample_reports_each_seeds_l0_and_its_warning(script, capsys
     assert row["warned_per_seed"][0].startswith("GBA's L0 was still falling")
 
 
+def test_the_small_model_reports_each_seeds_figures_and_their_means(script, capsys):
+    import json
+
+    script("prior_free").main(["small", "--samples", "25600", "--seeds", "0", "1", "--modes", "valley+find-l0",
+                               "--gba", "encoder_init=data"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["model"] == "small" and row["seeds"] == 2 and row["true_l0"] == 2.0
+    for key in ("mcc", "f1", "l0", "frr_08", "frr_09"):
+        assert len(row[f"{key}_per_seed"]) == 2
+        assert row[key] == pytest.approx(sum(row[f"{key}_per_seed"]) / 2, abs=1e-4)
+    assert 0 < row["f1"] <= 1 and 0 < row["frr_09"] <= row["frr_08"] <= 1
+
+
 def test_silent_inputs_reports_each_runs_silent_share_and_leaves_the_trainer_as_it_was(script, capsys):
     import re
 
