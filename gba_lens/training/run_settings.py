@@ -3,7 +3,7 @@
 A checkpoint directory belongs to one run. ``run_settings.json`` (written atomically when the
 run starts) records what defines it: the data's identity (path, size, a content fingerprint),
 model, hooks, widths, GBA options, optimiser, batch, schedule, seed. What a new call does with a
-directory that already holds checkpoints (:func:`prepare_run_directory`):
+directory that already holds a run (:func:`prepare_run_directory`):
 
 ============================  ===============================================================
 settings identical            resume from the newest intact checkpoint (one line says so)
@@ -13,6 +13,9 @@ no ``run_settings.json``      refuse (the checkpoints cannot be checked), unless
 ``resume=False``              refuse, unless ``overwrite``: a fresh run never reuses another
                               run's checkpoints, nor deletes them (pruning would)
 ``overwrite``                 remove the old run's checkpoints (saying so) and start afresh
+no checkpoints, but a         refuse, listing each differing setting: a run that ended or
+``run_settings.json`` with    stopped before its first checkpoint, whose results a new run
+other settings                would replace; ``overwrite`` (or ``resume_anyway``) starts afresh
 ============================  ===============================================================
 
 Settings that do not change what is trained (device, logging, checkpoint interval) are not
@@ -158,7 +161,17 @@ def prepare_run_directory(directory: str | Path, settings: dict[str, Any], *, re
     directory = Path(directory)
     entries = _run_entries(directory)
     settings_path = directory / SETTINGS_FILENAME
-    if not entries:  # nothing to resume or to lose: start afresh
+    if not entries:  # nothing to resume: start afresh, unless that replaces another run's results
+        recorded = _read_settings(settings_path)
+        differences = [] if recorded is None else settings_differences(recorded, settings)
+        if differences and not (overwrite or resume_anyway):
+            raise RunSettingsError(
+                f"{directory} holds a run with other settings that left no checkpoint (it ended or stopped "
+                "before its first): " + "; ".join(differences) + ". A new run would replace its results there: "
+                "pass --overwrite to start afresh, or choose another output directory")
+        if differences:
+            warnings.warn(f"{directory} held a run with other settings and no checkpoint: starting afresh "
+                          "(" + "; ".join(differences) + ")", stacklevel=2)
         _write_settings(directory, settings)
         return False
     if overwrite:

@@ -172,6 +172,22 @@ LM = ["train", "--training-tokens", "2048", "--batch-tokens", "512", "--width", 
       "--device", "cpu", "--checkpoint-every", "2"]
 
 
+def test_a_run_that_left_no_checkpoint_is_not_replaced_by_other_settings(tmp_path, capsys):
+    """A run shorter than its checkpoint interval keeps its settings and results, and no checkpoint:
+    one with other settings in the same output directory is refused before it replaces them."""
+    assert LM[-2] == "--checkpoint-every"
+    short = [*LM[:-2], "--checkpoint-every", "1000", "--out", str(tmp_path)]
+    assert cli.main(short) == 0
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(("step_", "final_"))]
+    exported = {p: p.read_bytes() for p in tmp_path.rglob("*.safetensors") if "checkpoints" not in p.parts}
+    assert exported  # the run's SAE
+    line = _refused(capsys, [*short, "--lr", "0.01"])
+    assert "left no checkpoint" in line and "train.lr: 0.003 -> 0.01" in line and "--overwrite" in line, line
+    assert {p: p.read_bytes() for p in exported} == exported  # nothing replaced
+    FIGURES["settings changes refused"] += 1
+    assert cli.main([*short, "--lr", "0.01", "--overwrite"]) == 0
+
+
 def test_lm_route_checks_settings_and_inputs_the_same_way(tmp_path, capsys):
     out = ["--out", str(tmp_path / "lm")]
     hooks = ["--hook", "blocks.0.hook_resid_post", "--hook", "blocks.1.hook_resid_post"]

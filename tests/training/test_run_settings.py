@@ -40,6 +40,20 @@ def test_identical_settings_resume_and_different_ones_are_refused_by_name(tmp_pa
     assert (run / "step_000000004").exists()  # refusing touches nothing
 
 
+def test_a_run_that_left_no_checkpoint_is_not_replaced_by_one_with_other_settings(tmp_path):
+    """A run shorter than its checkpoint interval (or stopped before its first) leaves only its settings;
+    a run with the same settings starts afresh there, one with others is refused unless it overwrites."""
+    assert prepare_run_directory(tmp_path, SETTINGS) is False
+    assert prepare_run_directory(tmp_path, SETTINGS) is False  # the same run again: nothing lost
+    changed = {**SETTINGS, "train": {"lr": 0.01, "batch_size": 64}}
+    with pytest.raises(RunSettingsError, match=r"left no checkpoint .*train\.lr: 0\.003 -> 0\.01.*--overwrite"):
+        prepare_run_directory(tmp_path, changed)
+    assert json.loads((tmp_path / SETTINGS_FILENAME).read_text()) == SETTINGS  # refusing touches nothing
+    with pytest.warns(UserWarning, match=r"no checkpoint: starting afresh \(train\.lr: 0\.003 -> 0\.01\)"):
+        assert prepare_run_directory(tmp_path, changed, overwrite=True) is False
+    assert json.loads((tmp_path / SETTINGS_FILENAME).read_text()) == changed
+
+
 def test_resume_anyway_continues_and_records_the_new_settings(tmp_path):
     run = _with_checkpoint(tmp_path)
     changed = {**SETTINGS, "seed": 1}
