@@ -75,12 +75,12 @@ def directions_from_data(
     if d_sae > rows:  # cycle through the inputs again, each time in a new order
         again = torch.cat([torch.randperm(rows, generator=generator) for _ in range(-(-(d_sae - rows) // rows))])
         drawn = torch.cat([drawn, again[: d_sae - rows]])
-    starts = unit_inputs[drawn.to(inputs.device)]
+    drawn = drawn.to(inputs.device)
     own = _unit_rows(random_directions.float())
     share = torch.ones(d_sae, 1, device=own.device)
     share[rows:] = REPEAT_SHARE
-    share[inputs.float().norm(dim=1)[drawn.to(inputs.device)] == 0] = 0.0
-    return _unit_rows(share * starts.to(own.device) + (1 - share) * own)
+    share[(inputs.float().norm(dim=1)[drawn] == 0).to(own.device)] = 0.0
+    return _unit_rows(share * unit_inputs[drawn].to(own.device) + (1 - share) * own)
 
 
 @torch.no_grad()
