@@ -32,8 +32,9 @@ REPEAT_SHARE = 0.5
 """Beyond the batch's rows, the share of an input in a neuron's start (the rest: its random one)."""
 
 
-def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+def _unit_rows(x: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    norms = x.norm(dim=1) if norms is None else norms
+    return x / norms[:, None].clamp(min=1e-12)
 
 
 @torch.no_grad()
@@ -70,7 +71,8 @@ def directions_from_data(
     if rows == 0:
         raise ValueError("encoder_init='data' needs a non-empty first batch")
     generator = torch.Generator().manual_seed(SEED)
-    unit_inputs = _unit_rows(inputs.float())
+    norms = inputs.float().norm(dim=1)
+    unit_inputs = _unit_rows(inputs.float(), norms)
     drawn = spread_draw(unit_inputs, min(rows, d_sae), generator)
     if d_sae > rows:  # cycle through the inputs again, each time in a new order
         again = torch.cat([torch.randperm(rows, generator=generator) for _ in range(-(-(d_sae - rows) // rows))])
@@ -79,7 +81,7 @@ def directions_from_data(
     own = _unit_rows(random_directions.float())
     share = torch.ones(d_sae, 1, device=own.device)
     share[rows:] = REPEAT_SHARE
-    share[(inputs.float().norm(dim=1)[drawn] == 0).to(own.device)] = 0.0
+    share[(norms[drawn] == 0).to(own.device)] = 0.0
     return _unit_rows(share * unit_inputs[drawn].to(own.device) + (1 - share) * own)
 
 

@@ -160,10 +160,9 @@ def prepare_run_directory(directory: str | Path, settings: dict[str, Any], *, re
         raise RunSettingsError("resume_anyway and overwrite contradict each other: pass one")
     directory = Path(directory)
     entries = _run_entries(directory)
-    settings_path = directory / SETTINGS_FILENAME
+    recorded = _read_settings(directory / SETTINGS_FILENAME)
+    differences = [] if recorded is None else settings_differences(recorded, settings)
     if not entries:  # nothing to resume: start afresh, unless that replaces another run's results
-        recorded = _read_settings(settings_path)
-        differences = [] if recorded is None else settings_differences(recorded, settings)
         if differences and not (overwrite or resume_anyway):
             raise RunSettingsError(
                 f"{directory} holds a run with other settings that left no checkpoint (it ended or stopped "
@@ -185,13 +184,10 @@ def prepare_run_directory(directory: str | Path, settings: dict[str, Any], *, re
             f"{directory} holds the checkpoints of another run ({len(entries)}); a fresh run (--no-resume) "
             "never reuses or deletes them: choose another output directory or pass --overwrite to remove them"
         )
-    recorded = _read_settings(settings_path)
     if recorded is None:
         problem = (f"{directory} holds checkpoints but no readable {SETTINGS_FILENAME} (an older gba_lens, "
                    "or a damaged file), so they cannot be checked against this run's settings")
-        differences = []
     else:
-        differences = settings_differences(recorded, settings)
         problem = f"{directory} holds a run with other settings: " + "; ".join(differences)
     if recorded is not None and not differences:
         return True
