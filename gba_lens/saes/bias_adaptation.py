@@ -25,7 +25,8 @@ the features its neurons found (their valleys, see ``follow_valleys``). With a r
 (by the dead branch's step), so that the L0 meets the request; with ``find_l0`` the same scale
 follows the co-activation balance of :mod:`gba_lens.saes.coactivation`. With ``target_search``
 (:mod:`gba_lens.saes.target_search`) neuron m's target is p_k times its own scale, raised while its
-decoder direction keeps turning.
+decoder direction keeps turning. With ``firing_worth`` (:mod:`gba_lens.saes.firing_worth`) each
+neuron's target is also scaled down where its firings reconstruct little.
 
 The statistics are sums and maxima (``fire_count``, ``n_samples``, ``peak``) so that data-parallel
 training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_statistics``.
@@ -43,6 +44,7 @@ from gba_lens.saes import target_adaptation
 from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.l0_control import L0Control
 from gba_lens.saes.target_adaptation import adapt_group_targets, targets_from_valleys
+from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.target_search import TargetSearch
 
 TARGET_MODES = ("geometric", "adaptive", "valleys")
@@ -79,6 +81,7 @@ class GroupBiasAdaptation(nn.Module):
         average     [d_sae]   (``targets="adaptive"`` only) slow average of the window frequencies
         l0_control.*          (``target_l0`` or ``find_l0`` only) the target scale, see :class:`L0Control`
         target_search.*       (``target_search`` only) the per-neuron target scales, see :class:`TargetSearch`
+        firing_worth.*        (``firing_worth`` only) the per-neuron target multipliers, see :class:`FiringWorth`
     """
 
     fire_count: torch.Tensor
@@ -102,6 +105,7 @@ class GroupBiasAdaptation(nn.Module):
         target_l0: float | None = None,
         find_l0: bool = False,
         target_search: TargetSearch | None = None,
+        firing_worth: FiringWorth | None = None,
         device: str | torch.device = "cpu",
     ):
         super().__init__()
@@ -135,11 +139,14 @@ class GroupBiasAdaptation(nn.Module):
         if self.l0_control is not None:
             self.target.copy_(self.l0_control.scaled_targets())
         self.target_search = target_search
+        self.firing_worth = firing_worth
 
     @property
     def neuron_targets(self) -> torch.Tensor:
-        """[d_sae] the target each neuron is held to: its group's, times its search scale."""
-        return self.target if self.target_search is None else self.target_search.targets(self.target)
+        """[d_sae] the target each neuron is held to: its group's, times its search scale and its
+        firings' worth multiplier."""
+        target = self.target if self.target_search is None else self.target_search.targets(self.target)
+        return target if self.firing_worth is None else target * self.firing_worth.multiplier
 
     @property
     def group_targets(self) -> torch.Tensor:

@@ -51,15 +51,8 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from numpy.typing import NDArray
-from sae_lens import (
-    SAE,
-    JumpReLUSAEConfig,
-    SAEConfig,
-    StandardSAEConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
-    register_sae_training_class,
-)
+from sae_lens import (SAE, JumpReLUSAEConfig, SAEConfig, StandardSAEConfig, TrainingSAE, TrainingSAEConfig,
+                      register_sae_training_class)
 from torch import nn
 from typing_extensions import override
 
@@ -70,6 +63,7 @@ from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.data_init import start_at_inputs
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
+from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.sparse_step import SparseStepPolicy, sparse_training_forward_pass
@@ -155,6 +149,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             gamma_minus=cfg.gamma_minus, gamma_plus=cfg.gamma_plus, dead_eps=cfg.dead_eps,
             targets=cfg.targets if cfg.n_groups > 1 else "geometric", target_l0=cfg.target_l0, find_l0=cfg.find_l0,
             target_search=TargetSearch(cfg.d_sae, cfg.d_in, self.device) if cfg.target_search else None,
+            firing_worth=FiringWorth(cfg.d_sae, cfg.firing_worth, self.device) if cfg.firing_worth else None,
             device=self.device)
         self.training_horizon: int | None = None
         """For ``target_search``: the run's length in optimiser steps (gba_lens's trainers set it)."""
@@ -376,6 +371,11 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             ratio = balance.ratio()
             if ratio is not None:
                 controller.l0_control.follow(ratio, coactivation.GAIN)  # read now: a study may set it
+        worth = controller.firing_worth  # the targets of latents whose firings reconstruct little fall
+        if worth is not None and worth.due(step_input.n_training_steps):
+            worth.observe(output.feature_acts, self.W_dec, self._scaled(output.sae_in - output.sae_out))
+            self.reduce_window_statistics(worth)
+            worth.update()
         search = controller.target_search
         if search is not None and search.due(step_input.n_training_steps):
             search.check(self.W_dec, controller.target, step_input.n_training_steps, self.training_horizon)
@@ -384,7 +384,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             output.metrics.update(logging_metrics(self, output))
         return output
 
-    def reduce_window_statistics(self, statistics: ValleyThresholds | CoactivationBalance) -> None:
+    def reduce_window_statistics(self, statistics: ValleyThresholds | CoactivationBalance | FiringWorth) -> None:
         """Combine a window's (or a co-activation check's) statistics across data-parallel ranks:
         nothing to do in one process (data-parallel training replaces this with an all-reduce)."""
 

@@ -20,7 +20,8 @@ EXECUTION_OPTIONS = ("sparse_step",)
 # Options added after runs were first recorded, with the value that trains as those runs did: a
 # recorded run without one resumes when the new value is that one.
 OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None, "target_search": False,
-                                       "encoder_regression": 0.0, "find_l0": False, "encoder_init": "random"}
+                                       "encoder_regression": 0.0, "find_l0": False, "encoder_init": "random",
+                                       "firing_worth": 0.0}
 
 
 @dataclass(kw_only=True)
@@ -107,10 +108,21 @@ class GBAOptions:
     """``random``: the neurons start at random directions (SAELens's initialisation). ``data``: at
     inputs of the first training batch, centred and scaled as the encoder sees them, drawn to spread
     apart (k-means++ on |cosine|; :mod:`gba_lens.saes.data_init`); needs ``input_norm="unit_mean"``.
-    Measured at the stdlib LM's preset budget (docs/experiments/prior_free.md, thirtieth step, 3
-    seeds): it halves GBA's distance to TopK's frontier on both hooks; on a small synthetic model
-    with more latents than features its L0 ends higher (out of issue 18's window), so it is not the
-    default."""
+    Measured at the stdlib LM's preset budget (docs/experiments/prior_free.md, thirtieth and
+    thirty-first steps, 3 seeds): it halves GBA's distance to TopK's frontier on both hooks, and
+    with ``firing_worth=0.3`` cuts it to a third on mlp_out. Not the default: on a small synthetic
+    model with more latents than features its L0 ends higher (without ``firing_worth``), and small
+    SAEs trained briefly on the IOI model from data starts hold features that attribution does not
+    single out."""
+    firing_worth: float = 0.0
+    """Scale down the target of a neuron whose firings reconstruct little: every 10 steps each
+    neuron's firings are valued by how much the squared error would grow without them (|z d|^2 +
+    2 z d . r), and a neuron whose firings are worth less than this share of the average firing's
+    has its target scaled by the ratio (at least 0.05), so latents with no feature to reconstruct
+    fall nearly silent (:mod:`gba_lens.saes.firing_worth`). 0 (default): off, every neuron keeps its
+    target. Measured with ``encoder_init="data"`` at 0.3 (docs/experiments/prior_free.md,
+    thirty-first step): it brings the small over-complete model's L0 back into issue 18's window;
+    from random starts it costs the paper's toy six points of its features."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -171,6 +183,8 @@ class GBAOptions:
                              "active ones only (use sparse_step='auto' or 'off')")
         if self.encoder_init not in ENCODER_INITS:
             raise ValueError(f"encoder_init must be one of {ENCODER_INITS}, got {self.encoder_init!r}")
+        if not (math.isfinite(self.firing_worth) and 0.0 <= self.firing_worth <= 1.0):
+            raise ValueError(f"firing_worth must be in [0, 1], got {self.firing_worth}")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:

@@ -189,6 +189,17 @@ def test_a_data_start_on_two_ranks_trains_the_one_process_sae(tmp_path, single_p
     assert not torch.allclose(reference["W_enc"], random_start["W_enc"], atol=1e-3)  # it started elsewhere
 
 
+def test_firing_worth_on_two_ranks_trains_the_one_process_sae(tmp_path):
+    """The worth of the firings is summed over every rank's rows before the averages move, so each
+    rank holds the averages (and scales the targets) of one process (two measurements in this run;
+    a rank that kept its own rows' sums would hold other averages)."""
+    reference, state = _one_process_and_two_ranks(tmp_path, ["--firing-worth", "1.0"], firing_worth=1.0)
+    _assert_same_sae(state, reference)
+    assert reference["bias_adaptation.firing_worth.checks"].item() == 2
+    assert reference["bias_adaptation.firing_worth.measured"].sum() > dist_worker.D_SAE // 2
+    assert len(reference["bias_adaptation.firing_worth.worth"].unique()) > dist_worker.D_SAE // 2
+
+
 def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, monkeypatch):
     """The search reads only the decoder, the same on every rank: each rank raises and returns the
     same neurons as one process, with nothing reduced."""

@@ -64,12 +64,9 @@ def test_killed_run_resumes_as_if_uninterrupted(tmp_path):
     assert len(list_checkpoints(run_dir)) <= 2  # old periodic checkpoints are pruned
 
 
-def test_a_killed_target_search_run_resumes_with_its_snapshot_and_scales(tmp_path, monkeypatch):
-    use_search_constants(monkeypatch.setattr)  # checks at 9 (in the checkpoint at 10) and 12
-
-    def sae():
-        return tiny_gba_sae(10, 40, update_interval=4, target_search=True)
-
+def _killed_and_resumed(tmp_path, sae) -> dict:
+    """The state of an uninterrupted run of ``sae()``, after checking that a run killed at batch 13
+    and resumed from its checkpoint at step 10 ends in the same state."""
     full = sae()
     train_sae(full, SeededBatches(_sample, BATCH, seed=3), _cfg(tmp_path / "full"))
     run_dir = tmp_path / "killed"
@@ -80,8 +77,21 @@ def test_a_killed_target_search_run_resumes_with_its_snapshot_and_scales(tmp_pat
     full_state, resumed_state = full.state_dict(), resumed.state_dict()
     assert full_state.keys() == resumed_state.keys()
     for key in full_state:
-        assert torch.allclose(full_state[key], resumed_state[key], atol=1e-6), key
+        assert torch.allclose(full_state[key].float(), resumed_state[key].float(), atol=1e-6), key
+    return full_state
+
+
+def test_a_killed_target_search_run_resumes_with_its_snapshot_and_scales(tmp_path, monkeypatch):
+    use_search_constants(monkeypatch.setattr)  # checks at 9 (in the checkpoint at 10) and 12
+    full_state = _killed_and_resumed(tmp_path, lambda: tiny_gba_sae(10, 40, update_interval=4, target_search=True))
     assert (full_state["bias_adaptation.target_search.scale"] > 1).any()  # the search raised some
+
+
+def test_a_killed_firing_worth_run_resumes_with_its_averages(tmp_path):
+    # measurements at steps 10 (after the checkpoint at 10) and 20
+    full_state = _killed_and_resumed(tmp_path, lambda: tiny_gba_sae(10, 40, update_interval=4, firing_worth=1.0))
+    assert full_state["bias_adaptation.firing_worth.checks"].item() == 2
+    assert full_state["bias_adaptation.firing_worth.measured"].any()
 
 
 def test_a_resumed_run_keeps_the_l0_course_of_the_steps_before_its_checkpoint(tmp_path):

@@ -1,0 +1,120 @@
+"""``firing_worth``: targets scaled down for latents whose firings reconstruct little (gba_lens/saes/firing_worth.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gba_lens.saes import firing_worth
+from gba_lens.saes.firing_worth import FiringWorth
+from gba_lens.saes.gba import GBATrainingSAEConfig
+from gba_lens.training.methods import build_sae
+
+
+def _code(rows: int, d_sae: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    code = torch.rand(rows, d_sae, generator=generator)
+    return code * (torch.rand(rows, d_sae, generator=generator) < 0.3)
+
+
+def test_a_firing_is_worth_the_growth_of_the_squared_error_without_it():
+    torch.manual_seed(0)
+    code, decoder, inputs = _code(20, 6), torch.randn(6, 5), torch.randn(20, 5)
+    error = inputs - code @ decoder
+    expected = torch.zeros(2, 6)
+    for row in range(20):
+        for latent in code[row].nonzero().flatten().tolist():
+            without = code[row].clone()
+            without[latent] = 0
+            grown = (inputs[row] - without @ decoder).pow(2).sum() - error[row].pow(2).sum()
+            expected[0, latent] += grown
+            expected[1, latent] += 1
+    worth = FiringWorth(6, 0.3)
+    worth.observe(code, decoder, error)
+    assert torch.allclose(worth.sums, expected, atol=1e-4)
+    worth.observe(code.to_sparse(), decoder, error)  # the sparse step's code gives the same sums
+    assert torch.allclose(worth.sums, expected, atol=1e-4)
+
+
+def test_a_measurement_reads_only_the_first_rows(monkeypatch):
+    monkeypatch.setattr(firing_worth, "MAX_ROWS", 8)
+    torch.manual_seed(0)
+    code, decoder, error = _code(20, 6), torch.randn(6, 5), torch.randn(20, 5)
+    worth, first = FiringWorth(6, 0.3), FiringWorth(6, 0.3)
+    worth.observe(code, decoder, error)
+    first.observe(code[:8], decoder, error[:8])
+    assert torch.equal(worth.sums, first.sums)
+    worth.observe(code.to_sparse(), decoder, error)
+    assert torch.allclose(worth.sums, first.sums)
+
+
+def test_latents_worth_under_the_share_of_the_average_firing_have_their_targets_scaled_down():
+    worth = FiringWorth(4, 0.5)
+    # per firing 4, 2, 0.5 and no firing; the average firing's worth (4 * 3 + 2 * 1 + 0.5 * 4) / 8 = 2
+    worth.sums.copy_(torch.tensor([[12.0, 2.0, 2.0, 0.0], [3.0, 1.0, 4.0, 0.0]]))
+    worth.update()
+    assert worth.average.item() == pytest.approx(2.0)
+    assert torch.allclose(worth.multiplier, torch.tensor([1.0, 1.0, 0.5, 1.0]))
+    # the next measurement moves each average by BETA of the difference; a latent silent at it keeps its reading
+    worth.sums.copy_(torch.tensor([[4.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+    worth.update()
+    beta = firing_worth.BETA
+    assert worth.average.item() == pytest.approx(2.0 + beta * (4.0 - 2.0))
+    assert worth.worth.tolist() == pytest.approx([4.0, 2.0, 0.5, 0.0])
+    assert worth.measured.tolist() == [True, True, True, False]
+    assert worth.multiplier[2].item() == pytest.approx(0.5 / (0.5 * worth.average.item()))
+    # a firing worth nothing (or less) is held at FLOOR, not silenced outright
+    worth.sums.copy_(torch.tensor([[-5.0, 20.0, 0.0, 0.0], [1.0, 2.0, 0.0, 0.0]]))
+    for _ in range(50):
+        worth.update()
+    assert worth.multiplier[0].item() == pytest.approx(firing_worth.FLOOR)
+
+
+def test_no_target_is_scaled_while_the_average_firing_is_worth_nothing_or_less():
+    # a new SAE's firings overshoot: dropping any one lowers the error, and nothing is a reference yet
+    worth = FiringWorth(3, 0.3)
+    worth.sums.copy_(torch.tensor([[-3.0, -1.0, 1.0], [1.0, 1.0, 1.0]]))
+    worth.update()
+    assert worth.average.item() < 0 and torch.equal(worth.multiplier, torch.ones(3))
+
+
+def test_a_measurement_with_no_firing_changes_nothing():
+    worth = FiringWorth(3, 0.3)
+    worth.update()
+    assert worth.checks.item() == 0 and torch.equal(worth.multiplier, torch.ones(3))
+
+
+def test_the_rule_holds_each_neuron_to_its_scaled_target():
+    sae = build_sae("gba", 8, 16, firing_worth=0.3)
+    controller = sae.bias_adaptation
+    controller.firing_worth.multiplier[:4] = 0.25
+    assert torch.equal(controller.neuron_targets[:4], 0.25 * controller.target[:4])
+    assert torch.equal(controller.neuron_targets[4:], controller.target[4:])
+    assert build_sae("gba", 8, 16).bias_adaptation.firing_worth is None  # off by default
+    assert "bias_adaptation.firing_worth.multiplier" in sae.state_dict()  # checkpoints carry it
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_a_share_outside_0_1_is_refused(value):
+    with pytest.raises(ValueError, match="firing_worth must be in"):
+        GBATrainingSAEConfig(d_in=4, d_sae=8, firing_worth=value)
+
+
+def test_the_spare_latents_of_a_model_with_more_latents_than_features_fire_less():
+    """The small model (48 features, 128 latents) with data starts: the latents matched to no feature
+    fire about half as much (seeds 0-3: 0.69-1.27 latents per input without the rule, 0.26-0.57 with
+    share 0.5, docs/experiments/prior_free.md, thirty-first step), and as many features are found."""
+    script = Path(__file__).parents[2] / "scripts" / "small_latents.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    runs = {}
+    for share in ("0", "0.5"):
+        out = subprocess.run([sys.executable, str(script), "--seeds", "0", "--gba", "encoder_init=data",
+                              f"firing_worth={share}"], capture_output=True, text=True, env=env, check=True)
+        runs[share] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["0.5"]["unmatched"]["l0"] < 0.6 * runs["0"]["unmatched"]["l0"]
+    assert runs["0.5"]["features_matched"] >= runs["0"]["features_matched"] - 2
+    assert runs["0.5"]["l0"] < runs["0"]["l0"]
