@@ -38,6 +38,7 @@ time. Medians over repetitions after warm-up; a ratio (GBA / standard, BA share,
 training) is the median of per-repetition ratios of sides timed back to back. Usage::
 
     python benchmarks/bench_training.py [--quick] [--gba both|defaults|paper-rule] [--threads 1] [--wall]
+    python benchmarks/bench_training.py --firing-worth 0.3       # the defaults with data starts and firing_worth
                                         [--profile] [--out FILE]
 
 Prints markdown tables; a full run of both configurations also writes them to
@@ -257,6 +258,9 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "
     if gba.bias_adaptation.coactivation is not None:  # find_l0: amortised over the steps, not a median
         inst.wrap(gba.bias_adaptation.coactivation, "observe", "check")
         inst.wrap(gba.bias_adaptation.coactivation, "ratio", "check")
+    if gba.bias_adaptation.firing_worth is not None:  # firing_worth: measured at the same steps as the checks
+        inst.wrap(gba.bias_adaptation.firing_worth, "observe", "check")
+        inst.wrap(gba.bias_adaptation.firing_worth, "update", "check")
     sides: list[tuple[str, Callable[[], None], Samples]] = [
         ("gba", gba_step, res.step_gba), ("std", std_step, res.step_std), ("gemm", gemms, res.gemm)
     ]
@@ -484,7 +488,8 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """The GBA configurations to measure, as (the tables' name, options): both by default; a variant
-    flag measures one configuration (valley thresholds and the encoder loss on the paper's targets)."""
+    flag measures one configuration (valley thresholds and the encoder loss on the paper's targets,
+    or the defaults with data starts and ``firing_worth``)."""
     if args.valley_thresholds or args.encoder_regression:
         options = {**PAPER_RULE, "valley_thresholds": args.valley_thresholds,
                    "encoder_regression": args.encoder_regression}
@@ -492,6 +497,9 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]
                                            (f"encoder_regression {args.encoder_regression:g}",
                                             args.encoder_regression)) if on)
         return [(f"the paper's rule + {named}", options)]
+    if args.firing_worth:
+        return [(f"defaults + data starts + firing_worth {args.firing_worth:g}",
+                 {"encoder_init": "data", "firing_worth": args.firing_worth})]
     chosen = "defaults" if args.find_l0 else args.gba
     known = {"defaults": ("defaults", {}), "paper-rule": ("the paper's rule", dict(PAPER_RULE))}
     return list(known.values()) if chosen == "both" else [known[chosen]]
@@ -515,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="GBA with valley thresholds on the paper's targets (step sizes only; writes no file unless --out)")
     parser.add_argument("--encoder-regression", type=float, default=0.0, metavar="WEIGHT",
                         help="GBA's paper rule with encoder_regression=WEIGHT (step sizes only; writes no file unless --out)")
+    parser.add_argument("--firing-worth", type=float, default=0.0, metavar="SHARE",
+                        help="GBA's defaults with encoder_init='data' and firing_worth=SHARE (writes no file unless --out)")
     add_set_option(parser)
     args = parser.parse_args(argv)
     apply_set_option(parser, args)
@@ -542,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
              " --find-l0" if args.find_l0 else "",
              " --valley-thresholds" if args.valley_thresholds else "",
              f" --encoder-regression {args.encoder_regression:g}" if args.encoder_regression else "",
+             f" --firing-worth {args.firing_worth:g}" if args.firing_worth else "",
              "".join(f" --set {assignment}" for assignment in args.set or []),
              f" --threads {args.threads}" if args.threads != 1 else ""]
     md += f"\n\nCommand: `python benchmarks/bench_training.py{''.join(flags)}`; " \

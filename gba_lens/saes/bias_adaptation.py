@@ -42,9 +42,9 @@ from torch import nn
 
 from gba_lens.saes import target_adaptation
 from gba_lens.saes.coactivation import CoactivationBalance
+from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.l0_control import L0Control
 from gba_lens.saes.target_adaptation import adapt_group_targets, targets_from_valleys
-from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.target_search import TargetSearch
 
 TARGET_MODES = ("geometric", "adaptive", "valleys")

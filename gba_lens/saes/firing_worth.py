@@ -89,23 +89,26 @@ class FiringWorth(nn.Module):
         error in the units ``decoder`` reconstructs."""
         d_sae = decoder.shape[0]
         error = residual.detach().reshape(-1, residual.shape[-1])[:MAX_ROWS].float()
-        directions = decoder.detach().float()
-        squared_norms = (directions * directions).sum(1)
-        self.sums.zero_()
-        if feature_acts.is_sparse:  # the sparse step (wide SAEs): per active entry
+        if feature_acts.is_sparse:  # the sparse step (wide SAEs)
             acts = feature_acts.detach().coalesce()
             rows, latents = acts.indices()[0], acts.indices()[-1]
             values = acts.values().float()
             keep = (rows < MAX_ROWS) & (values != 0)
             rows, latents, values = rows[keep], latents[keep], values[keep]
-            overlap = torch.einsum("ed,ed->e", directions[latents], error[rows])  # d_m . r per entry
-            self.sums[0].index_add_(0, latents, values * (values * squared_norms[latents] + 2 * overlap))
-            self.sums[1].index_add_(0, latents, torch.ones_like(values))
-        else:  # dense: one [rows, d_sae] product of the errors with the decoder
-            acts = feature_acts.detach().reshape(-1, d_sae)[:MAX_ROWS].float()
-            overlap = error @ directions.T
-            self.sums[0] = (acts * (acts * squared_norms + 2 * overlap)).sum(0)
-            self.sums[1] = (acts != 0).sum(0)
+        else:
+            acts = feature_acts.detach().reshape(-1, d_sae)[:MAX_ROWS]
+            rows, latents = acts.nonzero(as_tuple=True)
+            values = acts[rows, latents].float()
+        directions = decoder.detach().float()
+        # sum over m's firings of z^2 |d_m|^2, and of 2 z d_m . r = 2 d_m . (sum of z r): the second
+        # as a sparse [d_sae, rows] code times the errors (about nnz x d_in, not rows x d_sae x d_in)
+        code = torch.sparse_coo_tensor(torch.stack([latents, rows]), values, (d_sae, error.shape[0]),
+                                       check_invariants=False)
+        weighted_errors = torch.sparse.mm(code, error)                               # [d_sae, d_in]
+        self.sums.zero_()
+        self.sums[0].index_add_(0, latents, values * values).mul_((directions * directions).sum(1))
+        self.sums[0].add_(2 * (directions * weighted_errors).sum(1))
+        self.sums[1].index_add_(0, latents, torch.ones_like(values))
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows."""

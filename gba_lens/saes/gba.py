@@ -373,7 +373,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
                 controller.l0_control.follow(ratio, coactivation.GAIN)  # read now: a study may set it
         worth = controller.firing_worth  # the targets of latents whose firings reconstruct little fall
         if worth is not None and worth.due(step_input.n_training_steps):
-            worth.observe(output.feature_acts, self.W_dec, self._scaled(output.sae_in - output.sae_out))
+            worth.observe(output.feature_acts, self.W_dec, self._scaled(output.sae_in - output.sae_out.detach()))
             self.reduce_window_statistics(worth)
             worth.update()
         search = controller.target_search

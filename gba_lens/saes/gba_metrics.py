@@ -26,6 +26,10 @@ def logging_metrics(sae: Any, output: TrainStepOutput) -> dict[str, Any]:
     }
     if sae.bias_adaptation.target_search is not None:  # neurons searching above their group's target
         metrics["gba/search_raised_fraction"] = (sae.bias_adaptation.target_search.scale > 1).float().mean()
+    worth = sae.bias_adaptation.firing_worth
+    if worth is not None:  # firing_worth: the neurons whose targets it scales down, and the reference
+        metrics["gba/worth_scaled_fraction"] = (worth.multiplier < 1).float().mean()
+        metrics["gba/worth_average"] = worth.average
     l0_control = sae.bias_adaptation.l0_control
     if l0_control is not None:  # the L0 controller (target_l0, find_l0): what it measures and its target scale
         metrics["gba/l0_average"] = l0_control.l0_average

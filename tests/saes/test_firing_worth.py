@@ -11,7 +11,7 @@ import torch
 
 from gba_lens.saes import firing_worth
 from gba_lens.saes.firing_worth import FiringWorth
-from gba_lens.saes.gba import GBATrainingSAEConfig
+from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.methods import build_sae
 
 
@@ -96,6 +96,24 @@ def test_the_rule_holds_each_neuron_to_its_scaled_target():
     assert torch.equal(controller.neuron_targets[4:], controller.target[4:])
     assert build_sae("gba", 8, 16).bias_adaptation.firing_worth is None  # off by default
     assert "bias_adaptation.firing_worth.multiplier" in sae.state_dict()  # checkpoints carry it
+
+
+def test_the_sae_measures_its_own_step_every_check_logs_it_and_exports_without_it(step_input):
+    torch.manual_seed(0)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, firing_worth=1.0))
+    worth = sae.bias_adaptation.firing_worth
+    x = torch.relu(torch.randn(256, 8, generator=torch.Generator().manual_seed(1))) * 2
+    sae.training_forward_pass(step_input(x, 1))
+    assert worth.checks.item() == 0  # not a measurement step
+    out = sae.training_forward_pass(step_input(x, firing_worth.CHECK_EVERY))
+    assert worth.checks.item() == 1 and worth.measured.any()
+    # the sums are the step's own code against its error, in the units the decoder reconstructs
+    expected = FiringWorth(32, 1.0)
+    expected.observe(out.feature_acts, sae.W_dec, (x - out.sae_out.detach()) * sae.input_scale)
+    assert torch.allclose(worth.sums, expected.sums, rtol=1e-4, atol=1e-5)
+    assert out.metrics["gba/worth_scaled_fraction"] == (worth.multiplier < 1).float().mean()
+    assert out.metrics["gba/worth_average"] == worth.average
+    assert not [key for key in sae.to_inference_sae().state_dict() if "worth" in key]
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
