@@ -111,9 +111,9 @@ class GBAOptions:
     Measured at the stdlib LM's preset budget (docs/experiments/prior_free.md, thirtieth and
     thirty-first steps, 3 seeds): it halves GBA's distance to TopK's frontier on both hooks, and
     with ``firing_worth=0.3`` cuts it to a third on mlp_out. Not the default: on a small synthetic
-    model with more latents than features its L0 ends higher (without ``firing_worth``), and small
-    SAEs trained briefly on the IOI model from data starts hold features that attribution does not
-    single out."""
+    model with more latents than features its L0 ends higher (without ``firing_worth``), and on the
+    IOI model's short runs attribution singles out its features less than from random starts. The
+    draw has its own generator: runs with the same first batch start alike, whatever their seed."""
     firing_worth: float = 0.0
     """Scale down the target of a neuron whose firings reconstruct little: every 10 steps each
     neuron's firings are valued by how much the squared error would grow without them (|z d|^2 +
