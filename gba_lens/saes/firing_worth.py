@@ -75,10 +75,6 @@ class FiringWorth(nn.Module):
         self.register_buffer("multiplier", torch.ones(d_sae, device=device))
         self.register_buffer("sums", torch.zeros(2, d_sae, device=device))
 
-    @staticmethod
-    def due(step: int) -> bool:
-        return step > 0 and step % CHECK_EVERY == 0
-
     @torch.no_grad()
     def observe(
         self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"],
@@ -133,3 +129,8 @@ class FiringWorth(nn.Module):
         reference = self.share * self.average
         scaled = (self.worth / reference.clamp(min=1e-12)).clamp(FLOOR, 1.0)
         self.multiplier.copy_(torch.where(self.measured & (reference > 0), scaled, torch.ones_like(scaled)))
+
+    @staticmethod
+    def due(step: int) -> bool:
+        """Whether the step taken after ``step`` optimiser steps measures: every ``CHECK_EVERY``-th, not the first."""
+        return step > 0 and step % CHECK_EVERY == 0
