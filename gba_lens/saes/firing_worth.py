@@ -114,10 +114,11 @@ class FiringWorth(nn.Module):
     def update(self) -> None:
         """Fold the (reduced) sums into the averages and set the multipliers."""
         worth_sum, firings = self.sums
-        if float(firings.sum()) == 0:
+        total = firings.sum()
+        if float(total) == 0:  # the one read of the device per measurement
             return
-        average = worth_sum.sum() / firings.sum()
-        self.average.copy_(average if self.checks == 0 else self.average + BETA * (average - self.average))
+        average = worth_sum.sum() / total
+        self.average.copy_(torch.where(self.checks == 0, average, self.average + BETA * (average - self.average)))
         self.checks.add_(1)
         fired = firings > 0
         per_firing = worth_sum / firings.clamp(min=1)
