@@ -13,18 +13,20 @@ proportional to (1 - its largest |cosine| with those already taken)^2.
     for i >= rows:             half an input (cycling through them again) and half the neuron's own
                                random direction, so that no two neurons start alike
 
-Every rank of a data-parallel run draws the same inputs (the generator is seeded with
-``SEED``; the batch is the global one). A checkpoint starts from its own weights: the draw runs once,
-on the first batch of a new SAE. Measured in docs/experiments/prior_free.md (thirtieth step).
+The draw's generator is seeded from the neurons' random initial directions (:func:`draw_seed`), so
+that it follows the run's seed, as a random start does, and every rank of a data-parallel run draws
+the same inputs (their parameters are equal from the start; the batch is the global one). A checkpoint
+starts from its own weights: the draw runs once, on the first batch of a new SAE. Measured in
+docs/experiments/prior_free.md (thirtieth and thirty-second steps).
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from jaxtyping import Float
 
-SEED = 0
-"""Seed of the draw (the same on every rank)."""
 SPREAD_POWER = 2.0
 """An input is drawn with probability proportional to (1 - its largest |cosine| with those taken)
 to this power (k-means++'s squared distance)."""
@@ -35,6 +37,13 @@ REPEAT_SHARE = 0.5
 def _unit_rows(x: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
     norms = x.norm(dim=1) if norms is None else norms
     return x / norms[:, None].clamp(min=1e-12)
+
+
+def draw_seed(random_directions: Float[torch.Tensor, "d_sae d_in"]) -> int:
+    """Seed of the draw: a hash of the first neuron's random direction. The run's seed (or its
+    generator) sets those directions, and data-parallel ranks hold the same ones."""
+    first = random_directions[0].detach().to("cpu", torch.float32).contiguous()
+    return int.from_bytes(hashlib.blake2b(first.numpy().tobytes(), digest_size=8).digest(), "little") >> 1
 
 
 @torch.no_grad()
@@ -70,7 +79,7 @@ def directions_from_data(
     rows = inputs.shape[0]
     if rows == 0:
         raise ValueError("encoder_init='data' needs a non-empty first batch")
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator().manual_seed(draw_seed(random_directions))
     norms = inputs.float().norm(dim=1)
     unit_inputs = _unit_rows(inputs.float(), norms)
     drawn = spread_draw(unit_inputs, min(rows, d_sae), generator)

@@ -108,12 +108,12 @@ class GBAOptions:
     """``random``: the neurons start at random directions (SAELens's initialisation). ``data``: at
     inputs of the first training batch, centred and scaled as the encoder sees them, drawn to spread
     apart (k-means++ on |cosine|; :mod:`gba_lens.saes.data_init`); needs ``input_norm="unit_mean"``.
-    Measured at the stdlib LM's preset budget (docs/experiments/prior_free.md, thirtieth and
-    thirty-first steps, 3 seeds): it halves GBA's distance to TopK's frontier on both hooks, and
-    with ``firing_worth=0.3`` cuts it to a third on mlp_out. Not the default: on a small synthetic
-    model with more latents than features its L0 ends higher (without ``firing_worth``), and on the
-    IOI model's short runs attribution singles out its features less than from random starts. The
-    draw has its own generator: runs with the same first batch start alike, whatever their seed."""
+    The draw follows the run's seed. Measured (docs/experiments/prior_free.md, thirtieth to
+    thirty-second steps): at the stdlib LM's preset budget it leaves under a third of GBA's distance
+    to TopK's frontier on both hooks, and the paper's toy reaches 99.5 / 99.5 of its features. Not
+    the default: on a small synthetic model with more latents than features its L0 ends higher
+    (without ``firing_worth``), and on the IOI model's 300-step SAEs attribution singles out its
+    features less than from random starts (as it does for random starts trained longer)."""
     firing_worth: float = 0.0
     """Scale down the target of a neuron whose firings reconstruct little: every 10 steps each
     neuron's firings are valued by how much the squared error would grow without them (|z d|^2 +
@@ -121,8 +121,9 @@ class GBAOptions:
     has its target scaled by the ratio (at least 0.05), so latents with no feature to reconstruct
     fall nearly silent (:mod:`gba_lens.saes.firing_worth`). 0 (default): off, every neuron keeps its
     target. Measured with ``encoder_init="data"`` at 0.3 (docs/experiments/prior_free.md,
-    thirty-first step): it brings the small over-complete model's L0 back into issue 18's window;
-    from random starts it costs the paper's toy six points of its features."""
+    thirty-first and thirty-second steps): it brings the small over-complete model's L0 back into
+    issue 18's window, costs the paper's toy 2.4 points of its features and leaves the stdlib LM
+    about where data starts put it, at a lower L0; from random starts it costs the toy six points."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""

@@ -34,30 +34,10 @@ def tiny():
 @pytest.fixture(scope="session")
 def ioi():
     """The offline IOI model with small GBA SAEs trained here (a few seconds)."""
+    from gba_lens.experiments.ioi_attribution import train_ioi_saes
     from gba_lens.models.ioi_model import ioi_heldout_prompts, load_ioi_model
-    from gba_lens.training.methods import build_sae
-    from gba_lens.training.train import TrainConfig, train_sae
 
     model = load_ioi_model()
-    train = ioi_heldout_prompts(model, "train", n_prompts=300, seed=1)
-    hooks = ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.1.hook_resid_pre"]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(torch.cat([train.clean_tokens, train.corrupted_tokens]),
-                                        names_filter=lambda n: n in hooks)
-    real = torch.cat([train.attention_mask] * 2).bool()
-    saes = {}
-    for i, hook in enumerate(hooks):
-        acts = cache[hook]
-        acts = (acts.flatten(-2) if acts.ndim == 4 else acts)[real]
-        gen = torch.Generator().manual_seed(i)
-
-        def batches(acts=acts, gen=gen):
-            while True:
-                yield acts[torch.randint(0, acts.shape[0], (256,), generator=gen)]
-
-        torch.manual_seed(SAE_SEED + i)
-        sae = build_sae("gba", acts.shape[-1], 128)
-        train_sae(sae, batches(), TrainConfig(total_samples=256 * 300, batch_size=256, lr=3e-3))
-        saes[hook] = sae.to_inference_sae()
+    saes = train_ioi_saes(model, SAE_SEED)
     prompts = ioi_heldout_prompts(model, "pairs", n_prompts=64, seed=2)
     return model, saes, prompts

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from gba_lens import attach
-from gba_lens.circuits import (
-    ablate_features,
-    attribute,
-    verify_attribution,
-)
+from gba_lens.circuits import attribute, verify_attribution
 from gba_lens.circuits.ioi import mean_logit_diff
+from gba_lens.experiments.ioi_attribution import top_and_random_ablation
 
 from circuit_builders import RESID
 
@@ -25,19 +20,8 @@ def test_ioi_attribution_finds_features_that_matter(ioi):
         # zero-ablate the k features with the most negative AtP totals vs k random active features
         k, lines = 10, []
         for hook, min_ratio in (("blocks.0.attn.hook_z", 3.0), ("blocks.1.attn.hook_z", 3.0), (RESID, 2.0)):
-            top = torch.argsort(res.feature_totals(hook))[:k].tolist()
-            top_delta = ablate_features(att, ps.clean_tokens, {hook: top}, metric).delta
-            name = att.feature_hook_name(hook)
-            with torch.no_grad():
-                acts = model.run_with_cache(ps.clean_tokens, names_filter=name)[1][name]
-            active = torch.nonzero((acts[ps.attention_mask.bool()] > 0).any(0)).flatten()
-            gen = torch.Generator().manual_seed(0)
-            random_deltas = [
-                ablate_features(att, ps.clean_tokens, {hook: active[torch.randperm(len(active), generator=gen)[:k]].tolist()},
-                                metric).delta
-                for _ in range(20)
-            ]
-            random_delta = sum(random_deltas) / len(random_deltas)
+            top_delta, random_delta = top_and_random_ablation(att, ps.clean_tokens, ps.attention_mask, metric, hook,
+                                                              res.feature_totals(hook), k=k)
             lines.append(f"{hook}: top-{k} ablation {top_delta:+.2f}, random-{k} (active, mean of 20) "
                          f"{random_delta:+.2f} ({top_delta / random_delta:.1f}x)")
             assert top_delta < -0.5

@@ -68,6 +68,38 @@ def test_the_start_is_the_same_whatever_the_global_random_state():
     assert torch.equal(first, directions_from_data(inputs, own))
 
 
+def _drawn_inputs(starts: torch.Tensor, inputs: torch.Tensor) -> list[int]:
+    best, which = (starts @ _unit(inputs).T).abs().max(1)
+    assert torch.allclose(best, torch.ones(len(starts)), atol=1e-5)
+    return which.tolist()
+
+
+def test_the_draw_follows_the_run_s_seed_through_the_neurons_random_directions():
+    """Two seeds draw different inputs from one batch (a random start differs by seed too); the same
+    seed draws the same ones."""
+    inputs = torch.randn(200, 8, generator=torch.Generator().manual_seed(5))
+    draws = []
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        sae = build_sae("gba", 8, 16, encoder_init="data")
+        sae.initialize_from_batch(inputs)
+        draws.append(_drawn_inputs(sae.W_enc.data.T, inputs - inputs.mean(0)))
+    assert draws[0] == draws[2]
+    assert draws[0] != draws[1]
+    assert len(set(draws[0])) == 16 and len(set(draws[1])) == 16
+
+
+def test_the_draw_s_seed_is_read_from_the_first_direction_alone():
+    torch.manual_seed(0)
+    own = torch.randn(10, 6)
+    moved = own.clone()
+    moved[1:] = torch.randn(9, 6)
+    assert data_init.draw_seed(own) == data_init.draw_seed(moved)
+    moved[0, 0] += 1e-6
+    assert data_init.draw_seed(own) != data_init.draw_seed(moved)
+    assert 0 <= data_init.draw_seed(own) < 2**63  # a valid torch seed
+
+
 def test_a_gba_sae_starts_at_its_first_batch_once(monkeypatch):
     from gba_lens.compat import TrainStepInput
 

@@ -1,0 +1,40 @@
+"""``scripts/ioi_attribution.py``: the IOI attribution check per SAE seed and GBA setting."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "ioi_attribution.py"
+HOOKS = ("blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.1.hook_resid_pre")
+
+
+def _run(capsys, *args: str) -> list[dict]:
+    main = runpy.run_path(str(SCRIPT))["main"]
+    main(list(args))
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_the_script_reads_each_seed_and_passes_the_gba_settings_on(capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    random_starts = _run(capsys, "--seeds", "0", "1")
+    data_starts = _run(capsys, "--seeds", "0", "--gba", "encoder_init=data")
+    assert [line["seed"] for line in random_starts] == [0, 1]
+    assert data_starts[0]["gba"] == {"encoder_init": "data"} and data_starts[0]["steps"] == 300
+    for line in random_starts + data_starts:
+        for hook in HOOKS:
+            reading = line[hook]
+            assert reading["top"] < 0 and reading["random"] < 0  # ablating features lowers the logit difference
+            assert reading["ratio"] == pytest.approx(reading["top"] / reading["random"], abs=0.01)
+            assert 0 < reading["l0"] < 128
+    # other seeds and other settings train other SAEs
+    assert random_starts[0][HOOKS[0]] != random_starts[1][HOOKS[0]]
+    assert random_starts[0][HOOKS[0]] != data_starts[0][HOOKS[0]]
+
+
+def test_the_script_refuses_a_budget_under_one_step(capsys):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    with pytest.raises(SystemExit):
+        main(["--steps", "0"])
+    assert "--steps must be at least 1, got 0" in capsys.readouterr().err
