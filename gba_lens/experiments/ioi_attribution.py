@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 
 from gba_lens.circuits import ablate_features
 from gba_lens.models.ioi_model import ioi_heldout_prompts
@@ -56,7 +56,7 @@ def train_ioi_saes(model: Any, seed: int = 0, steps: int = STEPS, **gba_settings
 
 def top_and_random_ablation(
     attached: Any, tokens: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
-    metric: Callable[[torch.Tensor], torch.Tensor], hook: str, feature_totals: torch.Tensor,
+    metric: Callable[[torch.Tensor], torch.Tensor], hook: str, feature_totals: Float[torch.Tensor, " d_sae"],
     k: int = 10, draws: int = 20,
 ) -> tuple[float, float]:
     """The metric's change from zero-ablating the ``k`` features with the most negative attribution

@@ -109,8 +109,8 @@ class GBAOptions:
     inputs of the first training batch, centred and scaled as the encoder sees them, drawn to spread
     apart (k-means++ on |cosine|; :mod:`gba_lens.saes.data_init`); needs ``input_norm="unit_mean"``.
     The draw follows the run's seed. Measured (docs/experiments/prior_free.md, thirtieth to
-    thirty-second steps): at the stdlib LM's preset budget it leaves under a third of GBA's distance
-    to TopK's frontier on both hooks, and the paper's toy reaches 99.5 / 99.5 of its features. Not
+    thirty-second steps): at the stdlib LM's preset budget it leaves under half of GBA's distance to
+    TopK's frontier on both hooks, and the paper's toy reaches 99.5 / 99.5 of its features. Not
     the default: on a small synthetic model with more latents than features its L0 ends higher
     (without ``firing_worth``), and on the IOI model's 300-step SAEs attribution singles out its
     features less than from random starts (as it does for random starts trained longer)."""

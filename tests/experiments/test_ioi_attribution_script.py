@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gba_lens.experiments.ioi_attribution import HOOKS, STEPS, WIDTH
+
 SCRIPT = Path(__file__).parents[2] / "scripts" / "ioi_attribution.py"
-HOOKS = ("blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.1.hook_resid_pre")
 
 
 def _run(capsys, *args: str) -> list[dict]:
@@ -21,13 +22,14 @@ def test_the_script_reads_each_seed_and_passes_the_gba_settings_on(capsys, monke
     random_starts = _run(capsys, "--seeds", "0", "1")
     data_starts = _run(capsys, "--seeds", "0", "--gba", "encoder_init=data")
     assert [line["seed"] for line in random_starts] == [0, 1]
-    assert data_starts[0]["gba"] == {"encoder_init": "data"} and data_starts[0]["steps"] == 300
+    assert data_starts[0]["gba"] == {"encoder_init": "data"} and data_starts[0]["steps"] == STEPS
     for line in random_starts + data_starts:
+        assert -1 <= line["spearman"] <= 1
         for hook in HOOKS:
             reading = line[hook]
             assert reading["top"] < 0 and reading["random"] < 0  # ablating features lowers the logit difference
             assert reading["ratio"] == pytest.approx(reading["top"] / reading["random"], abs=0.01)
-            assert 0 < reading["l0"] < 128
+            assert 0 < reading["l0"] < WIDTH
     # other seeds and other settings train other SAEs
     assert random_starts[0][HOOKS[0]] != random_starts[1][HOOKS[0]]
     assert random_starts[0][HOOKS[0]] != data_starts[0][HOOKS[0]]
