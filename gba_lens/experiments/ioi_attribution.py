@@ -1,6 +1,7 @@
 """The IOI attribution check on small GBA SAEs: SAEs trained briefly on the offline IOI model's
 activations at three hooks, and how much more ablating the features attribution ranks first lowers
-the logit difference than ablating as many random active features. The library's test
+the logit difference than ablating as many random active features, or as the features exact
+ablation ranks first. The library's test
 (``tests/circuits/test_circuit_ioi.py``) asks it of one SAE seed; ``scripts/ioi_attribution.py``
 reads it over seeds and GBA settings (docs/experiments/prior_free.md, thirty-second step).
 """
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from gba_lens.circuits import ablate_features
+from gba_lens.circuits import ablate_features, ablation_sweep
 from gba_lens.models.ioi_model import ioi_heldout_prompts
 from gba_lens.training.methods import build_sae
 from gba_lens.training.train import TrainConfig, train_sae
@@ -75,3 +76,13 @@ def top_and_random_ablation(
         for _ in range(draws)
     ]
     return top_delta, sum(random_deltas) / len(random_deltas)
+
+
+def exact_top_features(attached: Any, tokens: Int[torch.Tensor, "batch pos"],
+                       metric: Callable[[torch.Tensor], torch.Tensor], k: int = 10) -> dict[str, list[int]]:
+    """Per attached hook, the ``k`` features whose zero-ablation, one at a time, lowers the metric most
+    (:func:`~gba_lens.circuits.ablation_sweep` over every active feature): the ranking attribution
+    estimates, read exactly."""
+    sweep = ablation_sweep(attached, tokens, metric, features="active", progress=False)
+    return {hook: [int(f) for f in rows.sort_values("delta")["feature"].head(k)]
+            for hook, rows in sweep.groupby("hook")}

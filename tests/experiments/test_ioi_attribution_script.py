@@ -30,6 +30,9 @@ def test_the_script_reads_each_seed_and_passes_the_gba_settings_on(capsys, monke
             assert reading["top"] < 0 and reading["random"] < 0  # ablating features lowers the logit difference
             assert reading["ratio"] == pytest.approx(reading["top"] / reading["random"], abs=0.01)
             assert 0 < reading["l0"] < WIDTH
+            # the ten features exact ablation ranks first cost at least what AtP's ten do
+            assert reading["exact_top"] <= reading["top"] + 1e-3
+            assert reading["atp_share"] == pytest.approx(reading["top"] / reading["exact_top"], abs=0.01)
     # other seeds and other settings train other SAEs
     assert random_starts[0][HOOKS[0]] != random_starts[1][HOOKS[0]]
     assert random_starts[0][HOOKS[0]] != data_starts[0][HOOKS[0]]
