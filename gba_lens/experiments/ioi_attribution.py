@@ -81,8 +81,8 @@ def top_and_random_ablation(
 def exact_top_features(attached: Any, tokens: Int[torch.Tensor, "batch pos"],
                        metric: Callable[[torch.Tensor], torch.Tensor], k: int = 10) -> dict[str, list[int]]:
     """Per attached hook, the ``k`` features whose zero-ablation, one at a time, lowers the metric most
-    (:func:`~gba_lens.circuits.ablation_sweep` over every active feature): the ranking attribution
-    estimates, read exactly."""
+    (:func:`~gba_lens.circuits.ablation_sweep` over every active feature). Attribution estimates
+    the clean-to-corrupted patch instead, which ranks the features otherwise."""
     sweep = ablation_sweep(attached, tokens, metric, features="active", progress=False)
     return {hook: [int(f) for f in rows.sort_values("delta")["feature"].head(k)]
             for hook, rows in sweep.groupby("hook")}
