@@ -17,15 +17,13 @@ import argparse
 import json
 import warnings
 
-import torch
-
 
 def main(argv: list[str] | None = None) -> None:
     from gba_lens import attach
     from gba_lens.circuits import ablate_features, attribute, verify_attribution
     from gba_lens.circuits.ioi import mean_logit_diff
-    from gba_lens.experiments.ioi_attribution import (HOOKS, STEPS, exact_top_features, top_and_random_ablation,
-                                                       train_ioi_saes)
+    from gba_lens.experiments.ioi_attribution import (HOOKS, STEPS, exact_top_features, real_token_codes,
+                                                       top_and_random_ablation, train_ioi_saes)
     from gba_lens.experiments.overrides import add_gba_option, gba_settings_of
     from gba_lens.models.ioi_model import ioi_heldout_prompts, load_ioi_model
 
@@ -53,13 +51,11 @@ def main(argv: list[str] | None = None) -> None:
                                        progress=False)
             line["spearman"] = round(float(check.attrs["spearman"]), 3)
             exact = exact_top_features(attached, prompts.clean_tokens, metric)
+            codes = real_token_codes(attached, prompts.clean_tokens, prompts.attention_mask)
             for hook in HOOKS:
-                top, random = top_and_random_ablation(attached, prompts.clean_tokens, prompts.attention_mask, metric,
-                                                      hook, result.feature_totals(hook))
-                name = attached.feature_hook_name(hook)
-                with torch.no_grad():
-                    acts = model.run_with_cache(prompts.clean_tokens, names_filter=name)[1][name]
-                l0 = float((acts[prompts.attention_mask.bool()] > 0).sum(-1).float().mean())
+                top, random = top_and_random_ablation(attached, prompts.clean_tokens, codes[hook], metric, hook,
+                                                      result.feature_totals(hook))
+                l0 = float((codes[hook] > 0).sum(-1).float().mean())
                 exact_top = float(ablate_features(attached, prompts.clean_tokens, {hook: exact[hook]}, metric).delta)
                 line[hook] = {"top": round(top, 3), "random": round(random, 3), "ratio": round(top / random, 2),
                               "exact_top": round(exact_top, 3), "atp_share": round(top / exact_top, 2),

@@ -55,20 +55,28 @@ def train_ioi_saes(model: Any, seed: int = 0, steps: int = STEPS, **gba_settings
     return saes
 
 
+def real_token_codes(attached: Any, tokens: Int[torch.Tensor, "batch pos"],
+                     attention_mask: Int[torch.Tensor, "batch pos"]) -> dict[str, Float[torch.Tensor, "real d_sae"]]:
+    """Per attached hook, its SAE's feature activations at the real (unpadded) tokens of ``tokens``,
+    from one forward pass."""
+    names = {hook: attached.feature_hook_name(hook) for hook in attached.saes}
+    with torch.no_grad():
+        _, cache = attached.model.run_with_cache(tokens, names_filter=lambda name: name in names.values())
+    real = attention_mask.bool()
+    return {hook: cache[name][real] for hook, name in names.items()}
+
+
 def top_and_random_ablation(
-    attached: Any, tokens: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
+    attached: Any, tokens: Int[torch.Tensor, "batch pos"], codes: Float[torch.Tensor, "real d_sae"],
     metric: Callable[[torch.Tensor], torch.Tensor], hook: str, feature_totals: Float[torch.Tensor, " d_sae"],
     k: int = 10, draws: int = 20,
 ) -> tuple[float, float]:
     """The metric's change from zero-ablating the ``k`` features with the most negative attribution
     totals at ``hook``, and its mean change over ``draws`` ablations of ``k`` random features active on
-    some real token of ``tokens`` (a fixed stream)."""
+    some real token (``codes``: the hook's :func:`real_token_codes`; a fixed stream)."""
     top = torch.argsort(feature_totals)[:k].tolist()
     top_delta = float(ablate_features(attached, tokens, {hook: top}, metric).delta)
-    name = attached.feature_hook_name(hook)
-    with torch.no_grad():
-        acts = attached.model.run_with_cache(tokens, names_filter=name)[1][name]
-    active = torch.nonzero((acts[attention_mask.bool()] > 0).any(0)).flatten()
+    active = torch.nonzero((codes > 0).any(0)).flatten()
     gen = torch.Generator().manual_seed(0)
     random_deltas = [
         float(ablate_features(attached, tokens, {hook: active[torch.randperm(len(active), generator=gen)[:k]].tolist()},

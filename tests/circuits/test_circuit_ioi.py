@@ -5,7 +5,7 @@ from __future__ import annotations
 from gba_lens import attach
 from gba_lens.circuits import attribute, verify_attribution
 from gba_lens.circuits.ioi import mean_logit_diff
-from gba_lens.experiments.ioi_attribution import top_and_random_ablation
+from gba_lens.experiments.ioi_attribution import real_token_codes, top_and_random_ablation
 
 from circuit_builders import RESID
 
@@ -19,8 +19,9 @@ def test_ioi_attribution_finds_features_that_matter(ioi):
         check = verify_attribution(att, ps.clean_tokens, ps.corrupted_tokens, res, metric, k=40, progress=False)
         # zero-ablate the k features with the most negative AtP totals vs k random active features
         k, lines = 10, []
+        codes = real_token_codes(att, ps.clean_tokens, ps.attention_mask)
         for hook, min_ratio in (("blocks.0.attn.hook_z", 3.0), ("blocks.1.attn.hook_z", 3.0), (RESID, 2.0)):
-            top_delta, random_delta = top_and_random_ablation(att, ps.clean_tokens, ps.attention_mask, metric, hook,
+            top_delta, random_delta = top_and_random_ablation(att, ps.clean_tokens, codes[hook], metric, hook,
                                                               res.feature_totals(hook), k=k)
             lines.append(f"{hook}: top-{k} ablation {top_delta:+.2f}, random-{k} (active, mean of 20) "
                          f"{random_delta:+.2f} ({top_delta / random_delta:.1f}x)")
