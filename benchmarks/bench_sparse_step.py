@@ -13,9 +13,10 @@ side alike:
   SAELens's unfused Adam**, which splits the speed-up into the sparse products' part and Adam's.
   These run the paper's rule (``find_l0=False``): the step alone.
 * **GBA sparse at its defaults**: the sparse step with what GBA's defaults add to it, the valleys'
-  histograms (every step) and ``find_l0``'s co-activation check (every ``coactivation.CHECK_EVERY``
-  steps). To time the check on every step it runs on every step here, timed apart, and counts
-  1 / CHECK_EVERY of its time towards the step (amortised); the valley windows run and move no
+  histograms (every step), ``find_l0``'s co-activation check (every ``coactivation.CHECK_EVERY``
+  steps) and ``firing_worth``'s measurement (as often, in a run's last 30%: timed here as there).
+  To time the checks on every step they run on every step here, timed apart, and count
+  1 / CHECK_EVERY of their time towards the step (amortised); the valley windows run and move no
   threshold (``valley_thresholds.STEP = 0`` here), so the density stays where it was put.
 
 GBA's biases are set so that L0 is the requested value (each latent's bias at the quantile of
@@ -144,6 +145,8 @@ class Side:
                                        gamma_plus=0.0, sparse_step="off" if name == "gba_dense" else "on", **level)
             sae = GBATrainingSAE(cfg)
             self.trainer = GBATrainer(cfg=trainer_config(device), sae=sae, data_provider=data)
+            if name == "gba_sparse_defaults":  # firing_worth measures as in the last 30% of a run
+                sae.training_horizon = 0
             if name == "gba_sparse_unfused":
                 for group in self.trainer.optimizer.param_groups:
                     group["fused"] = None
@@ -159,6 +162,11 @@ class Side:
             self._check = Instrument(check_clock, lambda: synchronise(device))
             self._check.wrap(balance, "observe", "check")
             self._check.wrap(balance, "ratio", "check")
+            worth = sae.bias_adaptation.firing_worth  # measured at the same cadence (CHECK_EVERY 10)
+            if worth is not None:
+                object.__setattr__(worth, "due", lambda step, horizon: True)
+                self._check.wrap(worth, "observe", "check")
+                self._check.wrap(worth, "update", "check")
 
     def step(self) -> None:
         out = self.trainer.step(next(self.trainer.data_provider))
@@ -288,9 +296,10 @@ def report(plan: Plan, widths: list[WidthResult], density: list[WidthResult],
              f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})", "",
              f"d_in {D_IN}, batch {BATCH}, L0 {plan.l0}. Speed-up = SAELens standard SAE step time / this "
              "step's time (median of per-step ratios, sides interleaved); ms = median step time.", "",
-             "The step alone: GBA under the paper's rule. At its defaults: with the valleys' histograms "
-             "and `find_l0`'s check (its median time per check in the last column, counted once per "
-             f"{coactivation.CHECK_EVERY} steps in the speed-up).", "",
+             "The step alone: GBA under the paper's rule. At its defaults: with the valleys' histograms, "
+             "`find_l0`'s check and `firing_worth`'s measurement (as in a run's last 30%; their median time "
+             f"per check in the last column, counted once per {coactivation.CHECK_EVERY} steps in the speed-up).",
+             "",
              "| d_sae | standard ms | TopK sparse | GBA dense | GBA sparse | GBA sparse, unfused Adam | GBA sparse ms | GBA L0 "
              "| goal | GBA sparse at its defaults | ms per check |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

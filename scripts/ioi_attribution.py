@@ -1,14 +1,15 @@
-"""The IOI attribution check over SAE seeds (docs/experiments/prior_free.md, thirty-second step):
-per seed, small GBA SAEs trained on the offline IOI model's activations
-(:func:`gba_lens.experiments.ioi_attribution.train_ioi_saes`, as the library's test trains them),
+"""The IOI attribution check over SAE seeds (docs/experiments/prior_free.md, thirty-second and
+thirty-third steps): per seed, small GBA SAEs trained on the offline IOI model's activations
+(:func:`gba_lens.experiments.ioi_attribution.train_ioi_saes`, as the library's tests train them),
 then per hook the logit difference's change from ablating the ten features AtP ranks first, from ten
 random active ones (mean of 20), their ratio, the change from ablating the ten that exact ablation
 one at a time ranks first, AtP's share of it, and the SAE's L0 on the prompts' real tokens; and the
 Spearman correlation of AtP's estimates with exact ablation over the top 40 nodes (the test asks
-over 0.6): one JSON line per seed. The test asks a ratio of 3 at the attention hooks and 2 at ``blocks.1.hook_resid_pre``.
+over 0.6): one JSON line per seed. The test asks a ratio of 3 at the attention hooks and 2 at
+``blocks.1.hook_resid_pre`` of SAEs from random starts, and the Spearman bar of SAEs at GBA's defaults.
 
-    python scripts/ioi_attribution.py --seeds 0 1 2 3 4 5 6 7
-    python scripts/ioi_attribution.py --seeds 0 1 2 3 4 5 6 7 --gba encoder_init=data
+    python scripts/ioi_attribution.py --seeds 0 1 2 3 4 5 6 7                          # GBA's defaults
+    python scripts/ioi_attribution.py --seeds 0 1 2 3 4 5 6 7 --gba encoder_init=random  # the test's SAEs
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 activations at three hooks, and how much more ablating the features attribution ranks first lowers
 the logit difference than ablating as many random active features, or as the features exact
 ablation ranks first. The library's test
-(``tests/circuits/test_circuit_ioi.py``) asks it of one SAE seed; ``scripts/ioi_attribution.py``
-reads it over seeds and GBA settings (docs/experiments/prior_free.md, thirty-second step).
+(``tests/circuits/test_circuit_ioi.py``) asks it of one SAE seed from random starts (the SAEs its bars
+describe); ``scripts/ioi_attribution.py`` reads it over seeds and GBA settings
+(docs/experiments/prior_free.md, thirty-second and thirty-third steps).
 """
 
 from __future__ import annotations

@@ -75,20 +75,27 @@ def gba_settings(assignments: Sequence[str]) -> dict[str, int | float | str]:
     ``encoder_init``, VALUE of the field's type, a named one among its choices), for a study
     script's GBA runs. Raises ``ValueError`` naming the first bad one."""
     import dataclasses
+    import types
     import typing
 
     from gba_lens.saes.gba import GBATrainingSAEConfig
 
+    def kind(hint: Any) -> Any:  # int, float or a Literal, also where the field may be unset (None)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            hint = inner[0] if len(inner) == 1 else None
+        return hint if hint in (int, float) or typing.get_origin(hint) is typing.Literal else None
+
     hints = typing.get_type_hints(GBATrainingSAEConfig)
-    kinds = {f.name: type(f.default) for f in dataclasses.fields(GBATrainingSAEConfig)
-             if type(f.default) in (int, float) or typing.get_origin(hints[f.name]) is typing.Literal}
+    kinds = {f.name: kind(hints[f.name]) for f in dataclasses.fields(GBATrainingSAEConfig)
+             if f.default is not dataclasses.MISSING and kind(hints[f.name]) is not None}
     settings: dict[str, int | float | str] = {}
     for text in assignments:
         name, sep, raw = text.partition("=")
         if not sep or name not in kinds:
             raise ValueError(f"--gba {text!r}: expected NAME=VALUE with NAME one of {sorted(kinds)}")
-        if kinds[name] is str:
-            choices = typing.get_args(hints[name])
+        if typing.get_origin(kinds[name]) is typing.Literal:
+            choices = typing.get_args(kinds[name])
             if raw not in choices:
                 raise ValueError(f"--gba {text!r}: {name} must be one of {choices}")
             settings[name] = raw

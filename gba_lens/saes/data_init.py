@@ -1,4 +1,5 @@
-"""GBA's ``encoder_init="data"``: the neurons start at directions of the first training batch.
+"""GBA's ``encoder_init="data"`` (the default with ``find_l0``): the neurons start at directions of
+the first training batch.
 
 With random directions a neuron finds a feature only after its direction has turned toward one,
 which at a short budget is most of the run. Started at an input of the first batch (centred and
@@ -17,7 +18,7 @@ The draw's generator is seeded from the neurons' random initial directions (:fun
 that it follows the run's seed, as a random start does, and every rank of a data-parallel run draws
 the same inputs (their parameters are equal from the start; the batch is the global one). A checkpoint
 starts from its own weights: the draw runs once, on the first batch of a new SAE. Measured in
-docs/experiments/prior_free.md (thirtieth and thirty-second steps).
+docs/experiments/prior_free.md (thirtieth, thirty-second and thirty-third steps).
 """
 
 from __future__ import annotations

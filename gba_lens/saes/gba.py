@@ -106,7 +106,7 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
         super().__post_init__()
         # The SAE's own config holds what it trains with: unset options resolved, so that its
         # saved cfg and a resumed run read concrete values.
-        self.find_l0, self.valley_thresholds = self.resolved_level_options()
+        self.resolve_unset_options(self.input_norm)
         self.check_gba_options(d_sae=self.d_sae)
         if self.unit_norm not in ("auto", "decoder", "encoder"):
             raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
@@ -152,7 +152,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             firing_worth=FiringWorth(cfg.d_sae, cfg.firing_worth, self.device) if cfg.firing_worth else None,
             device=self.device)
         self.training_horizon: int | None = None
-        """For ``target_search``: the run's length in optimiser steps (gba_lens's trainers set it)."""
+        """For ``target_search`` and ``firing_worth``: the run's length in optimiser steps (the trainers set it)."""
         self.valley_thresholds = ValleyThresholds(cfg.d_sae, self.device) if cfg.valley_thresholds else None
         self.b_dec.requires_grad_(cfg.trains_pre_bias)
         # 0 means "not estimated yet"; set from the first training batch.
@@ -372,7 +372,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             if ratio is not None:
                 controller.l0_control.follow(ratio, coactivation.GAIN)  # read now: a study may set it
         worth = controller.firing_worth  # the targets of latents whose firings reconstruct little fall
-        if worth is not None and worth.due(step_input.n_training_steps):
+        if worth is not None and worth.due(step_input.n_training_steps, self.training_horizon):
             worth.observe(output.feature_acts, self.W_dec, self._scaled(output.sae_in - output.sae_out.detach()))
             self.reduce_window_statistics(worth)
             worth.update()

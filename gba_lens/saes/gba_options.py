@@ -15,6 +15,8 @@ from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 
 ENCODER_INITS = ("random", "data")
 """Where the neurons start (``encoder_init``; :mod:`gba_lens.saes.data_init` for ``data``)."""
+DEFAULT_FIRING_WORTH = 0.5
+"""``firing_worth`` when unset, with data starts and ``find_l0``."""
 # GBA options that change how a step is computed, not what is trained (not in a run's settings).
 EXECUTION_OPTIONS = ("sparse_step",)
 # Options added after runs were first recorded, with the value that trains as those runs did: a
@@ -104,26 +106,28 @@ class GBAOptions:
     reconstruction is removed (no gradient through c_m). The loss is the weight times d_in / d_sae
     times sum_m (u_m - c_m)^2, averaged over the batch. 0 (default): the paper's training. Costs one
     more batch x d_in x d_sae product per step; the step stays dense (``sparse_step`` off)."""
-    encoder_init: Literal["random", "data"] = "random"
+    encoder_init: Literal["random", "data"] | None = None
     """``random``: the neurons start at random directions (SAELens's initialisation). ``data``: at
     inputs of the first training batch, centred and scaled as the encoder sees them, drawn to spread
     apart (k-means++ on |cosine|; :mod:`gba_lens.saes.data_init`); needs ``input_norm="unit_mean"``.
-    The draw follows the run's seed. Measured (docs/experiments/prior_free.md, thirtieth to
-    thirty-second steps): at the stdlib LM's preset budget it leaves under half of GBA's distance to
-    TopK's frontier on both hooks, and the paper's toy reaches 99.5 / 99.5 of its features. Not
-    the default: on a small synthetic model with more latents than features its L0 ends higher
-    (without ``firing_worth``), and on the IOI model's 300-step SAEs attribution singles out its
-    features less than from random starts (as it does for random starts trained longer)."""
-    firing_worth: float = 0.0
+    The draw follows the run's seed. Unset (the default): ``data`` with ``find_l0`` (and
+    ``input_norm="unit_mean"``), ``random`` otherwise (the paper's rule starts as the paper does).
+    Measured (docs/experiments/prior_free.md, thirtieth to thirty-third steps): at the stdlib LM's
+    preset budget it leaves under half of GBA's distance to TopK's frontier on both hooks, and the
+    paper's toy reaches 99.5 / 99.5 of its features; on a small synthetic model with more latents
+    than features its L0 ends higher unless ``firing_worth`` lowers it (the default does)."""
+    firing_worth: float | None = None
     """Scale down the target of a neuron whose firings reconstruct little: every 10 steps each
     neuron's firings are valued by how much the squared error would grow without them (|z d|^2 +
     2 z d . r), and a neuron whose firings are worth less than this share of the average firing's
     has its target scaled by the ratio (at least 0.05), so latents with no feature to reconstruct
-    fall nearly silent (:mod:`gba_lens.saes.firing_worth`). 0 (default): off, every neuron keeps its
-    target. Measured with ``encoder_init="data"`` at 0.3 (docs/experiments/prior_free.md,
-    thirty-first and thirty-second steps): it brings the small over-complete model's L0 back into
-    issue 18's window, costs the paper's toy 2.4 points of its features and leaves the stdlib LM
-    about where data starts put it, at a lower L0; from random starts it costs the toy six points."""
+    fall nearly silent (:mod:`gba_lens.saes.firing_worth`). It measures from 0.7 of the run on,
+    once the latents on their way to a feature have arrived (the run's length comes from gba_lens's
+    trainers). 0: off, every neuron keeps its target. Unset (the default): 0.5 with data starts and
+    ``find_l0``, 0 otherwise (it only pays with data starts). Measured (docs/experiments/prior_free.md,
+    thirty-first to thirty-third steps): with data starts it brings the small over-complete model's
+    L0 from +37 to +15 percent of its truth, keeps the paper's toy at 99.5 / 99.2 and takes the stdlib
+    LM's mlp_out closest to TopK's frontier; acting from the start instead it cost the toy 2.4 points."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -138,6 +142,7 @@ class GBAOptions:
         resolved (:meth:`resolved_level_options`): what a run trains with and records."""
         options = {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
         options["find_l0"], options["valley_thresholds"] = self.resolved_level_options()
+        options["encoder_init"], options["firing_worth"] = self.resolved_start_options()
         return options
 
     def resolved_level_options(self) -> tuple[bool, bool]:
@@ -151,6 +156,21 @@ class GBAOptions:
         find_l0 = not level_set if self.find_l0 is None else self.find_l0
         valleys = (find_l0 or self.targets == "valleys") if self.valley_thresholds is None else self.valley_thresholds
         return find_l0, valleys
+
+    def resolved_start_options(self, input_norm: str = "unit_mean") -> tuple[str, float]:
+        """``(encoder_init, firing_worth)`` with unset (None) values resolved: data starts where
+        ``find_l0`` is on and the inputs are scaled (``input_norm``, which the first batch sets), and
+        with them ``DEFAULT_FIRING_WORTH``; otherwise random starts (the paper's) and no scaling."""
+        data = self.resolved_level_options()[0] and input_norm == "unit_mean"
+        encoder_init = ("data" if data else "random") if self.encoder_init is None else self.encoder_init
+        if self.firing_worth is not None:
+            return encoder_init, self.firing_worth
+        return encoder_init, DEFAULT_FIRING_WORTH if encoder_init == "data" and self.resolved_level_options()[0] else 0.0
+
+    def resolve_unset_options(self, input_norm: str = "unit_mean") -> None:
+        """Replace the unset (None) options by what they resolve to, in place."""
+        self.find_l0, self.valley_thresholds = self.resolved_level_options()
+        self.encoder_init, self.firing_worth = self.resolved_start_options(input_norm)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.check_gba_options()
@@ -182,9 +202,9 @@ class GBAOptions:
         if self.encoder_regression > 0.0 and self.sparse_step == "on":
             raise ValueError("encoder_regression needs every latent's pre-activation; sparse_step='on' computes the "
                              "active ones only (use sparse_step='auto' or 'off')")
-        if self.encoder_init not in ENCODER_INITS:
+        if self.encoder_init is not None and self.encoder_init not in ENCODER_INITS:
             raise ValueError(f"encoder_init must be one of {ENCODER_INITS}, got {self.encoder_init!r}")
-        if not (math.isfinite(self.firing_worth) and 0.0 <= self.firing_worth <= 1.0):
+        if self.firing_worth is not None and not (math.isfinite(self.firing_worth) and 0.0 <= self.firing_worth <= 1.0):
             raise ValueError(f"firing_worth must be in [0, 1], got {self.firing_worth}")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")

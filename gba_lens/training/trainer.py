@@ -147,7 +147,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         self.l0_course = L0Course(self.cfg.device)
         total, decay = self.cfg.total_training_steps, self.cfg.lr_decay_steps
         self._steps_before_decay = max(1, total - decay if 0 < decay < total else total)  # the check's horizon
-        if hasattr(self.sae, "training_horizon"):  # a GBA SAE's target_search plans by the run's length
+        if hasattr(self.sae, "training_horizon"):  # target_search and firing_worth plan by the run's length
             self.sae.training_horizon = total
 
     def _log_sparsity_window(self) -> None:

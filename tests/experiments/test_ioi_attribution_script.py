@@ -19,10 +19,10 @@ def _run(capsys, *args: str) -> list[dict]:
 
 def test_the_script_reads_each_seed_and_passes_the_gba_settings_on(capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    random_starts = _run(capsys, "--seeds", "0", "1")
-    data_starts = _run(capsys, "--seeds", "0", "--gba", "encoder_init=data")
+    random_starts = _run(capsys, "--seeds", "0", "1", "--gba", "encoder_init=random")
+    data_starts = _run(capsys, "--seeds", "0")  # GBA's defaults
     assert [line["seed"] for line in random_starts] == [0, 1]
-    assert data_starts[0]["gba"] == {"encoder_init": "data"} and data_starts[0]["steps"] == STEPS
+    assert random_starts[0]["gba"] == {"encoder_init": "random"} and data_starts[0]["steps"] == STEPS
     for line in random_starts + data_starts:
         assert -1 <= line["spearman"] <= 1
         for hook in HOOKS:

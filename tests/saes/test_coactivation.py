@@ -232,7 +232,7 @@ def test_with_minmod_or_gate_the_trainer_reads_the_batch_and_the_own_code_and_co
         monkeypatch.setattr(C, "GATE", gate)
         monkeypatch.setattr(C, "MAX_ACTIVE", max_active)
         torch.manual_seed(0)
-        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True))
+        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, find_l0=True, encoder_init="random"))
         metrics = sae.training_forward_pass(step_input(x, C.CHECK_EVERY)).metrics
         balance = sae.bias_adaptation.coactivation
         if len(balance.last_readings) == 2:  # both readings logged beside the combined ratio
@@ -436,7 +436,8 @@ def test_a_found_l0_still_rising_at_the_end_of_training_is_reported(monkeypatch)
 
     model = SparseMixtureModel(small_model_config(0))
     torch.manual_seed(0)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=24, d_sae=128, find_l0=True, valley_thresholds=True))
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=24, d_sae=128, find_l0=True, valley_thresholds=True,
+                                              encoder_init="random"))  # as the first find_l0 started
     with pytest.warns(UserWarning, match="find_l0 was still raising the targets"):
         train_sae(sae, SeededBatches(model.sample, 256, seed=0),
                   TrainConfig(total_samples=150_000, batch_size=256, lr=3e-3, lr_decay_steps=175))

@@ -5,6 +5,7 @@ import torch
 
 from gba_lens.saes import data_init
 from gba_lens.saes.data_init import directions_from_data, spread_draw
+from gba_lens.saes.gba_options import DEFAULT_FIRING_WORTH, GBAOptions
 from gba_lens.training.methods import build_sae
 
 
@@ -122,7 +123,7 @@ def test_a_gba_sae_starts_at_its_first_batch_once(monkeypatch):
 
 def test_a_random_start_is_left_as_saelens_draws_it():
     torch.manual_seed(0)
-    sae = build_sae("gba", 12, 40)
+    sae = build_sae("gba", 12, 40, encoder_init="random")
     before = sae.W_enc.data.clone()
     sae.initialize_from_batch(torch.randn(64, 12))
     assert torch.equal(sae.W_enc.data, before)
@@ -133,3 +134,21 @@ def test_a_data_start_needs_the_first_batch_to_set_the_input_scale():
         build_sae("gba", 12, 40, encoder_init="data", input_norm="none")
     with pytest.raises(ValueError, match=r"encoder_init must be one of \('random', 'data'\), got 'kmeans'"):
         build_sae("gba", 12, 40, encoder_init="kmeans")
+
+
+@pytest.mark.parametrize(("options", "resolved"), [
+    ({}, ("data", DEFAULT_FIRING_WORTH)),                    # the defaults: find_l0 with data starts
+    ({"find_l0": False}, ("random", 0.0)),                   # the paper's rule, as the paper starts
+    ({"target_l0": 4.0}, ("random", 0.0)),                   # another option sets the level
+    ({"n_groups": 1}, ("random", 0.0)),
+    ({"input_norm": "none"}, ("random", 0.0)),               # no first-batch scale to start from
+    ({"encoder_init": "random"}, ("random", 0.0)),           # firing_worth only pays with data starts
+    ({"encoder_init": "data", "find_l0": False}, ("data", 0.0)),
+    ({"firing_worth": 0.3}, ("data", 0.3)),
+    ({"firing_worth": 0.0}, ("data", 0.0)),
+])
+def test_unset_start_options_resolve_to_data_starts_with_find_l0(options, resolved):
+    cfg = build_sae("gba", 12, 40, **options).cfg
+    assert (cfg.encoder_init, cfg.firing_worth) == resolved
+    if "input_norm" not in options:  # the command line's options resolve alike
+        assert GBAOptions(**options).resolved_start_options() == resolved

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,10 @@ import torch
 from gba_lens.saes import firing_worth
 from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.data import TensorBatches
+from gba_lens.saes.gba_options import DEFAULT_FIRING_WORTH
 from gba_lens.training.methods import build_sae
+from gba_lens.training.train import TrainConfig, train_sae
 
 
 def _code(rows: int, d_sae: int, seed: int = 0) -> torch.Tensor:
@@ -94,13 +98,16 @@ def test_the_rule_holds_each_neuron_to_its_scaled_target():
     controller.firing_worth.multiplier[:4] = 0.25
     assert torch.equal(controller.neuron_targets[:4], 0.25 * controller.target[:4])
     assert torch.equal(controller.neuron_targets[4:], controller.target[4:])
-    assert build_sae("gba", 8, 16).bias_adaptation.firing_worth is None  # off by default
+    assert build_sae("gba", 8, 16).bias_adaptation.firing_worth.share == DEFAULT_FIRING_WORTH  # with data starts
+    assert build_sae("gba", 8, 16, encoder_init="random").bias_adaptation.firing_worth is None
+    assert build_sae("gba", 8, 16, find_l0=False).bias_adaptation.firing_worth is None  # the paper's rule
     assert "bias_adaptation.firing_worth.multiplier" in sae.state_dict()  # checkpoints carry it
 
 
 def test_the_sae_measures_its_own_step_every_check_logs_it_and_exports_without_it(step_input):
     torch.manual_seed(0)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, firing_worth=1.0))
+    sae.training_horizon = firing_worth.CHECK_EVERY  # the first check lies past START of this run
     worth = sae.bias_adaptation.firing_worth
     x = torch.relu(torch.randn(256, 8, generator=torch.Generator().manual_seed(1))) * 2
     sae.training_forward_pass(step_input(x, 1))
@@ -114,6 +121,32 @@ def test_the_sae_measures_its_own_step_every_check_logs_it_and_exports_without_i
     assert out.metrics["gba/worth_scaled_fraction"] == (worth.multiplier < 1).float().mean()
     assert out.metrics["gba/worth_average"] == worth.average
     assert not [key for key in sae.to_inference_sae().state_dict() if "worth" in key]
+
+
+def test_the_rule_measures_only_from_start_of_the_run():
+    worth = FiringWorth(4, 0.5)
+    assert [step for step in range(200) if worth.due(step, 100)] == [70, 80, 90, 100, 110, 120, 130, 140, 150,
+                                                                    160, 170, 180, 190]
+    assert [step for step in range(40) if worth.due(step, 10)] == [10, 20, 30]
+
+
+def test_without_the_run_s_length_the_rule_measures_from_the_start_and_says_so_once():
+    worth = FiringWorth(4, 0.5)
+    with pytest.warns(UserWarning, match="firing_worth waits for 0.7 of the run, whose length"):
+        assert worth.due(10, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [step for step in range(40) if worth.due(step, None)] == [10, 20, 30]
+
+
+def test_gba_trainers_give_the_rule_the_run_s_length():
+    sae = build_sae("gba", 8, 32)
+    x = torch.randn(4096, 8, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="firing_worth")
+        train_sae(sae, TensorBatches(x, 64, seed=0), TrainConfig(total_samples=64 * 40, batch_size=64, lr=3e-3))
+    assert sae.training_horizon == 40
+    assert sae.bias_adaptation.firing_worth.checks.item() == 1  # step 30 of 0...39 (70% of 40 = 28)
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])

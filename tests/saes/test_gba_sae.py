@@ -88,7 +88,7 @@ def test_training_clips_the_first_steps_large_gradients():
 @pytest.mark.parametrize("unit_norm", ["auto", "encoder", "decoder"])
 def test_first_batch_sets_unit_mean_norm_and_directions_stay_on_sphere(step_input, unit_norm):
     torch.manual_seed(0)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20, unit_norm=unit_norm))
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20, unit_norm=unit_norm, encoder_init="random"))
     with torch.no_grad():  # knock both sides off the sphere
         sae.W_enc.mul_(3)
         sae.W_dec.mul_(0.5)

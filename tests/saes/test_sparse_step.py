@@ -23,8 +23,10 @@ from gba_lens.training.train import TrainConfig, run_settings, train_sae
 
 def _pair(d_in, d_sae, seed=0, **options):
     """A GBA SAE with the dense step and an identical one with the sparse step, biases set so that
-    a few percent of the entries fire."""
+    a few percent of the entries fire (random starts: a data start would align every latent with the
+    first batch, and most would fire)."""
     torch.manual_seed(seed)
+    options = {"encoder_init": "random", **options}
     dense = GBATrainingSAE(GBATrainingSAEConfig(d_in=d_in, d_sae=d_sae, sparse_step="off", **options))
     with torch.no_grad():
         dense.b_enc.uniform_(-0.6, -0.25)
@@ -254,7 +256,7 @@ def test_a_long_run_differs_from_the_dense_run_no_more_than_float_rounding_does(
     def run(mode, perturb=None):
         torch.manual_seed(0)
         sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=24, d_sae=1024, sparse_step=mode, highest_target=0.03,
-                                                  lowest_target=0.001))
+                                                  lowest_target=0.001, encoder_init="random"))  # perturbed below
         if perturb is not None:
             with torch.no_grad():
                 noise = torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(perturb))

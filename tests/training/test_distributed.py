@@ -191,11 +191,11 @@ def test_a_data_start_on_two_ranks_trains_the_one_process_sae(tmp_path, single_p
 
 def test_firing_worth_on_two_ranks_trains_the_one_process_sae(tmp_path):
     """The worth of the firings is summed over every rank's rows before the averages move, so each
-    rank holds the averages (and scales the targets) of one process (two measurements in this run;
-    a rank that kept its own rows' sums would hold other averages)."""
+    rank holds the averages (and scales the targets) of one process (one measurement in this run, from
+    ``firing_worth.START`` of it; a rank that kept its own rows' sums would hold other averages)."""
     reference, state = _one_process_and_two_ranks(tmp_path, ["--firing-worth", "1.0"], firing_worth=1.0)
     _assert_same_sae(state, reference)
-    assert reference["bias_adaptation.firing_worth.checks"].item() == 2
+    assert reference["bias_adaptation.firing_worth.checks"].item() == 1
     assert reference["bias_adaptation.firing_worth.measured"].sum() > dist_worker.D_SAE // 2
     assert len(reference["bias_adaptation.firing_worth.worth"].unique()) > dist_worker.D_SAE // 2
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gba_lens.data.batches import SeededBatches, TensorBatches
+from gba_lens.saes import firing_worth
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.state_io import CheckpointError, write_checksums
 from gba_lens.training.train import TrainConfig, train_sae
@@ -87,8 +88,8 @@ def test_a_killed_target_search_run_resumes_with_its_snapshot_and_scales(tmp_pat
     assert (full_state["bias_adaptation.target_search.scale"] > 1).any()  # the search raised some
 
 
-def test_a_killed_firing_worth_run_resumes_with_its_averages(tmp_path):
-    # measurements at steps 10 (after the checkpoint at 10) and 20
+def test_a_killed_firing_worth_run_resumes_with_its_averages(tmp_path, monkeypatch):
+    monkeypatch.setattr(firing_worth, "START", 0.0)  # measurements at steps 10 (after the checkpoint at 10) and 20
     full_state = _killed_and_resumed(tmp_path, lambda: tiny_gba_sae(10, 40, update_interval=4, firing_worth=1.0))
     assert full_state["bias_adaptation.firing_worth.checks"].item() == 2
     assert full_state["bias_adaptation.firing_worth.measured"].any()

@@ -101,10 +101,12 @@ SOME_OTHER_VALUE = {"valley_thresholds": True, "target_l0": 8.0, "target_search"
 def test_every_option_added_after_the_first_records_is_listed_with_its_default():
     later = {f.name: f.default for f in fields(GBAOptions)
              if f.name not in FIRST_RECORDED_OPTIONS | set(EXECUTION_OPTIONS)}
-    # Unset, these two are on by default since the targets' level comes from the data; the runs
-    # recorded before they existed trained with both off (the paper's rule).
-    assert {name: later[name] for name in ("find_l0", "valley_thresholds")} == {"find_l0": None, "valley_thresholds": None}
-    assert OPTIONS_ADDED_LATER == later | {"find_l0": False, "valley_thresholds": False}
+    # Unset, these are resolved: on by default since the targets' level comes from the data (and the
+    # neurons start at inputs); the runs recorded before they existed trained with the paper's rule.
+    resolved = ("find_l0", "valley_thresholds", "encoder_init", "firing_worth")
+    assert {name: later[name] for name in resolved} == dict.fromkeys(resolved)
+    assert OPTIONS_ADDED_LATER == later | {"find_l0": False, "valley_thresholds": False, "encoder_init": "random",
+                                           "firing_worth": 0.0}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS_ADDED_LATER))
