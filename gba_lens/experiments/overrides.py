@@ -87,8 +87,8 @@ def gba_settings(assignments: Sequence[str]) -> dict[str, int | float | str]:
         return hint if hint in (int, float) or typing.get_origin(hint) is typing.Literal else None
 
     hints = typing.get_type_hints(GBATrainingSAEConfig)
-    kinds = {f.name: kind(hints[f.name]) for f in dataclasses.fields(GBATrainingSAEConfig)
-             if f.default is not dataclasses.MISSING and kind(hints[f.name]) is not None}
+    with_defaults = [f.name for f in dataclasses.fields(GBATrainingSAEConfig) if f.default is not dataclasses.MISSING]
+    kinds = {name: found for name in with_defaults if (found := kind(hints[name])) is not None}
     settings: dict[str, int | float | str] = {}
     for text in assignments:
         name, sep, raw = text.partition("=")

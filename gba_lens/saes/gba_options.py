@@ -161,11 +161,10 @@ class GBAOptions:
         """``(encoder_init, firing_worth)`` with unset (None) values resolved: data starts where
         ``find_l0`` is on and the inputs are scaled (``input_norm``, which the first batch sets), and
         with them ``DEFAULT_FIRING_WORTH``; otherwise random starts (the paper's) and no scaling."""
-        data = self.resolved_level_options()[0] and input_norm == "unit_mean"
-        encoder_init = ("data" if data else "random") if self.encoder_init is None else self.encoder_init
-        if self.firing_worth is not None:
-            return encoder_init, self.firing_worth
-        return encoder_init, DEFAULT_FIRING_WORTH if encoder_init == "data" and self.resolved_level_options()[0] else 0.0
+        find_l0 = self.resolved_level_options()[0]
+        encoder_init = self.encoder_init or ("data" if find_l0 and input_norm == "unit_mean" else "random")
+        firing_worth = DEFAULT_FIRING_WORTH if find_l0 and encoder_init == "data" else 0.0
+        return encoder_init, firing_worth if self.firing_worth is None else self.firing_worth
 
     def resolve_unset_options(self, input_norm: str = "unit_mean") -> None:
         """Replace the unset (None) options by what they resolve to, in place."""
