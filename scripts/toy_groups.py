@@ -3,12 +3,17 @@ tenth steps): per group, its target, how many of its neurons have a decoder row 
 a true feature (and to how many distinct ones), their mean firing frequency, and the decoder
 stability (``gba_lens.saes.decoder_stability``: each row's cosine with itself at ``--stability-from``
 of training) of the group's matched and unmatched neurons; per feature missed at 0.9, its best
-cosine and the group of that neuron. One JSON line per seed. ``--zipf A`` (B, C) runs a Zipf model
-of the zipf preset instead, on its schedule.
+cosine, the group and firing frequency of that neuron, and how much of the feature its occurrences
+leave in the reconstruction error (the mean squared error along the feature's direction over the
+inputs where it is active, and its rank among every feature's: 0 leaves the most). One JSON line per
+seed. ``--zipf A`` (B, C) runs a Zipf model of the zipf preset instead, on its schedule. The paper's
+rule by default; ``--defaults`` trains GBA's defaults instead (the L0 from the data, valley
+thresholds, data starts, ``firing_worth``; docs/experiments/prior_free.md, thirty-fourth step).
 
-    python scripts/toy_groups.py --seeds 0 1 2                       # the defaults (0.1 ... 1e-3)
+    python scripts/toy_groups.py --seeds 0 1 2                       # the paper's rule (0.1 ... 1e-3)
     python scripts/toy_groups.py --seeds 0 --range 0.1 0.03          # the range that covers f = 0.09
     python scripts/toy_groups.py --seeds 0 1 2 --zipf A
+    python scripts/toy_groups.py --seeds 0 1 2 --defaults
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ MATCH_COSINE = 0.9
 
 
 def group_table(sae, features: torch.Tensor, fired: torch.Tensor,  # type: ignore[no-untyped-def]
-                stability: torch.Tensor | None = None) -> dict:
+                stability: torch.Tensor | None = None, residual_energy: torch.Tensor | None = None) -> dict:
     """The per-group rows and the missed features of one trained SAE (``fired``: [n, d_sae] bool;
-    ``stability``: [d_sae] each decoder row's cosine with an earlier one, or None)."""
+    ``stability``: [d_sae] each decoder row's cosine with an earlier one, or None;
+    ``residual_energy``: [n_features] what each feature's occurrences leave in the error, or None)."""
     decoder = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True).clamp(min=1e-12)
     unit = features / features.norm(dim=1, keepdim=True)
     cosine = unit @ decoder.T  # [n_features, d_sae]
@@ -47,10 +53,31 @@ def group_table(sae, features: torch.Tensor, fired: torch.Tensor,  # type: ignor
                 chosen = stability[members & (group == k)]
                 row[name] = round(float(chosen.mean()), 4) if len(chosen) else None
     best, neuron = cosine.max(1)
-    missed = [{"feature": int(i), "cosine": round(float(best[i]), 3), "group": int(group[neuron[i]])}
-              for i in (best < MATCH_COSINE).nonzero().flatten()]
-    return {"frr_09": float((best >= MATCH_COSINE).float().mean()), "l0": round(float(fired.sum(1).float().mean()), 3),
-            "groups": groups, "missed": missed}
+    frequency = fired.float().mean(0)
+    missed = []
+    for i in (best < MATCH_COSINE).nonzero().flatten().tolist():
+        row = {"feature": i, "cosine": round(float(best[i]), 3), "group": int(group[neuron[i]]),
+               "neuron_frequency": round(float(frequency[neuron[i]]), 4)}
+        if residual_energy is not None:
+            row["residual"] = round(float(residual_energy[i]), 4)
+            row["residual_rank"] = int((residual_energy > residual_energy[i]).sum())
+        missed.append(row)
+    table = {"frr_09": float((best >= MATCH_COSINE).float().mean()), "l0": round(float(fired.sum(1).float().mean()), 3),
+             "groups": groups, "missed": missed}
+    if residual_energy is not None:
+        table["residual_median"] = round(float(residual_energy.median()), 4)
+    return table
+
+
+def residual_along_features(
+    inputs: torch.Tensor, reconstructions: torch.Tensor, features: torch.Tensor, feature_acts: torch.Tensor
+) -> torch.Tensor:
+    """[n_features] the mean squared reconstruction error along each feature's unit direction over
+    the inputs where the feature is active (0 where it never is)."""
+    unit = features / features.norm(dim=1, keepdim=True)
+    along = ((inputs - reconstructions) @ unit.T) ** 2  # [n, n_features]
+    active = (feature_acts != 0).float()
+    return (along * active).sum(0) / active.sum(0).clamp(min=1)
 
 
 def snapshot_decoder(batches, sae, step: int, stability):  # type: ignore[no-untyped-def]
@@ -85,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stability-from", type=float, default=0.6, metavar="FRACTION",
                    help="decoder stability: cosine of each row with itself at this fraction of the steps "
                         "(default 0.6, before the zipf schedule's decay)")
+    p.add_argument("--defaults", action="store_true",
+                   help="train GBA's defaults instead of the paper's rule (--range and --gba still apply)")
     add_gba_option(p)
     args = p.parse_args(argv)
     try:  # the zipf schedule, or the paper toy's
@@ -95,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     batch_size = train.batch_size
     if not 0 <= args.stability_from < 1:
         p.error(f"--stability-from must be in [0, 1), got {args.stability_from}")
-    settings = {**PAPER_RULE, **gba_settings_of(p, args)}  # the paper's rule, which this script studies
+    # the paper's rule, which this script studies, unless --defaults
+    settings = {**({} if args.defaults else PAPER_RULE), **gba_settings_of(p, args)}
     if args.range is not None:
         settings.update(highest_target=args.range[0], lowest_target=args.range[1])
 
@@ -118,13 +148,14 @@ def main(argv: list[str] | None = None) -> None:
         cosine = torch.full((width,), float("nan"))
         cosine[stability.rows] = stability.cosines(sae.W_dec)
         torch.manual_seed(10_000 + seed)
-        x = model.sample(setup.eval_samples)
+        x, feature_acts = model.sample_with_features(setup.eval_samples)  # the draws of model.sample
         sae.eval()
         with torch.no_grad():
-            fired = sae.encode(x) != 0
+            code = sae.encode(x)
+            residual = residual_along_features(x, sae.decode(code), features, feature_acts)
         print(json.dumps({"seed": seed, "model": f"zipf {args.zipf}" if args.zipf else "paper toy",
                           "samples": args.samples, "gba": settings,
-                          **group_table(sae, features, fired, cosine)}), flush=True)
+                          **group_table(sae, features, code != 0, cosine, residual)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,32 @@ def test_fewer_samples_than_a_batch_is_a_one_line_error(script, capsys):
     with pytest.raises(SystemExit):
         script("toy_groups").main(["--stability-from", "1"])
     assert "--stability-from must be in [0, 1), got 1.0" in capsys.readouterr().err
+
+
+def test_the_defaults_and_what_the_missed_features_leave_in_the_error(script, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    script("toy_groups").main(["--samples", "153600", "--seeds", "0", "--defaults"])
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["gba"] == {}  # nothing pinned: GBA's defaults (the paper's rule pins find_l0 and valleys off)
+    assert 0 < line["residual_median"]
+    assert 0 < len(line["missed"]) < 128  # 300 steps: some features found, not all
+    for missed in line["missed"]:
+        assert 0 <= missed["residual_rank"] < 128 and missed["residual"] > 0
+        assert 0 <= missed["neuron_frequency"] <= 1
+    for a in line["missed"]:  # a larger residual ranks first (the residuals are rounded: ties say nothing)
+        for b in line["missed"]:
+            assert a["residual"] <= b["residual"] or a["residual_rank"] < b["residual_rank"]
+
+
+def test_residual_along_features_reads_each_feature_where_it_is_active(script):
+    import torch
+
+    residual_along_features = script("toy_groups").residual_along_features
+    features = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    inputs = torch.tensor([[3.0, 0.0], [0.0, 1.0], [1.0, 2.0]])
+    reconstructions = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # errors (2, 0), (0, 0), (0, 2)
+    feature_acts = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    energy = residual_along_features(inputs, reconstructions, features, feature_acts)
+    # feature 0 (unit (1, 0)) is active on rows 0 and 1: errors along it 2 and 0 -> (4 + 0) / 2;
+    # feature 1 (unit (0, 1)) on rows 1 and 2: 0 and 2 -> 2; feature 2 never active -> 0
+    assert energy.tolist() == [2.0, 2.0, 0.0]
