@@ -42,7 +42,8 @@ def group_table(sae, features: torch.Tensor, fired: torch.Tensor,  # type: ignor
     n_groups = len(ba.group_targets)
     neurons = torch.bincount(group, minlength=n_groups).tolist()
     matched_per_group = torch.bincount(group[matched], minlength=n_groups).tolist()
-    group_frequency = ba.group_means(fired.float().mean(0)).tolist()
+    frequency = fired.float().mean(0)  # each neuron's firing frequency
+    group_frequency = ba.group_means(frequency).tolist()
     groups = [{"target": round(target, 5), "neurons": neurons[k], "matched": matched_per_group[k],
                "features": len(set(feature_of[matched & (group == k)].tolist())),
                "frequency": round(group_frequency[k], 5)}
@@ -53,7 +54,6 @@ def group_table(sae, features: torch.Tensor, fired: torch.Tensor,  # type: ignor
                 chosen = stability[members & (group == k)]
                 row[name] = round(float(chosen.mean()), 4) if len(chosen) else None
     best, neuron = cosine.max(1)
-    frequency = fired.float().mean(0)
     missed = []
     for i in (best < MATCH_COSINE).nonzero().flatten().tolist():
         row = {"feature": i, "cosine": round(float(best[i]), 3), "group": int(group[neuron[i]]),
