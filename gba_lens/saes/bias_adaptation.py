@@ -26,7 +26,9 @@ the features its neurons found (their valleys, see ``follow_valleys``). With a r
 follows the co-activation balance of :mod:`gba_lens.saes.coactivation`. With ``target_search``
 (:mod:`gba_lens.saes.target_search`) neuron m's target is p_k times its own scale, raised while its
 decoder direction keeps turning. With ``firing_worth`` (:mod:`gba_lens.saes.firing_worth`) each
-neuron's target is also scaled down where its firings reconstruct little.
+neuron's target is also scaled down where its firings reconstruct little. With ``idle_groups``
+(:mod:`gba_lens.saes.idle_groups`) the lowest groups' neurons join the groups above them, once, if
+those groups' firings are worth nothing (``move_neurons``).
 
 The statistics are sums and maxima (``fire_count``, ``n_samples``, ``peak``) so that data-parallel
 training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_statistics``.
@@ -43,6 +45,7 @@ from torch import nn
 from gba_lens.saes import target_adaptation
 from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.firing_worth import FiringWorth
+from gba_lens.saes.idle_groups import IdleGroups
 from gba_lens.saes.l0_control import L0Control
 from gba_lens.saes.target_adaptation import adapt_group_targets, targets_from_valleys
 from gba_lens.saes.target_search import TargetSearch
@@ -82,6 +85,7 @@ class GroupBiasAdaptation(nn.Module):
         l0_control.*          (``target_l0`` or ``find_l0`` only) the target scale, see :class:`L0Control`
         target_search.*       (``target_search`` only) the per-neuron target scales, see :class:`TargetSearch`
         firing_worth.*        (``firing_worth`` only) the per-neuron target multipliers, see :class:`FiringWorth`
+        idle_groups.*         (``idle_groups`` only) the groups' firings' worth and the move, see :class:`IdleGroups`
     """
 
     fire_count: torch.Tensor
@@ -106,6 +110,7 @@ class GroupBiasAdaptation(nn.Module):
         find_l0: bool = False,
         target_search: TargetSearch | None = None,
         firing_worth: FiringWorth | None = None,
+        idle_groups: IdleGroups | None = None,
         device: str | torch.device = "cpu",
     ):
         super().__init__()
@@ -140,6 +145,10 @@ class GroupBiasAdaptation(nn.Module):
             self.target.copy_(self.l0_control.scaled_targets())
         self.target_search = target_search
         self.firing_worth = firing_worth
+        if idle_groups is not None and (self.targets != "geometric" or target_search is not None):
+            raise ValueError("idle_groups moves neurons between the geometric groups: not with other targets or "
+                             "target_search")
+        self.idle_groups = idle_groups
 
     @property
     def neuron_targets(self) -> torch.Tensor:
@@ -245,6 +254,19 @@ class GroupBiasAdaptation(nn.Module):
         (:func:`~gba_lens.saes.target_adaptation.targets_from_valleys`); other modes: nothing."""
         if self.targets == "valleys":
             targets_from_valleys(self.target, self.group, self.n_groups, has_valley, frequency)
+
+    @torch.no_grad()
+    def move_neurons(self, neurons: Int[torch.Tensor, " movers"], groups: Int[torch.Tensor, " movers"]) -> None:
+        """Put ``neurons`` into ``groups`` (one each), with those groups' targets (``idle_groups``)."""
+        if neurons.numel() == 0:
+            return
+        destinations = groups.unique()  # sorted
+        members = torch.stack([(self.group == k).nonzero()[0, 0] for k in destinations])  # one of each, before
+        member = members[torch.searchsorted(destinations, groups)]
+        self.group[neurons] = groups
+        self.target[neurons] = self.target[member]
+        if self.l0_control is not None:
+            self.l0_control.base_target[neurons] = self.l0_control.base_target[member]
 
     @torch.no_grad()
     def reset(self) -> None:

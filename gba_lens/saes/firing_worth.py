@@ -91,31 +91,9 @@ class FiringWorth(nn.Module):
         self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"],
         residual: Float[torch.Tensor, "... d_in"],
     ) -> None:
-        """This rank's sums of worth and firings per neuron over the first ``MAX_ROWS`` rows;
-        ``feature_acts`` dense or sparse (COO, rows first), ``residual`` the rows' reconstruction
-        error in the units ``decoder`` reconstructs."""
-        d_sae = decoder.shape[0]
-        error = residual.detach().reshape(-1, residual.shape[-1])[:MAX_ROWS].float()
-        if feature_acts.is_sparse:  # the sparse step (wide SAEs)
-            acts = feature_acts.detach().coalesce()
-            rows, latents = acts.indices()[0], acts.indices()[-1]
-            values = acts.values().float()
-            keep = (rows < MAX_ROWS) & (values != 0)
-            rows, latents, values = rows[keep], latents[keep], values[keep]
-        else:
-            acts = feature_acts.detach().reshape(-1, d_sae)[:MAX_ROWS]
-            rows, latents = acts.nonzero(as_tuple=True)
-            values = acts[rows, latents].float()
-        directions = decoder.detach().float()
-        # sum over m's firings of z^2 |d_m|^2, and of 2 z d_m . r = 2 d_m . (sum of z r): the second
-        # as a sparse [d_sae, rows] code times the errors (about nnz x d_in, not rows x d_sae x d_in)
-        code = torch.sparse_coo_tensor(torch.stack([latents, rows]), values, (d_sae, error.shape[0]),
-                                       check_invariants=False)
-        weighted_errors = torch.sparse.mm(code, error)                               # [d_sae, d_in]
-        self.sums.zero_()
-        self.sums[0].index_add_(0, latents, values * values).mul_((directions * directions).sum(1))
-        self.sums[0].add_(2 * (directions * weighted_errors).sum(1))
-        self.sums[1].index_add_(0, latents, torch.ones_like(values))
+        """This rank's sums of worth and firings per neuron over the first ``MAX_ROWS`` rows
+        (:func:`worth_sums`)."""
+        self.sums.copy_(worth_sums(feature_acts, decoder, residual))
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows."""
@@ -153,3 +131,36 @@ class FiringWorth(nn.Module):
                           "give: it measures from the start (set sae.training_horizon to the run's optimiser steps)",
                           stacklevel=2)
         return step > 0 and step % CHECK_EVERY == 0 and step >= START * (horizon or 0)
+
+
+@torch.no_grad()
+def worth_sums(
+    feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"],
+    residual: Float[torch.Tensor, "... d_in"],
+) -> Float[torch.Tensor, "2 d_sae"]:
+    """Per neuron, over the first ``MAX_ROWS`` rows: the sum of its firings' worth (|z d|^2 + 2 z d . r)
+    and the number of its firings. ``feature_acts`` dense or sparse (COO, rows first), ``residual``
+    the rows' reconstruction error in the units ``decoder`` reconstructs."""
+    d_sae = decoder.shape[0]
+    error = residual.detach().reshape(-1, residual.shape[-1])[:MAX_ROWS].float()
+    if feature_acts.is_sparse:  # the sparse step (wide SAEs)
+        acts = feature_acts.detach().coalesce()
+        rows, latents = acts.indices()[0], acts.indices()[-1]
+        values = acts.values().float()
+        keep = (rows < MAX_ROWS) & (values != 0)
+        rows, latents, values = rows[keep], latents[keep], values[keep]
+    else:
+        acts = feature_acts.detach().reshape(-1, d_sae)[:MAX_ROWS]
+        rows, latents = acts.nonzero(as_tuple=True)
+        values = acts[rows, latents].float()
+    directions = decoder.detach().float()
+    # sum over m's firings of z^2 |d_m|^2, and of 2 z d_m . r = 2 d_m . (sum of z r): the second
+    # as a sparse [d_sae, rows] code times the errors (about nnz x d_in, not rows x d_sae x d_in)
+    code = torch.sparse_coo_tensor(torch.stack([latents, rows]), values, (d_sae, error.shape[0]),
+                                   check_invariants=False)
+    weighted_errors = torch.sparse.mm(code, error)                               # [d_sae, d_in]
+    sums = torch.zeros(2, d_sae, device=directions.device)
+    sums[0].index_add_(0, latents, values * values).mul_((directions * directions).sum(1))
+    sums[0].add_(2 * (directions * weighted_errors).sum(1))
+    sums[1].index_add_(0, latents, torch.ones_like(values))
+    return sums

@@ -59,13 +59,13 @@ from typing_extensions import override
 from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes import coactivation
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
-from gba_lens.saes.coactivation import CoactivationBalance
 from gba_lens.saes.data_init import start_at_inputs
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
 from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
+from gba_lens.saes.idle_groups import IdleGroups
 from gba_lens.saes.sparse_step import SparseStepPolicy, sparse_training_forward_pass
 from gba_lens.saes.target_search import TargetSearch
 from gba_lens.saes.valley_thresholds import ValleyThresholds
@@ -150,9 +150,10 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             targets=cfg.targets if cfg.n_groups > 1 else "geometric", target_l0=cfg.target_l0, find_l0=cfg.find_l0,
             target_search=TargetSearch(cfg.d_sae, cfg.d_in, self.device) if cfg.target_search else None,
             firing_worth=FiringWorth(cfg.d_sae, cfg.firing_worth, self.device) if cfg.firing_worth else None,
-            device=self.device)
+            idle_groups=IdleGroups(cfg.n_groups, self.device) if cfg.idle_groups else None, device=self.device)
         self.training_horizon: int | None = None
-        """For ``target_search`` and ``firing_worth``: the run's length in optimiser steps (the trainers set it)."""
+        """The run's length in optimiser steps, which the trainers set (``target_search``, ``firing_worth``,
+        ``idle_groups`` plan by it)."""
         self.valley_thresholds = ValleyThresholds(cfg.d_sae, self.device) if cfg.valley_thresholds else None
         self.b_dec.requires_grad_(cfg.trains_pre_bias)
         # 0 means "not estimated yet"; set from the first training batch.
@@ -199,9 +200,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         """``x`` times the input scale s (``unit_mean``), the first thing the encoder does to its input."""
         return x.to(self.dtype) * self._scale if self.cfg.input_norm == "unit_mean" else x
 
-    def pre_activations(
-        self, x: Float[torch.Tensor, "... d_in"]
-    ) -> Float[torch.Tensor, "... d_sae"]:
+    def pre_activations(self, x: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_sae"]:
         """u = w . (s x - b_pre), the pre-activations without bias."""
         return self.process_sae_in(x) @ self.W_enc
 
@@ -273,13 +272,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         return {}  # no sparsity penalty: sparsity comes from the biases alone
 
     @override
-    def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: torch.Tensor,
-        hidden_pre: torch.Tensor,
-        sae_out: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
+    def calculate_aux_loss(self, step_input: TrainStepInput, feature_acts: torch.Tensor, hidden_pre: torch.Tensor,
+                           sae_out: torch.Tensor) -> dict[str, torch.Tensor]:
         """Only ``encoder_regression`` (:mod:`gba_lens.saes.encoder_regression`), when its weight is set."""
         if not self.cfg.encoder_regression:
             return {}
@@ -376,6 +370,10 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             worth.observe(output.feature_acts, self.W_dec, self._scaled(output.sae_in - output.sae_out.detach()))
             self.reduce_window_statistics(worth)
             worth.update()
+        idle = controller.idle_groups  # once: the lowest groups move up if their firings are worth nothing
+        if idle is not None:
+            idle.step(step_input.n_training_steps, self.training_horizon, controller, output.feature_acts, self.W_dec,
+                      lambda: self._scaled(output.sae_in - output.sae_out.detach()), self.reduce_window_statistics)
         search = controller.target_search
         if search is not None and search.due(step_input.n_training_steps):
             search.check(self.W_dec, controller.target, step_input.n_training_steps, self.training_horizon)
@@ -384,7 +382,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             output.metrics.update(logging_metrics(self, output))
         return output
 
-    def reduce_window_statistics(self, statistics: ValleyThresholds | CoactivationBalance | FiringWorth) -> None:
+    def reduce_window_statistics(self, statistics: nn.Module) -> None:
         """Combine a window's (or a co-activation check's) statistics across data-parallel ranks:
         nothing to do in one process (data-parallel training replaces this with an all-reduce)."""
 
@@ -419,7 +417,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     def inference_cfg_dict(self) -> dict[str, Any]:
         """SAELens's inference config, its metadata's ``training_architecture_details`` completed by
         the group targets at the end of training (``group_targets``): with ``target_l0`` or targets
-        that move (``adaptive``, ``valleys``) they are not the HTF ... LTF of the config."""
+        that move (``adaptive``, ``valleys``) they are not the HTF ... LTF of the config; 0 for a group
+        whose neurons all joined other groups (``idle_groups``)."""
         cfg_dict = self.cfg.get_inference_sae_cfg_dict()
         details = cfg_dict["metadata"]["training_architecture_details"]
         details["group_targets"] = [float(t) for t in self.bias_adaptation.group_targets.tolist()]
