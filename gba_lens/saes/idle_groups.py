@@ -76,6 +76,7 @@ class IdleGroups(nn.Module):
         self.register_buffer("sums", torch.zeros(2, n_groups, device=device))
         self.register_buffer("moved", torch.zeros(n_groups, device=device))
         self.register_buffer("done", torch.zeros((), device=device))
+        self._batch = torch.zeros_like(self.sums)  # the last measured batch's sums (before they are added)
         self._warned = False
         self._finished: bool | None = None  # ``done`` on the host, so that no step waits on the GPU
 
