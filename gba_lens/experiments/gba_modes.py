@@ -11,7 +11,7 @@ PAPER_RULE: dict[str, Any] = {"find_l0": False, "valley_thresholds": False}
 targets came from the data; every study of the range pins it)."""
 
 GBA_MODES: dict[str, dict[str, Any]] = {
-    "default": {},  # nothing set: valley thresholds, find_l0 (the L0 from the data), data starts, firing_worth, idle groups
+    "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data), data starts, firing_worth
     "geometric": PAPER_RULE,  # the paper's rule: fixed geometric targets
     "adaptive": {"targets": "adaptive"},  # group targets moved by the neurons
     "valley": {"valley_thresholds": True, "find_l0": False},  # thresholds at each neuron's valley, geometric targets
@@ -20,7 +20,8 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "search": {"target_search": True},  # target search on the geometric targets
     "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True},
     # target scale from the co-activation balance, from random starts (as its tables were measured)
-    "find-l0": {"find_l0": True, "valley_thresholds": False, "encoder_init": "random", "idle_groups": False},
+    "find-l0": {"find_l0": True, "valley_thresholds": False, "encoder_init": "random"},
     "valley+find-l0": {"valley_thresholds": True, "find_l0": True},  # the default's level options (starts unset)
+    "idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": True},  # the defaults + idle_groups
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

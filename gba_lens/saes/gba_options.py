@@ -128,19 +128,21 @@ class GBAOptions:
     thirty-first to thirty-third steps): with data starts it brings the small over-complete model's
     L0 from +37 to +15 percent of its truth, keeps the paper's toy at 99.5 / 99.2 and takes the stdlib
     LM's mlp_out closest to TopK's frontier; acting from the start instead it cost the toy 2.4 points."""
-    idle_groups: bool | None = None
+    idle_groups: bool = False
     """Once, at 0.3 of the run: if the lowest groups' firings have been worth about nothing to the
     reconstruction since 0.2 (valued as ``firing_worth`` values them, per firing against the average
     firing's: the lowest group's at most 0.05 of it, each group of the block at most 0.15), the neurons
     of the lower half of that block join as many groups right above it and take their targets
     (:mod:`gba_lens.saes.idle_groups`). Where every feature is more frequent than the lowest targets
-    let a neuron resonate with, those groups find nothing; in the groups above, the neurons find the
-    features the others missed. Unset (the default): on with ``find_l0``, off otherwise (the paper's
-    rule keeps its groups). Needs the run's length (gba_lens's trainers give it) and geometric targets
-    without ``target_search``. Measured (docs/experiments/prior_free.md, thirty-fifth step): the paper's
-    toy recovers all 128 features at cosine 0.9 on eight seeds of eight (without it one to three short on
-    five seeds of six) at +16 to +23 percent of its true L0; on the Zipfian, hierarchical and small
-    synthetic models and the stdlib LM nothing moves."""
+    let a neuron resonate with, those groups find nothing; in the groups above, the moved neurons find
+    the features the others missed. Opt-in: needs the run's length (gba_lens's trainers give it) and
+    geometric targets without ``target_search``. Measured (docs/experiments/prior_free.md, thirty-fifth
+    step) with GBA's defaults otherwise: at the paper toy's preset budget all 128 features at cosine 0.9
+    on eight seeds of eight (the defaults: one to three short on five seeds of six) at +16 to +23
+    percent of its true L0; on the Zipfian, hierarchical and small synthetic models and the stdlib LM
+    nothing moves. Not the default because on the toy it depends on the run's length: at 0.3 of the
+    budget it costs features, at half of it the L0 ends about 45 percent over the truth, and at twice
+    the budget it does not act."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -156,7 +158,6 @@ class GBAOptions:
         options = {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
         options["find_l0"], options["valley_thresholds"] = self.resolved_level_options()
         options["encoder_init"], options["firing_worth"] = self.resolved_start_options()
-        options["idle_groups"] = self.resolved_idle_groups()
         return options
 
     def resolved_level_options(self) -> tuple[bool, bool]:
@@ -180,15 +181,10 @@ class GBAOptions:
         firing_worth = DEFAULT_FIRING_WORTH if find_l0 and encoder_init == "data" else 0.0
         return encoder_init, firing_worth if self.firing_worth is None else self.firing_worth
 
-    def resolved_idle_groups(self) -> bool:
-        """``idle_groups`` with an unset (None) value resolved: on with ``find_l0``."""
-        return self.resolved_level_options()[0] if self.idle_groups is None else self.idle_groups
-
     def resolve_unset_options(self, input_norm: str = "unit_mean") -> None:
         """Replace the unset (None) options by what they resolve to, in place."""
         self.find_l0, self.valley_thresholds = self.resolved_level_options()
         self.encoder_init, self.firing_worth = self.resolved_start_options(input_norm)  # type: ignore[assignment]
-        self.idle_groups = self.resolved_idle_groups()
 
     def __post_init__(self) -> None:
         self.check_gba_options()

@@ -89,7 +89,7 @@ def test_a_group_s_sums_are_its_neurons_firings_worth():
 
 
 def test_moved_neurons_take_their_new_group_s_targets_and_keep_them():
-    sae = build_sae("gba", 8, 40, n_groups=4)  # defaults: find_l0, so the targets are base targets x a scale
+    sae = build_sae("gba", 8, 40, n_groups=4)  # find_l0 (the default): the targets are base targets x a scale
     controller = sae.bias_adaptation
     before = controller.target.clone()
     neurons, joins = torch.tensor([30, 31, 32]), torch.tensor([1, 2, 1])
@@ -104,11 +104,10 @@ def test_moved_neurons_take_their_new_group_s_targets_and_keep_them():
     controller.move_neurons(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long))  # nothing
 
 
-def test_the_option_is_on_with_find_l0_and_refused_where_groups_do_not_stand_still():
-    assert build_sae("gba", 8, 32).bias_adaptation.idle_groups is not None  # the defaults
-    assert build_sae("gba", 8, 32, find_l0=False).bias_adaptation.idle_groups is None  # the paper's rule
-    assert build_sae("gba", 8, 32, idle_groups=False).bias_adaptation.idle_groups is None
-    assert GBATrainingSAEConfig(d_in=4, d_sae=16, find_l0=False).idle_groups is False  # recorded resolved
+def test_the_option_is_opt_in_and_refused_where_groups_do_not_stand_still():
+    assert build_sae("gba", 8, 32).bias_adaptation.idle_groups is None  # off by default
+    assert build_sae("gba", 8, 32, idle_groups=True).bias_adaptation.idle_groups is not None
+    assert build_sae("gba", 8, 32, idle_groups=True, find_l0=False).bias_adaptation.idle_groups is not None
     for bad in ({"targets": "adaptive", "find_l0": False}, {"target_search": True, "find_l0": False}):
         with pytest.raises(ValueError, match="idle_groups moves neurons between the geometric groups"):
             GBATrainingSAEConfig(d_in=4, d_sae=16, idle_groups=True, **bad)
@@ -117,7 +116,7 @@ def test_the_option_is_on_with_find_l0_and_refused_where_groups_do_not_stand_sti
 
 
 def test_a_checkpoint_carries_the_decision(step_input):
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4))
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, idle_groups=True))
     sae.training_horizon = 100
     x = torch.relu(torch.randn(128, 8, generator=torch.Generator().manual_seed(1)))
     for step in (20, 30, 40):
@@ -125,7 +124,7 @@ def test_a_checkpoint_carries_the_decision(step_input):
     rule = sae.bias_adaptation.idle_groups
     assert rule.sums[1].sum() > 0 and rule.finished  # measured at 20, decided at 30
     assert out.metrics["gba/idle_groups_moved"] == rule.moved.sum()
-    fresh = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4))
+    fresh = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=32, n_groups=4, idle_groups=True))
     assert not fresh.bias_adaptation.idle_groups.finished
     fresh.load_state_dict(sae.state_dict())
     assert fresh.bias_adaptation.idle_groups.finished
@@ -133,10 +132,11 @@ def test_a_checkpoint_carries_the_decision(step_input):
     assert not [key for key in sae.to_inference_sae().state_dict() if "idle" in key]
 
 
-def test_the_paper_toy_recovers_every_feature_at_the_defaults():
-    """Seed 0 of the paper's toy at GBA's defaults (1M samples): without the rule feature 89 stays in a
-    mixture (99.2 percent at 0.9); with it every feature has a decoder row at cosine >= 0.9 and the L0
-    stays within a quarter of the true 11.5 (docs/experiments/prior_free.md, thirty-fifth step)."""
+def test_the_paper_toy_recovers_every_feature_with_the_rule():
+    """Seed 0 of the paper's toy at GBA's defaults plus ``idle_groups`` (1M samples, the preset budget):
+    without the rule feature 89 stays in a mixture (99.2 percent at 0.9); with it every feature has a
+    decoder row at cosine >= 0.9 and the L0 stays within a quarter of the true 11.5
+    (docs/experiments/prior_free.md, thirty-fifth step)."""
     from gba_lens.experiments.paper_toy import PAPER_TOY_SAE, PaperToySetup
     from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
     from gba_lens.training.data import SeededBatches
@@ -145,7 +145,7 @@ def test_the_paper_toy_recovers_every_feature_at_the_defaults():
     setup = PaperToySetup()
     toy = SparseMixtureModel(SparseMixtureConfig(seed=setup.data_seed))
     torch.manual_seed(0)
-    sae = build_sae("gba", toy.feature_vectors.shape[1], setup.width, **PAPER_TOY_SAE)
+    sae = build_sae("gba", toy.feature_vectors.shape[1], setup.width, **PAPER_TOY_SAE, idle_groups=True)
     train_sae(sae, SeededBatches(toy.sample, setup.batch_size, seed=0),
               TrainConfig(total_samples=1_000_000, batch_size=setup.batch_size, lr=setup.lr))
     assert sae.bias_adaptation.idle_groups.moved.sum() >= 1  # the toy's lowest groups found nothing
