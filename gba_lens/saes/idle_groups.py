@@ -14,6 +14,7 @@ them, |z d|^2 + 2 z d . r) and summed per group. At ``AT``, once, per firing and
 firing's worth:
 
     idle block = the lowest groups, contiguous from the last one, worth at most SHARE (0.15) of it
+                 (a group that did not fire in the window counts as worth nothing)
     if the last group's firings are worth at most NOTHING (0.05) of it and the block holds b groups,
     0 < b < K: the neurons of its lowest ceil(b / 2) groups join the ceil(b / 2) groups right above
     the block, in turn, and take those groups' targets

@@ -163,3 +163,12 @@ def test_the_share_is_the_module_s(monkeypatch):
     monkeypatch.setattr(idle_groups, "SHARE", 0.0)
     _, _, (neurons, _) = decided([1.5, 0.9, 0.6, 0.5, 0.25, 0.05, 0.02, 0.01, -0.02, -0.05])
     assert neurons.tolist() == list(range(90, 100))  # only groups 8, 9 are worth nothing: the last one moves
+
+
+def test_a_group_that_did_not_fire_counts_as_worth_nothing():
+    rule = IdleGroups(4)
+    rule.sums[0] = torch.tensor([100.0, 80.0, 60.0, 0.0])
+    rule.sums[1] = torch.tensor([100.0, 100.0, 100.0, 0.0])  # the last group never fired in the window
+    group = torch.arange(40) // 10
+    neurons, joins = rule.decide(group)
+    assert neurons.tolist() == list(range(30, 40)) and set(joins.tolist()) == {2}
