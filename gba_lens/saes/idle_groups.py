@@ -15,7 +15,8 @@ firing's worth:
 
     idle block = the lowest groups, contiguous from the last one, worth at most SHARE (0.15) of it
                  (a group that did not fire in the window counts as worth nothing)
-    if the last group's firings are worth at most NOTHING (0.05) of it and the block holds b groups,
+    if the average firing's worth is positive, the last group's firings are worth at most NOTHING
+    (0.05) of it and the block holds b groups,
     0 < b < K: the neurons of its lowest ceil(b / 2) groups join the ceil(b / 2) groups right above
     the block, in turn, and take those groups' targets
 
@@ -145,11 +146,13 @@ class IdleGroups(nn.Module):
         self._finished = True
         worth, firings = self.sums
         average = worth.sum() / firings.sum().clamp(min=1)
-        # per firing: worth / firings <= SHARE * average; the lowest group's must be worth about nothing
+        # per firing: worth / firings <= SHARE * average; the lowest group's must be worth about nothing.
+        # While the average firing is worth nothing or less (a young SAE's firings overshoot) there is no
+        # reference to read the groups against: nothing moves.
         idle = (worth <= SHARE * average * firings).tolist()
         n_groups = len(idle)
         block = 0
-        if float(worth[-1]) <= NOTHING * float(average * firings[-1]):
+        if float(average) > 0 and float(worth[-1]) <= NOTHING * float(average * firings[-1]):
             while block < n_groups and idle[n_groups - 1 - block]:
                 block += 1
         if block in (0, n_groups):

@@ -172,3 +172,10 @@ def test_a_group_that_did_not_fire_counts_as_worth_nothing():
     group = torch.arange(40) // 10
     neurons, joins = rule.decide(group)
     assert neurons.tolist() == list(range(30, 40)) and set(joins.tolist()) == {2}
+
+
+def test_nothing_moves_while_the_average_firing_is_worth_nothing_or_less():
+    # a young SAE's firings overshoot: the average firing is worth -0.15, so every group but the first
+    # reads "at most 0.15 of it" and the last far under 0.05 of it; read against no reference, nothing moves
+    rule, _, (neurons, joins) = decided([0.3, -0.1, -0.1, -0.1, -0.1, -0.1, -0.1, -0.1, -0.5, -0.6])
+    assert neurons.numel() == 0 and joins.numel() == 0 and rule.finished
