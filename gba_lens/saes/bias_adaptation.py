@@ -160,9 +160,11 @@ class GroupBiasAdaptation(nn.Module):
     @property
     def group_targets(self) -> torch.Tensor:
         """[K] target frequency of each group (before any search scale)."""
-        return torch.zeros(self.n_groups, device=self.target.device).scatter_(
-            0, self.group, self.target
-        )
+        return self.per_group(self.target)
+
+    def per_group(self, values: Float[torch.Tensor, " d_sae"]) -> Float[torch.Tensor, " n_groups"]:
+        """[K] the value of a per-neuron vector that every neuron of a group shares (0 for an empty group)."""
+        return torch.zeros(self.n_groups, dtype=values.dtype, device=values.device).scatter_(0, self.group, values)
 
     @torch.no_grad()
     def observe(
@@ -258,15 +260,10 @@ class GroupBiasAdaptation(nn.Module):
     @torch.no_grad()
     def move_neurons(self, neurons: Int[torch.Tensor, " movers"], groups: Int[torch.Tensor, " movers"]) -> None:
         """Put ``neurons`` into ``groups`` (one each), with those groups' targets (``idle_groups``)."""
-        if neurons.numel() == 0:
-            return
-        destinations = groups.unique()  # sorted
-        members = torch.stack([(self.group == k).nonzero()[0, 0] for k in destinations])  # one of each, before
-        member = members[torch.searchsorted(destinations, groups)]
-        self.group[neurons] = groups
-        self.target[neurons] = self.target[member]
         if self.l0_control is not None:
-            self.l0_control.base_target[neurons] = self.l0_control.base_target[member]
+            self.l0_control.base_target[neurons] = self.per_group(self.l0_control.base_target)[groups]
+        self.target[neurons] = self.group_targets[groups]
+        self.group[neurons] = groups
 
     @torch.no_grad()
     def reset(self) -> None:
