@@ -39,6 +39,7 @@ training) is the median of per-repetition ratios of sides timed back to back. Us
 
     python benchmarks/bench_training.py [--quick] [--gba both|defaults|paper-rule] [--threads 1] [--wall]
     python benchmarks/bench_training.py --firing-worth 0.3       # the defaults with another firing_worth share
+    python benchmarks/bench_training.py --gba defaults --early   # timed where idle_groups measures
                                         [--profile] [--out FILE]
 
 Prints markdown tables; a full run of both configurations also writes them to
@@ -215,7 +216,7 @@ class SizeResult:
     reps: int = 0
 
 
-def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "defaults",
+def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "defaults", early: bool = False,
                  **gba_options: Any) -> SizeResult:
     from sae_lens import SAETrainer
 
@@ -234,8 +235,11 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "
                              data_provider=TensorBatches(acts, BATCH, seed=1))
     std_trainer = SAETrainer(cfg=saelens_trainer_config(10**6), sae=std,
                              data_provider=TensorBatches(acts, BATCH, seed=1))
-    if gba.bias_adaptation.firing_worth is not None:  # timed as in the last 30% of a run, where it measures
-        gba.training_horizon = 0
+    # firing_worth measures in the last 30% of a run, idle_groups (until it decides) in the first 40%:
+    # timed as in the one (horizon 0: firing_worth measures from the first step, idle_groups is over) or the
+    # other (--early: the start of a long run, where idle_groups measures and firing_worth waits)
+    if gba.bias_adaptation.firing_worth is not None or gba.bias_adaptation.idle_groups is not None:
+        gba.training_horizon = 10**9 if early else 0
     gba_step = StepLoop(gba_trainer, gba_trainer.data_provider)
     std_step = StepLoop(std_trainer, std_trainer.data_provider)
     gemms = gemm_roofline(d_in, d_sae)
@@ -263,6 +267,8 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "
     if gba.bias_adaptation.firing_worth is not None:  # firing_worth: measured at the same steps as the checks
         inst.wrap(gba.bias_adaptation.firing_worth, "observe", "check")
         inst.wrap(gba.bias_adaptation.firing_worth, "update", "check")
+    if gba.bias_adaptation.idle_groups is not None:  # idle_groups: its measurements and readings, every 10 steps
+        inst.wrap(gba.bias_adaptation.idle_groups, "measure", "check")
     sides: list[tuple[str, Callable[[], None], Samples]] = [
         ("gba", gba_step, res.step_gba), ("std", std_step, res.step_std), ("gemm", gemms, res.gemm)
     ]
@@ -526,11 +532,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="GBA's paper rule with encoder_regression=WEIGHT (step sizes only; writes no file unless --out)")
     parser.add_argument("--firing-worth", type=float, default=0.0, metavar="SHARE",
                         help="GBA's defaults with firing_worth=SHARE (writes no file unless --out)")
+    parser.add_argument("--early", action="store_true",
+                        help="time the defaults as at a run's start, where idle_groups measures, instead of "
+                             "as in its last 30%%, where firing_worth does (writes no file unless --out)")
     add_set_option(parser)
     args = parser.parse_args(argv)
     apply_set_option(parser, args)
     gba_configs = configurations(args)
-    tracked = len(gba_configs) == 2 and not args.set  # what results_training.md holds (with the generator)
+    tracked = len(gba_configs) == 2 and not args.set and not args.early  # results_training.md (with the generator)
     clock = _common.configure(args.threads, args.wall)
     start = time.perf_counter()
 
@@ -540,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     for d_in, d_sae in SIZES:
         for label, options in gba_configs:
             log(f"[bench_training] d_in {d_in}, d_sae {d_sae}, GBA {label} ...")
-            sizes.append(measure_size(d_in, d_sae, clock, plan, label, **options))
+            sizes.append(measure_size(d_in, d_sae, clock, plan, label, early=args.early, **options))
     gen_cases = [("paper toy", 128, 42, 1024), ("small", 512, 128, 512), ("large", 4096, 512, 4096)]
     gens = []
     for label, n, d, d_sae in (gen_cases if tracked else []):
@@ -554,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
              " --valley-thresholds" if args.valley_thresholds else "",
              f" --encoder-regression {args.encoder_regression:g}" if args.encoder_regression else "",
              f" --firing-worth {args.firing_worth:g}" if args.firing_worth else "",
+             " --early" if args.early else "",
              "".join(f" --set {assignment}" for assignment in args.set or []),
              f" --threads {args.threads}" if args.threads != 1 else ""]
     md += f"\n\nCommand: `python benchmarks/bench_training.py{''.join(flags)}`; " \

@@ -31,7 +31,7 @@ BUDGETS = (62_500, 125_000, 250_000, 500_000, 1_000_000)
 L1_SWEEP = 3
 GBA_MODES = {"GBA": MODES["geometric"], "GBA valley": MODES["valley"], "GBA valley targets": MODES["valley-targets"],
              "GBA valley targets + search": MODES["valley-targets+search"], "GBA valley + find_l0": MODES["valley+find-l0"],
-             "GBA valley + find_l0 + idle_groups": MODES["idle-groups"]}
+             "GBA valley + find_l0, no idle_groups": MODES["no-idle-groups"]}
 """GBA's rows (``--gba-rows``), by the options each sets; every row runs without a sparsity sweep (x 1)."""
 
 

@@ -8,14 +8,15 @@ leave in the reconstruction error (the mean squared error along the feature's di
 inputs where it is active, and its rank among every feature's: 0 leaves the most). One JSON line per
 seed. ``--zipf A`` (B, C) runs a Zipf model of the zipf preset instead, on its schedule. The paper's
 rule by default; ``--defaults`` trains GBA's defaults instead (the L0 from the data, valley
-thresholds, data starts, ``firing_worth``; docs/experiments/prior_free.md, thirty-fourth step), and
-``--idle-groups`` adds ``idle_groups`` to them (the thirty-fifth step).
+thresholds, data starts, ``firing_worth``, ``idle_groups``; docs/experiments/prior_free.md, thirty-fourth
+to thirty-sixth steps), and ``--no-idle-groups`` takes ``idle_groups`` from them (the defaults until the
+thirty-sixth step).
 
     python scripts/toy_groups.py --seeds 0 1 2                       # the paper's rule (0.1 ... 1e-3)
     python scripts/toy_groups.py --seeds 0 --range 0.1 0.03          # the range that covers f = 0.09
     python scripts/toy_groups.py --seeds 0 1 2 --zipf A
     python scripts/toy_groups.py --seeds 0 1 2 --defaults
-    python scripts/toy_groups.py --seeds 0 1 2 --defaults --idle-groups
+    python scripts/toy_groups.py --seeds 0 1 2 --defaults --no-idle-groups
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(default 0.6, before the zipf schedule's decay)")
     p.add_argument("--defaults", action="store_true",
                    help="train GBA's defaults instead of the paper's rule (--range and --gba still apply)")
-    p.add_argument("--idle-groups", action="store_true",
-                   help="with --defaults: also idle_groups=True (the lowest groups' neurons move up at 0.3 of the run)")
+    p.add_argument("--no-idle-groups", action="store_true",
+                   help="with --defaults: idle_groups=False (the defaults until the thirty-sixth step)")
     add_gba_option(p)
     args = p.parse_args(argv)
     try:  # the zipf schedule, or the paper toy's
@@ -129,11 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.stability_from < 1:
         p.error(f"--stability-from must be in [0, 1), got {args.stability_from}")
     # the paper's rule, which this script studies, unless --defaults
-    if args.idle_groups and not args.defaults:
-        p.error("--idle-groups adds idle_groups to GBA's defaults: use it with --defaults")
+    if args.no_idle_groups and not args.defaults:
+        p.error("--no-idle-groups takes idle_groups from GBA's defaults: use it with --defaults")
     settings = {**({} if args.defaults else PAPER_RULE), **gba_settings_of(p, args)}
-    if args.idle_groups:
-        settings["idle_groups"] = True
+    if args.no_idle_groups:
+        settings["idle_groups"] = False
     if args.range is not None:
         settings.update(highest_target=args.range[0], lowest_target=args.range[1])
 

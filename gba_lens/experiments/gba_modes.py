@@ -11,7 +11,8 @@ PAPER_RULE: dict[str, Any] = {"find_l0": False, "valley_thresholds": False}
 targets came from the data; every study of the range pins it)."""
 
 GBA_MODES: dict[str, dict[str, Any]] = {
-    "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data), data starts, firing_worth
+    "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data), data starts, firing_worth,
+    # idle_groups
     "geometric": PAPER_RULE,  # the paper's rule: fixed geometric targets
     "adaptive": {"targets": "adaptive"},  # group targets moved by the neurons
     "valley": {"valley_thresholds": True, "find_l0": False},  # thresholds at each neuron's valley, geometric targets
@@ -20,8 +21,11 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "search": {"target_search": True},  # target search on the geometric targets
     "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True},
     # target scale from the co-activation balance, from random starts (as its tables were measured)
-    "find-l0": {"find_l0": True, "valley_thresholds": False, "encoder_init": "random"},
-    "valley+find-l0": {"valley_thresholds": True, "find_l0": True},  # the default's level options (starts unset)
-    "idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": True},  # the defaults + idle_groups
+    "find-l0": {"find_l0": True, "valley_thresholds": False, "encoder_init": "random", "idle_groups": False},
+    # the default's level options (starts and idle_groups unset: as the defaults)
+    "valley+find-l0": {"valley_thresholds": True, "find_l0": True},
+    "idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": True},  # the defaults, idle_groups set
+    # the defaults until the thirty-sixth step of docs/experiments/prior_free.md: without idle_groups
+    "no-idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": False},
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

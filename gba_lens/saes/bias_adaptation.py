@@ -27,8 +27,8 @@ follows the co-activation balance of :mod:`gba_lens.saes.coactivation`. With ``t
 (:mod:`gba_lens.saes.target_search`) neuron m's target is p_k times its own scale, raised while its
 decoder direction keeps turning. With ``firing_worth`` (:mod:`gba_lens.saes.firing_worth`) each
 neuron's target is also scaled down where its firings reconstruct little. With ``idle_groups``
-(:mod:`gba_lens.saes.idle_groups`) the lowest groups' neurons join the groups above them, once, if
-those groups' firings are worth nothing (``move_neurons``).
+(:mod:`gba_lens.saes.idle_groups`) the lowest groups' neurons join the groups above them, once, when
+those groups' firings, after doing harm, are worth nothing (``move_neurons``).
 
 The statistics are sums and maxima (``fire_count``, ``n_samples``, ``peak``) so that data-parallel
 training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_statistics``.

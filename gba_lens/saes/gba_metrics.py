@@ -31,7 +31,7 @@ def logging_metrics(sae: Any, output: TrainStepOutput) -> dict[str, Any]:
         metrics["gba/worth_scaled_fraction"] = (worth.multiplier < 1).float().mean()
         metrics["gba/worth_average"] = worth.average
     idle = sae.bias_adaptation.idle_groups
-    if idle is not None:  # idle_groups: how many groups' neurons joined the groups above them (at 0.3 of the run)
+    if idle is not None:  # idle_groups: how many groups' neurons joined the groups above them (once)
         metrics["gba/idle_groups_moved"] = idle.moved.sum()
     l0_control = sae.bias_adaptation.l0_control
     if l0_control is not None:  # the L0 controller (target_l0, find_l0): what it measures and its target scale

@@ -128,21 +128,22 @@ class GBAOptions:
     thirty-first to thirty-third steps): with data starts it brings the small over-complete model's
     L0 from +37 to +15 percent of its truth, keeps the paper's toy at 99.5 / 99.2 and takes the stdlib
     LM's mlp_out closest to TopK's frontier; acting from the start instead it cost the toy 2.4 points."""
-    idle_groups: bool = False
-    """Once, at 0.3 of the run: if the lowest groups' firings have been worth about nothing to the
-    reconstruction since 0.2 (valued as ``firing_worth`` values them, per firing against the average
-    firing's: the lowest group's at most 0.05 of it, each group of the block at most 0.15), the neurons
-    of the lower half of that block join as many groups right above it and take their targets
-    (:mod:`gba_lens.saes.idle_groups`). Where every feature is more frequent than the lowest targets
-    let a neuron resonate with, those groups find nothing; in the groups above, the moved neurons find
-    the features the others missed. Opt-in: needs the run's length (gba_lens's trainers give it) and
-    geometric targets without ``target_search``. Measured (docs/experiments/prior_free.md, thirty-fifth
-    step) with GBA's defaults otherwise: at the paper toy's preset budget all 128 features at cosine 0.9
-    on eight seeds of eight (the defaults: one to three short on five seeds of six) at +16 to +23
-    percent of its true L0; on the Zipfian, hierarchical and small synthetic models and the stdlib LM
-    nothing moves. Not the default because on the toy it depends on the run's length: at 0.3 of the
-    budget it costs features, at half of it the L0 ends about 45 percent over the truth, and at twice
-    the budget it does not act."""
+    idle_groups: bool | None = None
+    """Move the lowest groups' neurons up once their firings, after doing harm, are worth nothing: every
+    10 steps each group's firings are valued as ``firing_worth`` values them, summed over the last 100
+    steps, per firing against the average firing's. Once the lowest group's firings have done harm (at
+    most -0.15 of it) and then no longer do (over -0.05), the lowest groups worth at most 0.15 of it
+    form an idle block; if the lowest is worth at most 0.05, the neurons of the block's lower half join
+    as many groups right above it and take their targets (:mod:`gba_lens.saes.idle_groups`). Where
+    every feature is more frequent than the lowest targets let a neuron resonate with, those groups find
+    nothing; moved up, their neurons find the features the others missed. Nothing moves after 0.4 of
+    the run (the run's length comes from gba_lens's trainers). Unset (the default): on with ``find_l0``,
+    off otherwise; it needs geometric targets, no ``target_search`` and K >= 2. Measured
+    (docs/experiments/prior_free.md, thirty-fifth and thirty-sixth steps): on the paper's toy every
+    feature found at the preset budget on eight seeds of eight (without it one to three short on five
+    seeds of six) at +17 to +25 percent of the true L0; runs under 0.75 times the budget end as
+    without it, and at twice it every feature is found at +31 to +34 percent; on the Zipfian,
+    hierarchical, small and counter-example models and the stdlib LM nothing moves."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -158,6 +159,7 @@ class GBAOptions:
         options = {f.name: getattr(self, f.name) for f in fields(GBAOptions)}
         options["find_l0"], options["valley_thresholds"] = self.resolved_level_options()
         options["encoder_init"], options["firing_worth"] = self.resolved_start_options()
+        options["idle_groups"] = self.resolved_idle_groups()
         return options
 
     def resolved_level_options(self) -> tuple[bool, bool]:
@@ -181,10 +183,18 @@ class GBAOptions:
         firing_worth = DEFAULT_FIRING_WORTH if find_l0 and encoder_init == "data" else 0.0
         return encoder_init, firing_worth if self.firing_worth is None else self.firing_worth
 
+    def resolved_idle_groups(self) -> bool:
+        """``idle_groups`` with an unset (None) value resolved: on with ``find_l0`` (which needs the
+        geometric targets without ``target_search``, and K >= 2), off otherwise (the paper's rule)."""
+        if self.idle_groups is not None:
+            return self.idle_groups
+        return self.resolved_level_options()[0] and self.n_groups >= 2
+
     def resolve_unset_options(self, input_norm: str = "unit_mean") -> None:
         """Replace the unset (None) options by what they resolve to, in place."""
         self.find_l0, self.valley_thresholds = self.resolved_level_options()
         self.encoder_init, self.firing_worth = self.resolved_start_options(input_norm)  # type: ignore[assignment]
+        self.idle_groups = self.resolved_idle_groups()
 
     def __post_init__(self) -> None:
         self.check_gba_options()
@@ -220,13 +230,13 @@ class GBAOptions:
             raise ValueError(f"encoder_init must be one of {ENCODER_INITS}, got {self.encoder_init!r}")
         if self.firing_worth is not None and not (math.isfinite(self.firing_worth) and 0.0 <= self.firing_worth <= 1.0):
             raise ValueError(f"firing_worth must be in [0, 1], got {self.firing_worth}")
-        if self.idle_groups and (self.n_groups < 2 or self.targets != "geometric" or self.target_search):
-            raise ValueError("idle_groups moves neurons between the geometric groups: it needs n_groups >= 2, "
-                             "targets='geometric' and no target_search")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:
             raise ValueError(f"n_groups must be >= 1, got {self.n_groups}")
+        if self.resolved_idle_groups() and (self.n_groups < 2 or self.targets != "geometric" or self.target_search):
+            raise ValueError("idle_groups moves neurons between the geometric groups: it needs n_groups >= 2, "
+                             "targets='geometric' and no target_search")
         if not 0.0 < self.lowest_target <= self.highest_target <= 1.0:  # NaN fails too
             raise ValueError(f"need 0 < lowest_target <= highest_target <= 1, got "
                              f"lowest_target={self.lowest_target}, highest_target={self.highest_target}")

@@ -1,37 +1,45 @@
-"""Idle groups (``idle_groups=True``, opt-in): the lowest groups' neurons join the groups above them when
-their firings are worth nothing.
+"""Idle groups (``idle_groups``): the lowest groups' neurons join the groups above them once their
+firings, after doing harm, are worth nothing.
 
 A neuron learns a feature that its group's target lets it resonate with. On data whose features
 are all frequent (the paper's toy: every feature at about 0.09) the lowest targets resonate with
-none, and the lowest groups' neurons spend the run firing on whatever crosses their thresholds:
-firings that, on the whole, make the reconstruction worse. At GBA's defaults half of the toy's SAE
-sits there (its five lowest groups, 512 of 1,024 neurons, end with 3 of its 128 features between
-them), while the groups above find the features, and miss one or two on most seeds.
+none, and the lowest groups' neurons spend the run firing on whatever crosses their thresholds.
+At first those firings make the reconstruction worse; the bias rule lowers the neurons until their
+firings are worth about nothing, and there they stay. Without the rule half of the toy's SAE sits
+there (its five lowest groups, 512 of 1,024 neurons, end with 3 of its 128 features between them),
+while the groups above find the features, and miss one or two on most seeds.
 
-From ``START`` to ``AT`` of the run (0.2 to 0.3), every ``CHECK_EVERY`` steps, each group's firings are
-valued as :mod:`gba_lens.saes.firing_worth` values them (how much the squared error would grow without
-them, |z d|^2 + 2 z d . r) and summed per group. At ``AT``, once, per firing and against the average
-firing's worth:
+Every ``CHECK_EVERY`` steps each group's firings are valued as :mod:`gba_lens.saes.firing_worth` values
+them (how much the squared error would grow without them, |z d|^2 + 2 z d . r) and summed per group.
+A reading is the sum of the last ``WINDOW`` measurements, per firing and against the average firing's
+worth. The rule waits for three things, in order:
+
+    1. readings with a positive average (a young SAE's firings overshoot: no reference before),
+    2. a reading, of measurements all taken after the first of those, in which the lowest group's
+       firings do harm: worth at most -HARM (-0.15) of the average firing's,
+    3. the first reading after it in which they no longer do: worth more than nothing (over 0).
+
+On that reading it decides, once:
 
     idle block = the lowest groups, contiguous from the last one, worth at most SHARE (0.15) of it
                  (a group that did not fire in the window counts as worth nothing)
-    if the average firing's worth is positive, the last group's firings are worth at most NOTHING
-    (0.05) of it and the block holds b groups,
+    if the last group's firings are worth at most NOTHING (0.05) of it and the block holds b groups,
     0 < b < K: the neurons of its lowest ceil(b / 2) groups join the ceil(b / 2) groups right above
     the block, in turn, and take those groups' targets
 
-The upper half of the block stays at the bottom of the range, nearest to the groups that work.
-Measured on the toy (docs/experiments/prior_free.md, thirty-fifth step): moving the whole block into
-the three groups above found every feature on three seeds of four at +24 ... +34% of the true L0, into
-the one group above it found no more features; moving its lower half found all 128 on eight seeds of
-eight at +16 ... +23% (the defaults without the rule: one to three features short on five seeds of six).
-On the Zipfian models, the hierarchical one, the small model with more latents than features and the
-stdlib LM the lowest group's firings are worth 0.17 of the average firing's or more: nothing moves.
-It is opt-in because on the toy what it does depends on the run's length: at 0.3 of the preset budget
-it costs features, at half of it the L0 ends about 45% over the truth, at twice it does not act.
+The upper half of the block stays at the bottom of the range, nearest to the groups that work. If
+the decision has not come by ``LATEST`` (0.4) of the run nothing moves: the movers need the rest of it.
+The readings follow the optimiser's steps, not the share of the run, so a run of any length decides
+at the same step if it decides (on the toy, steps 560-590 at batch 512). Measured
+(docs/experiments/prior_free.md, thirty-fifth and thirty-sixth steps): on the toy moving the lower half
+of the block finds all 128 features at the preset budget and at 0.7x to 2x it; moving the whole block,
+or into the one group above it, did worse. On the Zipfian models, the hierarchical one, the small model
+with more latents than features, the counter-example and the stdlib LM the lowest group's firings
+never do harm once the average firing is worth something: nothing moves.
 
 Statistics: per-group sums (worth, firings), which data-parallel ranks all-reduce, so every rank
-moves the same neurons.
+moves the same neurons. Reading them costs the host one small read every ``CHECK_EVERY`` steps until
+the decision.
 """
 
 from __future__ import annotations
@@ -46,29 +54,37 @@ from torch import nn
 
 from gba_lens.saes.firing_worth import worth_sums
 
-START = 0.2
-"""Share of the run's optimiser steps at which the measurement starts."""
-AT = 0.3
-"""Share of the run's optimiser steps at which the idle groups' neurons move (once)."""
 CHECK_EVERY = 10
 """Optimiser steps between two measurements."""
+WINDOW = 10
+"""Measurements per reading: each reading sums the last WINDOW measurements (100 optimiser steps)."""
+HARM = 0.15
+"""The lowest group's firings do harm when they are worth at most -HARM of the average firing's (per firing)."""
 SHARE = 0.15
 """A group is idle when its firings are worth at most this share of the average firing's (per firing)."""
 NOTHING = 0.05
-"""... and a block of idle groups moves only if its lowest group's firings are worth at most this share
-of the average firing's: about nothing (the toy's: 0.004 or less; the other models' lowest groups: 0.17
-or more, docs/experiments/prior_free.md, thirty-fifth step)."""
+"""Once the harm is over the block moves if the lowest group's firings are worth at most this share of the
+average firing's: about nothing (docs/experiments/prior_free.md, thirty-sixth step)."""
+LATEST = 0.4
+"""Share of the run after which nothing moves: the moved neurons need the rest of it to find features."""
 
 
 class IdleGroups(nn.Module):
-    """The per-group worth of the firings between ``START`` and ``AT``, and the move at ``AT``.
+    """The per-group worth of the firings, read every ``CHECK_EVERY`` steps over the last ``WINDOW``
+    measurements, and the move once the lowest group's harm is over.
 
     Buffers (saved with training checkpoints):
-        sums   [2, K]  the summed worth and number of each group's firings so far (reduced across ranks)
-        moved  [K]     1 for a group whose neurons joined the groups above it (all 0 until ``AT``)
-        done   []      1 once the decision is taken (whether or not anything moved)
+        ring   [WINDOW, 2, K]  the summed worth and number of each group's firings of the last WINDOW
+                               measurements (reduced across ranks)
+        phase  [3]             measurements taken; the first one after which every reading had a positive
+                               average (-1: none yet); 1 once the lowest group's firings did harm
+        sums   [2, K]          the reading the decision was taken on (zeros until then)
+        moved  [K]             1 for a group whose neurons joined the groups above it
+        done   []              1 once the decision is taken (whether or not anything moved)
     """
 
+    ring: torch.Tensor
+    phase: torch.Tensor
     sums: torch.Tensor
     moved: torch.Tensor
     done: torch.Tensor
@@ -77,6 +93,8 @@ class IdleGroups(nn.Module):
         super().__init__()
         if n_groups < 2:
             raise ValueError(f"idle_groups moves neurons between groups: it needs n_groups >= 2, got {n_groups}")
+        self.register_buffer("ring", torch.zeros(WINDOW, 2, n_groups, device=device))
+        self.register_buffer("phase", torch.tensor([0, -1, 0], device=device))
         self.register_buffer("sums", torch.zeros(2, n_groups, device=device))
         self.register_buffer("moved", torch.zeros(n_groups, device=device))
         self.register_buffer("done", torch.zeros((), device=device))
@@ -96,33 +114,67 @@ class IdleGroups(nn.Module):
         return self._finished
 
     def due(self, step: int, horizon: int | None) -> bool:
-        """Whether the step taken after ``step`` optimiser steps measures: every ``CHECK_EVERY``-th in
-        [``START``, ``AT``) of the run (``horizon``: its length in optimiser steps, which gba_lens's
-        trainers give the SAE). Without a horizon the rule cannot place itself in the run: it never
-        acts, and says so once."""
+        """Whether the step taken after ``step`` optimiser steps measures: every ``CHECK_EVERY``-th until
+        the decision (``horizon``: the run's length in optimiser steps, which gba_lens's trainers give
+        the SAE). Without a horizon the rule cannot tell how much of the run is left: it never acts, and
+        says so once."""
         if horizon is None:
             if not self._warned:
                 self._warned = True
-                warnings.warn(f"idle_groups acts at {AT:g} of the run, whose length this trainer does not give: "
-                              "it is off for this run (set sae.training_horizon to the run's optimiser steps)",
-                              stacklevel=2)
+                warnings.warn(f"idle_groups acts only in the first {LATEST:g} of the run, whose length this "
+                              "trainer does not give: it is off for this run (set sae.training_horizon to the "
+                              "run's optimiser steps)", stacklevel=2)
             return False
-        return not self.finished and step % CHECK_EVERY == 0 and START * horizon <= step < AT * horizon
+        return not self.finished and step % CHECK_EVERY == 0
 
     @torch.no_grad()
     def step(self, step: int, horizon: int | None, controller: Any, feature_acts: Float[torch.Tensor, "... d_sae"],
              decoder: Float[torch.Tensor, "d_sae d_in"], residual: Callable[[], Float[torch.Tensor, "... d_in"]],
              reduce: Callable[[nn.Module], None]) -> None:
-        """One training step's part (after ``step`` optimiser steps): measure if due, and at ``AT`` move
-        the idle groups' neurons with ``controller.move_neurons`` (a ``GroupBiasAdaptation``).
-        ``residual``: the batch's reconstruction error in the units ``decoder`` reconstructs (computed
-        only when measured); ``reduce``: combines a statistics module across data-parallel ranks."""
-        if self.due(step, horizon):
-            self.observe(feature_acts, decoder, residual(), controller.group)
-            reduce(self)
-            self.sums.add_(self._batch)
-        elif horizon is not None and not self.finished and step >= AT * horizon:
+        """One training step's part (after ``step`` optimiser steps): if due, :meth:`measure`; past
+        ``LATEST`` of the run nothing moves. ``residual``: the batch's reconstruction error in the units
+        ``decoder`` reconstructs (computed only when measured)."""
+        if not self.due(step, horizon):
+            return
+        assert horizon is not None
+        if step >= LATEST * horizon:
+            self._finish()
+            return
+        self.measure(feature_acts, decoder, residual(), controller, reduce)
+
+    @torch.no_grad()
+    def measure(self, feature_acts: Float[torch.Tensor, "... d_sae"], decoder: Float[torch.Tensor, "d_sae d_in"],
+                residual: Float[torch.Tensor, "... d_in"], controller: Any,
+                reduce: Callable[[nn.Module], None]) -> None:
+        """Measure this batch, read the last ``WINDOW`` measurements and, once the lowest group's harm is
+        over, move the idle groups' neurons with ``controller.move_neurons`` (a ``GroupBiasAdaptation``).
+        ``reduce``: combines a statistics module across data-parallel ranks."""
+        self.observe(feature_acts, decoder, residual, controller.group)
+        reduce(self)
+        taken, positive_since, harmed = self.phase.tolist()
+        self.ring[taken % WINDOW] = self._batch
+        taken += 1
+        self.phase[0] = taken
+        if taken < WINDOW:
+            return
+        worth, firings = self.ring.sum(0)
+        average = worth.sum() / firings.sum().clamp(min=1)
+        lowest = float(worth[-1] / (average * firings[-1]).clamp(min=1e-12)) if float(average) > 0 else None
+        if lowest is None:
+            self.phase[1] = -1  # no reference to read the groups against (a young SAE's firings overshoot)
+        elif positive_since < 0:
+            self.phase[1] = taken
+        elif not harmed:
+            # harm counts only in a reading of measurements all taken after the first positive reading
+            if taken - positive_since >= WINDOW and lowest <= -HARM:
+                self.phase[2] = 1
+        elif lowest > 0:
+            self.sums.copy_(torch.stack([worth, firings]))
             controller.move_neurons(*self.decide(controller.group))
+
+    def _finish(self) -> None:
+        self.done.fill_(1)
+        self._finished = True
 
     @torch.no_grad()
     def observe(
@@ -142,8 +194,7 @@ class IdleGroups(nn.Module):
     ) -> tuple[Int[torch.Tensor, " movers"], Int[torch.Tensor, " movers"]]:
         """Take the decision (once): the neurons that move (in index order) and the group each joins,
         the destination groups in turn; both empty when no group is idle or every group is."""
-        self.done.fill_(1)
-        self._finished = True
+        self._finish()
         worth, firings = self.sums
         average = worth.sum() / firings.sum().clamp(min=1)
         # per firing: worth / firings <= SHARE * average; the lowest group's must be worth about nothing.

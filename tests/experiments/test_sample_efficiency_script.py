@@ -25,7 +25,7 @@ def test_every_gba_row_builds_a_valid_gba_config(script):
         assert cfg.target_search == name.endswith("search")
         assert cfg.valley_thresholds == ("valley" in name)
         assert cfg.find_l0 == ("find_l0" in name)
-        assert cfg.idle_groups == name.endswith("idle_groups")
+        assert cfg.idle_groups == (cfg.find_l0 and not name.endswith("no idle_groups"))  # on with find_l0
 
 
 def test_an_unknown_gba_row_is_refused_by_the_parser(script, capsys):

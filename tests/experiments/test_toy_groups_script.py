@@ -44,15 +44,15 @@ def test_fewer_samples_than_a_batch_is_a_one_line_error(script, capsys):
         script("toy_groups").main(["--stability-from", "1"])
     assert "--stability-from must be in [0, 1), got 1.0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        script("toy_groups").main(["--idle-groups"])  # it adds to the defaults, not to the paper's rule
-    assert "--idle-groups adds idle_groups to GBA's defaults: use it with --defaults" in capsys.readouterr().err
+        script("toy_groups").main(["--no-idle-groups"])  # it takes from the defaults, not from the paper's rule
+    assert "--no-idle-groups takes idle_groups from GBA's defaults: use it with --defaults" in capsys.readouterr().err
 
 
-def test_idle_groups_on_the_defaults_are_recorded_and_the_groups_add_up(script, capsys, monkeypatch):
+def test_the_defaults_without_idle_groups_are_recorded_and_the_groups_add_up(script, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    script("toy_groups").main(["--samples", "51200", "--seeds", "0", "--defaults", "--idle-groups"])
+    script("toy_groups").main(["--samples", "51200", "--seeds", "0", "--defaults", "--no-idle-groups"])
     (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
-    assert line["gba"] == {"idle_groups": True}
+    assert line["gba"] == {"idle_groups": False}
     assert sum(g["neurons"] for g in line["groups"]) == 1024  # moved or not, every latent is in one group
 
 

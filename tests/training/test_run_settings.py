@@ -103,10 +103,10 @@ def test_every_option_added_after_the_first_records_is_listed_with_its_default()
              if f.name not in FIRST_RECORDED_OPTIONS | set(EXECUTION_OPTIONS)}
     # Unset, these are resolved: on by default since the targets' level comes from the data (and the
     # neurons start at inputs); the runs recorded before they existed trained with the paper's rule.
-    resolved = ("find_l0", "valley_thresholds", "encoder_init", "firing_worth")
+    resolved = ("find_l0", "valley_thresholds", "encoder_init", "firing_worth", "idle_groups")
     assert {name: later[name] for name in resolved} == dict.fromkeys(resolved)
     assert OPTIONS_ADDED_LATER == later | {"find_l0": False, "valley_thresholds": False, "encoder_init": "random",
-                                           "firing_worth": 0.0}
+                                           "firing_worth": 0.0, "idle_groups": False}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS_ADDED_LATER))
