@@ -132,16 +132,16 @@ class GBAOptions:
     """Move the lowest groups' neurons up once their firings, after doing harm, are worth nothing: every
     10 steps each group's firings are valued as ``firing_worth`` values them, summed over the last 100
     steps, per firing against the average firing's. Once the lowest group's firings have done harm (at
-    most -0.15 of it) and then no longer do (over -0.05), the lowest groups worth at most 0.15 of it
-    form an idle block; if the lowest is worth at most 0.05, the neurons of the block's lower half join
-    as many groups right above it and take their targets (:mod:`gba_lens.saes.idle_groups`). Where
+    most -0.15 of it) and then no longer do (worth more than nothing), the lowest groups worth at most
+    0.15 of it form an idle block; if the lowest is worth at most 0.05, the neurons of the block's lower
+    half join as many groups right above it and take their targets (:mod:`gba_lens.saes.idle_groups`). Where
     every feature is more frequent than the lowest targets let a neuron resonate with, those groups find
     nothing; moved up, their neurons find the features the others missed. Nothing moves after 0.4 of
     the run (the run's length comes from gba_lens's trainers). Unset (the default): on with ``find_l0``,
     off otherwise; it needs geometric targets, no ``target_search`` and K >= 2. Measured
     (docs/experiments/prior_free.md, thirty-fifth and thirty-sixth steps): on the paper's toy every
     feature found at the preset budget on eight seeds of eight (without it one to three short on five
-    seeds of six) at +17 to +25 percent of the true L0; runs under 0.75 times the budget end as
+    seeds of six) at +17 to +25 percent of the true L0; runs of 0.6 times the budget or less end as
     without it, and at twice it every feature is found at +31 to +34 percent; on the Zipfian,
     hierarchical, small and counter-example models and the stdlib LM nothing moves."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"

@@ -70,12 +70,12 @@ class Controller:
         self.moves.append((neurons.tolist(), groups.tolist()))
 
 
-def run_readings(rule, controller, measurements, horizon=10_000, first_step=0):
+def run_readings(rule, controller, measurements, horizon=10_000):
     """Feed ``rule`` one measurement per ``CHECK_EVERY`` steps, each a list of per-group worths per firing
     (100 firings per group), and return the steps at which it measured."""
     steps = []
     for i, worths in enumerate(measurements):
-        step = first_step + i * idle_groups.CHECK_EVERY
+        step = i * idle_groups.CHECK_EVERY
         batch = torch.stack([torch.tensor(worths) * 100.0, torch.full((len(worths),), 100.0)])
 
         def observe(*_, batch=batch):
