@@ -33,7 +33,6 @@ SINGLE_RUN = {  # GBA with no L0 asked: one run each, whatever --l0 says
     "gba-valley-targets-search": tuple(GBA_MODES["valley-targets+search"].items()),
     "gba-find-l0": tuple(GBA_MODES["find-l0"].items()),
     "gba-valley-find-l0": tuple(GBA_MODES["valley+find-l0"].items()),
-    "gba-idle-groups": tuple(GBA_MODES["idle-groups"].items()),
 }
 METHODS = ("gba", "gba-valley", *SINGLE_RUN, "topk", "batchtopk", "matryoshka")
 

@@ -24,7 +24,6 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "find-l0": {"find_l0": True, "valley_thresholds": False, "encoder_init": "random", "idle_groups": False},
     # the default's level options (starts and idle_groups unset: as the defaults)
     "valley+find-l0": {"valley_thresholds": True, "find_l0": True},
-    "idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": True},  # the defaults, idle_groups set
     # the defaults until the thirty-sixth step of docs/experiments/prior_free.md: without idle_groups
     "no-idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": False},
 }

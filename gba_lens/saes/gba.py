@@ -365,15 +365,16 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             ratio = balance.ratio()
             if ratio is not None:
                 controller.l0_control.follow(ratio, coactivation.GAIN)  # read now: a study may set it
+        scaled_error = lambda: self._scaled(output.sae_in - output.sae_out.detach())  # computed where a rule measures
         worth = controller.firing_worth  # the targets of latents whose firings reconstruct little fall
         if worth is not None and worth.due(step_input.n_training_steps, self.training_horizon):
-            worth.observe(output.feature_acts, self.W_dec, self._scaled(output.sae_in - output.sae_out.detach()))
+            worth.observe(output.feature_acts, self.W_dec, scaled_error())
             self.reduce_window_statistics(worth)
             worth.update()
-        idle = controller.idle_groups  # once: the lowest groups move up if their firings are worth nothing
+        idle = controller.idle_groups  # once: the lowest groups move up when their harm ends in nothing
         if idle is not None:
             idle.step(step_input.n_training_steps, self.training_horizon, controller, output.feature_acts, self.W_dec,
-                      lambda: self._scaled(output.sae_in - output.sae_out.detach()), self.reduce_window_statistics)
+                      scaled_error, self.reduce_window_statistics)
         search = controller.target_search
         if search is not None and search.due(step_input.n_training_steps):
             search.check(self.W_dec, controller.target, step_input.n_training_steps, self.training_horizon)
