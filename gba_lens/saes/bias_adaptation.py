@@ -14,7 +14,9 @@ and every T optimiser steps, for each neuron m of group k:
     else:            b_m unchanged
 
 with rbar_k the mean of the positive r_m over group k. Then the statistics are reset.
-Single-group BA (the analysed algorithm) is K = 1.
+Single-group BA (the analysed algorithm) is K = 1. With ``anneal_with_lr`` both steps are scaled by
+the learning rate over its peak (:attr:`GroupBiasAdaptation.rate`), so that the biases settle as the
+weights do.
 
 With ``targets="adaptive"`` the group targets start on the geometric range and then move after
 every update by the rule of :mod:`gba_lens.saes.target_adaptation`; the default ``"geometric"``
@@ -36,6 +38,7 @@ training can all-reduce them (SUM, SUM, MAX) before ``update`` - see ``reduce_st
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -111,6 +114,7 @@ class GroupBiasAdaptation(nn.Module):
         target_search: TargetSearch | None = None,
         firing_worth: FiringWorth | None = None,
         idle_groups: IdleGroups | None = None,
+        anneal_with_lr: bool = False,
         device: str | torch.device = "cpu",
     ):
         super().__init__()
@@ -149,6 +153,25 @@ class GroupBiasAdaptation(nn.Module):
             raise ValueError("idle_groups moves neurons between the geometric groups: not with other targets or "
                              "target_search")
         self.idle_groups = idle_groups
+        self.anneal_with_lr = anneal_with_lr
+        self.lr_share: float | None = None  # the learning rate over its peak: gba_lens's trainers set it each step
+        self._warned = False
+
+    @property
+    def rate(self) -> float:
+        """The share of their full size the rule's steps (and the valley step) take: with ``anneal_with_lr``
+        the learning rate over its peak (``lr_share``), else 1. A trainer that does not set ``lr_share``
+        (SAELens's own) leaves the full steps, and the first step says so."""
+        if not self.anneal_with_lr:
+            return 1.0
+        if self.lr_share is None:
+            if not self._warned:
+                self._warned = True
+                warnings.warn("anneal_with_lr scales the bias rule's steps by the learning rate, which this trainer "
+                              "does not give the SAE (gba_lens's trainers do): the rule keeps its full steps",
+                              stacklevel=2)
+            return 1.0
+        return self.lr_share
 
     @property
     def neuron_targets(self) -> torch.Tensor:
@@ -225,7 +248,7 @@ class GroupBiasAdaptation(nn.Module):
         with_stats: bool = True,
     ) -> dict[str, torch.Tensor]:
         """The rule on one window's statistics (``update`` passes the accumulated ones; with T = 1
-        the SAE passes the batch's own, skipping the buffers)."""
+        the SAE passes the batch's own, skipping the buffers), its steps times :attr:`rate`."""
         p = fire_count / n_samples                      # p_m (n_samples >= 1 by construction)
         r = peak.clamp(min=0)                           # r_m
         if self.l0_control is not None:
@@ -239,8 +262,9 @@ class GroupBiasAdaptation(nn.Module):
         target = self.neuron_targets
         over_active = p > target
         dead = p < self.dead_eps  # never fired; disjoint from over_active as every target > eps
-        lowered = (bias - self.gamma_minus * r).clamp_(min=self.bias_min)
-        raised = (bias + self.gamma_plus * rbar).clamp_(max=self.bias_max)
+        rate = self.rate
+        lowered = (bias - self.gamma_minus * rate * r).clamp_(min=self.bias_min)
+        raised = (bias + self.gamma_plus * rate * rbar).clamp_(max=self.bias_max)
         # A requested L0 also raises live neurons under target (see l0_control); else only the dead.
         under = dead if self.l0_control is None else ~over_active & (p < target)
         bias.copy_(torch.where(over_active, lowered, torch.where(under, raised, bias)))

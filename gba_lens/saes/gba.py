@@ -150,10 +150,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             targets=cfg.targets if cfg.n_groups > 1 else "geometric", target_l0=cfg.target_l0, find_l0=cfg.find_l0,
             target_search=TargetSearch(cfg.d_sae, cfg.d_in, self.device) if cfg.target_search else None,
             firing_worth=FiringWorth(cfg.d_sae, cfg.firing_worth, self.device) if cfg.firing_worth else None,
-            idle_groups=IdleGroups(cfg.n_groups, self.device) if cfg.idle_groups else None, device=self.device)
-        self.training_horizon: int | None = None
-        """The run's length in optimiser steps, which the trainers set (``target_search``, ``firing_worth``,
-        ``idle_groups`` plan by it)."""
+            idle_groups=IdleGroups(cfg.n_groups, self.device) if cfg.idle_groups else None,
+            anneal_with_lr=cfg.anneal_with_lr, device=self.device)
+        self.training_horizon: int | None = None  # the run's length in optimiser steps, which the trainers set
         self.valley_thresholds = ValleyThresholds(cfg.d_sae, self.device) if cfg.valley_thresholds else None
         self.b_dec.requires_grad_(cfg.trains_pre_bias)
         # 0 means "not estimated yet"; set from the first training batch.
@@ -353,7 +352,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             output.metrics["gba/window_dead_fraction"] = window["dead_fraction"]
         if valley is not None and valley.window_full:
             self.reduce_window_statistics(valley)
-            found = valley.apply(self.b_enc.data, controller.bias_min, controller.bias_max)
+            found = valley.apply(self.b_enc.data, controller.bias_min, controller.bias_max, controller.rate)
             controller.follow_valleys(found.has_valley, found.frequency)
             if log:
                 output.metrics["gba/valley_fraction"] = found.fraction

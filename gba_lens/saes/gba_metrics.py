@@ -33,6 +33,8 @@ def logging_metrics(sae: Any, output: TrainStepOutput) -> dict[str, Any]:
     idle = sae.bias_adaptation.idle_groups
     if idle is not None:  # idle_groups: how many groups' neurons joined the groups above them (once)
         metrics["gba/idle_groups_moved"] = idle.moved.sum()
+    if sae.bias_adaptation.anneal_with_lr:  # the share of its full step the bias rule takes (lr over its peak)
+        metrics["gba/rule_rate"] = sae.bias_adaptation.rate
     l0_control = sae.bias_adaptation.l0_control
     if l0_control is not None:  # the L0 controller (target_l0, find_l0): what it measures and its target scale
         metrics["gba/l0_average"] = l0_control.l0_average

@@ -15,6 +15,8 @@ second mode the neuron's threshold moves to the lowest bin between the two modes
     valley      = argmin h_i over noise mode <= i <= second mode
     b_m <- b_m + STEP * (-(valley's u) - b_m), clamped to the bias range
 
+(with ``anneal_with_lr``, STEP times the bias rule's rate: the learning rate over its peak).
+
 A neuron without a second mode (a mixture, or a feature buried in interference) is left to the
 bias rule. The threshold then follows the data in both directions: down for a feature more
 frequent than the target, up for a rarer one. The group targets stay the search: they decide which
@@ -182,15 +184,17 @@ class ValleyThresholds(nn.Module):
         all_reduce(self.peak, "max")
 
     @torch.no_grad()
-    def apply(self, bias: Float[torch.Tensor, " d_sae"], bias_min: float, bias_max: float) -> ValleyWindow:
-        """Move the thresholds of the neurons with a valley, start a new window; returns which
-        neurons had one and their frequency above it (tensors: nothing waits on the GPU)."""
+    def apply(self, bias: Float[torch.Tensor, " d_sae"], bias_min: float, bias_max: float,
+              rate: float = 1.0) -> ValleyWindow:
+        """Move the thresholds of the neurons with a valley (``STEP`` times ``rate`` of the way), start a
+        new window; returns which neurons had one and their frequency above it (tensors: nothing
+        waits on the GPU)."""
         counts = self.histogram[:, 1:]
         has_valley, valley_bin = find_valleys(counts)
         above = torch.arange(counts.shape[1], device=counts.device)[None] > valley_bin[:, None]
         frequency = (counts * above).sum(1) / self.n_samples.clamp(min=1)
         valley_u = (valley_bin.to(bias.dtype) + 0.5) * (1.25 / BINS) * self.scale.to(bias.dtype)
-        moved = (bias + STEP * (-valley_u - bias)).clamp_(bias_min, bias_max)
+        moved = (bias + STEP * rate * (-valley_u - bias)).clamp_(bias_min, bias_max)
         bias.copy_(torch.where(has_valley, moved, bias))
         self.scale.copy_(torch.where(self.peak > 0, self.peak, self.scale))
         self.histogram.zero_()

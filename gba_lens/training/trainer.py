@@ -188,6 +188,9 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
                 f"NaN/inf activations in training batch {self.steps_completed} (rows {bad}...); "
                 f"nothing was trained on this batch and {kept}"
             )
+        controller = getattr(self.sae, "bias_adaptation", None)
+        if controller is not None:  # anneal_with_lr: the bias rule's steps follow the learning rate
+            controller.lr_share = self.lr_share()
         output = super().step(batch)
         density = getattr(self.sae, "step_density", None)  # a GBA SAE's L0 / d_sae of this step
         if density is not None:
@@ -200,6 +203,13 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
                     silent, variance, _ = silent_error(output.sae_in, output.sae_out, output.feature_acts)
                     self.l0_course.add_silent(run_fraction, silent, variance)
         return output
+
+    def lr_share(self) -> float:
+        """This step's learning rate over its peak (the configured ``lr``): 1 until the warm-up is over,
+        then whatever the schedule does (a linear decay takes it to 0 by the last step)."""
+        if self.n_training_steps < self.cfg.lr_warm_up_steps:
+            return 1.0
+        return min(1.0, self.optimizer.param_groups[0]["lr"] / self.cfg.lr)
 
     def unsettled_l0(self) -> str | None:
         """One line when this GBA SAE's L0 had not settled at the end of training: a ``target_l0``

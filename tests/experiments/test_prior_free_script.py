@@ -11,6 +11,8 @@ import pytest
     ("search", {"target_search": True}),
     ("valley-targets+search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),
     ("told-l0", {"find_l0": False, "valley_thresholds": False, "target_l0": 2.5}),
+    # the defaults before anneal_with_lr (docs/experiments/prior_free.md, thirty-seventh step)
+    ("no-anneal", {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False}),
 ])
 def test_modes_set_their_options_and_the_settings_are_added(script, mode, expected):
     options = script("prior_free").options
@@ -25,6 +27,8 @@ def test_every_mode_builds_a_valid_gba_config(script):
     for mode in prior_free.MODES:
         cfg = GBATrainingSAEConfig(d_in=8, d_sae=32, **prior_free.options(mode, 2.5, {}))
         assert cfg.target_search == ("search" in mode)
+        # the rule's steps follow the learning rate with find_l0 (the defaults), except where a mode pins them
+        assert cfg.anneal_with_lr == (cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal"))
 
 
 def test_the_counterexample_reports_each_seeds_l0_and_its_warning(script, capsys):
