@@ -206,7 +206,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
 
     def lr_share(self) -> float:
         """This step's learning rate over its peak (the configured ``lr``): 1 until the warm-up is over,
-        then whatever the schedule does (a linear decay takes it to 0 by the last step)."""
+        then whatever the schedule does (SAELens's linear decay over D steps: 1 - i / D at its i-th step)."""
         if self.n_training_steps < self.cfg.lr_warm_up_steps:
             return 1.0
         return min(1.0, self.optimizer.param_groups[0]["lr"] / self.cfg.lr)

@@ -11,14 +11,9 @@ from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.valley_thresholds import ValleyThresholds
 from gba_lens.training.train import TrainConfig, train_sae
-from tests.training.training_builders import relu_sampler, tiny_gba_sae
+from training_builders import relu_sampler, tiny_gba_sae
 
 STEPS, DECAY, WARM_UP = 20, 10, 4
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 def test_the_rule_moves_the_biases_by_rate_times_its_steps():
@@ -53,6 +48,11 @@ def test_a_valley_window_moves_a_threshold_rate_of_the_way_to_its_valley():
         ends.append(bias.item())
     assert 0.2 < -ends[0] < 0.7  # all the way: the valley between the two modes
     assert ends[1] == pytest.approx((-0.1 + ends[0]) / 2)  # half of the way
+
+
+def _step_input(x, log):
+    """The ``TrainStepInput`` of one step on ``x`` outside a trainer."""
+    return TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=log)
 
 
 def _train(anneal, decay=DECAY, warm_up=0, record=None, **options):
@@ -116,7 +116,7 @@ def test_it_is_on_with_find_l0_and_off_with_the_paper_s_rule():
 def test_without_a_trainer_that_gives_the_learning_rate_the_rule_keeps_its_full_steps_and_says_so_once():
     sae = tiny_gba_sae(6, 16, n_groups=2)
     x = relu_sampler(6)(32)
-    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
+    step = _step_input(x, log=False)
     with pytest.warns(UserWarning, match="anneal_with_lr scales the bias rule's steps by the learning rate, which this"):
         sae.training_forward_pass(step)
     assert sae.bias_adaptation.rate == 1.0
@@ -130,6 +130,6 @@ def test_the_paper_s_rule_asked_to_anneal_does_and_logs_its_rate():
     sae = _train(True, record=record, find_l0=False, valley_thresholds=False)
     assert record[-1][0] == pytest.approx(1 / DECAY)  # the last step's share
     x = relu_sampler(6)(32)
-    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=True)
+    step = _step_input(x, log=True)
     assert sae.training_forward_pass(step).metrics["gba/rule_rate"] == pytest.approx(1 / DECAY)
     assert "gba/rule_rate" not in _train(False, decay=0).training_forward_pass(step).metrics
