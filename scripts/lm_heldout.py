@@ -2,12 +2,15 @@
 scored on the val split's first rows and on rows spread over it, with the bootstrap standard error
 (over rows) of the difference of their CE loss recovered; with ``--by-norm`` each one's L0 and
 relative error by decile of the token's norm; with ``--train-cache`` the latents that fire far more
-often on held-out tokens than on the training ones. JSON lines.
+often on held-out tokens than on the training ones, and with ``--refit`` also each one's explained
+variance with its decoder refitted by least squares on the training cache's codes; with
+``--margins`` where each one's thresholds sit (:func:`margins`). JSON lines.
 
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 --tokens 1600000 --seed 1 --save runs/saes
     python scripts/lm_heldout.py runs/saes/blocks.1.hook_mlp_out/gba-geometric-s1 \\
         runs/saes/blocks.1.hook_mlp_out/topk-4-s1 --rows 64 256 --by-norm \\
         --train-cache runs/compare_lm/cache/lm-blocks.1.hook_mlp_out-<hash>
+    python scripts/lm_heldout.py SAE_A SAE_B --rows 256 --margins --refit --train-cache CACHE
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ import json
 from pathlib import Path
 
 BATCH_ROWS = 16
+FREQUENCY_BANDS = (1.0, 0.1, 0.05, 0.02, 0.01, 0.003, 0.0)
+"""Edges of the firing-frequency bands :func:`margins` reports, highest first."""
+EDGE_SHARE = 0.1
+""":func:`margins` reads a latent's lowest tenth of its firings, and as many of its highest silent inputs."""
+MIN_FIRINGS = 20
+"""... of latents that fire at least this often on the held-out tokens."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-cache", default=None,
                    help="the activation cache the SAEs trained on (lm preset: OUT/cache/lm-<hook>-<hash>; "
                         "raw activations): firing on it against firing on the held-out rows")
+    p.add_argument("--margins", action="store_true",
+                   help="per firing-frequency band: L0, worth per firing, worth at the thresholds (spread rows)")
+    p.add_argument("--refit", action="store_true",
+                   help="with --train-cache: explained variance with each decoder refitted by least squares on its codes")
     args = p.parse_args(argv)
+    if args.refit and args.train_cache is None:
+        p.error("--refit fits the decoders on the training activations: give --train-cache")
 
     import torch
     from sae_lens import SAE
@@ -91,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
             if spread and n_rows == max(args.rows) and args.by_norm:
                 print(json.dumps(by_norm(saes, labels, all_acts)), flush=True)
             if spread and n_rows == max(args.rows) and args.train_cache is not None:
-                print(json.dumps(shift(saes, labels, all_acts, args.train_cache, hook)), flush=True)
+                print(json.dumps(shift(saes, labels, all_acts, args.train_cache, hook, refit=args.refit)), flush=True)
+            if spread and n_rows == max(args.rows) and args.margins:
+                print(json.dumps(margins(saes, labels, all_acts)), flush=True)
             print(json.dumps({
                 "hook": hook, "saes": labels, "rows": len(rows), "selection": "spread" if spread else "first",
                 "ce_loss_score": [round(float(score(n, every)), 4) for n in ("first", "second")],
@@ -122,10 +139,12 @@ def by_norm(saes, labels, acts) -> dict:  # type: ignore[no-untyped-def]
     return out
 
 
-def shift(saes, labels, held_out, cache: str, hook: str, samples: int = 60_000) -> dict:  # type: ignore[no-untyped-def]
+def shift(saes, labels, held_out, cache: str, hook: str, samples: int = 60_000,  # type: ignore[no-untyped-def]
+          refit: bool = False) -> dict:
     """Per SAE: explained variance on (a sample of) the training cache and on the held-out tokens,
     and the latents that fire at least ten times as often on held-out tokens as in training (their
-    share of the held-out firings, the relative error of the tokens they fire on)."""
+    share of the held-out firings, the relative error of the tokens they fire on); with ``refit``
+    the held-out explained variance with the decoder refitted (:func:`refitted_decoder`)."""
     import torch
 
     from gba_lens.data import load_activations
@@ -151,7 +170,67 @@ def shift(saes, labels, held_out, cache: str, hook: str, samples: int = 60_000) 
                 "tokens_using_them": round(float(uses.float().mean()), 4),
                 "their_relative_error": round(float(err[uses].sum() / dev[uses].sum()), 3) if uses.any() else None,
                 "others_relative_error": round(float(err[~uses].sum() / dev[~uses].sum()), 3)}
+            if refit:
+                weights, bias = refitted_decoder(z_train, train)
+                out["shift"][labels[i]]["ev_held_out_refit"] = ev(held_out, z_held @ weights + bias)
     return out
+
+
+def refitted_decoder(codes, acts):  # type: ignore[no-untyped-def]
+    """The decoder (weights [d_sae, d_in], bias [d_in]) that reconstructs ``acts`` from ``codes`` with
+    the least squared error: what the SAE's encoder allows, its own decoder's training aside."""
+    import torch
+
+    design = torch.cat([codes, torch.ones(len(codes), 1, dtype=codes.dtype)], 1).double()
+    solution = torch.linalg.lstsq(design, acts.double(), driver="gelsd").solution.to(acts.dtype)
+    return solution[:-1], solution[-1]
+
+
+def margins(saes, labels, acts, bands=FREQUENCY_BANDS) -> dict:  # type: ignore[no-untyped-def]
+    """Per SAE and band of firing frequency: its latents, their share of the L0, their worth per
+    firing against the average firing's (how much the squared error grows without a firing,
+    |z d|^2 + 2 z d . r, with the others' reconstruction and the residual r kept), and the medians
+    over its latents of the worth at the threshold: the worth of a latent's lowest tenth of firings
+    (``loss_at_threshold``) and what as many of its highest silent inputs would gain if they fired
+    at their pre-activation (``gain_below``: 2 u d . r - |u d|^2). Thresholds placed for the least
+    error at this L0 have these equal across latents."""
+    import torch
+
+    out: dict = {"margins": {}}
+    with torch.no_grad():
+        for sae, label in zip(saes, labels):
+            _, cache = sae.run_with_cache(acts, names_filter=["hook_sae_acts_pre", "hook_sae_acts_post"])
+            would, z = torch.relu(cache["hook_sae_acts_pre"]), cache["hook_sae_acts_post"]
+            fired = z > 0
+            decoder = sae.W_dec
+            residual_along = (acts - sae.decode(z)) @ decoder.t()  # [tokens, d_sae]
+            row_norm2 = decoder.pow(2).sum(-1)
+            worth = torch.where(fired, z.pow(2) * row_norm2 + 2 * z * residual_along, torch.zeros_like(z))
+            gain = 2 * would * residual_along - would.pow(2) * row_norm2
+            frequency, firings = fired.float().mean(0), fired.sum(0)
+            average = worth.sum() / firings.sum().clamp(min=1)
+            at_threshold = torch.full((z.shape[1], 2), float("nan"))
+            for m in torch.nonzero(firings >= MIN_FIRINGS).flatten().tolist():
+                n = max(5, int(EDGE_SHARE * int(firings[m])))
+                lowest = torch.where(fired[:, m], z[:, m], torch.full_like(z[:, m], float("inf"))).topk(n, largest=False).indices
+                n_silent = min(n, len(z) - int(firings[m]))  # a latent may fire on most tokens
+                silent = torch.where(fired[:, m], torch.full_like(z[:, m], -float("inf")), would[:, m]).topk(n_silent).indices
+                at_threshold[m] = torch.stack([worth[lowest, m].mean(), gain[silent, m].mean()])
+            rows = []
+            for high, low in zip(bands[:-1], bands[1:]):
+                band = (frequency > low) & (frequency <= high)
+                if not band.any():
+                    continue
+                median = lambda column: (None if column.isnan().all()  # noqa: E731  (a band of rare latents)
+                                         else round(float(column.nanmedian()), 4))
+                rows.append({"frequency": [low, high], "latents": int(band.sum()), "l0": round(float(frequency[band].sum()), 3),
+                             "worth_per_firing": round(float(worth[:, band].sum() / firings[band].sum().clamp(min=1) / average), 3),
+                             "loss_at_threshold": median(at_threshold[band, 0]),
+                             "gain_below": median(at_threshold[band, 1])})
+            out["margins"][label] = {"l0": round(float(frequency.sum()), 3), "average_worth": round(float(average), 4),
+                                     "bands": rows}
+    return out
+
 
 if __name__ == "__main__":
     main()
