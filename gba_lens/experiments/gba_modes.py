@@ -12,7 +12,7 @@ targets came from the data; every study of the range pins it)."""
 
 GBA_MODES: dict[str, dict[str, Any]] = {
     "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data), data starts, firing_worth,
-    # idle_groups, anneal_with_lr
+    # idle_groups, anneal_with_lr, encoder_lr_scale
     "geometric": PAPER_RULE,  # the paper's rule: fixed geometric targets
     "adaptive": {"targets": "adaptive"},  # group targets moved by the neurons
     "valley": {"valley_thresholds": True, "find_l0": False},  # thresholds at each neuron's valley, geometric targets
@@ -22,12 +22,15 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True},
     # target scale from the co-activation balance, from random starts (as its tables were measured)
     "find-l0": {"find_l0": True, "valley_thresholds": False, "encoder_init": "random", "idle_groups": False,
-                "anneal_with_lr": False},
-    # the default's level options (starts, idle_groups and anneal_with_lr unset: as the defaults)
+                "anneal_with_lr": False, "encoder_lr_scale": 1.0},
+    # the default's level options (starts, idle_groups, anneal_with_lr and encoder_lr_scale unset: as the defaults)
     "valley+find-l0": {"valley_thresholds": True, "find_l0": True},
     # the defaults until the thirty-sixth step of docs/experiments/prior_free.md: without idle_groups
-    "no-idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": False, "anneal_with_lr": False},
+    "no-idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": False, "anneal_with_lr": False,
+                       "encoder_lr_scale": 1.0},
     # the defaults until the thirty-seventh step: the rule's steps at full size to the end
-    "no-anneal": {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False},
+    "no-anneal": {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0},
+    # the defaults until the thirty-eighth step: one learning rate for every weight
+    "one-lr": {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0},
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

@@ -66,6 +66,7 @@ from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.idle_groups import IdleGroups
+from gba_lens.saes.other_trainers import check_other_trainer
 from gba_lens.saes.sparse_step import SparseStepPolicy, sparse_training_forward_pass
 from gba_lens.saes.target_search import TargetSearch
 from gba_lens.saes.valley_thresholds import ValleyThresholds
@@ -315,9 +316,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        if self.training_horizon is None and self.bias_adaptation.target_search is not None:
-            raise ValueError("target_search needs the run's length in optimiser steps: train with gba_lens's "
-                             "trainers (train_sae, GBATrainer) or set sae.training_horizon")
+        if self.training_horizon is None:  # not gba_lens's trainers (they set it): SAELens's own, say
+            check_other_trainer(self)
         if not self._input_scale_ready:  # checked once, not every step (a GPU sync)
             if self.cfg.input_norm == "unit_mean" and self.input_scale.item() == 0:
                 self.initialize_from_batch(step_input.sae_in)

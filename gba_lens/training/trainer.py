@@ -16,6 +16,9 @@ needs no trainer change at all. What this subclass changes, and why:
    switched off for the rest of the run.
 5. Extra logged metrics: NMSE and the dead-neuron fraction.
 6. Adam runs torch's fused kernel (:func:`use_fused_adam`): the same update, much less time.
+7. What a GBA SAE's options ask of the trainer: the learning rate over its peak each step
+   (``anneal_with_lr``), and the encoder weights in a parameter group of their own that learns
+   ``encoder_lr_scale`` times faster after ``ENCODER_LR_FROM`` of the run.
 
 Items 2-4 and the save-on-interrupt of :func:`fit_saving_on_interrupt` live in
 :class:`ResumableTraining`, which the multi-SAE trainer of :mod:`gba_lens.training.lm.runner`
@@ -36,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim import Adam
 from gba_lens.compat import ACTIVATION_SCALER_CFG_FILENAME, SPARSITY_FILENAME
 from sae_lens.training._interruption import InterruptedException, interrupt_callback
+from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
@@ -137,11 +142,21 @@ def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
     return True
 
 
+ENCODER_LR_FROM = 0.4
+"""Share of the run after which a GBA SAE's encoder learns at ``encoder_lr_scale`` times the learning
+rate: the point after which ``idle_groups`` moves no neuron (its ``LATEST``). Before it the neurons
+decide which features they go for, and a faster encoder there costs the paper's toy features
+(docs/experiments/prior_free.md, thirty-eighth step)."""
+
+
 class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
     """``SAETrainer`` with safe, atomic, resumable checkpoints and fault-tolerant logging."""
 
     def __init__(self, *args: Any, checkpoint_every: int = 0, keep_checkpoints: int = 2, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.encoder_lr_scale = float(getattr(self.sae.cfg, "encoder_lr_scale", 1.0))
+        if self.encoder_lr_scale != 1.0:
+            self._encoder_in_own_group()
         use_fused_adam(self.optimizer)
         self._init_resumable(checkpoint_every, keep_checkpoints)
         self.l0_course = L0Course(self.cfg.device)
@@ -149,6 +164,24 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         self._steps_before_decay = max(1, total - decay if 0 < decay < total else total)  # the check's horizon
         if hasattr(self.sae, "training_horizon"):  # target_search and firing_worth plan by the run's length
             self.sae.training_horizon = total
+
+    def _encoder_in_own_group(self) -> None:
+        """SAELens's Adam and schedule again, the encoder weights in a second parameter group (the
+        first keeps the others, whose learning rate ``lr_share`` reads); :meth:`step` sets its rate."""
+        cfg, encoder = self.cfg, self.sae.W_enc
+        others = [p for p in self.sae.parameters() if p is not encoder]
+        self.optimizer = Adam([{"params": others}, {"params": [encoder]}], lr=cfg.lr,
+                              betas=(cfg.adam_beta1, cfg.adam_beta2))
+        self.lr_scheduler = get_lr_scheduler(
+            cfg.lr_scheduler_name, lr=cfg.lr, optimizer=self.optimizer, warm_up_steps=cfg.lr_warm_up_steps,
+            decay_steps=cfg.lr_decay_steps, training_steps=cfg.total_training_steps, lr_end=cfg.lr_end,
+            num_cycles=cfg.n_restart_cycles)
+
+    def encoder_lr_multiplier(self) -> float:
+        """The encoder's learning rate over the others' at this step: ``encoder_lr_scale`` from
+        ``ENCODER_LR_FROM`` of the run on, 1 before."""
+        late = self.n_training_steps >= ENCODER_LR_FROM * self.cfg.total_training_steps
+        return self.encoder_lr_scale if late else 1.0
 
     def _log_sparsity_window(self) -> None:
         import wandb
@@ -188,6 +221,9 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
                 f"NaN/inf activations in training batch {self.steps_completed} (rows {bad}...); "
                 f"nothing was trained on this batch and {kept}"
             )
+        if len(self.optimizer.param_groups) == 2:  # encoder_lr_scale: the encoder's own rate, this step
+            others, encoder = self.optimizer.param_groups
+            encoder["lr"] = others["lr"] * self.encoder_lr_multiplier()
         controller = getattr(self.sae, "bias_adaptation", None)
         if controller is not None:  # anneal_with_lr: the bias rule's steps follow the learning rate
             controller.lr_share = self.lr_share()

@@ -37,12 +37,14 @@ def ioi():
     attribution test's zero-ablation bars describe such SAEs early in training. GBA's default data
     starts after 300 steps read like random starts trained four times longer, where ten random active
     features matter more and the bars fail at most seeds while AtP still agrees with exact patching
-    (docs/experiments/prior_free.md, thirty-second and thirty-third steps; ``ioi_default_saes``)."""
+    (docs/experiments/prior_free.md, thirty-second and thirty-third steps; ``ioi_default_saes``). They
+    train every weight at one learning rate, as when the bars were set: the encoder's faster rate late
+    in a run (``encoder_lr_scale``, thirty-eighth step) reads like more training too."""
     from gba_lens.experiments.ioi_attribution import train_ioi_saes
     from gba_lens.models.ioi_model import ioi_heldout_prompts, load_ioi_model
 
     model = load_ioi_model()
-    saes = train_ioi_saes(model, SAE_SEED, encoder_init="random")
+    saes = train_ioi_saes(model, SAE_SEED, encoder_init="random", encoder_lr_scale=1.0)
     prompts = ioi_heldout_prompts(model, "pairs", n_prompts=64, seed=2)
     return model, saes, prompts
 

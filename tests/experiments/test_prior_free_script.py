@@ -12,7 +12,9 @@ import pytest
     ("valley-targets+search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),
     ("told-l0", {"find_l0": False, "valley_thresholds": False, "target_l0": 2.5}),
     # the defaults before anneal_with_lr (docs/experiments/prior_free.md, thirty-seventh step)
-    ("no-anneal", {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False}),
+    ("no-anneal", {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0}),
+    # the defaults before encoder_lr_scale (thirty-eighth step)
+    ("one-lr", {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0}),
 ])
 def test_modes_set_their_options_and_the_settings_are_added(script, mode, expected):
     options = script("prior_free").options
@@ -29,6 +31,9 @@ def test_every_mode_builds_a_valid_gba_config(script):
         assert cfg.target_search == ("search" in mode)
         # the rule's steps follow the learning rate with find_l0 (the defaults), except where a mode pins them
         assert cfg.anneal_with_lr == (cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal"))
+        # the encoder learns faster late in the run with find_l0, except where a mode pins one rate
+        faster = cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr")
+        assert cfg.encoder_lr_scale == (2.0 if faster else 1.0)
 
 
 def test_the_counterexample_reports_each_seeds_l0_and_its_warning(script, capsys):

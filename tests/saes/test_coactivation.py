@@ -437,7 +437,7 @@ def test_a_found_l0_still_rising_at_the_end_of_training_is_reported(monkeypatch)
     model = SparseMixtureModel(small_model_config(0))
     torch.manual_seed(0)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=24, d_sae=128, find_l0=True, valley_thresholds=True,
-                                              encoder_init="random"))  # as the first find_l0 started
+                                              encoder_init="random", encoder_lr_scale=1.0))  # as the first find_l0 trained
     with pytest.warns(UserWarning, match="find_l0 was still raising the targets"):
         train_sae(sae, SeededBatches(model.sample, 256, seed=0),
                   TrainConfig(total_samples=150_000, batch_size=256, lr=3e-3, lr_decay_steps=175))
