@@ -169,7 +169,9 @@ class GBAOptions:
     thirty-eighth step): at the stdlib LM's preset budget the explained-variance gap to TopK's frontier
     falls by a third on resid_pre and mlp_out comes above it on average over six seeds; every target
     the synthetic models met holds (Zipf's MCC a little lower, the small model's and synthbench's a
-    little higher); the same rate from the start costs the paper's toy a feature on some seeds."""
+    little higher); the same rate from the start costs the paper's toy a feature on some seeds. At a
+    constant learning rate more latents end silent (``gba-lens train``'s default run on the stdlib LM:
+    17 against 6 percent, at the same CE loss recovered and explained variance)."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
