@@ -167,7 +167,9 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
 
     def _encoder_in_own_group(self) -> None:
         """SAELens's Adam and schedule again, the encoder weights in a second parameter group (the
-        first keeps the others, whose learning rate ``lr_share`` reads); :meth:`step` sets its rate."""
+        first keeps the others, whose learning rate ``lr_share`` reads); :meth:`step` sets its rate.
+        Built anew with SAELens's arguments: torch's schedulers hold one base rate per group and
+        refuse a group added after them."""
         cfg, encoder = self.cfg, self.sae.W_enc
         others = [p for p in self.sae.parameters() if p is not encoder]
         self.optimizer = Adam([{"params": others}, {"params": [encoder]}], lr=cfg.lr,
@@ -221,7 +223,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
                 f"NaN/inf activations in training batch {self.steps_completed} (rows {bad}...); "
                 f"nothing was trained on this batch and {kept}"
             )
-        if len(self.optimizer.param_groups) == 2:  # encoder_lr_scale: the encoder's own rate, this step
+        if self.encoder_lr_scale != 1.0:  # the encoder's own rate, this step
             others, encoder = self.optimizer.param_groups
             encoder["lr"] = others["lr"] * self.encoder_lr_multiplier()
         controller = getattr(self.sae, "bias_adaptation", None)

@@ -5,13 +5,12 @@ import warnings
 import pytest
 import torch
 
-from gba_lens.compat import TrainStepInput
 from gba_lens.data import SeededBatches
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.valley_thresholds import ValleyThresholds
 from gba_lens.training.train import TrainConfig, train_sae
-from training_builders import relu_sampler, tiny_gba_sae
+from training_builders import relu_sampler, step_input, tiny_gba_sae
 
 STEPS, DECAY, WARM_UP = 20, 10, 4
 
@@ -50,11 +49,6 @@ def test_a_valley_window_moves_a_threshold_rate_of_the_way_to_its_valley():
     assert ends[1] == pytest.approx((-0.1 + ends[0]) / 2)  # half of the way
 
 
-def _step_input(x, log):
-    """The ``TrainStepInput`` of one step on ``x`` outside a trainer."""
-    return TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=log)
-
-
 def _train(anneal, decay=DECAY, warm_up=0, record=None, **options):
     """A tiny GBA SAE (d_in 6, 16 latents) trained STEPS steps; ``record``: a list that gets
     (lr_share, bias) of every step."""
@@ -62,7 +56,7 @@ def _train(anneal, decay=DECAY, warm_up=0, record=None, **options):
     if record is not None:
         forward = sae.training_forward_pass
 
-        def recorded(step_input):
+        def recorded(step_input):  # the keyword SAELens passes
             out = forward(step_input)
             record.append((sae.bias_adaptation.lr_share, sae.b_enc.detach().clone()))
             return out
@@ -116,7 +110,7 @@ def test_it_is_on_with_find_l0_and_off_with_the_paper_s_rule():
 def test_without_a_trainer_that_gives_the_learning_rate_the_rule_keeps_its_full_steps_and_says_so_once():
     sae = tiny_gba_sae(6, 16, n_groups=2)
     x = relu_sampler(6)(32)
-    step = _step_input(x, log=False)
+    step = step_input(x, log=False)
     with pytest.warns(UserWarning, match="anneal_with_lr scales the bias rule's steps by the learning rate, which this"):
         sae.training_forward_pass(step)
     assert sae.bias_adaptation.rate == 1.0
@@ -130,6 +124,6 @@ def test_the_paper_s_rule_asked_to_anneal_does_and_logs_its_rate():
     sae = _train(True, record=record, find_l0=False, valley_thresholds=False)
     assert record[-1][0] == pytest.approx(1 / DECAY)  # the last step's share
     x = relu_sampler(6)(32)
-    step = _step_input(x, log=True)
+    step = step_input(x, log=True)
     assert sae.training_forward_pass(step).metrics["gba/rule_rate"] == pytest.approx(1 / DECAY)
     assert "gba/rule_rate" not in _train(False, decay=0).training_forward_pass(step).metrics

@@ -5,12 +5,11 @@ import warnings
 import pytest
 import torch
 
-from gba_lens.compat import TrainStepInput
 from gba_lens.data import SeededBatches
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.training.train import TrainConfig, train_sae
 from gba_lens.training.trainer import ENCODER_LR_FROM, GBATrainer
-from training_builders import relu_sampler, tiny_gba_sae
+from training_builders import relu_sampler, step_input, tiny_gba_sae
 
 STEPS, DECAY, LR = 20, 10, 1e-2
 
@@ -36,7 +35,7 @@ def _train(record=None, **options):
     if record is not None:
         forward = sae.training_forward_pass
 
-        def recorded(step_input):
+        def recorded(step_input):  # the keyword SAELens passes
             record.append(sae.W_enc.detach().clone())
             return forward(step_input)
 
@@ -89,17 +88,13 @@ def test_a_scale_that_is_not_a_positive_number_is_refused(bad):
         GBAOptions(encoder_lr_scale=bad)
 
 
-def _step_input(x):
-    return TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
-
-
 def test_another_trainer_keeps_one_rate_and_the_sae_says_so_once():
     x = relu_sampler(6)(32)
     sae = tiny_gba_sae(6, 16, n_groups=2, anneal_with_lr=False)
     with pytest.warns(UserWarning, match="encoder_lr_scale=2 trains the encoder faster late in the run with gba_lens"):
-        sae.training_forward_pass(_step_input(x))
+        sae.training_forward_pass(step_input(x))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the other rules' own notes on the missing run length
         warnings.filterwarnings("error", message="encoder_lr_scale")
-        sae.training_forward_pass(_step_input(x))
-        tiny_gba_sae(6, 16, n_groups=2, anneal_with_lr=False, encoder_lr_scale=1.0).training_forward_pass(_step_input(x))
+        sae.training_forward_pass(step_input(x))
+        tiny_gba_sae(6, 16, n_groups=2, anneal_with_lr=False, encoder_lr_scale=1.0).training_forward_pass(step_input(x))

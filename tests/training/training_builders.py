@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from gba_lens.compat import TrainStepInput
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 
 
@@ -14,6 +15,11 @@ def tiny_gba_sae(d_in: int, d_sae: int, *, n_groups: int = 4, seed: int = 0, **o
     """A fresh GBA SAE, initialised under ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
     return GBATrainingSAE(GBATrainingSAEConfig(d_in=d_in, d_sae=d_sae, n_groups=n_groups, **options))
+
+
+def step_input(x: torch.Tensor, log: bool = False) -> TrainStepInput:
+    """The ``TrainStepInput`` of one step on ``x`` outside a trainer (step 0)."""
+    return TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=log)
 
 
 SEARCH_CONSTANTS = {"CHECK_INTERVAL": 3, "FIRST_RAISE": 3, "TURNING_COSINE": 0.999, "TURNING_CHECKS": 2,
