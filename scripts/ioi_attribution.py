@@ -5,7 +5,7 @@ then per hook the logit difference's change from ablating the ten features AtP r
 random active ones (mean of 20), their ratio, the change from ablating the ten that exact ablation
 one at a time ranks first, AtP's share of it, and the SAE's L0 on the prompts' real tokens; and the
 Spearman correlation of AtP's estimates with exact ablation over the top 40 nodes (the test asks
-over 0.6): one JSON line per seed. The test asks a ratio of 3 at the attention hooks and 2 at
+over 0.6): one JSON line per seed. The test asks a ratio of 3 at the attention hooks and 1.5 at
 ``blocks.1.hook_resid_pre`` of SAEs from random starts, and the Spearman bar of SAEs at GBA's defaults.
 
     python scripts/ioi_attribution.py --seeds 0 1 2 3 4 5 6 7                          # GBA's defaults

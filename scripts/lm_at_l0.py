@@ -11,6 +11,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --methods gba-valley-find-l0 gba-find-l0 # the L0 found from the co-activations
     python scripts/lm_at_l0.py --methods gba-no-anneal                  # the defaults, the rule at full step to the end
     python scripts/lm_at_l0.py --methods gba-one-lr                     # the defaults, one learning rate for every weight
+    python scripts/lm_at_l0.py --methods gba-activation-bias            # the defaults with learned activation offsets
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 2 3 4 --tokens 1600000   # 4 epochs
     python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
@@ -37,6 +38,7 @@ SINGLE_RUN = {  # GBA with no L0 asked: one run each, whatever --l0 says
     "gba-valley-find-l0": tuple(GBA_MODES["valley+find-l0"].items()),
     "gba-no-anneal": tuple(GBA_MODES["no-anneal"].items()),
     "gba-one-lr": tuple(GBA_MODES["one-lr"].items()),
+    "gba-activation-bias": tuple(GBA_MODES["activation-bias"].items()),
 }
 METHODS = ("gba", "gba-valley", *SINGLE_RUN, "topk", "batchtopk", "matryoshka")
 

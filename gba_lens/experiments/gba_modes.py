@@ -32,5 +32,7 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "no-anneal": {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0},
     # the defaults until the thirty-eighth step: one learning rate for every weight
     "one-lr": {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0},
+    # the defaults with each latent's learned activation offset (opt-in; the thirty-ninth step)
+    "activation-bias": {"valley_thresholds": True, "find_l0": True, "activation_bias": True},
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

@@ -4,7 +4,8 @@ The paper's SAE (Chen et al., arXiv:2506.14002), per neuron m:
 
     u_m = w_m . (s * x - b_pre)         pre-activation without bias (s: input scale, see below)
     y_m = u_m + b_m                     the neuron is active iff y_m > 0
-    z_m = u_m * 1[y_m > 0]              JumpReLU gate (default; the paper's LLM runs)
+    z_m = u_m * 1[y_m > 0]              JumpReLU gate (the paper's LLM runs)
+        = (u_m + max(c_m, b_m)) * 1[y_m > 0]    with ``activation_bias`` (c learned; opt-in)
         = max(y_m, 0)                   ReLU gate (the paper's theory)
     x_hat = (sum_m z_m d_m + b_pre) / s
 
@@ -29,10 +30,8 @@ With ``centre_inputs=False`` b_pre starts at 0; frozen there (``learn_pre_bias=F
 no pre-bias, which suits data with no offset: when the mean input is a mix of features (the paper's
 toy) rather than an offset, a centred, trained b_pre absorbs part of them.
 
-Export: with threshold = -b >= 0 and b_enc = 0 the JumpReLU neuron is exactly SAELens's
-``JumpReLUSAE`` (relu(u) * 1[u > threshold]); the ReLU neuron is SAELens's ``StandardSAE`` with
-b_enc = b. The input scale folds into W_enc, W_dec and b_dec and the controller's statistics are
-dropped, so ``save_inference_model`` writes a plain SAELens SAE (cfg.json + safetensors) that
+Export (:mod:`gba_lens.saes.gba_export`): the JumpReLU neuron is exactly SAELens's ``JumpReLUSAE``, the
+ReLU neuron its ``StandardSAE``, so ``save_inference_model`` writes a plain SAELens SAE (cfg.json + safetensors) that
 ``sae_lens.SAE.load_from_disk`` loads without gba_lens; the GBA hyperparameters and the final group
 targets travel in the config's metadata (``training_architecture_details``).
 
@@ -63,6 +62,7 @@ from gba_lens.saes.data_init import start_at_inputs
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
 from gba_lens.saes.firing_worth import FiringWorth
+from gba_lens.saes.gba_export import to_inference_state_dict
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.idle_groups import IdleGroups
@@ -185,6 +185,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         self.b_enc = nn.Parameter(
             torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device), requires_grad=False
         )
+        # ``activation_bias``: the offset c of what a firing latent outputs, trained by gradient.
+        zeros = torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device)
+        self.b_act = nn.Parameter(zeros) if self.cfg.activation_bias else None
 
     # ----------------------------------------------------------------------------- forward
     @property
@@ -216,8 +219,17 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         gate = self.open_gate(y).to(u.dtype)
         if peak is not None:
             self._batch_stats = self.batch_fire_count(gate), peak, gate.numel() // gate.shape[-1]
-        z = u * gate if self.cfg.gating == "jumprelu" else torch.relu(y)
+        if self.cfg.gating == "relu":
+            z = torch.relu(y)
+        else:
+            offset = self.activation_offset()
+            z = u * gate if offset is None else (u + offset) * gate
         return self.hook_sae_acts_post(z), y
+
+    def activation_offset(self) -> Float[torch.Tensor, " d_sae"] | None:
+        """What a firing latent adds to u (``activation_bias``): max(c, b), so that a firing latent's
+        output u + max(c, b) > 0 (u > -b) and the SAE is exactly SAELens's JumpReLU; None without it."""
+        return None if self.b_act is None else torch.maximum(self.b_act, self.b_enc)
 
     @staticmethod
     def open_gate(y: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_sae"]:
@@ -399,20 +411,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
-        for key in [k for k in state_dict if k.startswith(("bias_adaptation.", "valley_thresholds."))]:
-            del state_dict[key]
-        state_dict.pop("step_density", None)
-        scale = state_dict.pop("input_scale")
-        if self.cfg.input_norm == "unit_mean" and scale > 0:
-            s = scale.to(state_dict["W_enc"].dtype)
-            state_dict["W_enc"] = state_dict["W_enc"] * s
-            state_dict["W_dec"] = state_dict["W_dec"] / s
-            state_dict["b_dec"] = state_dict["b_dec"] / s
-        if self.cfg.gating == "jumprelu":
-            state_dict["threshold"] = (-state_dict["b_enc"]).clamp(min=0).contiguous()
-            state_dict["b_enc"] = torch.zeros_like(state_dict["b_enc"])
-        for key in list(state_dict):
-            state_dict[key] = state_dict[key].contiguous()
+        to_inference_state_dict(state_dict, self.cfg.gating, self.cfg.input_norm == "unit_mean")
 
     def inference_cfg_dict(self) -> dict[str, Any]:
         """SAELens's inference config, its metadata's ``training_architecture_details`` completed by

@@ -26,7 +26,7 @@ EXECUTION_OPTIONS = ("sparse_step",)
 OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None, "target_search": False,
                                        "encoder_regression": 0.0, "find_l0": False, "encoder_init": "random",
                                        "firing_worth": 0.0, "idle_groups": False, "anneal_with_lr": False,
-                                       "encoder_lr_scale": 1.0}
+                                       "encoder_lr_scale": 1.0, "activation_bias": False}
 
 
 @dataclass(kw_only=True)
@@ -172,6 +172,18 @@ class GBAOptions:
     little higher); the same rate from the start costs the paper's toy a feature on some seeds. At a
     constant learning rate more latents end silent (``gba-lens train``'s default run on the stdlib LM:
     17 against 6 percent, at the same CE loss recovered and explained variance)."""
+    activation_bias: bool = False
+    """Give each latent a learned offset c_m added to what it outputs when it fires: z_m = (u_m +
+    max(c_m, b_m)) * 1[u_m + b_m > 0] (JumpReLU gate only; exported as SAELens's ``jumprelu`` with
+    b_enc = max(c, b) and threshold = max(c, b) - b). The bias rule still places every threshold; c
+    starts at 0 and is trained by gradient. It corrects what the threshold selects: where u_m clears
+    the threshold the interference in it leans positive, so the output that reconstructs best is
+    below u_m. The learned offsets end negative, between 0 and the ReLU gate's b_m. Measured
+    (docs/experiments/prior_free.md, thirty-ninth step): at the stdlib LM's preset budget resid_pre's
+    explained variance comes to TopK's frontier and above BatchTopK's (CE loss recovered still under
+    TopK's), and the synthetic models' explained variance rises; but the paper's toy loses features
+    (learned from the start; learned later it raises the toy's L0 by a third instead), so it is not
+    a default."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -275,6 +287,9 @@ class GBAOptions:
             raise ValueError(f"firing_worth must be in [0, 1], got {self.firing_worth}")
         if self.encoder_lr_scale is not None and not (math.isfinite(self.encoder_lr_scale) and self.encoder_lr_scale > 0.0):
             raise ValueError(f"encoder_lr_scale must be a finite number > 0, got {self.encoder_lr_scale}")
+        if self.activation_bias and self.gating != "jumprelu":
+            raise ValueError("activation_bias offsets the JumpReLU gate's output; the ReLU gate's output "
+                             "u + b already carries the bias (use gating='jumprelu')")
         if self.update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {self.update_interval}")
         if self.n_groups < 1:

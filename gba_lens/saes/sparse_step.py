@@ -12,6 +12,7 @@ so everything but the encoder forward only needs the nnz active (sample, latent)
     dL/dW_dec      Z^T g                                  sparse x dense
     dL/dW_enc      x_c^T G                                G = dL/du (Z's pattern); dense x sparse
     dL/db_dec      -W_enc (sum over the batch of G)       a matrix-vector product (see below)
+    dL/dc          sum over the batch of G                the activation offsets (``activation_bias``)
 
 each O(nnz * d_in) instead of O(batch * d_in * d_sae). The encoder forward stays dense: every
 pre-activation is needed, to know which latents fire and for the bias controller's peak statistic.
@@ -153,6 +154,7 @@ class _SparseGatedAutoencode(torch.autograd.Function):
         b_dec: torch.Tensor | None,
         b_dec_subtracted: bool,
         relu_gate: bool,
+        offset: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
         batch, d_sae = x_centred.shape[0], W_enc.shape[1]
         u = x_centred @ W_enc
@@ -161,6 +163,8 @@ class _SparseGatedAutoencode(torch.autograd.Function):
         values = u[rows, cols]
         if relu_gate:
             values = values + bias[cols]  # relu(y) = fl(u + b) on the active entries
+        elif offset is not None:  # activation_bias: u + max(c, b) on the active entries
+            values = values + offset[cols]
         # max_i fl(u_i + b) = fl(max_i u_i + b): rounding is monotonic, so this equals y.amax(0).
         peak = u.amax(0) + bias
         crow = _compressed(rows, batch)
@@ -176,24 +180,27 @@ class _SparseGatedAutoencode(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_decoded: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if grad_decoded is None:  # the reconstruction did not reach the loss
-            return (None,) * 7
+            return (None,) * 8
         x_centred, W_enc, W_dec, crow, rows, cols, values = ctx.saved_tensors
         batch, d_sae = x_centred.shape[0], W_enc.shape[1]
         grad = grad_decoded.contiguous()
         pattern = _csr(crow, cols, values, (batch, d_sae))
         # dL/dz on the active entries = dL/du there (the gate's derivative is 1 where it is open).
         grad_u = torch.sparse.sampled_addmm(pattern, grad, W_dec.t(), beta=0.0).values()
-        grad_W_dec = grad_W_enc = grad_b_dec = None
+        grad_W_dec = grad_W_enc = grad_b_dec = grad_offset = per_latent = None
         if ctx.needs_input_grad[2]:  # Z^T g, with Z^T's entries ordered by latent
             by_latent = torch.argsort(cols, stable=True)  # stable: rows stay sorted within a latent
             z_t = _csr(_compressed(cols, d_sae), rows[by_latent], values[by_latent], (d_sae, batch))
             grad_W_dec = W_dec.new_empty(W_dec.shape).addmm_(z_t, grad, beta=0.0)
         if ctx.needs_input_grad[1]:  # x_c^T G, straight into W_enc's [d_in, d_sae] layout
             grad_W_enc = _dense_times_csr(x_centred.t(), _csr(crow, cols, grad_u, (batch, d_sae)), W_enc)
-        if ctx.has_b_dec and ctx.needs_input_grad[4]:
+        if (ctx.has_b_dec and ctx.needs_input_grad[4]) or ctx.needs_input_grad[7]:  # sum over the batch of G
             per_latent = torch.zeros(d_sae, dtype=grad_u.dtype, device=grad_u.device).index_add_(0, cols, grad_u)
+        if ctx.has_b_dec and ctx.needs_input_grad[4]:
             grad_b_dec = -(W_enc @ per_latent)
-        return None, grad_W_enc, grad_W_dec, None, grad_b_dec, None, None
+        if ctx.needs_input_grad[7]:  # dz/dc = 1 where the gate is open
+            grad_offset = per_latent
+        return None, grad_W_enc, grad_W_dec, None, grad_b_dec, None, None, grad_offset
 
 
 def sparse_gated_autoencode(
@@ -205,12 +212,14 @@ def sparse_gated_autoencode(
     *,
     b_dec_subtracted: bool = True,
     gating: Literal["jumprelu", "relu"] = "jumprelu",
+    offset: Float[torch.Tensor, " d_sae"] | None = None,
 ) -> SparseStepResult:
     """GBA's gated encode and decode (without b_dec) computed on the active entries only.
 
     ``x_centred`` is the encoder input x_c = x - b_dec (used as a value: its graph is not
     followed); pass ``b_dec`` to give b_dec the gradient it gets through x_c when
-    ``b_dec_subtracted`` (SAELens's ``apply_b_dec_to_input``). ``bias`` gets no gradient.
+    ``b_dec_subtracted`` (SAELens's ``apply_b_dec_to_input``). ``bias`` gets no gradient. ``offset``
+    (JumpReLU gate only): added to every active entry's output, and given its gradient.
     """
     if x_centred.ndim != 2:
         raise ValueError(f"the sparse step takes a [batch, d_in] input, got shape {tuple(x_centred.shape)}")
@@ -219,7 +228,7 @@ def sparse_gated_autoencode(
     with torch.autocast(x_centred.device.type, enabled=False):
         decoded, hidden_pre, rows, cols, values, fire_count, peak = _SparseGatedAutoencode.apply(
             x_centred.detach().to(W_enc.dtype), W_enc, W_dec, bias.detach(), b_dec, b_dec_subtracted,
-            gating == "relu",
+            gating == "relu", offset,
         )
     feature_acts = torch.sparse_coo_tensor(
         torch.stack((rows, cols)), values, hidden_pre.shape, is_coalesced=True, check_invariants=False
@@ -246,6 +255,7 @@ def sparse_training_forward_pass(
     step = sparse_gated_autoencode(
         x_centred, sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec if sae.b_dec.requires_grad else None,
         b_dec_subtracted=bool(sae.cfg.apply_b_dec_to_input), gating=sae.cfg.gating,
+        offset=sae.activation_offset() if sae.cfg.gating == "jumprelu" else None,
     )
     sae_out = sae.finish_decode(step.decoded)
     mse_loss = sae.mse_loss_fn(sae_out, sae_in).sum(dim=-1).mean()

@@ -148,13 +148,15 @@ PLAIN_SAELENS = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("gating, inference_class", [("jumprelu", "JumpReLUSAE"), ("relu", "StandardSAE")])
-def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, inference_class):
+@pytest.mark.parametrize("gating, activation_bias, inference_class",
+                         [("jumprelu", False, "JumpReLUSAE"), ("jumprelu", True, "JumpReLUSAE"), ("relu", False, "StandardSAE")])
+def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, activation_bias, inference_class):
     torch.manual_seed(0)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, gating=gating, n_groups=4))
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, gating=gating, n_groups=4, activation_bias=activation_bias))
     data = SeededBatches(lambda n: torch.relu(torch.randn(n, 12)) * 4 + 2, 128)
     train_sae(sae, data, TrainConfig(total_samples=128 * 30, batch_size=128, lr=1e-2))
     assert sae.b_enc.min() < 0  # the biases actually moved
+    assert activation_bias == (sae.b_act is not None and sae.b_act.abs().max() > 0.01)  # and the offsets
     sae.eval()
     sae.save_inference_model(tmp_path / "sae")
 

@@ -31,6 +31,8 @@ def _pair(d_in, d_sae, seed=0, **options):
     with torch.no_grad():
         dense.b_enc.uniform_(-0.6, -0.25)
         dense.W_dec.mul_(torch.rand(d_sae, 1) + 0.5)  # decoder rows of different norms
+        if dense.b_act is not None:  # activation offsets on both sides of the biases: max(c, b) picks either
+            dense.b_act.uniform_(-0.5, 0.1)
     sparse = copy.deepcopy(dense)
     sparse.sparse_step_policy = SparseStepPolicy("on")
     return dense, sparse
@@ -42,11 +44,11 @@ def _inputs(n, d_in, seed=1):
 
 
 @pytest.mark.parametrize("d_sae", [64, 1024, 4096])
-@pytest.mark.parametrize("gating", ["jumprelu", "relu"])
+@pytest.mark.parametrize("gating, activation_bias", [("jumprelu", False), ("jumprelu", True), ("relu", False)])
 @pytest.mark.parametrize("learn_pre_bias", [True, False])
 def test_sparse_step_gives_the_dense_loss_gradients_and_controller_statistics(
-        step_input, d_sae, gating, learn_pre_bias):
-    dense, sparse = _pair(24, d_sae, gating=gating, learn_pre_bias=learn_pre_bias)
+        step_input, d_sae, gating, activation_bias, learn_pre_bias):
+    dense, sparse = _pair(24, d_sae, gating=gating, learn_pre_bias=learn_pre_bias, activation_bias=activation_bias)
     x = _inputs(200, 24)
     outputs = []
     for sae in (dense, sparse):
@@ -62,7 +64,8 @@ def test_sparse_step_gives_the_dense_loss_gradients_and_controller_statistics(
     assert torch.equal(d_out.hidden_pre, s_out.hidden_pre)
     assert torch.allclose(d_out.sae_out, s_out.sae_out, rtol=1e-5, atol=1e-6)
     trained = {name for name, p in dense.named_parameters() if p.requires_grad}
-    assert trained == ({"W_enc", "W_dec", "b_dec"} if learn_pre_bias else {"W_enc", "W_dec"})
+    offset = {"b_act"} if activation_bias else set()
+    assert trained == ({"W_enc", "W_dec", "b_dec"} if learn_pre_bias else {"W_enc", "W_dec"}) | offset
     for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
         if not p.requires_grad:
             assert q.grad is None, name
@@ -72,7 +75,8 @@ def test_sparse_step_gives_the_dense_loss_gradients_and_controller_statistics(
         assert (p.grad - q.grad).abs().max() <= 1e-5 * scale, name
     # the bias controller saw the same statistics, so it moved the biases identically
     assert torch.equal(dense.b_enc, sparse.b_enc)
-    assert not torch.equal(dense.b_enc, _pair(24, d_sae, gating=gating, learn_pre_bias=learn_pre_bias)[0].b_enc)
+    assert not torch.equal(dense.b_enc, _pair(24, d_sae, gating=gating, learn_pre_bias=learn_pre_bias,
+                                              activation_bias=activation_bias)[0].b_enc)
     for key in ("gba/l0", "gba/over_active_fraction", "gba/window_dead_fraction"):
         assert torch.equal(torch.as_tensor(d_out.metrics[key]), torch.as_tensor(s_out.metrics[key])), key
 
@@ -142,7 +146,10 @@ def test_training_run_with_the_sparse_step_reproduces_the_dense_run(monkeypatch)
         if key.endswith("histogram"):  # counts: float rounding moves an entry across a bin edge at most rarely
             assert (value - sparse.state_dict()[key]).abs().sum() <= 1e-4 * value.sum(), key
             continue
-        assert torch.allclose(value, sparse.state_dict()[key], rtol=1e-3, atol=1e-4), key
+        # atol 1e-3 (weights of size 0.1-0.5): Adam turns a rounding-sized difference in a small gradient
+        # into a step of the learning rate's size; after 100 steps a few weights part by up to ~5e-4
+        # (with one torch thread; 1e-4 held with two).
+        assert torch.allclose(value, sparse.state_dict()[key], rtol=1e-3, atol=1e-3), key
     assert (dense.b_enc < 0).any()  # the biases moved: the comparison is not trivial
     x = acts[:512]
     assert torch.allclose(dense(x), sparse(x), rtol=1e-3, atol=1e-4)

@@ -200,6 +200,14 @@ def test_firing_worth_on_two_ranks_trains_the_one_process_sae(tmp_path):
     assert len(reference["bias_adaptation.firing_worth.worth"].unique()) > dist_worker.D_SAE // 2
 
 
+def test_activation_offsets_on_two_ranks_train_the_one_process_sae(tmp_path):
+    """The offsets are weights trained by gradient: DDP averages their gradients over the ranks, so
+    every rank holds one process's offsets (and thresholds)."""
+    reference, state = _one_process_and_two_ranks(tmp_path, ["--activation-bias"], activation_bias=True)
+    _assert_same_sae(state, reference)
+    assert reference["b_act"].abs().max() > 1e-3  # they were trained
+
+
 def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, monkeypatch):
     """The search reads only the decoder, the same on every rank: each rank raises and returns the
     same neurons as one process, with nothing reduced."""
