@@ -196,6 +196,9 @@ def margins(saes, labels, acts, bands=FREQUENCY_BANDS) -> dict:  # type: ignore[
     error at this L0 have these equal across latents."""
     import torch
 
+    def median(column: torch.Tensor) -> float | None:  # None for a band of latents too rare to read
+        return None if column.isnan().all() else round(float(column.nanmedian()), 4)
+
     out: dict = {"margins": {}}
     with torch.no_grad():
         for sae, label in zip(saes, labels):
@@ -221,8 +224,6 @@ def margins(saes, labels, acts, bands=FREQUENCY_BANDS) -> dict:  # type: ignore[
                 band = (frequency > low) & (frequency <= high)
                 if not band.any():
                     continue
-                median = lambda column: (None if column.isnan().all()  # noqa: E731  (a band of rare latents)
-                                         else round(float(column.nanmedian()), 4))
                 rows.append({"frequency": [low, high], "latents": int(band.sum()), "l0": round(float(frequency[band].sum()), 3),
                              "worth_per_firing": round(float(worth[:, band].sum() / firings[band].sum().clamp(min=1) / average), 3),
                              "loss_at_threshold": median(at_threshold[band, 0]),

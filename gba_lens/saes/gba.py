@@ -62,7 +62,7 @@ from gba_lens.saes.data_init import start_at_inputs
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
 from gba_lens.saes.firing_worth import FiringWorth
-from gba_lens.saes.gba_export import to_inference_state_dict
+from gba_lens.saes.gba_export import firing_offset, to_inference_state_dict
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.idle_groups import IdleGroups
@@ -186,8 +186,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device), requires_grad=False
         )
         # ``activation_bias``: the offset c of what a firing latent outputs, trained by gradient.
-        zeros = torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device)
-        self.b_act = nn.Parameter(zeros) if self.cfg.activation_bias else None
+        self.b_act = (nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+                      if self.cfg.activation_bias else None)
 
     # ----------------------------------------------------------------------------- forward
     @property
@@ -227,9 +227,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         return self.hook_sae_acts_post(z), y
 
     def activation_offset(self) -> Float[torch.Tensor, " d_sae"] | None:
-        """What a firing latent adds to u (``activation_bias``): max(c, b), so that a firing latent's
-        output u + max(c, b) > 0 (u > -b) and the SAE is exactly SAELens's JumpReLU; None without it."""
-        return None if self.b_act is None else torch.maximum(self.b_act, self.b_enc)
+        """What a firing latent adds to u (``activation_bias``: :func:`firing_offset`); None without it."""
+        return None if self.b_act is None else firing_offset(self.b_act, self.b_enc)
 
     @staticmethod
     def open_gate(y: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_sae"]:

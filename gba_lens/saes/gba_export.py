@@ -20,6 +20,12 @@ from typing import Any
 
 import torch
 
+def firing_offset(offset: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """What a firing latent adds to u with ``activation_bias``: max(c, b), so that its output
+    u + max(c, b) > 0 wherever it fires (u > -b) and the SAE is exactly SAELens's JumpReLU."""
+    return torch.maximum(offset, bias)
+
+
 TRAINING_STATE_PREFIXES = ("bias_adaptation.", "valley_thresholds.")
 """State-dict entries of the bias controller and the valley histograms (not part of an inference SAE)."""
 
@@ -38,7 +44,7 @@ def to_inference_state_dict(state_dict: dict[str, Any], gating: str, unit_mean_i
         state_dict["b_dec"] = state_dict["b_dec"] / s
     if gating == "jumprelu":
         bias, offset = state_dict["b_enc"], state_dict.pop("b_act", None)
-        offset = torch.zeros_like(bias) if offset is None else torch.maximum(offset, bias)
+        offset = torch.zeros_like(bias) if offset is None else firing_offset(offset, bias)
         state_dict["threshold"] = (offset - bias).clamp(min=0)
         state_dict["b_enc"] = offset
     for key in list(state_dict):

@@ -255,7 +255,7 @@ def sparse_training_forward_pass(
     step = sparse_gated_autoencode(
         x_centred, sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec if sae.b_dec.requires_grad else None,
         b_dec_subtracted=bool(sae.cfg.apply_b_dec_to_input), gating=sae.cfg.gating,
-        offset=sae.activation_offset() if sae.cfg.gating == "jumprelu" else None,
+        offset=sae.activation_offset(),  # None with the ReLU gate (activation_bias needs JumpReLU)
     )
     sae_out = sae.finish_decode(step.decoded)
     mse_loss = sae.mse_loss_fn(sae_out, sae_in).sum(dim=-1).mean()
