@@ -12,6 +12,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --methods gba-no-anneal                  # the defaults, the rule at full step to the end
     python scripts/lm_at_l0.py --methods gba-one-lr                     # the defaults, one learning rate for every weight
     python scripts/lm_at_l0.py --methods gba-activation-bias            # the defaults with learned activation offsets
+    python scripts/lm_at_l0.py --methods gba-per-token gba-per-token-activation-bias   # inputs divided by their norms
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 2 3 4 --tokens 1600000   # 4 epochs
     python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
@@ -39,6 +40,8 @@ SINGLE_RUN = {  # GBA with no L0 asked: one run each, whatever --l0 says
     "gba-no-anneal": tuple(GBA_MODES["no-anneal"].items()),
     "gba-one-lr": tuple(GBA_MODES["one-lr"].items()),
     "gba-activation-bias": tuple(GBA_MODES["activation-bias"].items()),
+    "gba-per-token": tuple(GBA_MODES["per-token"].items()),
+    "gba-per-token-activation-bias": tuple(GBA_MODES["per-token+activation-bias"].items()),
 }
 METHODS = ("gba", "gba-valley", *SINGLE_RUN, "topk", "batchtopk", "matryoshka")
 
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
             deployed = M.to_inference(sae, hook)
             m = evaluate(deployed, loaded, data, ctx, hook, scale, scaling_factor, "cpu")
             if args.save is not None:  # the scaling folded in, as SAELens's runner saves
-                deployed.fold_activation_norm_scaling_factor(scaling_factor)
+                if deployed.cfg.normalize_activations != "constant_norm_rescale":  # invariant to the factor
+                    deployed.fold_activation_norm_scaling_factor(scaling_factor)
                 name = method if method in SINGLE_RUN else f"{method}-{l0:g}"
                 deployed.save_model(Path(args.save) / hook / f"{name}-s{args.seed}")
             print(json.dumps({"hook": hook, "method": method, "seed": args.seed, "asked_l0": l0, "range": args.range,

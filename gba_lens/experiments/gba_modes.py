@@ -34,5 +34,9 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "one-lr": {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0},
     # the defaults with each latent's learned activation offset (opt-in; the thirty-ninth step)
     "activation-bias": {"valley_thresholds": True, "find_l0": True, "activation_bias": True},
+    # the defaults with each input divided by its own norm (opt-in; the fortieth step), and with the offsets too
+    "per-token": {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token"},
+    "per-token+activation-bias": {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token",
+                                  "activation_bias": True},
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

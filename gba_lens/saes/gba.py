@@ -23,9 +23,8 @@ a neuron that never fires) and are lost to recovery. The ReLU gate needs it too:
 free encoder norms, ReLU neurons grow until the clamp at -1 cannot silence them. ``"decoder"``
 (SAELens's convention) is an option.
 
-Input scale: the [-1, 0] bias range only means something when pre-activations are O(1). On its
-first training batch the SAE sets b_pre to the batch mean and s so that s x - b_pre has unit mean
-norm (SAELens's ``expected_average_only_in`` scales to sqrt(d_in): every bias at the clamp at -1).
+Input scale (:mod:`gba_lens.saes.input_scaling`): on its first training batch the SAE sets b_pre to
+the batch mean and s so that s x - b_pre has unit mean norm (``per_token``: s x / |x| - b_pre).
 With ``centre_inputs=False`` b_pre starts at 0; frozen there (``learn_pre_bias=False``) the SAE has
 no pre-bias, which suits data with no offset: when the mean input is a mix of features (the paper's
 toy) rather than an offset, a centred, trained b_pre absorbs part of them.
@@ -62,10 +61,11 @@ from gba_lens.saes.data_init import start_at_inputs
 from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
 from gba_lens.saes.firing_worth import FiringWorth
-from gba_lens.saes.gba_export import firing_offset, to_inference_state_dict
+from gba_lens.saes.gba_export import firing_offset, inference_config, inference_state_dict, to_inference_state_dict
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.idle_groups import IdleGroups
+from gba_lens.saes.input_scaling import first_batch_scaling, per_token_factor
 from gba_lens.saes.other_trainers import check_other_trainer
 from gba_lens.saes.sparse_step import SparseStepPolicy, sparse_training_forward_pass
 from gba_lens.saes.target_search import TargetSearch
@@ -86,8 +86,6 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
     """Which weights are kept unit-norm: ``auto`` = the encoder directions w_m (the paper's unit-norm
     w_m; keeps pre-activations on the scale of the [-1, 0] bias range); ``decoder`` = SAELens's
     unit-norm decoder rows (the encoder norm then drifts under the biases: worse recovery)."""
-    input_norm: Literal["unit_mean", "none"] = "unit_mean"
-    """``unit_mean``: centre and scale inputs to unit mean norm (estimated on the first batch)."""
     centre_inputs: bool = True
     """Start b_pre at the data mean (estimated on the first batch). False: b_pre starts at 0 and
     ``unit_mean`` scales the raw inputs, for data with no offset such as the paper's X = H V."""
@@ -107,16 +105,16 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
         super().__post_init__()
         # The SAE's own config holds what it trains with: unset options resolved, so that its
         # saved cfg and a resumed run read concrete values.
-        self.resolve_unset_options(self.input_norm)
+        self.resolve_unset_options()
         self.check_gba_options(d_sae=self.d_sae)
         if self.unit_norm not in ("auto", "decoder", "encoder"):
             raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
-        if self.input_norm not in ("unit_mean", "none"):
-            raise ValueError(f"input_norm must be 'unit_mean' or 'none', got {self.input_norm!r}")
-        if self.encoder_init == "data" and self.input_norm != "unit_mean":  # the first batch's scale sets it
-            raise ValueError("encoder_init='data' starts the neurons on the first batch: it needs input_norm='unit_mean'")
-        if self.encoder_regression and self.normalize_activations != "none":
-            raise ValueError(f"encoder_regression needs normalize_activations='none', got {self.normalize_activations!r}")
+        if self.encoder_init == "data" and self.input_norm == "none":  # the first batch's scale sets it
+            raise ValueError("encoder_init='data' starts the neurons on the first batch: it needs input_norm='unit_mean' "
+                             "or 'per_token'")
+        if (self.encoder_regression or self.input_norm == "per_token") and self.normalize_activations != "none":
+            raise ValueError(f"{'encoder_regression' if self.encoder_regression else 'input_norm=per_token'} needs "
+                             f"normalize_activations='none', got {self.normalize_activations!r}")
 
     @property
     def trains_pre_bias(self) -> bool:
@@ -164,6 +162,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         self.sparse_step_policy = SparseStepPolicy("off" if cfg.encoder_regression else cfg.sparse_step)  # dense u
         self.decoder_stability = DecoderStability(cfg.d_sae)  # a logging metric, not a module: not saved
         self._input_scale_ready = False
+        self._token_factor: torch.Tensor | None = None  # per_token: 1 / |x| of the last inputs encoded
+        self._rows_normalised = False  # per_token: inputs already divided by their norms (_reencode)
         self._batch_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._window_empty = True  # no statistics accumulated since the last update
         self.setup()  # register the controller's module path with HookedRootModule
@@ -197,11 +197,22 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
     @override
     def process_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
+        if self._per_token:
+            self._token_factor = per_token_factor(sae_in).to(self.dtype)
         return super().process_sae_in(self._scaled(sae_in))
 
+    @property
+    def _per_token(self) -> bool:
+        """Inputs are divided by their own norms here (``per_token``, not inside ``_reencode``)."""
+        return self.cfg.input_norm == "per_token" and not self._rows_normalised
+
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` times the input scale s (``unit_mean``), the first thing the encoder does to its input."""
-        return x.to(self.dtype) * self._scale if self.cfg.input_norm == "unit_mean" else x
+        """``x`` times the input scale s (``unit_mean``; ``per_token``: and 1 / |input| of the last inputs
+        encoded, so that an error term is scaled as its input was), the first thing the encoder does."""
+        if self.cfg.input_norm == "none":
+            return x
+        x = x.to(self.dtype) * self._scale
+        return x * self._token_factor if self._per_token else x
 
     def pre_activations(self, x: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_sae"]:
         """u = w . (s x - b_pre), the pre-activations without bias."""
@@ -261,8 +272,14 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         """y = u + b of the reconstruction of ``feature_acts`` (plus ``added``, in the input's units;
         no hooks' statistics, no gradient). ``feature_acts`` dense or sparse (COO: ``decode``'s product
         is then a sparse one)."""
-        inputs = self.decode(feature_acts.to(self.W_dec.dtype))
-        return self.pre_activations(inputs if added is None else inputs + added) + self.b_enc
+        if added is not None and self._per_token:  # in the units of the code's rows (the batch's first)
+            added = added * self._token_factor.reshape(-1, 1)[:added.shape[0]]
+        self._rows_normalised = self.cfg.input_norm == "per_token"  # the code's rows were divided already
+        try:
+            inputs = self.decode(feature_acts.to(self.W_dec.dtype))
+            return self.pre_activations(inputs if added is None else inputs + added) + self.b_enc
+        finally:
+            self._rows_normalised = False
 
     @override
     def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
@@ -274,9 +291,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         dense decode and the sparse step, which computes z W_dec itself."""
         sae_out = self.hook_sae_recons(decoded + self.b_dec)
         sae_out = self.reshape_fn_out(self.run_time_activation_norm_fn_out(sae_out), self.d_head)
-        if self.cfg.input_norm == "unit_mean":
+        if self.cfg.input_norm != "none":
             sae_out = sae_out / self._scale
-        return sae_out
+        return sae_out / self._token_factor if self._per_token else sae_out
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -296,23 +313,13 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     @torch.no_grad()
     def initialize_from_batch(self, batch: Float[torch.Tensor, "batch d_in"]) -> None:
         """Set b_pre to the batch mean (``centre_inputs``, else 0) and s so that the inputs
-        s x - b_pre have unit mean norm; ``encoder_init="data"``: the neurons start at its inputs."""
-        x = batch.detach().to(torch.float32).reshape(-1, self.cfg.d_in)
-        if x.shape[0] == 0:
-            raise ValueError("cannot initialise the GBA input scale from an empty batch")
-        if not torch.isfinite(x).all():
-            raise ValueError("the first training batch contains NaN or inf activations")
-        centre = self.cfg.centre_inputs and x.shape[0] > 1
-        mean = x.mean(0) if centre else torch.zeros_like(x[0])
-        norm = (x - mean).norm(dim=-1).mean()
-        if centre and norm <= 0:  # every row equal: fall back to the raw norm
-            mean = torch.zeros_like(mean)
-            norm = x.norm(dim=-1).mean()
-        scale = 1.0 / norm.clamp(min=1e-12)
-        self.input_scale.fill_(scale.item())
-        self.b_dec.data.copy_((mean * scale).to(self.b_dec.dtype))
+        s x - b_pre have unit mean norm (:func:`first_batch_scaling`); ``encoder_init="data"``: the
+        neurons start at its inputs."""
+        scale, pre_bias, inputs = first_batch_scaling(batch, self.cfg.centre_inputs, self.cfg.input_norm == "per_token")
+        self.input_scale.fill_(scale)
+        self.b_dec.data.copy_(pre_bias.to(self.b_dec.dtype))
         if self.cfg.encoder_init == "data":  # the neurons start at inputs as the encoder sees them
-            start_at_inputs((x - mean) * scale, self.W_enc.data, self.W_dec.data)
+            start_at_inputs(inputs, self.W_enc.data, self.W_dec.data)
 
     @torch.no_grad()
     def project_weights(self) -> None:
@@ -330,7 +337,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         if self.training_horizon is None:  # not gba_lens's trainers (they set it): SAELens's own, say
             check_other_trainer(self)
         if not self._input_scale_ready:  # checked once, not every step (a GPU sync)
-            if self.cfg.input_norm == "unit_mean" and self.input_scale.item() == 0:
+            if self.cfg.input_norm != "none" and self.input_scale.item() == 0:
                 self.initialize_from_batch(step_input.sae_in)
             self._input_scale_ready = True
         self.project_weights()
@@ -410,17 +417,11 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
-        to_inference_state_dict(state_dict, self.cfg.gating, self.cfg.input_norm == "unit_mean")
+        to_inference_state_dict(state_dict, self.cfg.gating, self.cfg.input_norm)
 
     def inference_cfg_dict(self) -> dict[str, Any]:
-        """SAELens's inference config, its metadata's ``training_architecture_details`` completed by
-        the group targets at the end of training (``group_targets``): with ``target_l0`` or targets
-        that move (``adaptive``, ``valleys``) they are not the HTF ... LTF of the config; 0 for a group
-        whose neurons all joined other groups (``idle_groups``)."""
-        cfg_dict = self.cfg.get_inference_sae_cfg_dict()
-        details = cfg_dict["metadata"]["training_architecture_details"]
-        details["group_targets"] = [float(t) for t in self.bias_adaptation.group_targets.tolist()]
-        return cfg_dict
+        """SAELens's inference config with the final group targets (:func:`inference_config`)."""
+        return inference_config(self)
 
     @override
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
@@ -430,11 +431,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
 
     def to_inference_sae(self) -> SAE[Any]:
         """The equivalent plain SAELens SAE (``JumpReLUSAE`` or ``StandardSAE``), in memory."""
-        state_dict = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        self.process_state_dict_for_saving_inference(state_dict)
-        cfg_dict = self.inference_cfg_dict()
-        sae = SAE.from_dict(cfg_dict)
-        sae.load_state_dict(state_dict)
+        sae = SAE.from_dict(self.inference_cfg_dict())
+        sae.load_state_dict(inference_state_dict(self))
         return sae
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from gba_lens.saes.bias_adaptation import TARGET_MODES
+from gba_lens.saes.input_scaling import INPUT_NORMS
 from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 
 ENCODER_INITS = ("random", "data")
@@ -26,7 +27,8 @@ EXECUTION_OPTIONS = ("sparse_step",)
 OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": None, "target_search": False,
                                        "encoder_regression": 0.0, "find_l0": False, "encoder_init": "random",
                                        "firing_worth": 0.0, "idle_groups": False, "anneal_with_lr": False,
-                                       "encoder_lr_scale": 1.0, "activation_bias": False}
+                                       "encoder_lr_scale": 1.0, "activation_bias": False,
+                                       "input_norm": "unit_mean"}
 
 
 @dataclass(kw_only=True)
@@ -112,9 +114,9 @@ class GBAOptions:
     encoder_init: Literal["random", "data"] | None = None
     """``random``: the neurons start at random directions (SAELens's initialisation). ``data``: at
     inputs of the first training batch, centred and scaled as the encoder sees them, drawn to spread
-    apart (k-means++ on |cosine|; :mod:`gba_lens.saes.data_init`); needs ``input_norm="unit_mean"``.
-    The draw follows the run's seed. Unset (the default): ``data`` with ``find_l0`` (and
-    ``input_norm="unit_mean"``), ``random`` otherwise (the paper's rule starts as the paper does).
+    apart (k-means++ on |cosine|; :mod:`gba_lens.saes.data_init`); needs scaled inputs (``input_norm``
+    not ``none``). The draw follows the run's seed. Unset (the default): ``data`` with ``find_l0`` (and
+    scaled inputs), ``random`` otherwise (the paper's rule starts as the paper does).
     Measured (docs/experiments/prior_free.md, thirtieth to thirty-third steps): at the stdlib LM's
     preset budget it leaves under half of GBA's distance to TopK's frontier on both hooks, and the
     paper's toy reaches 99.5 / 99.5 of its features; on a small synthetic model with more latents
@@ -184,6 +186,16 @@ class GBAOptions:
     TopK's), and the synthetic models' explained variance rises; but the paper's toy loses features
     (learned from the start; learned later it raises the toy's L0 by a third instead), so it is not
     a default."""
+    input_norm: Literal["unit_mean", "per_token", "none"] = "unit_mean"
+    """``unit_mean``: inputs centred and scaled to unit mean norm (scale and centre set on the first
+    batch). ``per_token``: each input divided by its own norm first, so that which latents fire does
+    not depend on an input's scale, and the reconstruction scaled back (exported as SAELens's
+    ``constant_norm_rescale``; :mod:`gba_lens.saes.input_scaling`). Measured (docs/experiments/prior_free.md,
+    fortieth step): on the stdlib LM it brings CE loss recovered to TopK's frontier on both hooks
+    (with ``activation_bias`` resid_pre is above TopK's and BatchTopK's on both metrics; mlp_out's
+    explained variance stays under BatchTopK's); on the synthetic models, whose features' magnitudes
+    do not follow each other, it loses most features, so it is not a default. ``none``: the inputs
+    as they are."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -216,12 +228,12 @@ class GBAOptions:
         valleys = (find_l0 or self.targets == "valleys") if self.valley_thresholds is None else self.valley_thresholds
         return find_l0, valleys
 
-    def resolved_start_options(self, input_norm: str = "unit_mean") -> tuple[str, float]:
+    def resolved_start_options(self) -> tuple[str, float]:
         """``(encoder_init, firing_worth)`` with unset (None) values resolved: data starts where
         ``find_l0`` is on and the inputs are scaled (``input_norm``, which the first batch sets), and
         with them ``DEFAULT_FIRING_WORTH``; otherwise random starts (the paper's) and no scaling."""
         find_l0 = self.resolved_level_options()[0]
-        encoder_init = self.encoder_init or ("data" if find_l0 and input_norm == "unit_mean" else "random")
+        encoder_init = self.encoder_init or ("data" if find_l0 and self.input_norm != "none" else "random")
         firing_worth = DEFAULT_FIRING_WORTH if find_l0 and encoder_init == "data" else 0.0
         return encoder_init, firing_worth if self.firing_worth is None else self.firing_worth
 
@@ -243,10 +255,10 @@ class GBAOptions:
             return self.encoder_lr_scale
         return DEFAULT_ENCODER_LR_SCALE if self.resolved_level_options()[0] else 1.0
 
-    def resolve_unset_options(self, input_norm: str = "unit_mean") -> None:
+    def resolve_unset_options(self) -> None:
         """Replace the unset (None) options by what they resolve to, in place."""
         self.find_l0, self.valley_thresholds = self.resolved_level_options()
-        self.encoder_init, self.firing_worth = self.resolved_start_options(input_norm)  # type: ignore[assignment]
+        self.encoder_init, self.firing_worth = self.resolved_start_options()  # type: ignore[assignment]
         self.idle_groups = self.resolved_idle_groups()
         self.anneal_with_lr = self.resolved_anneal()
         self.encoder_lr_scale = self.resolved_encoder_lr_scale()
@@ -258,6 +270,8 @@ class GBAOptions:
         """Raise ``ValueError`` naming the first invalid option; ``d_sae``: also check that the
         SAE has at least one neuron per group. The one place these options are validated: the
         SAE config and the command-line configs call it."""
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}")
         if self.gating not in ("jumprelu", "relu"):
             raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")
         if self.sparse_step not in SPARSE_STEP_MODES:

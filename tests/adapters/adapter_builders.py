@@ -22,7 +22,9 @@ from transformer_lens.model_bridge import TransformerBridge
 
 D_MODEL, N_HEADS, D_HEAD, D_MLP, N_LAYERS, D_VOCAB, N_CTX = 64, 4, 16, 256, 2, 100, 32
 KINDS = ["hooked", "hooked_sae", "bridge_native", "bridge_hf"]
-ARCHS = ["standard", "topk", "jumprelu"]
+ARCHS = ["standard", "topk", "jumprelu", "jumprelu_per_token"]
+"""``jumprelu_per_token``: each input scaled to norm sqrt(d_in) and the output back
+(``normalize_activations="constant_norm_rescale"``, as GBA's ``input_norm="per_token"`` exports)."""
 ATOL = 1e-5
 
 # Every hook kind SAEs are trained on, spread over both layers; hook_z twice (SAELens's
@@ -108,9 +110,10 @@ def make_sae(arch: str, d_in: int, hook_name: str, reshape: str = "none", seed: 
     elif arch == "topk":
         sae = TopKSAE(TopKSAEConfig(
             d_in=d_in, d_sae=d_sae, k=8, reshape_activations=reshape, metadata=meta))
-    elif arch == "jumprelu":
+    elif arch in ("jumprelu", "jumprelu_per_token"):
         sae = JumpReLUSAE(JumpReLUSAEConfig(
-            d_in=d_in, d_sae=d_sae, reshape_activations=reshape, metadata=meta))
+            d_in=d_in, d_sae=d_sae, reshape_activations=reshape, metadata=meta,
+            normalize_activations="constant_norm_rescale" if arch == "jumprelu_per_token" else "none"))
     else:
         raise ValueError(arch)
     gen = torch.Generator().manual_seed(seed)

@@ -17,6 +17,8 @@ import pytest
     ("one-lr", {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0}),
     # the defaults with the learned activation offsets (opt-in, thirty-ninth step)
     ("activation-bias", {"valley_thresholds": True, "find_l0": True, "activation_bias": True}),
+    # the defaults with each input divided by its norm (opt-in, fortieth step)
+    ("per-token", {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token"}),
 ])
 def test_modes_set_their_options_and_the_settings_are_added(script, mode, expected):
     options = script("prior_free").options
@@ -36,7 +38,8 @@ def test_every_mode_builds_a_valid_gba_config(script):
         # the encoder learns faster late in the run with find_l0, except where a mode pins one rate
         faster = cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr")
         assert cfg.encoder_lr_scale == (2.0 if faster else 1.0)
-        assert cfg.activation_bias == (mode == "activation-bias")  # opt-in: only the mode that asks for it
+        assert cfg.activation_bias == mode.endswith("activation-bias")  # opt-in: only the modes that ask for it
+        assert (cfg.input_norm == "per_token") == mode.startswith("per-token")
 
 
 def test_the_counterexample_reports_each_seeds_l0_and_its_warning(script, capsys):

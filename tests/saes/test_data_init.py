@@ -142,6 +142,7 @@ def test_a_data_start_needs_the_first_batch_to_set_the_input_scale():
     ({"target_l0": 4.0}, ("random", 0.0)),                   # another option sets the level
     ({"n_groups": 1}, ("random", 0.0)),
     ({"input_norm": "none"}, ("random", 0.0)),               # no first-batch scale to start from
+    ({"input_norm": "per_token"}, ("data", DEFAULT_FIRING_WORTH)),  # scaled on the first batch too
     ({"encoder_init": "random"}, ("random", 0.0)),           # firing_worth only pays with data starts
     ({"encoder_init": "data", "find_l0": False}, ("data", 0.0)),
     ({"firing_worth": 0.3}, ("data", 0.3)),
@@ -150,5 +151,4 @@ def test_a_data_start_needs_the_first_batch_to_set_the_input_scale():
 def test_unset_start_options_resolve_to_data_starts_with_find_l0(options, resolved):
     cfg = build_sae("gba", 12, 40, **options).cfg
     assert (cfg.encoder_init, cfg.firing_worth) == resolved
-    if "input_norm" not in options:  # the command line's options resolve alike
-        assert GBAOptions(**options).resolved_start_options() == resolved
+    assert GBAOptions(**options).resolved_start_options() == resolved  # the command line's options resolve alike

@@ -143,16 +143,19 @@ PLAIN_SAELENS = textwrap.dedent(
     save_file({"acts": acts.contiguous(), "recons": sae.decode(acts).contiguous()}, io + "/out.safetensors")
     gba_loaded = any(m.startswith("gba_lens") for m in sys.modules)
     print(json.dumps({"class": type(sae).__name__, "arch": sae.cfg.architecture(), "gba_lens_imported": gba_loaded,
-                      "details": sae.cfg.metadata.training_architecture_details}))
+                      "details": sae.cfg.metadata.training_architecture_details,
+                      "normalize": sae.cfg.normalize_activations}))
     """
 )
 
 
-@pytest.mark.parametrize("gating, activation_bias, inference_class",
-                         [("jumprelu", False, "JumpReLUSAE"), ("jumprelu", True, "JumpReLUSAE"), ("relu", False, "StandardSAE")])
-def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, activation_bias, inference_class):
+@pytest.mark.parametrize("gating, activation_bias, input_norm, inference_class", [
+    ("jumprelu", False, "unit_mean", "JumpReLUSAE"), ("jumprelu", True, "unit_mean", "JumpReLUSAE"),
+    ("relu", False, "unit_mean", "StandardSAE"), ("jumprelu", True, "per_token", "JumpReLUSAE")])
+def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, activation_bias, input_norm, inference_class):
     torch.manual_seed(0)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, gating=gating, n_groups=4, activation_bias=activation_bias))
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, gating=gating, n_groups=4, activation_bias=activation_bias,
+                                              input_norm=input_norm))
     data = SeededBatches(lambda n: torch.relu(torch.randn(n, 12)) * 4 + 2, 128)
     train_sae(sae, data, TrainConfig(total_samples=128 * 30, batch_size=128, lr=1e-2))
     assert sae.b_enc.min() < 0  # the biases actually moved
@@ -160,7 +163,7 @@ def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, acti
     sae.eval()
     sae.save_inference_model(tmp_path / "sae")
 
-    x = torch.relu(torch.randn(200, 12)) * 4 + 2
+    x = (torch.relu(torch.randn(200, 12)) * 4 + 2) * torch.exp(torch.randn(200, 1) * 0.5)  # inputs of many scales
     (tmp_path / "io").mkdir()
     save_file({"x": x}, str(tmp_path / "io" / "x.safetensors"))
     script = tmp_path / "load.py"
@@ -174,6 +177,7 @@ def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, acti
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["class"] == inference_class and not info["gba_lens_imported"]
     assert info["details"]["n_groups"] == 4 and info["details"]["gating"] == gating  # hyperparameters travel
+    assert info["normalize"] == ("constant_norm_rescale" if input_norm == "per_token" else "none")
 
     out = load_file(str(tmp_path / "io" / "out.safetensors"))
     with torch.no_grad():

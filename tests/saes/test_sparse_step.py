@@ -44,11 +44,14 @@ def _inputs(n, d_in, seed=1):
 
 
 @pytest.mark.parametrize("d_sae", [64, 1024, 4096])
-@pytest.mark.parametrize("gating, activation_bias", [("jumprelu", False), ("jumprelu", True), ("relu", False)])
+@pytest.mark.parametrize("gating, activation_bias, input_norm", [
+    ("jumprelu", False, "unit_mean"), ("jumprelu", True, "unit_mean"), ("relu", False, "unit_mean"),
+    ("jumprelu", True, "per_token")])
 @pytest.mark.parametrize("learn_pre_bias", [True, False])
 def test_sparse_step_gives_the_dense_loss_gradients_and_controller_statistics(
-        step_input, d_sae, gating, activation_bias, learn_pre_bias):
-    dense, sparse = _pair(24, d_sae, gating=gating, learn_pre_bias=learn_pre_bias, activation_bias=activation_bias)
+        step_input, d_sae, gating, activation_bias, input_norm, learn_pre_bias):
+    dense, sparse = _pair(24, d_sae, gating=gating, learn_pre_bias=learn_pre_bias, activation_bias=activation_bias,
+                          input_norm=input_norm)
     x = _inputs(200, 24)
     outputs = []
     for sae in (dense, sparse):
@@ -76,7 +79,7 @@ def test_sparse_step_gives_the_dense_loss_gradients_and_controller_statistics(
     # the bias controller saw the same statistics, so it moved the biases identically
     assert torch.equal(dense.b_enc, sparse.b_enc)
     assert not torch.equal(dense.b_enc, _pair(24, d_sae, gating=gating, learn_pre_bias=learn_pre_bias,
-                                              activation_bias=activation_bias)[0].b_enc)
+                                              activation_bias=activation_bias, input_norm=input_norm)[0].b_enc)
     for key in ("gba/l0", "gba/over_active_fraction", "gba/window_dead_fraction"):
         assert torch.equal(torch.as_tensor(d_out.metrics[key]), torch.as_tensor(s_out.metrics[key])), key
 

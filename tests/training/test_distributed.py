@@ -208,6 +208,21 @@ def test_activation_offsets_on_two_ranks_train_the_one_process_sae(tmp_path):
     assert reference["b_act"].abs().max() > 1e-3  # they were trained
 
 
+def test_per_token_inputs_with_the_defaults_on_two_ranks_train_the_one_process_sae(tmp_path, monkeypatch):
+    """Each rank divides its own rows by their norms; the first batch's scale and centre, the valley
+    histograms and find_l0's checks (its own code re-encoded in the normalised units) are the global
+    batch's, so every rank holds one process's SAE."""
+    from gba_lens.saes import valley_thresholds
+
+    monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", dist_worker.DEFAULTS_VALLEY_WINDOW)
+    reference, state = _one_process_and_two_ranks(tmp_path, ["--defaults", "--input-norm", "per_token"],
+                                                  valley=None, find_l0=None, input_norm="per_token")
+    _assert_same_sae(state, reference)
+    unit_mean = dist_worker.make_sae(valley=None, find_l0=None)
+    dist_worker.train_sae(unit_mean, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "unit_mean")))
+    assert not torch.allclose(unit_mean.input_scale, reference["input_scale"])  # the option took effect
+
+
 def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, monkeypatch):
     """The search reads only the decoder, the same on every rank: each rank raises and returns the
     same neurons as one process, with nothing reduced."""

@@ -96,7 +96,8 @@ def test_fingerprint_and_differences():
 FIRST_RECORDED_OPTIONS = {"n_groups", "highest_target", "lowest_target", "update_interval", "targets", "gating"}
 SOME_OTHER_VALUE = {"valley_thresholds": True, "target_l0": 8.0, "target_search": True, "encoder_regression": 0.01,
                     "find_l0": True, "encoder_init": "data", "firing_worth": 0.3, "idle_groups": True,
-                    "anneal_with_lr": True, "encoder_lr_scale": 2.0, "activation_bias": True}
+                    "anneal_with_lr": True, "encoder_lr_scale": 2.0, "activation_bias": True,
+                    "input_norm": "per_token"}
 
 
 def test_every_option_added_after_the_first_records_is_listed_with_its_default():
