@@ -110,8 +110,8 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
         if self.unit_norm not in ("auto", "decoder", "encoder"):
             raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
         if self.encoder_init == "data" and self.input_norm == "none":  # the first batch's scale sets it
-            raise ValueError("encoder_init='data' starts the neurons on the first batch: it needs input_norm='unit_mean' "
-                             "or 'per_token'")
+            raise ValueError("encoder_init='data' starts the neurons on the first batch: it needs "
+                             "input_norm='unit_mean' or 'per_token'")
         if (self.encoder_regression or self.input_norm == "per_token") and self.normalize_activations != "none":
             raise ValueError(f"{'encoder_regression' if self.encoder_regression else 'input_norm=per_token'} needs "
                              f"normalize_activations='none', got {self.normalize_activations!r}")
@@ -206,13 +206,14 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         """Inputs are divided by their own norms here (``per_token``, not inside ``_reencode``)."""
         return self.cfg.input_norm == "per_token" and not self._rows_normalised
 
+    def _per_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (rows of the batch last encoded) with ``per_token`` each row divided by its input's norm."""
+        return x * self._token_factor if self._per_token else x
+
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` times the input scale s (``unit_mean``; ``per_token``: and 1 / |input| of the last inputs
         encoded, so that an error term is scaled as its input was), the first thing the encoder does."""
-        if self.cfg.input_norm == "none":
-            return x
-        x = x.to(self.dtype) * self._scale
-        return x * self._token_factor if self._per_token else x
+        return x if self.cfg.input_norm == "none" else self._per_input(x.to(self.dtype) * self._scale)
 
     def pre_activations(self, x: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_sae"]:
         """u = w . (s x - b_pre), the pre-activations without bias."""
@@ -269,11 +270,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     @torch.no_grad()
     def _reencode(self, feature_acts: Float[torch.Tensor, "rows d_sae"],
                   added: Float[torch.Tensor, "rows d_in"] | None = None) -> Float[torch.Tensor, "rows d_sae"]:
-        """y = u + b of the reconstruction of ``feature_acts`` (plus ``added``, in the input's units;
-        no hooks' statistics, no gradient). ``feature_acts`` dense or sparse (COO: ``decode``'s product
-        is then a sparse one)."""
-        if added is not None and self._per_token:  # in the units of the code's rows (the batch's first)
-            added = added * self._token_factor.reshape(-1, 1)[:added.shape[0]]
+        """y = u + b of the reconstruction of ``feature_acts`` (plus ``added``, in the input's units, with
+        ``per_token`` each row divided by its own input's norm: :meth:`_per_input`; no hooks' statistics,
+        no gradient). ``feature_acts`` dense or sparse (COO: ``decode``'s product is then a sparse one)."""
         self._rows_normalised = self.cfg.input_norm == "per_token"  # the code's rows were divided already
         try:
             inputs = self.decode(feature_acts.to(self.W_dec.dtype))
@@ -377,7 +376,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         balance = controller.coactivation  # find_l0: the target scale follows the co-activation ratio
         if balance is not None and balance.due(step_input.n_training_steps):
             balance.observe(output.feature_acts, self.W_dec, batch_stats[0] > 0, step_input.n_training_steps,
-                            output.hidden_pre, self.b_enc, self._reencode, output.sae_in, output.sae_out)
+                            output.hidden_pre, self.b_enc, self._reencode, self._per_input(output.sae_in),
+                            self._per_input(output.sae_out))
             self.reduce_window_statistics(balance)
             ratio = balance.ratio()
             if ratio is not None:

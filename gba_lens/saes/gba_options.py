@@ -194,8 +194,8 @@ class GBAOptions:
     fortieth step): on the stdlib LM it brings CE loss recovered to TopK's frontier on both hooks
     (with ``activation_bias`` resid_pre is above TopK's and BatchTopK's on both metrics; mlp_out's
     explained variance stays under BatchTopK's); on the synthetic models, whose features' magnitudes
-    do not follow each other, it loses most features, so it is not a default. ``none``: the inputs
-    as they are."""
+    do not follow each other, the paper's toy and the Zipf models lose most features with it, so it
+    is not a default. ``none``: the inputs as they are."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""

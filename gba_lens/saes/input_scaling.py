@@ -13,9 +13,9 @@ would sit at the clamp at -1):
   fires as many latents as a high-norm one with the same content (as TopK's k does). Exported as
   SAELens's ``normalize_activations="constant_norm_rescale"`` (inputs scaled to norm sqrt(d_in)),
   with sqrt(d_in) folded into the weights. On the stdlib LM it brings GBA's CE loss recovered to
-  TopK's frontier on both hooks; on data whose features' magnitudes are independent of
-  each other (every synthetic model) it loses most features, because an input's share of a
-  feature then varies with the other features present (docs/experiments/prior_free.md, fortieth step).
+  TopK's frontier on both hooks; on data whose features' magnitudes are independent of each other
+  (the paper's toy, the Zipf models) it loses most features, because an input's share of a feature
+  then varies with the other features present (docs/experiments/prior_free.md, fortieth step).
 * ``none``: the inputs as they are.
 """
 

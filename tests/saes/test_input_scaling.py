@@ -74,7 +74,7 @@ def test_the_own_code_is_re_encoded_in_the_normalised_units(step_input):
     bias = sae.b_enc.detach().clone()  # the step's rule moves it after the forward pass
     out = sae.training_forward_pass(step_input(x, step=20))
     rows = 40
-    error = (out.sae_in - out.sae_out.detach())[:rows]
+    error = sae._per_input(out.sae_in - out.sae_out.detach())[:rows]  # each row divided by its input's norm
     again = sae._reencode(out.feature_acts.detach()[:rows], error) - sae.b_enc
     assert torch.allclose(again, out.hidden_pre.detach()[:rows] - bias, atol=1e-4)
     assert sae._token_factor.shape == (64, 1)  # the batch's factors are kept for its other readings
@@ -121,3 +121,30 @@ def test_on_a_scale_mixture_it_fires_the_true_l0_at_every_scale():
     default_small_l0, default_large_l0, default_small_error, _ = found["unit_mean"]
     assert default_small_l0 < 0.5 < 3 < default_large_l0
     assert default_small_error > 0.8
+
+
+def test_every_rule_reads_the_same_batch_at_any_scale_of_its_inputs(step_input, monkeypatch):
+    """Each input of a batch scaled by its own factor: the bias rule, the valley histograms and
+    find_l0's check (its own code with the error of other rows, read at every check here) see the
+    same normalised batch, so the thresholds and every statistic end equal."""
+    from gba_lens.saes import coactivation
+
+    monkeypatch.setattr(coactivation, "OWN_CODE_AFTER", -1.0)  # the own code at every check from the second
+    scales = torch.exp(torch.empty(256, 1).uniform_(-1.5, 1.5, generator=torch.Generator().manual_seed(4)))
+    saes = []
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, n_groups=4, input_norm="per_token"))
+        sae.training_horizon = 100
+        with torch.no_grad():  # forward passes only: the weights stay where they are
+            for step in range(coactivation.CHECK_EVERY + 1):
+                x = _inputs(256, 12, seed=step)
+                sae.training_forward_pass(step_input(x * scales if scaled else x, step=step))
+        saes.append(sae)
+    check = saes[0].bias_adaptation.coactivation
+    assert check.own_sums[1] > 0  # the own code was read
+    for (name, a), b in zip(saes[0].state_dict().items(), saes[1].state_dict().values()):
+        if name.startswith(("bias_adaptation.", "valley_thresholds.")) or name == "b_enc":
+            assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
+    assert torch.allclose(saes[0].bias_adaptation.coactivation.own_sums, saes[1].bias_adaptation.coactivation.own_sums,
+                          rtol=1e-4)
