@@ -65,7 +65,7 @@ from gba_lens.saes.gba_export import firing_offset, inference_config, inference_
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.idle_groups import IdleGroups
-from gba_lens.saes.input_scaling import first_batch_scaling, per_token_factor
+from gba_lens.saes.input_scaling import first_batch_scaling, per_token_factor, undo_per_token
 from gba_lens.saes.other_trainers import check_other_trainer
 from gba_lens.saes.sparse_step import SparseStepPolicy, sparse_training_forward_pass
 from gba_lens.saes.target_search import TargetSearch
@@ -115,6 +115,8 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
         if (self.encoder_regression or self.input_norm == "per_token") and self.normalize_activations != "none":
             raise ValueError(f"{'encoder_regression' if self.encoder_regression else 'input_norm=per_token'} needs "
                              f"normalize_activations='none', got {self.normalize_activations!r}")
+        if self.input_norm == "per_token" and self.reshape_activations != "none":  # its norm is of the hook's shape
+            raise ValueError(f"input_norm='per_token' needs reshape_activations='none', got {self.reshape_activations!r}")
 
     @property
     def trains_pre_bias(self) -> bool:
@@ -292,7 +294,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         sae_out = self.reshape_fn_out(self.run_time_activation_norm_fn_out(sae_out), self.d_head)
         if self.cfg.input_norm != "none":
             sae_out = sae_out / self._scale
-        return sae_out / self._token_factor if self._per_token else sae_out
+        return undo_per_token(sae_out, self._token_factor) if self._per_token else sae_out
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:

@@ -34,6 +34,17 @@ def per_token_factor(x: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, 
     return x.detach().norm(dim=-1, keepdim=True).clamp(min=TINY_NORM).reciprocal()
 
 
+def undo_per_token(reconstruction: Float[torch.Tensor, "... d_in"], factor: Float[torch.Tensor, "... 1"] | None
+                   ) -> Float[torch.Tensor, "... d_in"]:
+    """``reconstruction`` times each input's norm (``per_token``): the codes decoded must be those of
+    the inputs last encoded, whose norms ``factor`` holds (1 / |x|)."""
+    if factor is None or factor.shape[:-1] != reconstruction.shape[:-1]:
+        last = "no inputs" if factor is None else f"inputs of shape {tuple(factor.shape[:-1])}"
+        raise ValueError(f"input_norm='per_token' scales each reconstruction by its input's norm: decode the codes of "
+                         f"the inputs last encoded (codes of shape {tuple(reconstruction.shape[:-1])}, {last} encoded)")
+    return reconstruction / factor
+
+
 @torch.no_grad()
 def first_batch_scaling(batch: Float[torch.Tensor, "... d_in"], centre: bool, per_token: bool
                         ) -> tuple[float, Float[torch.Tensor, " d_in"], Float[torch.Tensor, "rows d_in"]]:

@@ -80,10 +80,26 @@ def test_the_own_code_is_re_encoded_in_the_normalised_units(step_input):
     assert sae._token_factor.shape == (64, 1)  # the batch's factors are kept for its other readings
 
 
+def test_decoding_codes_of_other_inputs_than_the_last_encoded_is_refused(step_input):
+    """The reconstruction is scaled back by each input's norm, which only the inputs encoded give."""
+    sae = _trained(step_input)
+    with torch.no_grad():
+        z = sae.encode(_inputs(10, 12))
+        sae.encode(_inputs(1, 12))  # a single input since: its norm would scale all ten
+        with pytest.raises(ValueError, match=r"decode the codes of the inputs last encoded \(codes of shape \(10,\), "
+                                             r"inputs of shape \(1,\) encoded\)"):
+            sae.decode(z)
+        fresh = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, n_groups=4, input_norm="per_token"))
+        with pytest.raises(ValueError, match="no inputs encoded"):
+            fresh.decode(z)
+
+
 def test_an_option_that_is_refused_or_misspelt_says_so_in_one_line():
     assert OPTIONS_ADDED_LATER["input_norm"] == "unit_mean"  # runs recorded before the option resume as they were
     with pytest.raises(ValueError, match="input_norm=per_token needs normalize_activations='none'"):
         GBATrainingSAEConfig(d_in=8, d_sae=20, input_norm="per_token", normalize_activations="expected_average_only_in")
+    with pytest.raises(ValueError, match="input_norm='per_token' needs reshape_activations='none', got 'hook_z'"):
+        GBATrainingSAEConfig(d_in=8, d_sae=20, input_norm="per_token", reshape_activations="hook_z")
     with pytest.raises(ValueError, match="input_norm must be one of unit_mean, per_token, none, got 'per-token'"):
         GBAOptions(input_norm="per-token").check_gba_options()  # type: ignore[arg-type]
 
