@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+
 def firing_offset(offset: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """What a firing latent adds to u with ``activation_bias``: max(c, b), so that its output
     u + max(c, b) > 0 wherever it fires (u > -b) and the SAE is exactly SAELens's JumpReLU."""

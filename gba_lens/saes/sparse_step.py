@@ -188,17 +188,18 @@ class _SparseGatedAutoencode(torch.autograd.Function):
         # dL/dz on the active entries = dL/du there (the gate's derivative is 1 where it is open).
         grad_u = torch.sparse.sampled_addmm(pattern, grad, W_dec.t(), beta=0.0).values()
         grad_W_dec = grad_W_enc = grad_b_dec = grad_offset = per_latent = None
+        b_dec_grad, offset_grad = ctx.has_b_dec and ctx.needs_input_grad[4], ctx.needs_input_grad[7]
         if ctx.needs_input_grad[2]:  # Z^T g, with Z^T's entries ordered by latent
             by_latent = torch.argsort(cols, stable=True)  # stable: rows stay sorted within a latent
             z_t = _csr(_compressed(cols, d_sae), rows[by_latent], values[by_latent], (d_sae, batch))
             grad_W_dec = W_dec.new_empty(W_dec.shape).addmm_(z_t, grad, beta=0.0)
         if ctx.needs_input_grad[1]:  # x_c^T G, straight into W_enc's [d_in, d_sae] layout
             grad_W_enc = _dense_times_csr(x_centred.t(), _csr(crow, cols, grad_u, (batch, d_sae)), W_enc)
-        if (ctx.has_b_dec and ctx.needs_input_grad[4]) or ctx.needs_input_grad[7]:  # sum over the batch of G
+        if b_dec_grad or offset_grad:  # sum over the batch of G
             per_latent = torch.zeros(d_sae, dtype=grad_u.dtype, device=grad_u.device).index_add_(0, cols, grad_u)
-        if ctx.has_b_dec and ctx.needs_input_grad[4]:
+        if b_dec_grad:
             grad_b_dec = -(W_enc @ per_latent)
-        if ctx.needs_input_grad[7]:  # dz/dc = 1 where the gate is open
+        if offset_grad:  # dz/dc = 1 where the gate is open
             grad_offset = per_latent
         return None, grad_W_enc, grad_W_dec, None, grad_b_dec, None, None, grad_offset
 

@@ -132,7 +132,9 @@ def test_on_a_scale_mixture_it_fires_the_true_l0_at_every_scale():
                              float(relative_error[smallest].mean()),
                              feature_recovery_rate(sae.W_dec, model.feature_dict.feature_vectors, 0.8))
     small_l0, large_l0, small_error, recovered = found["per_token"]
-    assert 1.5 < small_l0 < 3.5 and 1.5 < large_l0 < 3.5  # the true L0 is 2
+    # the true L0 is 2; measured 2.36 / 2.32 (seed 0; seed 1 2.33 / 2.30): the window takes in the
+    # seeds' spread and the +31% the small model's L0 ends at, and fails for the default's 0.03 below
+    assert 1.5 < small_l0 < 3.5 and 1.5 < large_l0 < 3.5
     assert small_error < 0.2 and recovered >= 0.9
     default_small_l0, default_large_l0, default_small_error, _ = found["unit_mean"]
     assert default_small_l0 < 0.5 < 3 < default_large_l0
