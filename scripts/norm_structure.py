@@ -22,6 +22,8 @@ import json
 import torch
 from jaxtyping import Float
 
+ROWS_PER_BLOCK = 1024
+"""``rho`` reads the cosines of this many rows with every other at a time."""
 RIDGE = 1e-3
 """Ridge of the least squares of ``r2`` (the directions' Gram matrix is near singular in low-rank data)."""
 
@@ -29,7 +31,7 @@ RIDGE = 1e-3
 def ranks(values: Float[torch.Tensor, " n"]) -> Float[torch.Tensor, " n"]:
     """0 … n-1 by increasing value (ties in the order given)."""
     out = torch.empty_like(values)
-    out[values.argsort()] = torch.arange(values.numel(), dtype=values.dtype)
+    out[values.argsort(stable=True)] = torch.arange(values.numel(), dtype=values.dtype)
     return out
 
 
@@ -67,9 +69,12 @@ def norm_from_direction(x: Float[torch.Tensor, "n d"]) -> float:
 def norm_and_nearest_cosine(x: Float[torch.Tensor, "n d"]) -> float:
     """``rho`` (see the module): the rank correlation of |x| with its direction's largest cosine to another row."""
     norm, u = directions(x)
-    gram = u @ u.T
-    gram.fill_diagonal_(-2.0)
-    return rank_correlation(norm, gram.max(1).values)
+    nearest = torch.empty_like(norm)
+    for start in range(0, u.shape[0], ROWS_PER_BLOCK):  # a block of rows' cosines at a time, not n x n at once
+        cosines = u[start:start + ROWS_PER_BLOCK] @ u.T
+        cosines[:, start:start + ROWS_PER_BLOCK].fill_diagonal_(-2.0)  # not its own
+        nearest[start:start + ROWS_PER_BLOCK] = cosines.max(1).values
+    return rank_correlation(norm, nearest)
 
 
 def models(seeds: list[int], samples: int, lm_cache: str | None, synthbench_cache: str | None):

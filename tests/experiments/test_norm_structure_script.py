@@ -51,3 +51,14 @@ def test_too_few_or_zero_inputs_are_refused_with_one_line(script):
         s.norm_from_direction(torch.randn(10, 8))
     with pytest.raises(ValueError, match="every input is zero"):
         s.norm_and_nearest_cosine(torch.zeros(5, 3))
+
+
+def test_the_nearest_cosine_leaves_out_the_row_itself_in_every_block(script, monkeypatch):
+    s = script("norm_structure")
+    monkeypatch.setattr(s, "ROWS_PER_BLOCK", 3)     # blocks that split the rows unevenly
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0], [1.0, 1.0]])
+    u = torch.nn.functional.normalize(x.double(), dim=-1)
+    gram = u @ u.T
+    gram.fill_diagonal_(-2.0)
+    expected = s.rank_correlation(x.double().norm(dim=-1), gram.max(1).values)
+    assert s.norm_and_nearest_cosine(x) == pytest.approx(expected)
