@@ -29,9 +29,13 @@ RIDGE = 1e-3
 
 
 def ranks(values: Float[torch.Tensor, " n"]) -> Float[torch.Tensor, " n"]:
-    """0 … n-1 by increasing value (ties in the order given)."""
+    """0 … n-1 by increasing value, tied values sharing their mean rank (inputs that hold one feature
+    alone have a nearest cosine of exactly 1)."""
+    ordered, order = values.sort(stable=True)
+    _, position, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(values.dtype)
     out = torch.empty_like(values)
-    out[values.argsort(stable=True)] = torch.arange(values.numel(), dtype=values.dtype)
+    out[order] = (ends - (counts.to(values.dtype) + 1) / 2)[position]
     return out
 
 

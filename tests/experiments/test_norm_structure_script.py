@@ -45,6 +45,14 @@ def test_rank_correlation_reads_ranks_not_values(script):
     assert s.rank_correlation(a, -a ** 3) == pytest.approx(-1.0)
 
 
+def test_tied_values_share_their_mean_rank_whatever_their_order(script):
+    s = script("norm_structure")
+    assert s.ranks(torch.tensor([3.0, 1.0, 1.0, 2.0, 1.0])).tolist() == [4.0, 1.0, 1.0, 3.0, 1.0]
+    norm = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    # ties broken by position would read 1 here; with mean ranks, (0.5, 0.5, 2, 3) against (0, 1, 2, 3)
+    assert s.rank_correlation(norm, torch.tensor([1.0, 1.0, 2.0, 3.0])) == pytest.approx(0.9486833, abs=1e-6)
+
+
 def test_too_few_or_zero_inputs_are_refused_with_one_line(script):
     s = script("norm_structure")
     with pytest.raises(ValueError, match="cannot fit 8 directions"):
