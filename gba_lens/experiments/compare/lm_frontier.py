@@ -58,12 +58,15 @@ class LMScale:
 
 
 #: 4x-wide SAEs on 400k cached tokens per hook: a run (390 steps of 1,024) plus its evaluation
-#: takes ~15-45 s on one core, the two hooks' ~50 runs about 20 minutes. The evaluation's
+#: takes ~15-45 s on one core, the two hooks' ~70 runs about 30 minutes. The k-methods' sweep
+#: steps k by about 1.5x: these frontiers are concave in log L0, and between points 2x apart the
+#: chord lay up to 0.004 EV under BatchTopK's frontier (docs/experiments/prior_free.md, forty-first
+#: step), which is where GBA's point is read. The evaluation's
 #: 32k held-out tokens (256 rows spread over the stdlib val split) leave a standard error of
 #: ~0.009 on a difference between two SAEs' CE loss recovered at mlp_out (whose ablation costs
 #: only ~0.15 nats; bootstrap over rows): compare methods closer than that on more tokens.
 DEFAULT_LM = LMScale(cache_tokens=400_000, train_tokens=400_000, eval_tokens=32_768, batch_size=1024,
-                     width_multiple=4, ks=(8, 16, 32, 64), gba_scales=(0.25, 0.5, 1.0, 2.0, 4.0),
+                     width_multiple=4, ks=(8, 12, 16, 24, 32, 48, 64), gba_scales=(0.25, 0.5, 1.0, 2.0, 4.0),
                      penalty_grids=(("jumprelu", (0.1, 0.3, 1.0, 3.0)), ("l1", (0.3, 1.0, 3.0, 10.0))),
                      max_extensions=2)
 #: CI: two points for GBA and BatchTopK, one for JumpReLU and L1 (TopK and Matryoshka only when
