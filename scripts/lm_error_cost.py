@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             acts = torch.cat([model.run_with_cache(rows[i:i + BATCH_ROWS], names_filter=[hook])[1][hook][:, 1:]
                               for i in range(0, len(rows), BATCH_ROWS)])
             variance = float((acts - acts.reshape(-1, acts.shape[-1]).mean(0)).pow(2).sum())
+            squared_norms, tokens = float(acts.pow(2).sum()), acts.shape[0] * acts.shape[1]
 
             def loss(fn=None):  # type: ignore[no-untyped-def]
                 hooks = [] if fn is None else [(hook, fn)]
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
                     # the squared error per batch of rows: the batch's share of the whole
                     def add(x, hook, spread=spread, g=g):  # type: ignore[no-untyped-def]
                         past_bos = x[:, 1:]
-                        share = float(past_bos.pow(2).sum()) / float(acts.pow(2).sum()) if spread == "relative" \
-                            else past_bos.shape[0] * past_bos.shape[1] / (acts.shape[0] * acts.shape[1])
+                        share = float(past_bos.pow(2).sum()) / squared_norms if spread == "relative" \
+                            else past_bos.shape[0] * past_bos.shape[1] / tokens
                         out = x.clone()
                         out[:, 1:] += noise(past_bos, fvu * variance * share, spread, g)
                         return out

@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     lm = None if args.lm_cache == "none" else args.lm_cache
     synthbench = None if args.synthbench_cache == "none" else args.synthbench_cache
     for name, seed, x in models(args.seeds, args.samples, lm, synthbench):
+        norm = x.norm(dim=-1)
         print(json.dumps({"model": name, "seed": seed, "samples": x.shape[0],
-                          "norm_cv": round(float(x.norm(dim=-1).std() / x.norm(dim=-1).mean()), 4),
+                          "norm_cv": round(float(norm.std() / norm.mean()), 4),
                           "r2": round(norm_from_direction(x), 4), "rho": round(norm_and_nearest_cosine(x), 4)}),
               flush=True)
 
