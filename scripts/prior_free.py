@@ -30,7 +30,7 @@ MODES = ({name: GBA_MODES[name] for name in ("geometric", "adaptive", "valley", 
          | {name: GBA_MODES[name] for name in ("valley-targets", "search", "valley-targets+search", "find-l0",
                                                 "valley+find-l0", "no-idle-groups", "no-anneal",
                                                 "one-lr", "activation-bias", "per-token",
-                                                "per-token+activation-bias")})
+                                                "per-token+activation-bias", "no-refit")})
 """``told-l0``: ``target_l0`` set to the L0 of the model's W most frequent features (W = the SAE's
 width; the whole true L0 when W covers every feature): GBA told what the other modes must find."""
 

@@ -12,7 +12,7 @@ targets came from the data; every study of the range pins it)."""
 
 GBA_MODES: dict[str, dict[str, Any]] = {
     "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data), data starts, firing_worth,
-    # idle_groups, anneal_with_lr, encoder_lr_scale
+    # idle_groups, anneal_with_lr, encoder_lr_scale, decoder_refit
     "geometric": PAPER_RULE,  # the paper's rule: fixed geometric targets
     "adaptive": {"targets": "adaptive"},  # group targets moved by the neurons
     "valley": {"valley_thresholds": True, "find_l0": False},  # thresholds at each neuron's valley, geometric targets
@@ -22,21 +22,25 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True},
     # target scale from the co-activation balance, from random starts (as its tables were measured)
     "find-l0": {"find_l0": True, "valley_thresholds": False, "encoder_init": "random", "idle_groups": False,
-                "anneal_with_lr": False, "encoder_lr_scale": 1.0},
-    # the default's level options (starts, idle_groups, anneal_with_lr and encoder_lr_scale unset: as the defaults)
+                "anneal_with_lr": False, "encoder_lr_scale": 1.0, "decoder_refit": False},
+    # the default's level options (starts, idle_groups, anneal_with_lr, encoder_lr_scale and decoder_refit unset:
+    # as the defaults)
     "valley+find-l0": {"valley_thresholds": True, "find_l0": True},
     # the defaults until the thirty-sixth step of docs/experiments/prior_free.md: without idle_groups
     "no-idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": False, "anneal_with_lr": False,
-                       "encoder_lr_scale": 1.0},
+                       "encoder_lr_scale": 1.0, "decoder_refit": False},
     # the defaults until the thirty-seventh step: the rule's steps at full size to the end
-    "no-anneal": {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0},
+    "no-anneal": {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0,
+                  "decoder_refit": False},
     # the defaults until the thirty-eighth step: one learning rate for every weight
-    "one-lr": {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0},
+    "one-lr": {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0, "decoder_refit": False},
     # the defaults with each latent's learned activation offset (opt-in; the thirty-ninth step)
     "activation-bias": {"valley_thresholds": True, "find_l0": True, "activation_bias": True},
     # the defaults with each input divided by its own norm (opt-in; the fortieth step), and with the offsets too
     "per-token": {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token"},
     "per-token+activation-bias": {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token",
                                   "activation_bias": True},
+    # the defaults until the forty-second step: the trained decoder kept
+    "no-refit": {"valley_thresholds": True, "find_l0": True, "decoder_refit": False},
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

@@ -21,3 +21,7 @@ def check_other_trainer(sae: Any) -> None:
         sae._warned_encoder_lr = True
         warnings.warn(f"encoder_lr_scale={sae.cfg.encoder_lr_scale:g} trains the encoder faster late in the run with "
                       "gba_lens's trainers (GBATrainer, train_sae); this trainer keeps one learning rate", stacklevel=3)
+    if getattr(sae.cfg, "decoder_refit", False) and not getattr(sae, "_warned_refit", False):
+        sae._warned_refit = True
+        warnings.warn("decoder_refit refits the decoder after the last step of gba_lens's trainers (GBATrainer, "
+                      "train_sae); this trainer keeps the trained decoder", stacklevel=3)

@@ -17,8 +17,8 @@ needs no trainer change at all. What this subclass changes, and why:
 5. Extra logged metrics: NMSE and the dead-neuron fraction.
 6. Adam runs torch's fused kernel (:func:`use_fused_adam`): the same update, much less time.
 7. What a GBA SAE's options ask of the trainer: the learning rate over its peak each step
-   (``anneal_with_lr``), and the encoder weights in a parameter group of their own that learns
-   ``encoder_lr_scale`` times faster after ``ENCODER_LR_FROM`` of the run.
+   (``anneal_with_lr``), the encoder in its own, faster parameter group late (``encoder_lr_scale``),
+   the run's last rows for the decoder's refit after its last step (``decoder_refit``).
 
 Items 2-4 and the save-on-interrupt of :func:`fit_saving_on_interrupt` live in
 :class:`ResumableTraining`, which the multi-SAE trainer of :mod:`gba_lens.training.lm.runner`
@@ -49,6 +49,7 @@ from safetensors.torch import save_file
 from gba_lens.data.batches import SeekableBatches
 from gba_lens.training.checkpoints import check_finite_sae
 from gba_lens.training.l0_course import L0Course, silent_error
+from gba_lens.training.refit_window import RefitWindow
 from gba_lens.training.state_io import CheckpointError, atomic_directory, load_state, save_state
 from gba_lens.wandb_run import WandbGuard
 
@@ -164,6 +165,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         self._steps_before_decay = max(1, total - decay if 0 < decay < total else total)  # the check's horizon
         if hasattr(self.sae, "training_horizon"):  # target_search and firing_worth plan by the run's length
             self.sae.training_horizon = total
+        self.refit_window = RefitWindow.for_run(self)  # the run's last rows, for decoder_refit
 
     def _encoder_in_own_group(self) -> None:
         """SAELens's Adam and schedule again, the encoder weights in a second parameter group (the
@@ -230,6 +232,8 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         if controller is not None:  # anneal_with_lr: the bias rule's steps follow the learning rate
             controller.lr_share = self.lr_share()
         output = super().step(batch)
+        if self.refit_window is not None and self.refit_window.keep(output.sae_in, self):
+            self.refit_window.refit(self.sae, self)
         density = getattr(self.sae, "step_density", None)  # a GBA SAE's L0 / d_sae of this step
         if density is not None:
             self.l0_course.add((self.n_training_steps + 1) / self._steps_before_decay, density, self.sae.cfg.d_sae)

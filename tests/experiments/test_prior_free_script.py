@@ -12,9 +12,12 @@ import pytest
     ("valley-targets+search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),
     ("told-l0", {"find_l0": False, "valley_thresholds": False, "target_l0": 2.5}),
     # the defaults before anneal_with_lr (docs/experiments/prior_free.md, thirty-seventh step)
-    ("no-anneal", {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0}),
+    ("no-anneal", {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0,
+                   "decoder_refit": False}),
     # the defaults before encoder_lr_scale (thirty-eighth step)
-    ("one-lr", {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0}),
+    ("one-lr", {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0, "decoder_refit": False}),
+    # the defaults before decoder_refit (forty-second step)
+    ("no-refit", {"valley_thresholds": True, "find_l0": True, "decoder_refit": False}),
     # the defaults with the learned activation offsets (opt-in, thirty-ninth step)
     ("activation-bias", {"valley_thresholds": True, "find_l0": True, "activation_bias": True}),
     # the defaults with each input divided by its norm (opt-in, fortieth step)
@@ -40,6 +43,9 @@ def test_every_mode_builds_a_valid_gba_config(script):
         assert cfg.encoder_lr_scale == (2.0 if faster else 1.0)
         assert cfg.activation_bias == mode.endswith("activation-bias")  # opt-in: only the modes that ask for it
         assert (cfg.input_norm == "per_token") == mode.startswith("per-token")
+        # the decoder refitted after the last step with find_l0, except where a mode keeps the defaults before it
+        refit = cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr", "no-refit")
+        assert cfg.decoder_refit == refit
 
 
 def test_the_counterexample_reports_each_seeds_l0_and_its_warning(script, capsys):

@@ -36,13 +36,13 @@ VALLEY_GROUP_FRACTION = 1e-9
 
 
 def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False, find_l0=False,
-             encoder_init="random", firing_worth=0.0, activation_bias=False, input_norm="unit_mean"):
+             encoder_init="random", firing_worth=0.0, activation_bias=False, input_norm="unit_mean", decoder_refit=False):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window); valley and
     # find_l0 None: GBA's defaults
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley,
                         target_l0=target_l0, targets=targets, target_search=search, find_l0=find_l0,
                         encoder_init=encoder_init, firing_worth=firing_worth, activation_bias=activation_bias,
-                        input_norm=input_norm)
+                        input_norm=input_norm, decoder_refit=decoder_refit)
 
 
 def make_stream():
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--firing-worth", type=float, default=0.0, help="GBA's firing_worth")
     parser.add_argument("--activation-bias", action="store_true", help="GBA with activation_bias")
     parser.add_argument("--input-norm", default="unit_mean", help="GBA's input_norm")
+    parser.add_argument("--decoder-refit", action="store_true", help="GBA with decoder_refit")
     args = parser.parse_args()
     if args.multi:
         from gba_lens.training.distributed import ensure_process_group, world_size
@@ -142,7 +143,7 @@ def main() -> None:
     unset = args.defaults  # GBA's defaults: valley thresholds and find_l0 left to resolve
     sae = make_sae(args.sparse_step, None if unset else args.valley, args.target_l0, args.targets, args.search,
                    None if unset else args.find_l0, args.encoder_init, args.firing_worth, args.activation_bias,
-                   args.input_norm)
+                   args.input_norm, args.decoder_refit)
     if rank() == args.fail_rank:
         stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))

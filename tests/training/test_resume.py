@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gba_lens.data.batches import SeededBatches, TensorBatches
-from gba_lens.saes import firing_worth
+from gba_lens.saes import decoder_refit, firing_worth
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.state_io import CheckpointError, write_checksums
 from gba_lens.training.train import TrainConfig, train_sae
@@ -17,6 +17,15 @@ STEPS, BATCH = 24, 64
 
 
 _sample = relu_sampler(10, scale=3)
+
+
+@pytest.fixture(autouse=True)
+def refit_after_the_last_checkpoint(monkeypatch):
+    """decoder_refit (a default) reads the run's last 3 steps, after its last checkpoint (step 20): a run
+    resumed before them ends as an uninterrupted one (inside them it refits on fewer rows and says so:
+    tests/training/test_decoder_refit_training.py)."""
+    monkeypatch.setattr(decoder_refit, "ROWS", 3 * BATCH)
+    monkeypatch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 1)
 
 
 def _sae():

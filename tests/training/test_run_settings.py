@@ -97,7 +97,7 @@ FIRST_RECORDED_OPTIONS = {"n_groups", "highest_target", "lowest_target", "update
 SOME_OTHER_VALUE = {"valley_thresholds": True, "target_l0": 8.0, "target_search": True, "encoder_regression": 0.01,
                     "find_l0": True, "encoder_init": "data", "firing_worth": 0.3, "idle_groups": True,
                     "anneal_with_lr": True, "encoder_lr_scale": 2.0, "activation_bias": True,
-                    "input_norm": "per_token"}
+                    "input_norm": "per_token", "decoder_refit": True}
 
 
 def test_every_option_added_after_the_first_records_is_listed_with_its_default():
@@ -106,11 +106,11 @@ def test_every_option_added_after_the_first_records_is_listed_with_its_default()
     # Unset, these are resolved: on by default since the targets' level comes from the data (and the
     # neurons start at inputs); the runs recorded before they existed trained with the paper's rule.
     resolved = ("find_l0", "valley_thresholds", "encoder_init", "firing_worth", "idle_groups", "anneal_with_lr",
-                "encoder_lr_scale")
+                "encoder_lr_scale", "decoder_refit")
     assert {name: later[name] for name in resolved} == dict.fromkeys(resolved)
     assert OPTIONS_ADDED_LATER == later | {"find_l0": False, "valley_thresholds": False, "encoder_init": "random",
                                            "firing_worth": 0.0, "idle_groups": False, "anneal_with_lr": False,
-                                           "encoder_lr_scale": 1.0}
+                                           "encoder_lr_scale": 1.0, "decoder_refit": False}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS_ADDED_LATER))

@@ -36,8 +36,11 @@ def test_offline_run_logs_gba_metrics(tmp_path, monkeypatch):
     keys = set().union(*logged)
     for key in ("losses/mse_loss", "metrics/nmse", "metrics/l0", "sparsity/dead_fraction",
                 "metrics/gba_groups/group_0_frequency", "metrics/gba_groups/group_0_target",
-                "metrics/gba_groups/group_0_bias", "metrics/gba_groups/group_0_decoder_stability", "weights/gba_bias"):
+                "metrics/gba_groups/group_0_bias", "metrics/gba_groups/group_0_decoder_stability", "weights/gba_bias",
+                "gba/refit_error_before", "gba/refit_error_after"):  # the defaults refit the decoder at the end
         assert key in keys, (key, sorted(keys))
+    refit = next(entry for entry in logged if "gba/refit_error_after" in entry)
+    assert refit["gba/refit_error_after"] < refit["gba/refit_error_before"]
     assert run_dirs[0].name.startswith("offline-run-")  # offline: no network, no login
     runs = list(run_dirs[0].glob("run-*.wandb"))
     assert runs and runs[0].stat().st_size > 0

@@ -5,7 +5,9 @@ with the same settings, it ends bit-identical to an uninterrupted run."""
 import pytest
 import torch
 
+from gba_lens.saes import decoder_refit
 from gba_lens.training.lm import LMTrainConfig, train_gba_on_model
+from gba_lens.training import refit_window
 from gba_lens.training.trainer import GBATrainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -22,6 +24,11 @@ class Killed(Exception):
 
 def test_killed_lm_run_resumes_bit_identical(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # decoder_refit (a default) reads the run's last 1,024 rows, kept after the checkpoint of step 12: a run
+    # resumed inside its last rows refits on fewer of them and says so (tests/training/test_decoder_refit_training.py)
+    monkeypatch.setattr(decoder_refit, "ROWS", 1024)
+    refits, refit = [], refit_window.refit_decoder
+    monkeypatch.setattr(refit_window, "refit_decoder", lambda sae, rows: refits.append(len(rows)) or refit(sae, rows))
     full = train_gba_on_model(LMTrainConfig(out=str(tmp_path / "full"), **SETTINGS), model=model)
 
     original, calls = GBATrainer.step, []
@@ -39,6 +46,7 @@ def test_killed_lm_run_resumes_bit_identical(model, tmp_path, monkeypatch, capsy
     capsys.readouterr()
     resumed = train_gba_on_model(LMTrainConfig(out=str(tmp_path / "run"), **SETTINGS), model=model)
     assert "at step 12" in capsys.readouterr().err
+    assert refits == [1024, 1024]  # the full run and the resumed one refitted on the same last rows
 
     a, b = full.training_saes[HOOK].state_dict(), resumed.training_saes[HOOK].state_dict()
     assert a.keys() == b.keys()

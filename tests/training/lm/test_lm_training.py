@@ -323,16 +323,17 @@ def test_checkpoints_are_safetensors_and_resume(model, tmp_path):
     ck = out / "checkpoints" / steps[-1]
     assert (ck / "trainer_state.safetensors").exists() and (ck / "trainer_state.json").exists()
     assert not list(ck.glob("*.pt"))
-    # another seed: a fresh start would initialise the decoder differently, a resumed run does not
-    # (other settings than the recorded ones: resume_anyway says to continue anyway)
+    # another seed: a fresh start would initialise the encoder differently, a resumed run does not
+    # (other settings than the recorded ones: resume_anyway says to continue anyway); the encoder, since
+    # the decoder is refitted at the end of each run (decoder_refit, a default)
     second = train_gba_on_model(
         LMTrainConfig(hook=[HOOK], out=str(out), resume=True, resume_anyway=True,
                       **{**TINY, "training_tokens": 6144, "seed": 7}),
         model=model,
     )
     assert json.loads(second.results_path.read_text())["resumed_from"] == str(ck)
-    w_first = first.training_saes[HOOK].W_dec.detach()
-    w_second = second.training_saes[HOOK].W_dec.detach()
+    w_first = first.training_saes[HOOK].W_enc.detach()
+    w_second = second.training_saes[HOOK].W_enc.detach()
     assert not torch.equal(w_first, w_second)  # it did train two more steps ...
     assert (w_second - w_first).abs().max() < 0.03  # ... starting from the checkpoint
     assert second.training_saes[HOOK].input_scale == first.training_saes[HOOK].input_scale

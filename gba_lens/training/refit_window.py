@@ -1,0 +1,81 @@
+"""The run's last rows, kept for the least-squares decoder after its last step (``decoder_refit``).
+
+gba_lens's trainers keep the rows of the steps that reach into the run's last ``rows`` samples (whole
+steps: data-parallel ranks keep between them the rows one process would), on the host, and after the
+last step refit the SAE's decoder on them (:func:`gba_lens.saes.decoder_refit.refit_decoder`). The
+rows are not in checkpoints: a run resumed inside them refits on the rows since the resumption and
+says so. A run that cannot be refitted (too wide an SAE, too few rows per latent) says so once and
+keeps its decoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+
+from gba_lens.saes import decoder_refit as refit  # its constants read at the call (a study may set them)
+from gba_lens.saes.decoder_refit import refit_decoder, rows_to_keep
+
+logger = logging.getLogger(__name__)
+
+
+class RefitWindow:
+    """The last ``rows`` samples of a run of ``total`` samples in steps of ``batch`` (global counts)."""
+
+    def __init__(self, rows: int, total: int, batch: int):
+        self.rows, self.total, self.batch = rows, total, batch
+        self.kept: list[torch.Tensor] = []
+        self.whole = True  # False: the run resumed inside the window
+        self.result: dict[str, float] | None = None  # the refit's rows and errors, once it ran
+
+    @classmethod
+    def for_run(cls, trainer: Any) -> RefitWindow | None:
+        """The window of ``trainer``'s run (None without ``decoder_refit``, or, said once, where it cannot refit)."""
+        sae, total = trainer.sae, trainer.cfg.total_training_samples
+        if not getattr(sae.cfg, "decoder_refit", False):
+            return None
+        d_sae, rows = sae.cfg.d_sae, rows_to_keep(total, sae.cfg.d_in)
+        skipped = None
+        if d_sae > refit.MAX_LATENTS:
+            skipped = f"its system is d_sae x d_sae, and d_sae={d_sae} is over {refit.MAX_LATENTS}"
+        elif rows < refit.MIN_ROWS_PER_LATENT * d_sae:
+            skipped = f"the run's last {rows} rows are fewer than {refit.MIN_ROWS_PER_LATENT} per latent ({d_sae} latents)"
+        if skipped is not None:
+            warnings.warn(f"decoder_refit is skipped: {skipped}; the trained decoder is kept", stacklevel=3)
+            return None
+        return cls(rows, total, trainer.cfg.train_batch_size_samples)
+
+    def keep(self, rows: torch.Tensor, trainer: Any) -> bool:
+        """Keep a step's rows (this rank's, as the SAE read them) if the step reaches into the window, just
+        after ``trainer``'s step on them. True after the run's last step."""
+        # SAELens counted this rank's rows; a data-parallel run's counter adds the other ranks' after the step
+        samples_after = trainer.n_training_samples + len(rows) * (getattr(trainer, "world", 1) - 1)
+        samples_left = self.total - samples_after
+        if samples_left < self.rows:
+            if not self.kept:  # the window's first step, unless the run resumed inside it
+                self.whole = samples_left + self.batch >= self.rows
+            self.kept.append(rows.detach().to("cpu", torch.float32))
+        return samples_left <= 0
+
+    def refit(self, sae: Any, trainer: Any) -> dict[str, float]:
+        """Refit ``sae``'s decoder on the kept rows (and let them go), logged as ``trainer`` logs (W&B: the
+        rows' squared error over their energy before and after); the refit's rows and errors."""
+        rows = torch.cat(self.kept)
+        self.kept = []
+        if not self.whole:
+            warnings.warn(f"decoder_refit reads the rows since the run resumed, not all of its last {self.rows} "
+                          "(rows are not kept in checkpoints)", stacklevel=3)
+        self.result = result = refit_decoder(sae, rows)
+        before, after = result["error_before"], result["error_after"]
+        logger.info("decoder refitted on %d rows: squared error over energy %.5f -> %.5f", int(result["rows"]), before,
+                    after)
+        if trainer.cfg.logger.log_to_wandb:
+            import wandb
+
+            prefix = f"{trainer.log_prefix}/" if getattr(trainer, "log_prefix", None) else ""  # a multi-SAE run's SAE
+            trainer._safe(wandb.log, {f"{prefix}gba/refit_error_before": before, f"{prefix}gba/refit_error_after": after},
+                          step=trainer.n_training_steps)
+        return result

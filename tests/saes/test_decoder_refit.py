@@ -1,0 +1,124 @@
+"""``decoder_refit``: the decoder replaced by the least-squares one on the trained code (opt-in).
+
+The refit solves (Z^T Z + lambda I) W = Z^T (s x - b_pre) + lambda W_trained in the SAE's own units
+(with ``per_token`` each row divided by its norm first); a latent that never fires keeps its row;
+all-reduced sums give one process's decoder; too wide an SAE is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gba_lens.saes import decoder_refit
+from gba_lens.saes.decoder_refit import MAX_LATENTS, RIDGE, refit_decoder, rows_to_keep
+from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
+from gba_lens.saes.gba_options import OPTIONS_ADDED_LATER, GBAOptions
+
+
+def _sae(input_norm: str = "unit_mean", seed: int = 0) -> tuple[GBATrainingSAE, torch.Tensor]:
+    """A GBA SAE with thresholds that let about a third of its latents fire, and its inputs."""
+    torch.manual_seed(seed)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=24, n_groups=2, input_norm=input_norm))
+    x = torch.relu(torch.randn(600, 8)) * 3 + torch.rand(600, 1)
+    sae.initialize_from_batch(x)
+    with torch.no_grad():
+        sae.b_enc.uniform_(-0.3, -0.05)
+        sae.b_dec.normal_(0, 0.05)
+    return sae, x
+
+
+def _expected(sae: GBATrainingSAE, x: torch.Tensor, input_norm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ridge least-squares decoder, written out: codes Z, targets in the SAE's units, solution."""
+    sae.eval()
+    with torch.no_grad():
+        z = sae.encode(x).double()
+    scaled = x.double() * float(sae.input_scale)
+    if input_norm == "per_token":
+        scaled = scaled / x.double().norm(dim=-1, keepdim=True)
+    target = scaled - sae.b_dec.detach().double()
+    gram = z.T @ z
+    ridge = RIDGE * gram.diagonal().mean()
+    w = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype),
+                           z.T @ target + ridge * sae.W_dec.detach().double())
+    return z, target, w
+
+
+@pytest.mark.parametrize("input_norm", ["unit_mean", "per_token"])
+def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_units(input_norm):
+    sae, x = _sae(input_norm)
+    z, target, expected = _expected(sae, x, input_norm)
+    trained = sae.W_dec.detach().clone()
+    error = lambda w: float((target - z @ w.double()).pow(2).sum() / target.pow(2).sum())  # noqa: E731
+    result = refit_decoder(sae, x, batch_size=128)  # several chunks
+    assert torch.allclose(sae.W_dec.double(), expected, atol=1e-4)
+    assert result["rows"] == len(x)
+    assert result["error_before"] == pytest.approx(error(trained), rel=1e-3)
+    assert result["error_after"] == pytest.approx(error(expected), rel=1e-3)
+    assert result["error_after"] < 0.5 * result["error_before"]  # an untrained decoder: the refit is what fits
+    # the SAE reconstructs its inputs better with it (in the input's units)
+    with torch.no_grad():
+        refitted = (sae(x) - x).pow(2).sum()
+        sae.W_dec.data.copy_(trained)
+        assert refitted < 0.5 * (sae(x) - x).pow(2).sum()
+
+
+def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
+    """Rows of 0 to 12 active latents of 64 (some rows silent): the sparse products (taken on a CPU where
+    cheaper) add up to the dense ones."""
+    torch.manual_seed(1)
+    codes = torch.rand(200, 64) * (torch.rand(200, 64) < torch.rand(200, 1) * 0.2)
+    codes[:5] = 0
+    targets = torch.randn(200, 16)
+    sums = {}
+    for cost in (0, 10**12):  # every chunk sparse, every chunk dense
+        monkeypatch.setattr(decoder_refit, "SPARSE_COST", cost)
+        statistics = decoder_refit.RefitStatistics(64, 16, "cpu")
+        statistics.add(codes[:120], targets[:120])
+        statistics.add(codes[120:], targets[120:])
+        sums[cost] = statistics
+    sparse, dense = sums[0], sums[10**12]
+    expected = codes.double()
+    assert torch.allclose(dense.gram, expected.T @ expected, atol=1e-10)
+    assert torch.allclose(sparse.gram, dense.gram, atol=1e-10) and torch.allclose(sparse.cross, dense.cross, atol=1e-10)
+    assert float(sparse.rows) == 200 and float(sparse.energy) == pytest.approx(float(targets.double().pow(2).sum()))
+
+
+def test_a_latent_that_never_fires_keeps_its_trained_row_and_the_sae_stays_in_training_mode():
+    sae, x = _sae()
+    with torch.no_grad():
+        sae.b_enc[3] = -1e6  # never fires
+    sae.train()
+    trained = sae.W_dec.detach().clone()
+    refit_decoder(sae, x)
+    assert torch.equal(sae.W_dec[3], trained[3])
+    assert not torch.allclose(sae.W_dec, trained)
+    assert sae.training and sae.bias_adaptation.n_samples.item() == 0  # no controller statistics were taken
+
+
+def test_sums_all_reduced_over_ranks_give_the_one_process_decoder():
+    """Two ranks holding the same rows: every sum doubles, lambda with them, and the solution is the same."""
+    sae, x = _sae()
+    twice, _ = _sae()
+    twice.reduce_window_statistics = lambda statistics: statistics.reduce_statistics(lambda t, op: t.mul_(2))
+    one = refit_decoder(sae, x)
+    two = refit_decoder(twice, x)
+    assert two["rows"] == 2 * one["rows"]
+    assert torch.allclose(twice.W_dec, sae.W_dec, atol=1e-5)
+
+
+def test_it_is_on_with_find_l0_off_with_the_paper_s_rule_and_refuses_too_wide_an_sae():
+    assert GBAOptions().gba_options()["decoder_refit"] is True
+    assert GBAOptions(find_l0=False).gba_options()["decoder_refit"] is False
+    assert GBAOptions(target_l0=8.0).gba_options()["decoder_refit"] is False
+    assert GBAOptions(find_l0=False, decoder_refit=True).gba_options()["decoder_refit"] is True
+    assert GBATrainingSAEConfig(d_in=4, d_sae=8, n_groups=2).decoder_refit is True  # resolved in the SAE's config
+    assert OPTIONS_ADDED_LATER["decoder_refit"] is False  # runs recorded before it resume without it
+    wide = GBATrainingSAE(GBATrainingSAEConfig(d_in=4, d_sae=MAX_LATENTS + 10, n_groups=2))
+    with pytest.raises(ValueError, match=f"decoder_refit solves a d_sae x d_sae system: at most {MAX_LATENTS}"):
+        refit_decoder(wide, torch.randn(5, 4))
+
+
+def test_fewer_rows_are_kept_of_a_wide_input_and_of_a_short_run():
+    assert rows_to_keep(10**9, 128) == decoder_refit.ROWS
+    assert rows_to_keep(10**9, 4096) == decoder_refit.MAX_ROW_BYTES // (4 * 4096) < decoder_refit.ROWS
+    assert rows_to_keep(5_000, 128) == 5_000  # a short run: every row

@@ -1,0 +1,121 @@
+"""``decoder_refit`` in gba_lens's trainers: the run's last rows kept, the decoder refitted once after
+the last step, a resumed run that is exact before the window and says so inside it."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from gba_lens.data.batches import SeededBatches
+from gba_lens.saes import decoder_refit
+from gba_lens.training import refit_window
+from gba_lens.training.train import TrainConfig, train_sae
+from training_builders import InterruptedAt, relu_sampler, step_input, tiny_gba_sae
+
+STEPS, BATCH, WINDOW = 24, 64, 150  # the window reaches into 3 steps: the last 192 rows are kept
+_sample = relu_sampler(10, scale=3)
+
+
+class Killed(Exception):
+    pass
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{**dict(total_samples=STEPS * BATCH, batch_size=BATCH, lr=1e-2, lr_decay_steps=10,
+                                 device="cpu"), **kw})
+
+
+def _batches() -> list[torch.Tensor]:
+    stream = SeededBatches(_sample, BATCH, seed=3)
+    return [next(stream) for _ in range(STEPS)]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Each refit's rows, the decoder before it and the samples trained when it ran (ROWS = WINDOW)."""
+    monkeypatch.setattr(decoder_refit, "ROWS", WINDOW)
+    monkeypatch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 1)  # 150 rows for 40 latents
+    seen = []
+    refit = refit_window.refit_decoder
+
+    def recording(sae, rows, *args, **kwargs):
+        seen.append({"rows": rows.clone(), "before": sae.W_dec.detach().clone()})
+        return refit(sae, rows, *args, **kwargs)
+
+    monkeypatch.setattr(refit_window, "refit_decoder", recording)
+    return seen
+
+
+def test_the_decoder_is_refitted_once_after_the_last_step_on_the_run_s_last_rows(calls):
+    sae = tiny_gba_sae(10, 40)  # the defaults
+    trainer = train_sae(sae, SeededBatches(_sample, BATCH, seed=3), _cfg())
+    assert len(calls) == 1 and trainer.n_training_samples == STEPS * BATCH
+    assert trainer.refit_window.result["rows"] == 3 * BATCH
+    assert trainer.refit_window.result["error_after"] < trainer.refit_window.result["error_before"]
+    assert torch.equal(calls[0]["rows"], torch.cat(_batches()[-3:]))  # whole steps: the last 3, 192 rows
+    last = calls[0]["rows"]
+    error = lambda: float((sae(last) - last).pow(2).sum())  # noqa: E731
+    with torch.no_grad():
+        refitted = error()
+        sae.W_dec.data.copy_(calls[0]["before"])
+        assert refitted < 0.9 * error()  # the trained decoder reconstructs the same rows worse
+
+
+def test_without_the_option_no_row_is_kept_and_nothing_is_refitted(calls):
+    trainer = train_sae(tiny_gba_sae(10, 40, decoder_refit=False), SeededBatches(_sample, BATCH, seed=3), _cfg())
+    assert trainer.refit_window is None and not calls
+
+
+def _kill():
+    raise Killed
+
+
+def _killed_at(tmp_path, batch: int, checkpoint_every: int) -> tuple[torch.nn.Module, list[str]]:
+    """A run killed when asked for ``batch``, then resumed from its last checkpoint; its SAE and what it said."""
+    cfg = _cfg(checkpoint_dir=str(tmp_path), checkpoint_every=checkpoint_every)
+    with pytest.raises(Killed):
+        train_sae(tiny_gba_sae(10, 40, decoder_refit=True), InterruptedAt(SeededBatches(_sample, BATCH, seed=3), batch, _kill),
+                  cfg)
+    resumed = tiny_gba_sae(10, 40, decoder_refit=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_sae(resumed, InterruptedAt(SeededBatches(_sample, BATCH, seed=3), -1, _kill), cfg)  # the same data
+    return resumed, [str(w.message) for w in caught if "decoder_refit" in str(w.message)]
+
+
+def test_a_run_resumed_before_its_last_rows_ends_as_an_uninterrupted_one(tmp_path, calls):
+    full = tiny_gba_sae(10, 40, decoder_refit=True)
+    train_sae(full, SeededBatches(_sample, BATCH, seed=3), _cfg())
+    resumed, said = _killed_at(tmp_path, 18, checkpoint_every=5)  # resumes after step 15; the last rows are 21-23
+    assert not said and len(calls) == 2 and torch.equal(calls[0]["rows"], calls[1]["rows"])
+    for key, value in full.state_dict().items():
+        assert torch.allclose(value.float(), resumed.state_dict()[key].float(), atol=1e-6), key
+
+
+def test_a_run_resumed_inside_its_last_rows_refits_on_the_rest_and_says_so(tmp_path, calls):
+    _, said = _killed_at(tmp_path, 23, checkpoint_every=11)  # resumes after 22 steps: inside the last 3
+    assert len(said) == 1 and "reads the rows since the run resumed, not all of its last 150" in said[0]
+    assert len(calls) == 1 and torch.equal(calls[0]["rows"], torch.cat(_batches()[-2:]))  # the 2 steps it ran
+
+
+def test_saelens_s_own_trainer_says_once_that_it_keeps_the_trained_decoder():
+    sae = tiny_gba_sae(10, 40, decoder_refit=True)
+    with pytest.warns(UserWarning, match="this trainer keeps the trained decoder"):
+        sae.training_forward_pass(step_input(torch.relu(torch.randn(64, 10))))
+
+
+def test_a_wider_sae_than_the_refit_takes_keeps_its_decoder_and_says_so(monkeypatch, calls):
+    monkeypatch.setattr(decoder_refit, "MAX_LATENTS", 32)
+    with pytest.warns(UserWarning, match="decoder_refit is skipped: its system is d_sae x d_sae, and d_sae=40 is over 32"):
+        trainer = train_sae(tiny_gba_sae(10, 40), SeededBatches(_sample, BATCH, seed=3), _cfg())
+    assert trainer.refit_window is None and not calls
+
+
+def test_a_run_with_too_few_rows_per_latent_keeps_its_decoder_and_says_so(calls, monkeypatch):
+    monkeypatch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 4)  # 150 rows: 3.75 per latent
+    with pytest.warns(UserWarning, match="decoder_refit is skipped: the run's last 150 rows are fewer than 4 per latent "
+                                         r"\(40 latents\)"):
+        trainer = train_sae(tiny_gba_sae(10, 40), SeededBatches(_sample, BATCH, seed=3), _cfg())
+    assert trainer.refit_window is None and not calls
