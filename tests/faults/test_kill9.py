@@ -10,10 +10,22 @@ import torch
 from fault_tools import FIGURES, assert_identical, kill_on_call, run_in_child, unverifiable_bytes
 from gba_lens import cli
 from gba_lens.data.activations import save_activations
+from gba_lens.saes import decoder_refit
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 STEPS = 48  # 3072 rows, batch 128, 2 epochs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def refit_on_the_last_step():
+    """decoder_refit (a default) reads the run's last 256 rows: the last step's (or two), after every
+    checkpoint a kill resumes from. A run resumed inside its last rows refits on fewer of them and says
+    so (tests/training/test_decoder_refit_training.py). The forked runs inherit the patch."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decoder_refit, "ROWS", 256)
+        patch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 1)
+        yield
 
 
 @pytest.fixture(scope="module")

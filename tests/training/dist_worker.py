@@ -38,7 +38,8 @@ VALLEY_GROUP_FRACTION = 1e-9
 def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False, find_l0=False,
              encoder_init="random", firing_worth=0.0, activation_bias=False, input_norm="unit_mean", decoder_refit=False):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window); valley and
-    # find_l0 None: GBA's defaults
+    # find_l0 None: GBA's defaults, bar decoder_refit, which reads every row of runs this short (so that a
+    # resume is inside them) and has its own two-rank test
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley,
                         target_l0=target_l0, targets=targets, target_search=search, find_l0=find_l0,
                         encoder_init=encoder_init, firing_worth=firing_worth, activation_bias=activation_bias,

@@ -105,7 +105,7 @@ def test_gbas_defaults_resume_a_failed_two_rank_run_mid_window_as_one_process_tr
     from gba_lens.saes import valley_thresholds
 
     monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", dist_worker.DEFAULTS_VALLEY_WINDOW)
-    sae = dist_worker.make_sae(valley=None, find_l0=None)  # GBA's defaults
+    sae = dist_worker.make_sae(valley=None, find_l0=None)  # GBA's defaults (decoder_refit aside: dist_worker)
     assert sae.valley_thresholds is not None and sae.bias_adaptation.coactivation is not None
     dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
     out = str(tmp_path / "run")
