@@ -201,8 +201,8 @@ class GBAOptions:
     last rows (up to 131,072, kept by gba_lens's trainers), pulled towards the trained decoder where a
     latent fires rarely (:mod:`gba_lens.saes.decoder_refit`). GBA's thresholds move until the end of its
     run, and the decoder, trained at a decaying learning rate, ends behind the codes it decodes; which
-    latents fire does not change. A run with fewer than 32 rows per latent, or an SAE of more than 16,384
-    latents, keeps its decoder and says so. Unset (the default): on with ``find_l0``, off otherwise (the
+    latents fire does not change. A run with fewer than 32 rows per latent (so, with 131,072 rows, an SAE
+    of more than 4,096 latents) keeps its decoder and says so. Unset (the default): on with ``find_l0``, off otherwise (the
     paper's rule). Measured (docs/experiments/prior_free.md, forty-second step): at the stdlib LM's preset
     budget explained variance rises by about 0.002 on both hooks and CE loss recovered by 0.0002 on
     resid_pre and 0.002 on mlp_out (six seeds), which puts mlp_out above TopK's frontier on both metrics;

@@ -42,9 +42,11 @@ class RefitWindow:
         if d_sae > refit.MAX_LATENTS:
             skipped = f"its system is d_sae x d_sae, and d_sae={d_sae} is over {refit.MAX_LATENTS}"
         elif rows < refit.MIN_ROWS_PER_LATENT * d_sae:
-            skipped = f"the run's last {rows} rows are fewer than {refit.MIN_ROWS_PER_LATENT} per latent ({d_sae} latents)"
+            skipped = (f"the run's last {rows} rows are fewer than {refit.MIN_ROWS_PER_LATENT} per latent "
+                       f"({d_sae} latents)")
         if skipped is not None:
-            warnings.warn(f"decoder_refit is skipped: {skipped}; the trained decoder is kept", stacklevel=3)
+            warnings.warn(f"decoder_refit is skipped: {skipped}; the trained decoder is kept (decoder_refit=False "
+                          "turns it off without this warning)", stacklevel=3)
             return None
         return cls(rows, total, trainer.cfg.train_batch_size_samples)
 
@@ -76,6 +78,6 @@ class RefitWindow:
             import wandb
 
             prefix = f"{trainer.log_prefix}/" if getattr(trainer, "log_prefix", None) else ""  # a multi-SAE run's SAE
-            trainer._safe(wandb.log, {f"{prefix}gba/refit_error_before": before, f"{prefix}gba/refit_error_after": after},
-                          step=trainer.n_training_steps)
+            logged = {f"{prefix}gba/refit_error_before": before, f"{prefix}gba/refit_error_after": after}
+            trainer._safe(wandb.log, logged, step=trainer.n_training_steps)
         return result
