@@ -23,10 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 class RefitWindow:
-    """The last ``rows`` samples of a run of ``total`` samples in steps of ``batch`` (global counts)."""
+    """The last ``rows`` samples of a trainer's run (global counts; the run's length and steps are its cfg's)."""
 
-    def __init__(self, rows: int, total: int, batch: int):
-        self.rows, self.total, self.batch = rows, total, batch
+    def __init__(self, rows: int):
+        self.rows = rows
         self.kept: list[torch.Tensor] = []
         self.whole = True  # False: the run resumed inside the window
         self.result: dict[str, float] | None = None  # the refit's rows and errors, once it ran
@@ -34,10 +34,10 @@ class RefitWindow:
     @classmethod
     def for_run(cls, trainer: Any) -> RefitWindow | None:
         """The window of ``trainer``'s run (None without ``decoder_refit``, or, said once, where it cannot refit)."""
-        sae, total = trainer.sae, trainer.cfg.total_training_samples
+        sae = trainer.sae
         if not getattr(sae.cfg, "decoder_refit", False):
             return None
-        d_sae, rows = sae.cfg.d_sae, rows_to_keep(total, sae.cfg.d_in)
+        d_sae, rows = sae.cfg.d_sae, rows_to_keep(trainer.cfg.total_training_samples, sae.cfg.d_in)
         skipped = None
         if d_sae > refit.MAX_LATENTS:
             skipped = f"its system is d_sae x d_sae, and d_sae={d_sae} is over {refit.MAX_LATENTS}"
@@ -48,29 +48,29 @@ class RefitWindow:
             warnings.warn(f"decoder_refit is skipped: {skipped}; the trained decoder is kept (decoder_refit=False "
                           "turns it off without this warning)", stacklevel=3)
             return None
-        return cls(rows, total, trainer.cfg.train_batch_size_samples)
+        return cls(rows)
 
     def keep(self, rows: torch.Tensor, trainer: Any) -> bool:
         """Keep a step's rows (this rank's, as the SAE read them) if the step reaches into the window, just
         after ``trainer``'s step on them. True after the run's last step."""
         # SAELens counted this rank's rows; a data-parallel run's counter adds the other ranks' after the step
         samples_after = trainer.n_training_samples + len(rows) * (getattr(trainer, "world", 1) - 1)
-        samples_left = self.total - samples_after
+        samples_left = trainer.cfg.total_training_samples - samples_after
         if samples_left < self.rows:
             if not self.kept:  # the window's first step, unless the run resumed inside it
-                self.whole = samples_left + self.batch >= self.rows
+                self.whole = samples_left + trainer.cfg.train_batch_size_samples >= self.rows
             self.kept.append(rows.detach().to("cpu", torch.float32))
         return samples_left <= 0
 
-    def refit(self, sae: Any, trainer: Any) -> dict[str, float]:
-        """Refit ``sae``'s decoder on the kept rows (and let them go), logged as ``trainer`` logs (W&B: the
-        rows' squared error over their energy before and after); the refit's rows and errors."""
+    def refit(self, trainer: Any) -> dict[str, float]:
+        """Refit the decoder of ``trainer``'s SAE on the kept rows (and let them go), logged as ``trainer``
+        logs (W&B: the rows' squared error over their energy before and after); the refit's rows and errors."""
         rows = torch.cat(self.kept)
         self.kept = []
         if not self.whole:
             warnings.warn(f"decoder_refit reads the rows since the run resumed, not all of its last {self.rows} "
                           "(rows are not kept in checkpoints)", stacklevel=3)
-        self.result = result = refit_decoder(sae, rows)
+        self.result = result = refit_decoder(trainer.sae, rows)
         before, after = result["error_before"], result["error_after"]
         logger.info("decoder refitted on %d rows: squared error over energy %.5f -> %.5f", int(result["rows"]), before,
                     after)

@@ -233,7 +233,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
             controller.lr_share = self.lr_share()
         output = super().step(batch)
         if self.refit_window is not None and self.refit_window.keep(output.sae_in, self):
-            self.refit_window.refit(self.sae, self)
+            self.refit_window.refit(self)
         density = getattr(self.sae, "step_density", None)  # a GBA SAE's L0 / d_sae of this step
         if density is not None:
             self.l0_course.add((self.n_training_steps + 1) / self._steps_before_decay, density, self.sae.cfg.d_sae)

@@ -12,14 +12,10 @@ from gba_lens.data.batches import SeededBatches
 from gba_lens.saes import decoder_refit
 from gba_lens.training import refit_window
 from gba_lens.training.train import TrainConfig, train_sae
-from training_builders import InterruptedAt, relu_sampler, step_input, tiny_gba_sae
+from training_builders import Killed, dies_at, relu_sampler, step_input, tiny_gba_sae
 
 STEPS, BATCH, WINDOW = 24, 64, 150  # the window reaches into 3 steps: the last 192 rows are kept
 _sample = relu_sampler(10, scale=3)
-
-
-class Killed(Exception):
-    pass
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -68,20 +64,15 @@ def test_without_the_option_no_row_is_kept_and_nothing_is_refitted(calls):
     assert trainer.refit_window is None and not calls
 
 
-def _kill():
-    raise Killed
-
-
 def _killed_at(tmp_path, batch: int, checkpoint_every: int) -> tuple[torch.nn.Module, list[str]]:
     """A run killed when asked for ``batch``, then resumed from its last checkpoint; its SAE and what it said."""
     cfg = _cfg(checkpoint_dir=str(tmp_path), checkpoint_every=checkpoint_every)
     with pytest.raises(Killed):
-        train_sae(tiny_gba_sae(10, 40, decoder_refit=True),
-                  InterruptedAt(SeededBatches(_sample, BATCH, seed=3), batch, _kill), cfg)
+        train_sae(tiny_gba_sae(10, 40, decoder_refit=True), dies_at(SeededBatches(_sample, BATCH, seed=3), batch), cfg)
     resumed = tiny_gba_sae(10, 40, decoder_refit=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_sae(resumed, InterruptedAt(SeededBatches(_sample, BATCH, seed=3), -1, _kill), cfg)  # the same data
+        train_sae(resumed, dies_at(SeededBatches(_sample, BATCH, seed=3), -1), cfg)  # the same data
     return resumed, [str(w.message) for w in caught if "decoder_refit" in str(w.message)]
 
 

@@ -11,7 +11,7 @@ from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.state_io import CheckpointError, write_checksums
 from gba_lens.training.train import TrainConfig, train_sae
 from gba_lens.training.trainer import latest_checkpoint, list_checkpoints
-from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae, use_search_constants
+from training_builders import Killed, dies_at, relu_sampler, tiny_gba_sae, use_search_constants
 
 STEPS, BATCH = 24, 64
 
@@ -37,19 +37,6 @@ def _cfg(tmp_path, **kw):
     base = dict(total_samples=STEPS * BATCH, batch_size=BATCH, lr=1e-2, checkpoint_dir=str(tmp_path),
                 checkpoint_every=5, lr_decay_steps=10)
     return TrainConfig(**{**base, **kw})
-
-
-class Killed(Exception):
-    pass
-
-
-def dies_at(inner, n):
-    """A data stream that dies (like a killed process) when asked for batch ``n``."""
-
-    def die():
-        raise Killed
-
-    return InterruptedAt(inner, n, die)
 
 
 def test_killed_run_resumes_as_if_uninterrupted(tmp_path):

@@ -63,3 +63,17 @@ class InterruptedAt:
         if self.inner.index == self.n:
             self.at_batch()
         return next(self.inner)
+
+
+class Killed(Exception):
+    """What :func:`dies_at` raises: a process killed mid-run."""
+
+
+def dies_at(inner: Any, n: int) -> InterruptedAt:
+    """A data stream that dies (like a killed process) when asked for batch ``n`` (-1: never, the same
+    data as a stream that dies)."""
+
+    def die() -> None:
+        raise Killed
+
+    return InterruptedAt(inner, n, die)
