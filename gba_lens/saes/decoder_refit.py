@@ -1,4 +1,4 @@
-"""The decoder refitted by least squares on the trained code (``decoder_refit``).
+"""The decoder and each latent's firing offset refitted by least squares on the trained code (``decoder_refit``).
 
 A GBA SAE's codes keep moving until the end of its run: the bias rule, the valleys, ``find_l0``
 and ``firing_worth`` move thresholds while the learning rate decays, and the encoder learns faster
@@ -11,18 +11,31 @@ the encoder reads it, minus the pre-bias b_pre, which stays),
           = (Z^T Z + lambda I)^-1 (Z^T (X - b_pre) + lambda W_trained)
 
 with lambda = ``RIDGE`` times the mean of diag(Z^T Z): a latent that fires rarely in the rows keeps
-most of its trained row, one that never fires keeps all of it. The statistics are sums (Z^T Z,
-Z^T (X - b_pre), |X - b_pre|^2), which data-parallel ranks all-reduce, so every rank solves the same
-system. The rows are the run's last ones (gba_lens's trainers keep them: ``rows_to_keep``), so the
-refit reads no sample the run did not train on.
+most of its trained row, one that never fires keeps all of it.
 
-Measured (docs/experiments/prior_free.md, forty-second step): on the stdlib LM's preset (six seeds)
-explained variance rises by 0.0016-0.0023 on both hooks, CE loss recovered by 0.0002-0.0003 on
-resid_pre and by 0.0023 on mlp_out on average (-0.0008 on one seed); BatchTopK's decoder, refitted the
-same way, gains a quarter to a half as much EV. Holding the encoder and the thresholds still at the
-end of the run instead lets the decoder catch up but stops the L0 short, and sums taken while the
-codes still move decode worse: the refit needs the final codes. On the synthetic models every L0 stays;
-the paper toy's EV rises (0.793 to 0.802), and the small model's F1 falls by 0.01.
+The JumpReLU gate leaves one more number per latent free: what a firing latent outputs is u + c
+(c = 0 as trained, or ``activation_bias``'s offset), and c moves no gate. With G the gates
+(1 where a latent fires) and U the codes without offset, the codes are Z = U + G diag(c); for fixed
+c the decoder is the solution above, so the offsets are fitted with the decoder following them:
+Gauss-Newton steps on c alone (variable projection), whose d_sae x d_sae normal matrix, the gates' Gram
+matrix less what the codes' span absorbs, times W W^T, comes from the sums below. At most
+``OFFSET_STEPS`` steps, each halved until it lowers the error, end on the decoder of the last offsets.
+An offset is kept at or above the latent's bias b, so that a firing latent's output u + c > 0 and the
+SAE stays SAELens's JumpReLU. Alternating the two solves instead lowers the error too, but slowly (on
+the stdlib LM thirty alternations reach what three steps reach).
+
+The statistics are sums (U^T U, U^T (X - b_pre), G^T G, G^T U, G^T (X - b_pre), |X - b_pre|^2), which
+data-parallel ranks all-reduce, so every rank solves the same system. The rows are the run's last ones
+(gba_lens's trainers keep them: ``rows_to_keep``), so the refit reads no sample the run did not train on.
+
+Measured (docs/experiments/prior_free.md, forty-second and forty-third steps): on the stdlib LM's
+preset (six seeds) the decoder alone raises explained variance by 0.0016-0.0023 on both hooks, CE loss
+recovered by 0.0002-0.0003 on resid_pre and by 0.0023 on mlp_out on average (-0.0008 on one seed);
+BatchTopK's decoder, refitted the same way, gains a quarter to a half as much EV. The offsets add
+about 0.001 of EV on resid_pre (their median is negative there: firings near the threshold output
+less). Holding the encoder and the thresholds still at the end of the run instead lets the decoder
+catch up but stops the L0 short, and sums taken while the codes still move decode worse: the refit
+needs the final codes. On the synthetic models every L0 stays.
 """
 
 from __future__ import annotations
@@ -37,9 +50,9 @@ ROWS = 131_072
 """Rows the refit reads at most: the run's last ones (whole steps; each data-parallel rank keeps its share)."""
 MAX_ROW_BYTES = 1 << 29
 """Bytes of those rows (float32, kept on the host) at most: fewer rows for a wide input."""
-MAX_LATENTS = 16_384
-"""Widest SAE refitted: the system is d_sae x d_sae (2 GiB in float64 at this width). gba_lens's
-trainers keep a wider SAE's decoder and say so."""
+MAX_LATENTS = 8_192
+"""Widest SAE refitted: its sums hold four d_sae x d_sae matrices (2 GiB in float64 at this width).
+gba_lens's trainers keep a wider SAE's decoder and say so."""
 MIN_ROWS_PER_LATENT = 32
 """A run whose last rows are fewer than this per latent keeps its trained decoder (gba_lens's trainers say
 so): a least-squares decoder from too few rows fits their noise. Measured down to 40 (the stdlib LM's
@@ -48,6 +61,13 @@ so): a least-squares decoder from too few rows fits their noise. Measured down t
 RIDGE = 1e-3
 """lambda over the mean of diag(Z^T Z): how strongly a rarely firing latent keeps its trained row (on the
 stdlib LM, 1e-2 keeps a fifth of mlp_out's CE gain back; 1e-3 gives what 1e-6 gives)."""
+OFFSET_STEPS = 5
+"""Gauss-Newton steps of the firing offsets at most, each followed by the decoder (0: the decoder alone). On
+the stdlib LM's preset the third step lowers the error by under 1e-5 of it (seed 0, both hooks)."""
+HALVINGS = 4
+"""A step that does not lower the error is halved up to this many times; then the offsets stop."""
+TOLERANCE = 1e-5
+"""The offsets stop once a step lowers the error by less than this share of it."""
 SPARSE_COST = 2000
 """On a CPU, a product of two active latents added one at a time costs about this many multiply-adds of
 a dense float64 matrix product (measured on one core)."""
@@ -59,34 +79,40 @@ def rows_to_keep(total_samples: int, d_in: int) -> int:
 
 
 class RefitStatistics(nn.Module):
-    """The sums the least-squares decoder needs, over one rank's rows (all-reduced across ranks).
+    """The sums the least-squares decoder (and offsets) need, over one rank's rows (all-reduced across ranks).
 
     Buffers (float64, so that sums in another order, over ranks, solve to the same decoder; float32 on
-    a device without float64): ``gram`` [d_sae, d_sae] Z^T Z; ``cross`` [d_sae, d_in] Z^T (X - b_pre);
-    ``energy`` [] |X - b_pre|^2; ``rows`` [] the rows read."""
+    a device without float64): ``gram`` [d_sae, d_sae] U^T U; ``cross`` [d_sae, d_in] U^T (X - b_pre);
+    ``energy`` [] |X - b_pre|^2; ``rows`` [] the rows read; with ``offsets``, ``gate_gram`` G^T G,
+    ``gate_code`` G^T U [d_sae, d_sae] and ``gate_cross`` G^T (X - b_pre) [d_sae, d_in]."""
 
     gram: torch.Tensor
     cross: torch.Tensor
     energy: torch.Tensor
     rows: torch.Tensor
 
-    def __init__(self, d_sae: int, d_in: int, device: torch.device | str):
+    def __init__(self, d_sae: int, d_in: int, device: torch.device | str, offsets: bool = False):
         super().__init__()
         dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
-        self.register_buffer("gram", torch.zeros(d_sae, d_sae, dtype=dtype, device=device))
-        self.register_buffer("cross", torch.zeros(d_sae, d_in, dtype=dtype, device=device))
+        names = ("gram", "cross", *(("gate_gram", "gate_code", "gate_cross") if offsets else ()))
+        for name in names:
+            self.register_buffer(name, torch.zeros(d_sae, d_in if name.endswith("cross") else d_sae, dtype=dtype,
+                                                   device=device))
         self.register_buffer("energy", torch.zeros((), dtype=dtype, device=device))
         self.register_buffer("rows", torch.zeros((), dtype=dtype, device=device))
+        self.offsets = offsets
 
     @torch.no_grad()
-    def add(self, codes: Float[torch.Tensor, "rows d_sae"], targets: Float[torch.Tensor, "rows d_in"]) -> None:
-        """Add rows' codes and targets: dense products, or on a CPU, where the codes are sparse enough that
-        it is cheaper (``SPARSE_COST``), the products of each row's active latents only (a 4,096-latent SAE
-        at L0 17, 512 inputs: a sixth of the dense time)."""
+    def add(self, codes: Float[torch.Tensor, "rows d_sae"], targets: Float[torch.Tensor, "rows d_in"],
+            gates: Float[torch.Tensor, "rows d_sae"] | None = None) -> None:
+        """Add rows' codes (without offsets), targets and, with ``offsets``, gates (1 where a latent fires):
+        dense products, or on a CPU, where the codes are sparse enough that it is cheaper (``SPARSE_COST``),
+        the products of each row's active latents only (a 4,096-latent SAE at L0 17, 512 inputs: a sixth
+        of the dense time)."""
         targets = targets.to(self.gram.dtype)
         self.energy.add_(targets.pow(2).sum())
         self.rows.add_(len(codes))
-        active = codes != 0
+        active = codes != 0 if gates is None else gates != 0
         per_row = active.sum(1)
         pairs = int(per_row.pow(2).sum())
         d_sae = codes.shape[1]
@@ -94,64 +120,160 @@ class RefitStatistics(nn.Module):
             dense = codes.to(self.gram.dtype)
             self.gram.addmm_(dense.t(), dense)
             self.cross.addmm_(dense.t(), targets)
+            if self.offsets:
+                gate = active.to(self.gram.dtype)
+                self.gate_gram.addmm_(gate.t(), gate)
+                self.gate_code.addmm_(gate.t(), dense)
+                self.gate_cross.addmm_(gate.t(), targets)
             return
         rows, latents = active.nonzero(as_tuple=True)  # row by row
         values = codes[rows, latents].to(self.gram.dtype)
-        transposed = torch.sparse_coo_tensor(torch.stack([latents, rows]), values, (d_sae, len(codes)),
-                                             check_invariants=False)  # valid by construction
-        self.cross.add_(torch.sparse.mm(transposed, targets))
+        ones = torch.ones_like(values)
+        for cross, entries in ((self.cross, values), *(((self.gate_cross, ones),) if self.offsets else ())):
+            transposed = torch.sparse_coo_tensor(torch.stack([latents, rows]), entries, (d_sae, len(codes)),
+                                                 check_invariants=False)  # valid by construction
+            cross.add_(torch.sparse.mm(transposed, targets))
         # each active entry times every active entry of its row (itself included)
         first = torch.cumsum(per_row, 0) - per_row  # index of each row's first active entry
         partners = per_row[rows]
         left = torch.repeat_interleave(torch.arange(len(rows)), partners)
         offset = torch.arange(pairs) - torch.repeat_interleave(torch.cumsum(partners, 0) - partners, partners)
         right = first[rows[left]] + offset
-        self.gram.view(-1).index_add_(0, latents[left] * d_sae + latents[right], values[left] * values[right])
+        index = latents[left] * d_sae + latents[right]
+        self.gram.view(-1).index_add_(0, index, values[left] * values[right])
+        if self.offsets:
+            self.gate_gram.view(-1).index_add_(0, index, ones[left])
+            self.gate_code.view(-1).index_add_(0, index, values[right])
 
     def reduce_statistics(self, all_reduce: Any) -> None:
         """Data-parallel training: the sums over every rank's rows."""
-        for buffer in (self.gram, self.cross, self.energy, self.rows):
+        for buffer in self.buffers():
             all_reduce(buffer, "sum")
 
-    def squared_error(self, decoder: Float[torch.Tensor, "d_sae d_in"]) -> float:
-        """|X - b_pre - Z W|^2 over the rows, from the sums: |X - b_pre|^2 - 2 <W, cross> + <W, gram W>."""
-        w = decoder.double()
-        return float(self.energy - 2 * (w * self.cross.double()).sum() + (w * (self.gram.double() @ w)).sum())
+    def _code_sums(self, offset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Z^T Z and Z^T (X - b_pre) for the codes Z = U + G diag(offset) (float64, on the host where the
+        device has none)."""
+        host = self._host()
+        gram, cross = self.gram.to(host, torch.float64), self.cross.to(host, torch.float64)
+        if offset is None:
+            return gram, cross
+        c, gate_code = offset.to(host, torch.float64), self.gate_code.to(host, torch.float64)
+        mixed = c[:, None] * gate_code  # (G diag(c))^T U
+        gram = gram + mixed + mixed.t() + c[:, None] * self.gate_gram.to(host, torch.float64) * c[None, :]
+        return gram, cross + c[:, None] * self.gate_cross.to(host, torch.float64)
 
-    def solve(self, trained: Float[torch.Tensor, "d_sae d_in"]) -> Float[torch.Tensor, "d_sae d_in"]:
-        """The least-squares decoder, pulled towards ``trained`` by ``RIDGE`` (float64; on the host where
-        the device has none)."""
-        device = self.gram.device if self.gram.device.type in ("cpu", "cuda") else torch.device("cpu")
-        gram = self.gram.to(device, torch.float64, copy=True)  # the ridge is added to a copy
+    def squared_error(self, decoder: Float[torch.Tensor, "d_sae d_in"],
+                      offset: Float[torch.Tensor, " d_sae"] | None = None) -> float:
+        """|X - b_pre - Z W|^2 over the rows, from the sums: |X - b_pre|^2 - 2 <W, Z^T X> + <W, Z^T Z W>."""
+        gram, cross = self._code_sums(offset)
+        w = decoder.to(gram.device, torch.float64)
+        return float(self.energy) - float(2 * (w * cross).sum() - (w * (gram @ w)).sum())
+
+    def _host(self) -> torch.device:
+        return self.gram.device if self.gram.device.type in ("cpu", "cuda") else torch.device("cpu")
+
+    def _decoder(self, trained: torch.Tensor, offset: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The decoder for the codes with ``offset``, the Cholesky factor of Z^T Z + lambda I, and the rows'
+        squared error with them (for the ridge solution W: |X|^2 - <W, Z^T X> + lambda <W, W_trained - W>)."""
+        gram, cross = self._code_sums(offset)
+        gram = gram.clone() if offset is None else gram  # the ridge is added to a copy of the sums
         ridge = RIDGE * gram.diagonal().mean().clamp(min=1e-12)
         gram.diagonal().add_(ridge)
-        rhs = self.cross.to(device, torch.float64) + ridge * trained.to(device, torch.float64)
-        return torch.cholesky_solve(rhs, torch.linalg.cholesky(gram))  # Z^T Z + lambda I: positive definite
+        trained = trained.to(gram.device, torch.float64)
+        factor = torch.linalg.cholesky(gram)  # Z^T Z + lambda I: positive definite
+        decoder = torch.cholesky_solve(cross + ridge * trained, factor)
+        error = (float(self.energy) - float((decoder * cross).sum())
+                 + float(ridge * (decoder * (trained - decoder)).sum()))
+        return decoder, factor, error
+
+    def _offset_step(self, decoder: torch.Tensor, factor: torch.Tensor, offset: torch.Tensor, start: torch.Tensor,
+                     lowest: torch.Tensor) -> torch.Tensor:
+        """One Gauss-Newton step of the offsets, the decoder following them (variable projection: the
+        offsets' normal matrix is G^T G less what the codes' span absorbs, G^T Z (Z^T Z + lambda I)^-1 Z^T G,
+        times W W^T), pulled towards ``start`` where a latent barely fires, kept at or above ``lowest``."""
+        host = self._host()
+        w, c = decoder.to(host, torch.float64), offset.to(host, torch.float64)
+        gate_gram = self.gate_gram.to(host, torch.float64)
+        gate_codes = self.gate_code.to(host, torch.float64) + gate_gram * c[None, :]  # G^T Z
+        residual = self.gate_cross.to(host, torch.float64) - gate_codes @ w  # G^T (X - b_pre - Z W)
+        gradient = (residual * w).sum(1)
+        half = torch.linalg.solve_triangular(factor, gate_codes.t().contiguous(), upper=False)  # L^-1 Z^T G
+        absorbed = half.t() @ half  # G^T Z (L L^T)^-1 Z^T G
+        system = (gate_gram - absorbed) * (w @ w.t())
+        ridge = RIDGE * system.diagonal().mean().clamp(min=1e-12)
+        system.diagonal().add_(ridge)
+        step = torch.cholesky_solve((gradient - ridge * (c - start.to(host, torch.float64)))[:, None],
+                                    torch.linalg.cholesky(system))[:, 0]  # positive definite: a Schur product
+        return torch.maximum(c + step, lowest.to(host, torch.float64))
+
+    def solve(self, trained: Float[torch.Tensor, "d_sae d_in"], offset: Float[torch.Tensor, " d_sae"] | None = None,
+              lowest: Float[torch.Tensor, " d_sae"] | None = None
+              ) -> tuple[Float[torch.Tensor, "d_sae d_in"], Float[torch.Tensor, " d_sae"] | None]:
+        """The least-squares decoder, pulled towards ``trained`` by ``RIDGE`` (float64; on the host where
+        the device has none); with ``offsets``, and the offsets stepped with it from ``offset`` (each at
+        least ``lowest``)."""
+        if not self.offsets or offset is None or OFFSET_STEPS <= 0:
+            return self._decoder(trained, None if not self.offsets else offset)[0], offset
+        assert lowest is not None, "offsets are kept at or above the latents' biases"
+        start = offset.to(self._host(), torch.float64)
+        offset = start
+        decoder, factor, error = self._decoder(trained, offset)
+        for _ in range(OFFSET_STEPS):
+            step = self._offset_step(decoder, factor, offset, start, lowest) - offset
+            for _ in range(HALVINGS):  # a step that does not lower the error is halved
+                candidate = offset + step
+                found, found_factor, found_error = self._decoder(trained, candidate)
+                if found_error < error:
+                    break
+                step = step / 2
+            else:
+                break  # no lower error along the step: converged
+            converged = error - found_error < TOLERANCE * error
+            offset, decoder, factor, error = candidate, found, found_factor, found_error
+            if converged:
+                break
+        return decoder, offset
 
 
 @torch.no_grad()
 def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: int = 4096) -> dict[str, float]:
     """Replace ``sae``'s decoder (a ``GBATrainingSAE``) by the least-squares one on the codes of ``rows``
     (its inputs, as the trainer gave them; all ranks' sums where ``sae.reduce_window_statistics``
-    all-reduces). Returns the rows read (over all ranks) and their squared error over their energy,
+    all-reduces), and with the JumpReLU gate each latent's firing offset (``b_act``, created if the SAE
+    has none) with it. Returns the rows read (over all ranks) and their squared error over their energy,
     before and after."""
     if sae.cfg.d_sae > MAX_LATENTS:
         raise ValueError(f"decoder_refit solves a d_sae x d_sae system: at most {MAX_LATENTS} latents, "
                          f"got d_sae={sae.cfg.d_sae}")  # the trainers skip such an SAE and say so
-    statistics = RefitStatistics(sae.cfg.d_sae, sae.cfg.d_in, sae.W_dec.device)
+    offsets = sae.cfg.gating == "jumprelu" and OFFSET_STEPS > 0  # under the ReLU gate the offset is the bias
+    statistics = RefitStatistics(sae.cfg.d_sae, sae.cfg.d_in, sae.W_dec.device, offsets)
+    start = None  # the offsets the codes were trained with (0 without activation_bias)
+    if offsets:
+        start = sae.activation_offset()
+        start = torch.zeros_like(sae.b_enc) if start is None else start
     was_training = sae.training
     sae.eval()  # no controller statistics from these passes
     try:
         for chunk in rows.split(batch_size):
             chunk = chunk.to(sae.W_dec.device, sae.dtype)
-            codes = sae.encode(chunk)  # first: with per_token it sets the inputs' norms _scaled reads
-            statistics.add(codes, sae._scaled(chunk) - sae.b_dec)
+            # first: with per_token, encoding sets the inputs' norms that _scaled reads
+            codes, hidden_pre = sae.encode_with_hidden_pre(chunk)
+            gates = None
+            if start is not None:
+                gates = (hidden_pre > 0).to(codes.dtype)
+                codes = codes - gates * start  # u on firings
+            statistics.add(codes, sae._scaled(chunk) - sae.b_dec, gates)
     finally:
         sae.train(was_training)
     sae.reduce_window_statistics(statistics)
     energy = max(float(statistics.energy), 1e-30)
-    before = statistics.squared_error(sae.W_dec.detach())
-    refitted = statistics.solve(sae.W_dec.detach())
-    after = statistics.squared_error(refitted)
-    sae.W_dec.data.copy_(refitted.to(sae.W_dec.device, sae.W_dec.dtype))
+    before = statistics.squared_error(sae.W_dec.detach(), start)
+    decoder, offset = statistics.solve(sae.W_dec.detach(), start, sae.b_enc.detach())
+    after = statistics.squared_error(decoder, offset)
+    sae.W_dec.data.copy_(decoder.to(sae.W_dec.device, sae.W_dec.dtype))
+    if offset is not None:
+        if sae.b_act is None:
+            sae.b_act = nn.Parameter(torch.zeros_like(sae.b_enc), requires_grad=False)
+        sae.b_act.data.copy_(offset.to(sae.b_act.device, sae.b_act.dtype))
     return {"rows": float(statistics.rows), "error_before": before / energy, "error_after": after / energy}

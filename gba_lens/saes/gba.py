@@ -5,7 +5,7 @@ The paper's SAE (Chen et al., arXiv:2506.14002), per neuron m:
     u_m = w_m . (s * x - b_pre)         pre-activation without bias (s: input scale, see below)
     y_m = u_m + b_m                     the neuron is active iff y_m > 0
     z_m = u_m * 1[y_m > 0]              JumpReLU gate (the paper's LLM runs)
-        = (u_m + max(c_m, b_m)) * 1[y_m > 0]    with ``activation_bias`` (c learned; opt-in)
+        = (u_m + max(c_m, b_m)) * 1[y_m > 0]    with an offset c (``activation_bias``, ``decoder_refit``)
         = max(y_m, 0)                   ReLU gate (the paper's theory)
     x_hat = (sum_m z_m d_m + b_pre) / s
 
@@ -175,6 +175,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         self._input_scale_ready = False  # a loaded scale is re-checked on the next step
         if "step_density" not in state_dict:  # checkpoints written before the sparse step
             state_dict = {**state_dict, "step_density": torch.full((), -1.0)}
+        if self.b_act is None and "b_act" in state_dict:  # offsets fitted by decoder_refit
+            self.b_act = nn.Parameter(torch.zeros_like(self.b_enc), requires_grad=False)
         result = super().load_state_dict(state_dict, *args, **kwargs)
         self._window_empty = bool(self.bias_adaptation.n_samples.item() == 0)
         return result

@@ -1,8 +1,11 @@
-"""``decoder_refit``: the decoder replaced by the least-squares one on the trained code (opt-in).
+"""``decoder_refit``: the decoder replaced by the least-squares one on the trained code, with each latent's
+firing offset under the JumpReLU gate.
 
-The refit solves (Z^T Z + lambda I) W = Z^T (s x - b_pre) + lambda W_trained in the SAE's own units
-(with ``per_token`` each row divided by its norm first); a latent that never fires keeps its row;
-all-reduced sums give one process's decoder; too wide an SAE is refused."""
+The decoder alone solves (Z^T Z + lambda I) W = Z^T (s x - b_pre) + lambda W_trained in the SAE's own units
+(with ``per_token`` each row divided by its norm first); a latent that never fires keeps its row; with the
+offsets the decoder and the offsets alternate to a stationary point of the error, the offsets at or above
+the biases, and the SAE with them is still SAELens's JumpReLU; all-reduced sums give one process's decoder;
+too wide an SAE is refused."""
 
 from __future__ import annotations
 
@@ -44,7 +47,8 @@ def _expected(sae: GBATrainingSAE, x: torch.Tensor, input_norm: str) -> tuple[to
 
 
 @pytest.mark.parametrize("input_norm", ["unit_mean", "per_token"])
-def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_units(input_norm):
+def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_units(input_norm, monkeypatch):
+    monkeypatch.setattr(decoder_refit, "OFFSET_STEPS", 0)  # the decoder alone
     sae, x = _sae(input_norm)
     z, target, expected = _expected(sae, x, input_norm)
     trained = sae.W_dec.detach().clone()
@@ -63,24 +67,91 @@ def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_u
 
 
 def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
-    """Rows of 0 to 12 active latents of 64 (some rows silent): the sparse products (taken on a CPU where
-    cheaper) add up to the dense ones."""
+    """Rows of 0 to 12 active latents of 64 (some rows silent, some firings with a code of 0 or below): the
+    sparse products (taken on a CPU where cheaper) add up to the dense ones, the gates' sums too."""
     torch.manual_seed(1)
-    codes = torch.rand(200, 64) * (torch.rand(200, 64) < torch.rand(200, 1) * 0.2)
-    codes[:5] = 0
+    gates = (torch.rand(200, 64) < torch.rand(200, 1) * 0.2).double()
+    gates[:5] = 0
+    codes = (torch.rand(200, 64) - 0.1) * gates
+    codes[7, gates[7].nonzero()[:1, 0]] = 0  # fires with u = 0
     targets = torch.randn(200, 16)
     sums = {}
     for cost in (0, 10**12):  # every chunk sparse, every chunk dense
         monkeypatch.setattr(decoder_refit, "SPARSE_COST", cost)
-        statistics = decoder_refit.RefitStatistics(64, 16, "cpu")
-        statistics.add(codes[:120], targets[:120])
-        statistics.add(codes[120:], targets[120:])
+        statistics = decoder_refit.RefitStatistics(64, 16, "cpu", offsets=True)
+        statistics.add(codes[:120], targets[:120], gates[:120])
+        statistics.add(codes[120:], targets[120:], gates[120:])
         sums[cost] = statistics
     sparse, dense = sums[0], sums[10**12]
-    expected = codes.double()
+    expected, t = codes.double(), targets.double()
     assert torch.allclose(dense.gram, expected.T @ expected, atol=1e-10)
-    assert torch.allclose(sparse.gram, dense.gram, atol=1e-10) and torch.allclose(sparse.cross, dense.cross, atol=1e-10)
-    assert float(sparse.rows) == 200 and float(sparse.energy) == pytest.approx(float(targets.double().pow(2).sum()))
+    assert torch.allclose(dense.gate_code, gates.T @ expected, atol=1e-10)
+    assert torch.allclose(dense.gate_gram, gates.T @ gates, atol=1e-10)
+    assert torch.allclose(dense.gate_cross, gates.T @ t, atol=1e-10)
+    for name in ("gram", "cross", "gate_gram", "gate_code", "gate_cross"):
+        assert torch.allclose(getattr(sparse, name), getattr(dense, name), atol=1e-10), name
+    assert float(sparse.rows) == 200 and float(sparse.energy) == pytest.approx(float(t.pow(2).sum()))
+
+
+def _error(sae: GBATrainingSAE, x: torch.Tensor) -> float:
+    """|s x - b_pre - z W|^2 / |s x - b_pre|^2 with the SAE's own codes, written out."""
+    sae.eval()
+    with torch.no_grad():
+        target = x.double() * float(sae.input_scale) - sae.b_dec.double()
+        return float((target - sae.encode(x).double() @ sae.W_dec.double()).pow(2).sum() / target.pow(2).sum())
+
+
+def test_the_offsets_lower_the_error_below_the_decoder_alone_and_as_far_as_a_generic_optimiser(monkeypatch):
+    """Against the decoder-only refit and against L-BFGS on the offsets (the decoder solved exactly for
+    each, written out on the rows): the refit's error is lower than the first and no higher than the
+    second; every offset is at or above its bias; the result reports the error the SAE now has."""
+    monkeypatch.setattr(decoder_refit, "RIDGE", 1e-9)  # the plain least-squares problem
+    sae, x = _sae()
+    alone, _ = _sae()
+    sae.eval()
+    with torch.no_grad():
+        target = x.double() * float(sae.input_scale) - sae.b_dec.double()
+        u, hidden_pre = sae.encode_with_hidden_pre(x)
+        gates, u, bias = (hidden_pre > 0).double(), u.double(), sae.b_enc.double()
+    fires = gates.sum(0) > 0
+    offset = torch.zeros(24, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([offset], max_iter=1000, tolerance_grad=1e-12, tolerance_change=1e-16,
+                                  history_size=50, line_search_fn="strong_wolfe")
+
+    def error() -> torch.Tensor:
+        optimiser.zero_grad()
+        codes = (u + gates * torch.maximum(offset, bias))[:, fires]
+        decoder = torch.linalg.solve(codes.T @ codes, codes.T @ target)
+        value = (target - codes @ decoder).pow(2).sum() / target.pow(2).sum()
+        value.backward()
+        return value
+
+    for _ in range(5):
+        optimiser.step(error)
+    monkeypatch.setattr(decoder_refit, "OFFSET_STEPS", 0)
+    refit_decoder(alone, x)
+    monkeypatch.setattr(decoder_refit, "OFFSET_STEPS", 10)
+    result = refit_decoder(sae, x)
+    assert alone.b_act is None and sae.b_act is not None and not sae.b_act.requires_grad
+    c = sae.b_act.detach().double()
+    assert (c >= bias - 1e-7).all() and (c.abs() > 1e-2).sum() > 10  # offsets moved, none under its bias
+    assert result["error_after"] == pytest.approx(_error(sae, x), rel=1e-4)
+    assert result["error_after"] < _error(alone, x) - 2e-3
+    assert result["error_after"] <= float(error()) + 1e-6
+
+
+def test_the_sae_with_fitted_offsets_is_sae_lens_s_jumprelu_and_its_state_loads_into_a_new_sae():
+    sae, x = _sae()
+    refit_decoder(sae, x)
+    sae.eval()
+    with torch.no_grad():
+        inference = sae.to_inference_sae()
+        assert torch.allclose(inference.encode(x), sae.encode(x), atol=1e-5)
+        assert torch.allclose(inference(x), sae(x), atol=1e-5)
+    fresh = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=24, n_groups=2))
+    assert fresh.b_act is None
+    fresh.load_state_dict(sae.state_dict())
+    assert torch.equal(fresh.b_act, sae.b_act) and torch.equal(fresh.W_dec, sae.W_dec)
 
 
 def test_a_latent_that_never_fires_keeps_its_trained_row_and_the_sae_stays_in_training_mode():
@@ -96,14 +167,15 @@ def test_a_latent_that_never_fires_keeps_its_trained_row_and_the_sae_stays_in_tr
 
 
 def test_sums_all_reduced_over_ranks_give_the_one_process_decoder():
-    """Two ranks holding the same rows: every sum doubles, lambda with them, and the solution is the same."""
+    """Two ranks holding the same rows: every sum doubles, lambda with them, and the solution (decoder and
+    offsets) is the same."""
     sae, x = _sae()
     twice, _ = _sae()
     twice.reduce_window_statistics = lambda statistics: statistics.reduce_statistics(lambda t, op: t.mul_(2))
     one = refit_decoder(sae, x)
     two = refit_decoder(twice, x)
     assert two["rows"] == 2 * one["rows"]
-    assert torch.allclose(twice.W_dec, sae.W_dec, atol=1e-5)
+    assert torch.allclose(twice.W_dec, sae.W_dec, atol=1e-5) and torch.allclose(twice.b_act, sae.b_act, atol=1e-6)
 
 
 def test_it_is_on_with_find_l0_off_with_the_paper_s_rule_and_refuses_too_wide_an_sae():

@@ -149,17 +149,21 @@ PLAIN_SAELENS = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("gating, activation_bias, input_norm, inference_class", [
-    ("jumprelu", False, "unit_mean", "JumpReLUSAE"), ("jumprelu", True, "unit_mean", "JumpReLUSAE"),
-    ("relu", False, "unit_mean", "StandardSAE"), ("jumprelu", True, "per_token", "JumpReLUSAE")])
-def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, activation_bias, input_norm, inference_class):
+@pytest.mark.parametrize("gating, activation_bias, input_norm, decoder_refit, inference_class", [
+    ("jumprelu", False, "unit_mean", False, "JumpReLUSAE"), ("jumprelu", False, "unit_mean", True, "JumpReLUSAE"),
+    ("jumprelu", True, "unit_mean", False, "JumpReLUSAE"), ("relu", False, "unit_mean", True, "StandardSAE"),
+    ("jumprelu", True, "per_token", True, "JumpReLUSAE")])
+def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, activation_bias, input_norm, decoder_refit,
+                                                          inference_class):
     torch.manual_seed(0)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, gating=gating, n_groups=4, activation_bias=activation_bias,
-                                              input_norm=input_norm))
+                                              input_norm=input_norm, decoder_refit=decoder_refit))
     data = SeededBatches(lambda n: torch.relu(torch.randn(n, 12)) * 4 + 2, 128)
     train_sae(sae, data, TrainConfig(total_samples=128 * 30, batch_size=128, lr=1e-2))
     assert sae.b_enc.min() < 0  # the biases actually moved
-    assert activation_bias == (sae.b_act is not None and sae.b_act.abs().max() > 0.01)  # and the offsets
+    # and the offsets: trained (activation_bias) or fitted after the last step (decoder_refit, JumpReLU gate)
+    offsets = activation_bias or (decoder_refit and gating == "jumprelu")
+    assert offsets == (sae.b_act is not None and sae.b_act.abs().max() > 0.01)
     sae.eval()
     sae.save_inference_model(tmp_path / "sae")
 

@@ -30,14 +30,14 @@ def _batches() -> list[torch.Tensor]:
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Each refit's rows and the decoder before it (ROWS = WINDOW)."""
+    """Each refit's rows and the decoder and firing offsets before it (ROWS = WINDOW)."""
     monkeypatch.setattr(decoder_refit, "ROWS", WINDOW)
     monkeypatch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 1)  # 150 rows for 40 latents
     seen = []
     refit = refit_window.refit_decoder
 
     def recording(sae, rows, *args, **kwargs):
-        seen.append({"rows": rows.clone(), "before": sae.W_dec.detach().clone()})
+        seen.append({"rows": rows.clone(), "before": sae.W_dec.detach().clone(), "offsets_before": sae.b_act})
         return refit(sae, rows, *args, **kwargs)
 
     monkeypatch.setattr(refit_window, "refit_decoder", recording)
@@ -53,9 +53,11 @@ def test_the_decoder_is_refitted_once_after_the_last_step_on_the_run_s_last_rows
     assert torch.equal(calls[0]["rows"], torch.cat(_batches()[-3:]))  # whole steps: the last 3, 192 rows
     last = calls[0]["rows"]
     error = lambda: float((sae(last) - last).pow(2).sum())  # noqa: E731
+    assert calls[0]["offsets_before"] is None and sae.b_act is not None  # the refit fitted firing offsets
     with torch.no_grad():
         refitted = error()
         sae.W_dec.data.copy_(calls[0]["before"])
+        sae.b_act = None
         assert refitted < 0.9 * error()  # the trained decoder reconstructs the same rows worse
 
 

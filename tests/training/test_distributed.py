@@ -210,9 +210,10 @@ def test_activation_offsets_on_two_ranks_train_the_one_process_sae(tmp_path):
 
 def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path):
     """Each rank keeps its rows of the run's last steps; the refit's sums are all-reduced, so every
-    rank solves one process's system and holds its decoder."""
+    rank solves one process's system and holds its decoder and firing offsets."""
     reference, state = _one_process_and_two_ranks(tmp_path, ["--decoder-refit"], decoder_refit=True)
     _assert_same_sae(state, reference)
+    assert reference["b_act"].abs().max() > 1e-3  # the offsets were fitted
     plain = dist_worker.make_sae()
     dist_worker.train_sae(plain, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "plain")))
     assert (plain.W_dec - reference["W_dec"]).abs().max() > 1e-3  # the refit moved the decoder
