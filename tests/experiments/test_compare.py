@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -73,6 +74,31 @@ def test_synthbench_every_method_trains_sweeps_bracket_true_l0_and_files_are_wri
     assert json.loads((tmp_path / "out" / "compare_synthbench.json").read_text())["true_l0"] == pytest.approx(true_l0)
     assert (tmp_path / "out" / "compare_synthbench.png").stat().st_size > 0
     assert set(files) == {"md", "json", "png"}
+
+
+def test_the_run_journal_resumes_only_runs_of_the_same_settings_and_code(tmp_path, monkeypatch):
+    """A comparison run again reads its finished runs back from its journal; after a change of code (or of
+    SAELens or torch) it trains them again and says how many it left."""
+    import gba_lens.experiments.compare.synthbench as synthbench
+
+    trained = []
+    real = synthbench._run
+    monkeypatch.setattr(synthbench, "_run", lambda variant, *a: trained.append(variant.key) or real(variant, *a))
+    cfg = CompareConfig(preset="synthbench", quick=True, methods=["batchtopk"], seeds=[0], out=str(tmp_path))
+    first = run_synthbench(cfg, progress=False, scale=TINY)
+    count = len(trained)
+    assert count == 3  # k at 0.5x, 1x and 2x the true L0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = run_synthbench(cfg, progress=False, scale=TINY)
+    assert not [w for w in caught if "runs were made with" in str(w.message)]  # every run is this code's
+    assert len(trained) == count and again["runs"] == first["runs"]
+    assert len(synthbench.code_version()) == 16 and synthbench.code_version() == synthbench.code_version()
+    monkeypatch.setattr(synthbench, "code_version", lambda: "another version")
+    with pytest.warns(UserWarning, match=f"{count} of its {count} runs were made with other settings or another "
+                                         "version of gba_lens"):
+        run_synthbench(cfg, progress=False, scale=TINY)
+    assert len(trained) == 2 * count
 
 
 def test_penalty_grid_is_extended_until_its_l0s_bracket_the_target():

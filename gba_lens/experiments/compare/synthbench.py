@@ -10,14 +10,18 @@ schedule), is converted to its inference SAE as SAELens deploys it, and is score
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import sae_lens
+import torch
 from sae_lens.synthetic import eval_sae_on_synthetic_data
 from tqdm.auto import tqdm
 
@@ -128,10 +132,11 @@ def run_synthbench(cfg: CompareConfig, progress: bool = True, scale: SynthScale 
     sweeps = {m: initial_sweep(m, true_l0) for m in methods}
     runs: list[dict[str, Any]] = []
     bar = tqdm(total=sum(len(v) for v in sweeps.values()) * len(seeds), desc="synthbench runs", disable=not progress)
-    # Every finished run is appended to a journal keyed by the pool and the schedule, so an
-    # interrupted comparison restarted with the same settings skips the runs it already has.
+    # Every finished run is appended to a journal keyed by the pool, the schedule and the code, so an
+    # interrupted comparison restarted with the same settings and code skips the runs it already has.
     journal = Path(cfg.out) / "compare_synthbench.runs.jsonl"
-    journal_key = f"{pool_key(scale, 0)}-{scale.samples}-{scale.batch_size}-{scale.lr:g}-{scale.width}"
+    journal_key = (f"{pool_key(scale, 0)}-{scale.samples}-{scale.batch_size}-{scale.lr:g}-{scale.width}-"
+                   f"{code_version()}")
     kept = _read_journal(journal, journal_key)
 
     def run(variant: M.Variant, seed: int) -> dict[str, Any] | None:
@@ -192,10 +197,27 @@ def run_synthbench(cfg: CompareConfig, progress: bool = True, scale: SynthScale 
     }
 
 
+def code_version() -> str:
+    """A digest of gba_lens's source files and SAELens's and torch's versions: what a run's figures
+    depend on besides its settings."""
+    digest = hashlib.sha256(f"{sae_lens.__version__} {torch.__version__}".encode())
+    package = Path(__file__).resolve().parents[2]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _read_journal(path: Path, key: str) -> dict[tuple[str, float, int], dict[str, Any]]:
+    """The runs of ``path`` made with ``key`` (settings and code); says how many others it leaves."""
     if not path.exists():
         return {}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    others = sum(r.get("key") != key for r in records)
+    if others:
+        warnings.warn(f"{path}: {others} of its {len(records)} runs were made with other settings or another "
+                      "version of gba_lens, SAELens or torch; they are not reused (the journal only resumes an "
+                      "interrupted comparison)", stacklevel=3)
     return {(r["method"], r["knob_value"], r["seed"]): {k: v for k, v in r.items() if k != "key"}
             for r in records if r.get("key") == key}
 
