@@ -199,9 +199,9 @@ class GBAOptions:
     decoder_refit: bool | None = None
     """After the run's last step, replace the decoder by the least-squares one on the codes of the run's
     last rows (up to 131,072, kept by gba_lens's trainers), pulled towards the trained decoder where a
-    latent fires rarely, and with the JumpReLU gate fit each latent's firing offset with it (what a firing
-    latent adds to its output; exported in SAELens's JumpReLU b_enc and threshold) (:mod:`gba_lens.saes.decoder_refit`).
-    GBA's thresholds move until the end of its run, and the decoder, trained at a decaying learning rate,
+    latent fires rarely; with the JumpReLU gate, fit with it each latent's firing offset, what a firing
+    latent adds to its output, exported in SAELens's JumpReLU ``b_enc`` and ``threshold``
+    (:mod:`gba_lens.saes.decoder_refit`). GBA's thresholds move until the end of its run, and the decoder, trained at a decaying learning rate,
     ends behind the codes it decodes; which latents fire does not change. A run with fewer than 32 rows
     per latent (so, with 131,072 rows, an SAE of more than 4,096 latents) keeps its decoder and says so.
     Unset (the default): on with ``find_l0``, off otherwise (the paper's rule). Measured

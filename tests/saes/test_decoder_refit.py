@@ -3,9 +3,9 @@ firing offset under the JumpReLU gate.
 
 The decoder alone solves (Z^T Z + lambda I) W = Z^T (s x - b_pre) + lambda W_trained in the SAE's own units
 (with ``per_token`` each row divided by its norm first); a latent that never fires keeps its row; with the
-offsets the decoder and the offsets alternate to a stationary point of the error, the offsets at or above
-the biases, and the SAE with them is still SAELens's JumpReLU; all-reduced sums give one process's decoder;
-too wide an SAE is refused."""
+offsets, Gauss-Newton steps (the decoder following them) reach an error no higher than a generic
+optimiser's, the offsets at or above the biases, and the SAE with them is still SAELens's JumpReLU;
+all-reduced sums give one process's decoder and offsets; too wide an SAE is refused."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_the_offsets_lower_the_error_below_the_decoder_alone_and_as_far_as_a_gen
         optimiser.step(error)
     monkeypatch.setattr(decoder_refit, "OFFSET_STEPS", 0)
     refit_decoder(alone, x)
-    monkeypatch.setattr(decoder_refit, "OFFSET_STEPS", 10)
+    monkeypatch.setattr(decoder_refit, "OFFSET_STEPS", 10)  # this untrained SAE takes more than the default 5
     result = refit_decoder(sae, x)
     assert alone.b_act is None and sae.b_act is not None and not sae.b_act.requires_grad
     c = sae.b_act.detach().double()
