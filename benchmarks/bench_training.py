@@ -49,6 +49,7 @@ Prints markdown tables; a full run of both configurations also writes them to
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -310,8 +311,9 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "
         from gba_lens.saes.decoder_refit import refit_decoder
 
         res.refit_rows = len(acts)
-        for _ in range(max(1, reps // 3)):
-            timed(clock, lambda: refit_decoder(gba_fit, acts), res.refit)
+        for _ in range(max(1, reps // 3)):  # each on a copy: a refit of a refitted SAE starts at its optimum
+            fresh = copy.deepcopy(gba_fit)
+            timed(clock, lambda: refit_decoder(fresh, acts), res.refit)
     return res
 
 

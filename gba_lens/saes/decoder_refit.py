@@ -129,10 +129,15 @@ class RefitStatistics(nn.Module):
         rows, latents = active.nonzero(as_tuple=True)  # row by row
         values = codes[rows, latents].to(self.gram.dtype)
         ones = torch.ones_like(values)
-        for cross, entries in ((self.cross, values), *(((self.gate_cross, ones),) if self.offsets else ())):
+
+        def times_targets(entries: torch.Tensor) -> torch.Tensor:  # (the sparse codes or gates)^T targets
             transposed = torch.sparse_coo_tensor(torch.stack([latents, rows]), entries, (d_sae, len(codes)),
                                                  check_invariants=False)  # valid by construction
-            cross.add_(torch.sparse.mm(transposed, targets))
+            return torch.sparse.mm(transposed, targets)
+
+        self.cross.add_(times_targets(values))
+        if self.offsets:
+            self.gate_cross.add_(times_targets(ones))
         # each active entry times every active entry of its row (itself included)
         first = torch.cumsum(per_row, 0) - per_row  # index of each row's first active entry
         partners = per_row[rows]
@@ -209,12 +214,13 @@ class RefitStatistics(nn.Module):
 
     def solve(self, trained: Float[torch.Tensor, "d_sae d_in"], offset: Float[torch.Tensor, " d_sae"] | None = None,
               lowest: Float[torch.Tensor, " d_sae"] | None = None
-              ) -> tuple[Float[torch.Tensor, "d_sae d_in"], Float[torch.Tensor, " d_sae"] | None]:
+              ) -> tuple[Float[torch.Tensor, "d_sae d_in"], Float[torch.Tensor, " d_sae"] | None, float]:
         """The least-squares decoder, pulled towards ``trained`` by ``RIDGE`` (float64; on the host where
         the device has none); with ``offsets``, and the offsets stepped with it from ``offset`` (each at
-        least ``lowest``)."""
+        least ``lowest``); and the rows' squared error with them."""
         if not self.offsets or offset is None or OFFSET_STEPS <= 0:
-            return self._decoder(trained, None if not self.offsets else offset)[0], offset
+            decoder, _, error = self._decoder(trained, offset if self.offsets else None)
+            return decoder, offset, error
         assert lowest is not None, "offsets are kept at or above the latents' biases"
         start = offset.to(self._host(), torch.float64)
         offset = start
@@ -233,7 +239,7 @@ class RefitStatistics(nn.Module):
             offset, decoder, factor, error = candidate, found, found_factor, found_error
             if converged:
                 break
-        return decoder, offset
+        return decoder, offset, error
 
 
 @torch.no_grad()
@@ -269,8 +275,7 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
     sae.reduce_window_statistics(statistics)
     energy = max(float(statistics.energy), 1e-30)
     before = statistics.squared_error(sae.W_dec.detach(), start)
-    decoder, offset = statistics.solve(sae.W_dec.detach(), start, sae.b_enc.detach())
-    after = statistics.squared_error(decoder, offset)
+    decoder, offset, after = statistics.solve(sae.W_dec.detach(), start, sae.b_enc.detach())
     sae.W_dec.data.copy_(decoder.to(sae.W_dec.device, sae.W_dec.dtype))
     if offset is not None:
         if sae.b_act is None:
