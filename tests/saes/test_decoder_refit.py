@@ -49,6 +49,7 @@ def _expected(sae: GBATrainingSAE, x: torch.Tensor, input_norm: str) -> tuple[to
 @pytest.mark.parametrize("input_norm", ["unit_mean", "per_token"])
 def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_units(input_norm, monkeypatch):
     monkeypatch.setattr(decoder_refit, "OFFSET_STEPS", 0)  # the decoder alone
+    monkeypatch.setattr(decoder_refit, "REALLOCATIONS", 0)  # on the trained thresholds
     sae, x = _sae(input_norm)
     z, target, expected = _expected(sae, x, input_norm)
     trained = sae.W_dec.detach().clone()
@@ -106,6 +107,7 @@ def test_the_offsets_lower_the_error_below_the_decoder_alone_and_as_far_as_a_gen
     each, written out on the rows): the refit's error is lower than the first and no higher than the
     second; every offset is at or above its bias; the result reports the error the SAE now has."""
     monkeypatch.setattr(decoder_refit, "RIDGE", 1e-9)  # the plain least-squares problem
+    monkeypatch.setattr(decoder_refit, "REALLOCATIONS", 0)  # on the trained thresholds
     sae, x = _sae()
     alone, _ = _sae()
     sae.eval()
