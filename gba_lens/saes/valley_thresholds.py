@@ -52,10 +52,12 @@ MIN_MODE_COUNT = 5.0
 """... and hold at least this many (smoothed) samples in its bin."""
 STEP = 1.0
 """Fraction of the way to the valley a threshold moves per window (1: all the way)."""
-LATENTS_PER_PASS = 1024
+LATENTS_PER_PASS = 512
 """On the CPU, the histogram counts this many latents' columns at a time, so that the counters
-bincount scatters into (1024 x 33) stay in cache: at 65,536 latents a single pass over every latent
-took three times as long. On an accelerator one pass counts every latent."""
+bincount scatters into (512 x 33) stay in cache: at 65,536 latents a single pass over every latent
+took three times as long, and passes of 1,024 latents 1.2 to 1.6 times as long as passes of 256 or
+512 (docs/experiments/prior_free.md, forty-fourth step). On an accelerator one pass counts every
+latent."""
 
 
 @torch.no_grad()
