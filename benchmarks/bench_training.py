@@ -5,9 +5,11 @@ In ONE run, on the same in-memory activations, SAE sizes and batch (1024), timed
 
 * **GBA** (``gba_lens.saes.GBATrainingSAE``: JumpReLU gate, K = 10 groups, bias update every step;
   the dense step, ``sparse_step="off"``, as ``bench_sparse_step.py`` measures the sparse one), in
-  two configurations, each measured against its own interleaved standard SAE: its **defaults**
-  (valley thresholds and ``find_l0``: what a user gets with nothing set) and **the paper's rule**
-  (``find_l0=False``: fixed geometric targets; ``--gba`` picks one), through the project's harness,
+  three configurations, each measured against its own interleaved standard SAE: its **defaults**
+  (valley thresholds and ``find_l0``: what a user gets with nothing set) from a new SAE, the
+  defaults **settled** (timed after ``Plan.settle`` untimed steps, once the L0 has fallen: the step
+  loop only) and **the paper's rule** (``find_l0=False``: fixed geometric targets; ``--gba`` picks
+  one), through the project's harness,
   ``gba_lens.training.train.train_sae`` on a ``TensorBatches`` stream (one whole ``fit()`` per
   repetition), and as a raw step loop (``GBATrainer.step`` per batch, timed per step).
 * **standard**: SAELens's ``StandardTrainingSAE`` (L1) trained by SAELens's own ``SAETrainer``
@@ -37,7 +39,7 @@ machine, wall time mostly measures the time spent descheduled); with more thread
 time. Medians over repetitions after warm-up; a ratio (GBA / standard, BA share, generator /
 training) is the median of per-repetition ratios of sides timed back to back. Usage::
 
-    python benchmarks/bench_training.py [--quick] [--gba both|defaults|paper-rule] [--threads 1] [--wall]
+    python benchmarks/bench_training.py [--quick] [--gba all|defaults|settled|paper-rule] [--threads 1] [--wall]
     python benchmarks/bench_training.py --firing-worth 0.3       # the defaults with another firing_worth share
     python benchmarks/bench_training.py --gba defaults --early   # timed where idle_groups measures
                                         [--profile] [--out FILE]
@@ -94,14 +96,20 @@ class Plan:
     """Timed generator batches (interleaved with GBA steps), per GBA d_sae."""
     e2e_steps: dict[int, int]
     """Steps per end-to-end ``train_sae`` run on the live generator, per GBA d_sae."""
+    settle: dict[int, int]
+    """Untimed GBA steps before the defaults are timed again once their L0 has settled, per d_sae."""
 
 
 FULL = Plan(steps={4096: 40, 512: 300}, fit_steps={4096: 4, 512: 40}, reps=9, warmup=3,
             data_batches=16, gen_steps={4096: 15, 1024: 60, 512: 60},
-            e2e_steps={4096: 5, 1024: 20, 512: 20})
+            e2e_steps={4096: 5, 1024: 20, 512: 20}, settle={4096: 300, 512: 2000})
 QUICK = Plan(steps={4096: 3, 512: 30}, fit_steps={4096: 1, 512: 10}, reps=2, warmup=1,
              data_batches=4, gen_steps={4096: 2, 1024: 10, 512: 10},
-             e2e_steps={4096: 1, 1024: 5, 512: 5})
+             e2e_steps={4096: 1, 1024: 5, 512: 5}, settle={4096: 2, 512: 10})
+SETTLED = "defaults, settled"
+"""The defaults timed after ``Plan.settle`` untimed steps: the codes of a new SAE are dense for its
+first steps, where the co-activation check reads more pairs and decodes densely; a run spends nearly
+all its steps after its L0 has settled."""
 
 
 # -------------------------------------------------------------------------------- builders
@@ -214,6 +222,13 @@ class SizeResult:
     check: list[float] = field(default_factory=list)  # find_l0's co-activation check (every few steps)
     refit: Samples = field(default_factory=Samples)  # decoder_refit on the in-memory rows, once per repetition
     refit_rows: int = 0
+    settle: int = 0
+    l0: float = 0.0  # the last timed step's L0
+
+    @property
+    def name(self) -> str:
+        """The configuration as the tables name it (the settled one with its untimed steps and L0)."""
+        return f"defaults, after {self.settle} steps (L0 {self.l0:.1f})" if self.settle else self.gba
     fit_steps: int = 0
     steps: int = 0
     reps: int = 0
@@ -246,6 +261,11 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "
     gba_step = StepLoop(gba_trainer, gba_trainer.data_provider)
     std_step = StepLoop(std_trainer, std_trainer.data_provider)
     gemms = gemm_roofline(d_in, d_sae)
+    settle = plan.settle[d_sae] if label == SETTLED else 0
+    if settle:
+        log(f"[bench_training] {settle} untimed GBA steps first ...")
+    for _ in range(settle):
+        gba_step()
     for _ in range(warmup):
         gba_step(), std_step(), gemms()
 
@@ -286,6 +306,9 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "
                 res.check.append(parts.get("check", 0.0))
     inst.restore()
     assert gba_trainer.sae.bias_adaptation.n_samples.item() == 0  # update ran (T = 1) and reset
+    res.settle, res.l0 = settle, float(gba.step_density) * d_sae
+    if settle:  # the harness and the refit start from a new SAE: measured with the defaults' row
+        return res
 
     # --- the harness: one whole fit() per repetition, interleaved ---------------------------
     # Without the decoder refit that ends a run at the defaults: a cost per run, not per sample, which
@@ -311,7 +334,7 @@ def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "
         from gba_lens.saes.decoder_refit import refit_decoder
 
         res.refit_rows = len(acts)
-        for _ in range(max(1, reps // 3)):  # each on a copy: a refit of a refitted SAE starts at its optimum
+        for _ in range(max(1, reps // 9)):  # each on a copy: a refit of a refitted SAE starts at its optimum
             fresh = copy.deepcopy(gba_fit)
             timed(clock, lambda: refit_decoder(fresh, acts), res.refit)
     return res
@@ -437,7 +460,7 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
       f"mixture, n = d_sae features). Clock: {clock.name}; medians over "
       + ", ".join(dict.fromkeys(f"{r.steps} (d_sae {r.d_sae})" for r in sizes))
       + f" interleaved steps (step loop) and {sizes[0].reps} interleaved `fit()` runs per "
-      f"trainer (harness). GBA: " + " and ".join(dict.fromkeys(r.gba for r in sizes))
+      f"trainer (harness). GBA: " + ", ".join(dict.fromkeys(r.gba for r in sizes))
       + ", each timed against its own standard SAE. Roofline = the step's six "
       f"fp32 GEMMs timed with `torch.matmul` in the same run (12·B·d_in·d_sae flops/step). "
       f"Ratios and shares are medians of per-repetition ratios (the two sides of a ratio run "
@@ -453,19 +476,20 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
         rows = [
             ("step loop (`GBATrainer.step` vs `SAETrainer.step`)", r.step_gba.median,
              r.step_std.median, 1, paired_ratio(r.step_std.times, r.step_gba.times)),
-            ("harness (`train_sae` vs `SAETrainer.fit`, "
-             f"{r.fit_steps} steps/run)", r.fit_gba.median, r.fit_std.median, r.fit_steps,
-             paired_ratio(r.fit_std.times, r.fit_gba.times)),
         ]
+        if r.fit_gba.times:  # not for the settled defaults (a fit() starts a new SAE)
+            rows.append(("harness (`train_sae` vs `SAETrainer.fit`, "
+                         f"{r.fit_steps} steps/run)", r.fit_gba.median, r.fit_std.median, r.fit_steps,
+                         paired_ratio(r.fit_std.times, r.fit_gba.times)))
         for label, t_gba, t_std, n, ratio in rows:
             ok = "" if goal is None else (" ✅" if ratio >= goal else " ❌")
-            w(f"| {r.d_in} × {r.d_sae} | {r.gba} | {label} | {fmt_rate(t_gba, n * BATCH)} | "
+            w(f"| {r.d_in} × {r.d_sae} | {r.name} | {label} | {fmt_rate(t_gba, n * BATCH)} | "
               f"{fmt_rate(t_std, n * BATCH)} | {ratio:.3f}x{ok} | ≥ {goal:.2f}x | "
               f"{100 * roof * n / t_gba:.0f}% | {100 * roof * n / t_std:.0f}% | "
               f"{fmt_rate(roof)} ({gflops:.1f}) |")
     w("")
     w("Wall-clock medians (same runs; affected by other processes on the machine): "
-      + "; ".join(f"{r.d_in}×{r.d_sae}, {r.gba}: step GBA {fmt_rate(r.step_gba.wall_median)} "
+      + "; ".join(f"{r.d_in}×{r.d_sae}, {r.name}: step GBA {fmt_rate(r.step_gba.wall_median)} "
                   f"vs standard {fmt_rate(r.step_std.wall_median)} samples/s" for r in sizes) + ".\n")
 
     w("### Bias adaptation share of the GBA step (measured inside the real steps)\n")
@@ -473,7 +497,8 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
       "rule (and the valley windows); the check: `find_l0`'s co-activation check, every few steps. "
       "Per step: the median over steps of (`observe` + `update`) / step. In total: everything, the "
       "checks included, summed over every timed step over the steps' sum (amortised); the goal "
-      "applies to it.\n")
+      "applies to it. The settled defaults are timed after untimed steps from a new SAE, once its L0 has "
+      "fallen (the L0 of the last timed step in brackets), where a run spends nearly all its steps.\n")
     w("| d_in × d_sae | GBA | GBA step (ms) | `observe` (ms) | `update` (ms) | checks | ms per check "
       "| per step | in total, amortised | goal | `project_weights` (ms) | projection share |")
     w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -485,15 +510,19 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
         per_check = f"{1e3 * sum(r.check) / checks:.2f}" if checks else "—"
         total = (sum(r.observe) + sum(r.update) + sum(r.check)) / sum(r.step_gba.times)
         ok = " ✅" if total <= BA_GOAL else " ❌"
-        w(f"| {r.d_in} × {r.d_sae} | {r.gba} | {1e3 * step:.2f} | {1e3 * obs:.3f} | "
+        w(f"| {r.d_in} × {r.d_sae} | {r.name} | {1e3 * step:.2f} | {1e3 * obs:.3f} | "
           f"{1e3 * upd:.3f} | {checks} | {per_check} | {100 * share:.2f}% | {100 * total:.2f}%{ok} | "
           f"≤ {100 * BA_GOAL:.0f}% | {1e3 * proj:.3f} | {100 * paired_ratio(r.project, r.step_gba.times):.2f}% |")
     w("")
     refits = [r for r in sizes if r.refit.times]
     if refits:
+        from gba_lens.saes import decoder_refit as refit_module
+
         w("### The decoder refit that ends a run (`decoder_refit`, the defaults)\n")
         w("Once per run, after its last step, on the run's last rows (up to 131,072): here on the "
-          "in-memory rows, against the GBA step's time on as many rows. Not in the harness above.\n")
+          "in-memory rows, against the GBA step's time on as many rows; the decoder and offsets' fit, then "
+          f"{refit_module.REALLOCATIONS} rounds of the thresholds' reallocation, each followed by the fit again. "
+          "Not in the harness above.\n")
         w("| d_in × d_sae | GBA | rows | refit (s) | steps of training as long |")
         w("|---|---|---:|---:|---:|")
         for r in refits:
@@ -533,8 +562,9 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]
     if args.firing_worth:
         return [(f"defaults, firing_worth {args.firing_worth:g}", {"firing_worth": args.firing_worth})]
     chosen = "defaults" if args.find_l0 else args.gba
-    known = {"defaults": ("defaults", {}), "paper-rule": ("the paper's rule", dict(PAPER_RULE))}
-    return list(known.values()) if chosen == "both" else [known[chosen]]
+    known = {"defaults": ("defaults", {}), "settled": (SETTLED, {}),
+             "paper-rule": ("the paper's rule", dict(PAPER_RULE))}
+    return list(known.values()) if chosen == "all" else [known[chosen]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -546,9 +576,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown output file (default: benchmarks/results_training.md for a "
                              "full run of both configurations, none otherwise)")
-    parser.add_argument("--gba", choices=("both", "defaults", "paper-rule"), default="both",
-                        help="GBA's configurations: its defaults (valley thresholds and find_l0), the "
-                             "paper's rule (find_l0=False), or both (default)")
+    parser.add_argument("--gba", choices=("all", "defaults", "settled", "paper-rule"), default="all",
+                        help="GBA's configurations: its defaults (valley thresholds and find_l0) from a new SAE, "
+                             "the defaults once the L0 has settled (after untimed steps), the paper's rule "
+                             "(find_l0=False), or all three (default)")
     parser.add_argument("--find-l0", action="store_true",
                         help="the same as --gba defaults")
     parser.add_argument("--valley-thresholds", action="store_true",
@@ -564,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     apply_set_option(parser, args)
     gba_configs = configurations(args)
-    tracked = len(gba_configs) == 2 and not args.set and not args.early  # results_training.md (with the generator)
+    tracked = len(gba_configs) == 3 and not args.set and not args.early  # results_training.md (with the generator)
     clock = _common.configure(args.threads, args.wall)
     start = time.perf_counter()
 
@@ -583,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = gemm_peak(clock, 5)
     md = report(sizes, gens, peak, clock, args.threads, args.quick)
     flags = [" --quick" if args.quick else "",
-             f" --gba {args.gba}" if args.gba != "both" else "",
+             f" --gba {args.gba}" if args.gba != "all" else "",
              " --find-l0" if args.find_l0 else "",
              " --valley-thresholds" if args.valley_thresholds else "",
              f" --encoder-regression {args.encoder_regression:g}" if args.encoder_regression else "",
