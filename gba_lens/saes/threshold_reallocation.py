@@ -50,14 +50,16 @@ class CutStatistics(nn.Module):
 
     def __init__(self, d_sae: int, device: torch.device | str):
         super().__init__()
-        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
-        self.register_buffer("count", torch.zeros(d_sae, BINS + 1, dtype=dtype, device=device))
-        self.register_buffer("worth", torch.zeros(d_sae, BINS + 1, dtype=dtype, device=device))
+        device = torch.device(device)
+        device = device if device.type in ("cpu", "cuda") else torch.device("cpu")  # float64 sums (MPS has none)
+        self.register_buffer("count", torch.zeros(d_sae, BINS + 1, dtype=torch.float64, device=device))
+        self.register_buffer("worth", torch.zeros(d_sae, BINS + 1, dtype=torch.float64, device=device))
 
     @torch.no_grad()
     def add(self, u: Float[torch.Tensor, "rows d_sae"], threshold: Float[torch.Tensor, " d_sae"],
             worth: Float[torch.Tensor, "rows d_sae"]) -> None:
         """Add rows' pre-activations u (without bias) and the worth of each latent firing on each row."""
+        u, threshold, worth = (t.to(self.count.device) for t in (u, threshold, worth))
         d_sae = u.shape[1]
         ratio = u / threshold.clamp(min=1e-30)
         # cut j sits at ratio RANGE^(2j / BINS - 1); bin j holds ratios in (cut j, cut j + 1]
@@ -142,6 +144,7 @@ def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batc
         sae.train(was_training)
     sae.reduce_window_statistics(statistics)
     cut, price = statistics.cuts()
+    cut = cut.to(bias.device)
     moved = statistics.thresholds(threshold, cut)
     controller = sae.bias_adaptation
     moved_bias = (-moved).clamp(controller.bias_min, controller.bias_max).to(sae.b_enc.dtype)
