@@ -220,18 +220,18 @@ class SizeResult:
     update: list[float] = field(default_factory=list)
     project: list[float] = field(default_factory=list)
     check: list[float] = field(default_factory=list)  # find_l0's co-activation check (every few steps)
-    refit: Samples = field(default_factory=Samples)  # decoder_refit on the in-memory rows, once per repetition
+    refit: Samples = field(default_factory=Samples)  # decoder_refit on the in-memory rows, on fresh copies
     refit_rows: int = 0
     settle: int = 0
     l0: float = 0.0  # the last timed step's L0
+    fit_steps: int = 0
+    steps: int = 0
+    reps: int = 0
 
     @property
     def name(self) -> str:
         """The configuration as the tables name it (the settled one with its untimed steps and L0)."""
         return f"defaults, after {self.settle} steps (L0 {self.l0:.1f})" if self.settle else self.gba
-    fit_steps: int = 0
-    steps: int = 0
-    reps: int = 0
 
 
 def measure_size(d_in: int, d_sae: int, clock: Clock, plan: Plan, label: str = "defaults", early: bool = False,
@@ -460,7 +460,7 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
       f"mixture, n = d_sae features). Clock: {clock.name}; medians over "
       + ", ".join(dict.fromkeys(f"{r.steps} (d_sae {r.d_sae})" for r in sizes))
       + f" interleaved steps (step loop) and {sizes[0].reps} interleaved `fit()` runs per "
-      f"trainer (harness). GBA: " + ", ".join(dict.fromkeys(r.gba for r in sizes))
+      f"trainer (harness). GBA: " + "; ".join(dict.fromkeys(r.gba for r in sizes))
       + ", each timed against its own standard SAE. Roofline = the step's six "
       f"fp32 GEMMs timed with `torch.matmul` in the same run (12·B·d_in·d_sae flops/step). "
       f"Ratios and shares are medians of per-repetition ratios (the two sides of a ratio run "
