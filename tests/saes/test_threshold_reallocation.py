@@ -47,10 +47,11 @@ def test_rows_are_counted_with_their_worth_in_the_bin_between_their_two_cuts():
     assert stats.count[2].sum() == 0 and stats.worth[2].abs().sum() == 0
 
 
-def test_at_the_price_that_keeps_the_firings_cheap_firings_go_to_where_silent_rows_are_worth_more():
+def test_at_the_price_that_keeps_the_firings_cheap_firings_go_to_where_silent_rows_are_worth_more(monkeypatch):
     """Latent 0 fires on 100 rows worth 0.01 each just over its threshold and 100 worth 1 further up;
     latent 1 fires on 100 rows worth 1 and would add 0.5 on each of 100 silent rows just under its
-    threshold. Holding 300 firings, latent 0 gives up its cheap firings and latent 1 takes the rows."""
+    threshold. Holding 300 firings, latent 0 gives up its cheap firings (half of them, which MIN_KEPT
+    allows) and latent 1 takes the rows; where a round must keep three quarters, nothing moves."""
     threshold = torch.tensor([0.1, 0.1])
     stats = CutStatistics(2, "cpu")
     just_over, further, just_under = 1.1 * 0.1, 2.0 * 0.1, 0.9 * 0.1
@@ -64,6 +65,9 @@ def test_at_the_price_that_keeps_the_firings_cheap_firings_go_to_where_silent_ro
     moved = stats.thresholds(threshold, cut)
     assert just_over <= moved[0] < further  # latent 0 now fires on its valuable rows only
     assert moved[1] < just_under  # latent 1 fires on the rows under its old threshold too
+    monkeypatch.setattr(T, "MIN_KEPT", 0.75)
+    cut, _ = stats.cuts()
+    assert cut.tolist() == [BINS // 2, BINS // 2]
 
 
 def _sae(gating: str = "jumprelu") -> tuple[GBATrainingSAE, torch.Tensor]:
