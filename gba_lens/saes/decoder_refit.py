@@ -52,7 +52,7 @@ import torch
 from jaxtyping import Float
 from torch import nn
 
-from gba_lens.saes.threshold_reallocation import reallocate_thresholds
+from gba_lens.saes.threshold_reallocation import evaluating, reallocate_thresholds
 
 ROWS = 131_072
 """Rows the refit reads at most: the run's last ones (whole steps; each data-parallel rank keeps its share)."""
@@ -279,9 +279,7 @@ def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[s
     if offsets:
         start = sae.activation_offset()
         start = torch.zeros_like(sae.b_enc) if start is None else start
-    was_training = sae.training
-    sae.eval()  # no controller statistics from these passes
-    try:
+    with evaluating(sae):  # no controller statistics from these passes
         for chunk in rows.split(batch_size):
             chunk = chunk.to(sae.W_dec.device, sae.dtype)
             # first: with per_token, encoding sets the inputs' norms that _scaled reads
@@ -291,8 +289,6 @@ def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[s
                 gates = (hidden_pre > 0).to(codes.dtype)
                 codes = codes - gates * start  # u on firings
             statistics.add(codes, sae._scaled(chunk) - sae.b_dec, gates)
-    finally:
-        sae.train(was_training)
     sae.reduce_window_statistics(statistics)
     energy = max(float(statistics.energy), 1e-30)
     before = statistics.squared_error(sae.W_dec.detach(), start)

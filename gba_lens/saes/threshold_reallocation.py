@@ -31,6 +31,8 @@ firings move, its refitted decoder row moves with them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -126,6 +128,17 @@ class CutStatistics(nn.Module):
         return threshold * RANGE ** (2 * cut.to(threshold.dtype) / BINS - 1)
 
 
+@contextmanager
+def evaluating(sae: Any) -> Iterator[None]:
+    """``sae`` in eval mode (its forward passes take no controller statistics), then back as it was."""
+    was_training = sae.training
+    sae.eval()
+    try:
+        yield
+    finally:
+        sae.train(was_training)
+
+
 @torch.no_grad()
 def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: int = 4096
                           ) -> dict[str, float]:
@@ -138,9 +151,7 @@ def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batc
     decoder = sae.W_dec.detach()
     energy = (decoder * decoder).sum(1)
     offset = sae.activation_offset()
-    was_training = sae.training
-    sae.eval()  # no controller statistics from these passes
-    try:  # about 2^23 entries per chunk: eight [rows, d_sae] temporaries of it at once
+    with evaluating(sae):  # about 2^23 entries per chunk: eight [rows, d_sae] temporaries of it at once
         for chunk in rows.split(max(1, min(batch_size, (1 << 23) // sae.cfg.d_sae))):
             chunk = chunk.to(decoder.device, sae.dtype)
             codes, hidden_pre = sae.encode_with_hidden_pre(chunk)
@@ -151,8 +162,6 @@ def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batc
             fired = hidden_pre > 0
             worth = 2 * output * overlap + torch.where(fired, 1.0, -1.0) * output * output * energy
             statistics.add(u, threshold, worth)
-    finally:
-        sae.train(was_training)
     sae.reduce_window_statistics(statistics)
     cut, price = statistics.cuts()
     cut = cut.to(bias.device)
