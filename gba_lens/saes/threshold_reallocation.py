@@ -31,6 +31,7 @@ firings move, its refitted decoder row moves with them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -68,24 +69,17 @@ class CutStatistics(nn.Module):
         self.register_buffer("worth", torch.zeros(d_sae, BINS + 1, dtype=torch.float64, device=device))
 
     @torch.no_grad()
-    def add(self, u: Float[torch.Tensor, "rows d_sae"], threshold: Float[torch.Tensor, " d_sae"],
-            worth: Float[torch.Tensor, "rows d_sae"]) -> None:
-        """Add rows' pre-activations u (without bias) and the worth of each latent firing on each row."""
-        u, threshold, worth = (t.to(self.count.device) for t in (u, threshold, worth))
-        d_sae = u.shape[1]
-        ratio = u / threshold.clamp(min=1e-30)
+    def add(self, latents: Int[torch.Tensor, " entries"], ratio: Float[torch.Tensor, " entries"],
+            worth: Float[torch.Tensor, " entries"]) -> None:
+        """Add entries (a row's pre-activation u of one latent, from :func:`candidate_entries`): each one's
+        latent, u / t, and the worth of that latent firing on that row."""
+        latents, ratio, worth = (t.to(self.count.device) for t in (latents, ratio, worth))
         # cut j sits at ratio RANGE^(2j / BINS - 1); bin j holds ratios in (cut j, cut j + 1]
-        position = (torch.log(ratio.clamp(min=1e-30)) / torch.log(torch.tensor(RANGE)) + 1) * (BINS / 2)
-        candidate = (ratio > 1 / RANGE) & (threshold > 0)
-        column = (torch.ceil(position) - 1).clamp_(0, BINS).nan_to_num_(0).long()
-        # each latent's counters: column 0 of its BINS + 2 takes the rows that are not candidates
-        index = torch.arange(d_sae, device=u.device) * (BINS + 2) + torch.where(candidate, 1 + column, 0)
-        size = d_sae * (BINS + 2)
-        count = torch.bincount(index.view(-1), minlength=size).view(d_sae, BINS + 2)[:, 1:]
-        summed = torch.bincount(index.view(-1), weights=worth.reshape(-1).to(self.worth.dtype),
-                                minlength=size).view(d_sae, BINS + 2)[:, 1:]
-        self.count.add_(count.to(self.count.dtype))
-        self.worth.add_(summed)
+        position = (torch.log(ratio) / math.log(RANGE) + 1) * (BINS / 2)
+        index = latents * (BINS + 1) + (torch.ceil(position) - 1).clamp_(0, BINS).long()
+        size = self.count.numel()
+        self.count.view(-1).add_(torch.bincount(index, minlength=size).to(self.count.dtype))
+        self.worth.view(-1).add_(torch.bincount(index, weights=worth.to(self.worth.dtype), minlength=size))
 
     def reduce_statistics(self, all_reduce: Any) -> None:
         """Data-parallel training: the sums over every rank's rows."""
@@ -128,6 +122,16 @@ class CutStatistics(nn.Module):
         return threshold * RANGE ** (2 * cut.to(threshold.dtype) / BINS - 1)
 
 
+def candidate_entries(u: Float[torch.Tensor, "rows d_sae"], threshold: Float[torch.Tensor, " d_sae"]
+                      ) -> tuple[Int[torch.Tensor, " entries"], Int[torch.Tensor, " entries"],
+                                 Float[torch.Tensor, " entries"]]:
+    """The entries of ``u`` (rows' pre-activations without bias) that a cut could reach: above the lowest
+    cut of a latent whose threshold is positive (no more than a few times a latent's firings). Returns their
+    rows, latents and u / t."""
+    rows, latents = ((u > threshold / RANGE) & (threshold > 0)).nonzero(as_tuple=True)
+    return rows, latents, u[rows, latents] / threshold[latents]
+
+
 @contextmanager
 def evaluating(sae: Any) -> Iterator[None]:
     """``sae`` in eval mode (its forward passes take no controller statistics), then back as it was."""
@@ -151,17 +155,17 @@ def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batc
     decoder = sae.W_dec.detach()
     energy = (decoder * decoder).sum(1)
     offset = sae.activation_offset()
-    with evaluating(sae):  # about 2^23 entries per chunk: eight [rows, d_sae] temporaries of it at once
+    with evaluating(sae):  # about 2^23 entries per chunk: a few [rows, d_sae] temporaries of it at once
         for chunk in rows.split(max(1, min(batch_size, (1 << 23) // sae.cfg.d_sae))):
             chunk = chunk.to(decoder.device, sae.dtype)
             codes, hidden_pre = sae.encode_with_hidden_pre(chunk)
             error = sae._scaled(chunk) - sae.b_dec - codes @ decoder  # in the SAE's units
             u = hidden_pre - bias
-            output = u if offset is None else u + offset
-            overlap = error @ decoder.T
-            fired = hidden_pre > 0
-            worth = 2 * output * overlap + torch.where(fired, 1.0, -1.0) * output * output * energy
-            statistics.add(u, threshold, worth)
+            row, latent, ratio = candidate_entries(u, threshold)
+            output = u[row, latent] if offset is None else u[row, latent] + offset[latent]
+            overlap = (error @ decoder.T)[row, latent]
+            sign = torch.where(hidden_pre[row, latent] > 0, 1.0, -1.0)  # r' = r + a d_m where m fires
+            statistics.add(latent, ratio, 2 * output * overlap + sign * output * output * energy[latent])
     sae.reduce_window_statistics(statistics)
     cut, price = statistics.cuts()
     cut = cut.to(bias.device)

@@ -69,7 +69,8 @@ def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_u
 
 def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
     """Rows of 0 to 12 active latents of 64 (some rows silent, some firings with a code of 0 or below): the
-    sparse products (taken on a CPU where cheaper) add up to the dense ones, the gates' sums too."""
+    sparse products (taken on a CPU where cheaper) add up to the dense ones, the gates' sums too; float32
+    codes' dense products (float32 per chunk) to float32's rounding."""
     torch.manual_seed(1)
     gates = (torch.rand(200, 64) < torch.rand(200, 1) * 0.2).double()
     gates[:5] = 0
@@ -92,6 +93,12 @@ def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
     for name in ("gram", "cross", "gate_gram", "gate_code", "gate_cross"):
         assert torch.allclose(getattr(sparse, name), getattr(dense, name), atol=1e-10), name
     assert float(sparse.rows) == 200 and float(sparse.energy) == pytest.approx(float(t.pow(2).sum()))
+    # float32 codes, dense (SPARSE_COST as the loop left it): each chunk's products in float32, summed in float64
+    single = decoder_refit.RefitStatistics(64, 16, "cpu", offsets=True)
+    single.add(codes.float(), targets.float(), gates.float())
+    assert single.gram.dtype == torch.float64 and not torch.equal(single.gram, dense.gram)
+    for name in ("gram", "cross", "gate_gram", "gate_code", "gate_cross"):
+        assert torch.allclose(getattr(single, name), getattr(dense, name), rtol=1e-5, atol=1e-5), name
 
 
 def _error(sae: GBATrainingSAE, x: torch.Tensor) -> float:

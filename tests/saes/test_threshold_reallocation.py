@@ -16,7 +16,8 @@ from gba_lens.saes import decoder_refit
 from gba_lens.saes import threshold_reallocation as T
 from gba_lens.saes.decoder_refit import refit_decoder
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
-from gba_lens.saes.threshold_reallocation import BINS, RANGE, CutStatistics, reallocate_thresholds
+from gba_lens.saes.threshold_reallocation import (BINS, RANGE, CutStatistics, candidate_entries,
+                                                    reallocate_thresholds)
 
 
 def _cut(j: int) -> float:
@@ -32,8 +33,9 @@ def test_rows_are_counted_with_their_worth_in_the_bin_between_their_two_cuts():
     u = torch.tensor([[r * 0.2, r * 0.5, r] for r in ratios])
     worth = torch.arange(1.0, 1 + u.numel()).view(u.shape)
     stats = CutStatistics(3, "cpu")
-    stats.add(u, threshold, worth)
-    stats.add(u, threshold, worth)  # sums
+    row, latent, ratio = candidate_entries(u, threshold)
+    stats.add(latent, ratio, worth[row, latent])
+    stats.add(latent, ratio, worth[row, latent])  # sums
     expected_bins = [None, 10, 31, 32, 40, BINS]  # None: under the lowest cut
     for latent in (0, 1):
         count = torch.zeros(BINS + 1, dtype=torch.float64)
@@ -57,7 +59,8 @@ def test_at_the_price_that_keeps_the_firings_cheap_firings_go_to_where_silent_ro
     just_over, further, just_under = 1.1 * 0.1, 2.0 * 0.1, 0.9 * 0.1
     u = torch.tensor([[just_over, further]] * 100 + [[further, just_under]] * 100)
     worth = torch.tensor([[0.01, 1.0]] * 100 + [[1.0, 0.5]] * 100)
-    stats.add(u, threshold, worth)
+    row, latent, ratio = candidate_entries(u, threshold)
+    stats.add(latent, ratio, worth[row, latent])
     assert stats.count[:, BINS // 2:].sum() == 300  # firing now (u > t)
     cut, price = stats.cuts()
     kept = stats.count.flip(1).cumsum(1).flip(1).gather(1, cut[:, None]).squeeze(1)

@@ -61,10 +61,20 @@ def activations_file(tmp_path):
     return path, acts
 
 
-def _assert_same_sae(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+REFIT_ATOL = 5e-5
+"""The decoder refit's products are float32 sums over each chunk's rows, and a rank's chunks hold other rows
+than one process's: the decoder and offsets they solve to agree to that rounding."""
+
+
+def _atol(key: str, refitted: bool) -> float:
+    return REFIT_ATOL if refitted and key.split(".")[-1] in ("W_dec", "b_act") else 1e-6
+
+
+def _assert_same_sae(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
+                     refitted: bool = False) -> None:
     assert state.keys() == reference.keys()
     for key in reference:  # weights, GBA biases, b_pre, input scale, controller statistics
-        assert torch.allclose(state[key], reference[key], atol=1e-6), key
+        assert torch.allclose(state[key], reference[key], atol=_atol(key, refitted)), key
     assert reference["b_enc"].min() < 0  # the biases moved: the comparison is not trivial
 
 
@@ -210,9 +220,10 @@ def test_activation_offsets_on_two_ranks_train_the_one_process_sae(tmp_path):
 
 def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path):
     """Each rank keeps its rows of the run's last steps; the refit's sums are all-reduced, so every
-    rank solves one process's system and holds its decoder and firing offsets."""
+    rank solves one process's system, to the rounding of its chunks' float32 products, and holds its
+    decoder and firing offsets (and the same thresholds)."""
     reference, state = _one_process_and_two_ranks(tmp_path, ["--decoder-refit"], decoder_refit=True)
-    _assert_same_sae(state, reference)
+    _assert_same_sae(state, reference, refitted=True)
     assert reference["b_act"].abs().max() > 1e-3  # the offsets were fitted
     plain = dist_worker.make_sae()
     dist_worker.train_sae(plain, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "plain")))
@@ -306,7 +317,7 @@ def test_multi_sae_trainer_on_two_ranks_trains_the_one_process_saes(tmp_path):
     state = load_file(str(tmp_path / "multi.safetensors"))
     assert state.keys() == reference.keys()
     for key, value in reference.items():
-        assert torch.allclose(state[key], value, atol=1e-6), key
+        assert torch.allclose(state[key], value, atol=_atol(key, refitted=True)), key
     for hook in dist_worker.HOOKS:
         assert reference[f"{hook}.b_enc"].min() < 0  # the biases moved: the comparison is not trivial
     assert not torch.equal(reference["hook_a.W_enc"], reference["hook_b.W_enc"])
