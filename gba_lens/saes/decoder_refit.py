@@ -93,7 +93,7 @@ class RefitStatistics(nn.Module):
     """The sums the least-squares decoder (and offsets) need, over one rank's rows (all-reduced across ranks).
 
     Buffers (float64 sums of each chunk's products, which are float32 for float32 codes: ranks' sums, in
-    another order, solve to one process's decoder to that rounding, about 1e-6 of it; float32 on a device
+    another order, solve to one process's decoder to that rounding, about 1e-5 of it; float32 on a device
     without float64): ``gram`` [d_sae, d_sae] U^T U; ``cross`` [d_sae, d_in] U^T (X - b_pre);
     ``energy`` [] |X - b_pre|^2; ``rows`` [] the rows read; with ``offsets``, ``gate_gram`` G^T G,
     ``gate_code`` G^T U [d_sae, d_sae] and ``gate_cross`` G^T (X - b_pre) [d_sae, d_in]."""
