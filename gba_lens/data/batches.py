@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from jaxtyping import Float
 
-__all__ = ["SeededBatches", "SeekableBatches", "TensorBatches"]
+__all__ = ["SeededBatches", "SeekableBatches", "TensorBatches", "can_seek"]
 
 
 @runtime_checkable
@@ -21,6 +21,12 @@ class SeekableBatches(Protocol):
     """A data provider that can restart at a given batch index (for exact resumes)."""
 
     def seek(self, batch_index: int) -> None: ...
+
+
+def can_seek(stream: object) -> bool:
+    """Whether ``stream`` restarts at a batch index: it has ``seek``, and a wrapper whose ``seek`` moves
+    only an inner stream that can (data parallel's shards) says whether it does (``can_seek``)."""
+    return isinstance(stream, SeekableBatches) and bool(getattr(stream, "can_seek", True))
 
 
 class SeededBatches(Iterator[torch.Tensor]):

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gba_lens.data.batches import TensorBatches, can_seek
 from gba_lens.saes.gba import GBATrainingSAE
 from gba_lens.training.trainer import GBATrainer
 
@@ -207,8 +208,6 @@ def shard_batches(data: Iterator[torch.Tensor], rank: int, world: int, global_ba
         raise ValueError(f"batch_size {global_batch} must be divisible by the number of processes ({world})")
     if isinstance(data, PreSharded):
         return data
-    from gba_lens.data.batches import TensorBatches
-
     if type(data) is TensorBatches:  # not a subclass: it may override __next__
         return ShardedTensorBatches(data, rank, world)
     return ShardedBatches(data, rank, world)
@@ -218,7 +217,7 @@ class PreSharded(Iterator[torch.Tensor]):
     """Marks a stream that already yields this rank's rows (``shard_batches`` leaves it alone)."""
 
     def __init__(self, inner: Iterator[torch.Tensor]):
-        self.inner = inner
+        self.inner, self.can_seek = inner, can_seek(inner)
 
     def seek(self, batch_index: int) -> None:
         self.inner.seek(batch_index)  # type: ignore[attr-defined]
@@ -234,7 +233,7 @@ class ShardedBatches(Iterator[torch.Tensor]):
     """Rows ``[r*b, (r+1)*b)`` of each global batch of ``inner`` (b = batch / world)."""
 
     def __init__(self, inner: Iterator[torch.Tensor], rank: int, world: int):
-        self.inner, self.rank, self.world = inner, rank, world
+        self.inner, self.rank, self.world, self.can_seek = inner, rank, world, can_seek(inner)
 
     def seek(self, batch_index: int) -> None:
         if hasattr(self.inner, "seek"):  # as for one process: a stream without seek is not moved

@@ -9,16 +9,15 @@ needs no trainer change at all. What this subclass changes, and why:
 2. The step counter stored in a checkpoint is the number of *completed* steps (SAELens
    checkpoints inside the loop before incrementing it, which shifts a resumed run by one step
    and would move GBA's every-T-steps schedule).
-3. Periodic "latest" checkpoints (``checkpoint_every`` steps, keeping the newest few), so a
-   killed run resumes where it stopped, and a data provider that can seek is moved to the
-   resumed position, so the resumed run sees the same batches as an uninterrupted one.
+3. Periodic "latest" checkpoints (``checkpoint_every`` steps, keeping the newest few), so a killed run
+   resumes where it stopped, and a data provider that can seek is moved to the resumed position (and
+   the refit's rows before it read again), so the resumed run sees the batches of an uninterrupted one.
 4. W&B logging never stops training: a failing ``wandb.log`` is reported once and logging is
    switched off for the rest of the run.
 5. Extra logged metrics: NMSE and the dead-neuron fraction.
 6. Adam runs torch's fused kernel (:func:`use_fused_adam`): the same update, much less time.
-7. What a GBA SAE's options ask of the trainer: the learning rate over its peak each step
-   (``anneal_with_lr``), the encoder in its own, faster parameter group late (``encoder_lr_scale``),
-   the run's last rows for the decoder's refit after its last step (``decoder_refit``).
+7. What a GBA SAE's options ask of the trainer: the learning rate over its peak each step (``anneal_with_lr``), the
+   encoder in its own, faster parameter group late (``encoder_lr_scale``), the run's last rows (``decoder_refit``).
 
 Items 2-4 and the save-on-interrupt of :func:`fit_saving_on_interrupt` live in
 :class:`ResumableTraining`, which the multi-SAE trainer of :mod:`gba_lens.training.lm.runner`
@@ -350,6 +349,8 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
             self.coefficient_schedulers[name].load_state_dict(sched_state)
         # SAELens's milestone checkpoints already passed must not fire again.
         self.checkpoint_thresholds = [t for t in self.checkpoint_thresholds if t > self.n_training_samples]
+        if self.refit_window is not None:  # its rows before the resumption, read again where the stream can seek
+            self.refit_window.reread(self)
         if isinstance(self.data_provider, SeekableBatches):
             self.data_provider.seek(self.n_training_steps)
 

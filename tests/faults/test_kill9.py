@@ -18,12 +18,12 @@ STEPS = 48  # 3072 rows, batch 128, 2 epochs
 
 
 @pytest.fixture(scope="module", autouse=True)
-def refit_on_the_last_step():
-    """decoder_refit (a default) reads the run's last 256 rows: the last step's (or two), after every
-    checkpoint a kill resumes from. A run resumed inside its last rows refits on fewer of them and says
-    so (tests/training/test_decoder_refit_training.py). The forked runs inherit the patch."""
+def refit_on_most_of_the_run():
+    """decoder_refit (a default) reads the run's last 4,096 rows: two thirds of either command's run, so
+    that most kills resume inside them, and the resumed run reads the earlier ones again (train-activations:
+    its data stream seeks back; train: from the batches it replays). The forked runs inherit the patch."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(decoder_refit, "ROWS", 256)
+        patch.setattr(decoder_refit, "ROWS", 4096)
         patch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 1)
         yield
 

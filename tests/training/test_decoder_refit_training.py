@@ -1,5 +1,6 @@
 """``decoder_refit`` in gba_lens's trainers: the run's last rows kept, the decoder refitted once after
-the last step, a resumed run that is exact before the window and says so inside it."""
+the last step, a resumed run that ends as an uninterrupted one (inside the window too, from a stream that
+can seek) and says so where its stream cannot seek back."""
 
 from __future__ import annotations
 
@@ -66,30 +67,58 @@ def test_without_the_option_no_row_is_kept_and_nothing_is_refitted(calls):
     assert trainer.refit_window is None and not calls
 
 
-def _killed_at(tmp_path, batch: int, checkpoint_every: int) -> tuple[torch.nn.Module, list[str]]:
-    """A run killed when asked for ``batch``, then resumed from its last checkpoint; its SAE and what it said."""
+def _killed_at(tmp_path, batch: int, checkpoint_every: int, resumed_stream=None) -> tuple[torch.nn.Module, list[str]]:
+    """A run killed when asked for ``batch``, then resumed from its last checkpoint (on the same data, or on
+    ``resumed_stream``); its SAE and what it said."""
     cfg = _cfg(checkpoint_dir=str(tmp_path), checkpoint_every=checkpoint_every)
     with pytest.raises(Killed):
         train_sae(tiny_gba_sae(10, 40, decoder_refit=True), dies_at(SeededBatches(_sample, BATCH, seed=3), batch), cfg)
     resumed = tiny_gba_sae(10, 40, decoder_refit=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_sae(resumed, dies_at(SeededBatches(_sample, BATCH, seed=3), -1), cfg)  # the same data
+        train_sae(resumed, resumed_stream or dies_at(SeededBatches(_sample, BATCH, seed=3), -1), cfg)
     return resumed, [str(w.message) for w in caught if "decoder_refit" in str(w.message)]
 
 
-def test_a_run_resumed_before_its_last_rows_ends_as_an_uninterrupted_one(tmp_path, calls):
+def _assert_resumed_as_uninterrupted(tmp_path, calls, batch: int, checkpoint_every: int) -> None:
     full = tiny_gba_sae(10, 40, decoder_refit=True)
     train_sae(full, SeededBatches(_sample, BATCH, seed=3), _cfg())
-    resumed, said = _killed_at(tmp_path, 18, checkpoint_every=5)  # resumes after step 15; the last rows are 21-23
+    resumed, said = _killed_at(tmp_path, batch, checkpoint_every)
     assert not said and len(calls) == 2 and torch.equal(calls[0]["rows"], calls[1]["rows"])
+    assert torch.equal(calls[1]["rows"], torch.cat(_batches()[-3:]))
     for key, value in full.state_dict().items():
         assert torch.allclose(value.float(), resumed.state_dict()[key].float(), atol=1e-6), key
 
 
-def test_a_run_resumed_inside_its_last_rows_refits_on_the_rest_and_says_so(tmp_path, calls):
-    _, said = _killed_at(tmp_path, 23, checkpoint_every=11)  # resumes after 22 steps: inside the last 3
+def test_a_run_resumed_before_its_last_rows_ends_as_an_uninterrupted_one(tmp_path, calls):
+    _assert_resumed_as_uninterrupted(tmp_path, calls, 18, checkpoint_every=5)  # resumes after step 15; last rows 21-23
+
+
+def test_a_run_resumed_inside_its_last_rows_reads_the_earlier_ones_again_and_ends_as_an_uninterrupted_one(
+        tmp_path, calls):
+    _assert_resumed_as_uninterrupted(tmp_path, calls, 23, checkpoint_every=11)  # resumes after 22 steps: re-reads 21
+
+
+class _NoSeek:
+    """A stream that cannot seek (a generator, say): it yields ``inner``'s batches from where it stands."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.inner)
+
+
+def test_a_run_resumed_inside_its_last_rows_on_a_stream_that_cannot_seek_refits_on_the_rest_and_says_so(
+        tmp_path, calls):
+    rest = SeededBatches(_sample, BATCH, seed=3)
+    rest.seek(22)  # the caller's stream stands where the run stopped
+    _, said = _killed_at(tmp_path, 23, checkpoint_every=11, resumed_stream=_NoSeek(rest))
     assert len(said) == 1 and "reads the rows since the run resumed, not all of its last 150" in said[0]
+    assert "cannot seek back to the earlier ones" in said[0]
     assert len(calls) == 1 and torch.equal(calls[0]["rows"], torch.cat(_batches()[-2:]))  # the 2 steps it ran
 
 

@@ -230,6 +230,21 @@ def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path):
     assert (plain.W_dec - reference["W_dec"]).abs().max() > 1e-3  # the refit moved the decoder
 
 
+def test_a_failed_two_rank_run_resumed_inside_its_refit_rows_refits_as_one_process(tmp_path):
+    """The refit reads every row of this run, so the resumption at step 12 lies inside them: each rank seeks its
+    stream back and reads its rows of steps 0-11 again, and the ranks refit as one uninterrupted process does."""
+    sae = dist_worker.make_sae(decoder_refit=True)
+    dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
+    out = str(tmp_path / "run")
+    code, err, _ = _torchrun([str(WORKER), out, "--decoder-refit", "--fail-rank", "1", "--fail-at", "14"])
+    assert code != 0 and "rank 1 of 2 failed at step 14" in err, err[-3000:]
+    assert latest_checkpoint(Path(out) / "checkpoints").name == "step_000000012"
+    code, err, _ = _torchrun([str(WORKER), out, "--decoder-refit"])
+    assert code == 0, err[-3000:]
+    assert "decoder_refit reads the rows since the run resumed" not in err
+    _assert_same_sae(load_file(str(Path(out) / "state.safetensors")), sae.state_dict(), refitted=True)
+
+
 def test_per_token_inputs_with_the_defaults_on_two_ranks_train_the_one_process_sae(tmp_path, monkeypatch):
     """Each rank divides its own rows by their norms; the first batch's scale and centre, the valley
     histograms and find_l0's checks (its own code re-encoded in the normalised units) are the global

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gba_lens.training.checkpoints import load_newest_intact
+from gba_lens.training.refit_window import keep_replayed
 from gba_lens.training.run_settings import notify
 
 __all__ = ["checkpoint_candidates", "resume_and_replay"]
@@ -37,14 +38,15 @@ def resume_and_replay(candidates: Sequence[Path], load: Callable[[Path], None], 
                       data_provider: Iterator[Any]) -> Path | None:
     """Load the newest intact of ``candidates`` into ``trainer`` (see :func:`load_newest_intact`),
     then draw the batches it had trained on from ``data_provider`` (and, when W&B logging is on,
-    the tokens SAELens's in-training evaluations read from the same store); returns the checkpoint."""
+    the tokens SAELens's in-training evaluations read from the same store), keeping those in the
+    decoder refit's window; returns the checkpoint."""
     checkpoint = load_newest_intact(candidates, load)
     if checkpoint is None:
         return None
     steps = trainer.steps_completed
     notify(f"resuming the run from {checkpoint} at step {steps} (replaying the data it trained on)")
     for step in tqdm(range(steps), desc="replaying the data already trained on", leave=False):
-        next(data_provider)
+        keep_replayed(trainer, next(data_provider), step)  # the decoder refit's rows, in its window
         _replay_evaluation(trainer, step, data_provider)
     return checkpoint
 

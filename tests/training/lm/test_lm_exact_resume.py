@@ -1,6 +1,7 @@
 """``gba-lens train`` resumes exactly: killed after step 13 (last checkpoint at step 12, after a
 W&B-time evaluation at step 9 that reads tokens from the same activation store), then run again
-with the same settings, it ends bit-identical to an uninterrupted run."""
+with the same settings, it ends bit-identical to an uninterrupted run, the decoder refit on its last rows
+included (the checkpoint lies inside them)."""
 
 import pytest
 import torch
@@ -24,9 +25,9 @@ class Killed(Exception):
 
 def test_killed_lm_run_resumes_bit_identical(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    # decoder_refit (a default) reads the run's last 1,024 rows, kept after the checkpoint of step 12: a run
-    # resumed inside its last rows refits on fewer of them and says so (tests/training/test_decoder_refit_training.py)
-    monkeypatch.setattr(decoder_refit, "ROWS", 1024)
+    # decoder_refit (a default) reads the run's last 3,072 rows, steps 10-15: the run resumed at step 12 keeps the
+    # rows of steps 10 and 11 from the batches it replays, and refits on the same rows as the uninterrupted run
+    monkeypatch.setattr(decoder_refit, "ROWS", 3072)
     refits, refit = [], refit_window.refit_decoder
     monkeypatch.setattr(refit_window, "refit_decoder", lambda sae, rows: refits.append(len(rows)) or refit(sae, rows))
     full = train_gba_on_model(LMTrainConfig(out=str(tmp_path / "full"), **SETTINGS), model=model)
@@ -46,7 +47,7 @@ def test_killed_lm_run_resumes_bit_identical(model, tmp_path, monkeypatch, capsy
     capsys.readouterr()
     resumed = train_gba_on_model(LMTrainConfig(out=str(tmp_path / "run"), **SETTINGS), model=model)
     assert "at step 12" in capsys.readouterr().err
-    assert refits == [1024, 1024]  # the full run and the resumed one refitted on the same last rows
+    assert refits == [3072, 3072]  # the full run and the resumed one refitted on the same last rows
 
     a, b = full.training_saes[HOOK].state_dict(), resumed.training_saes[HOOK].state_dict()
     assert a.keys() == b.keys()
