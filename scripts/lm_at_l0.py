@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         for method, l0 in runs:
             batches = TensorBatches(acts, scale.batch_size, seed=args.seed)
             sae, _ = M.train_variant(variant(method, l0, tuple(args.range), gba), batches, acts.shape[1],
-                                     scale.width_multiple * d_ins[hook], train, args.seed)
+                                     scale.width_multiple * d_ins[hook], train, args.seed, hook)
             deployed = M.to_inference(sae, hook)
             m = evaluate(deployed, loaded, data, ctx, hook, scale, scaling_factor, "cpu")
             if args.save is not None:  # the scaling folded in, as SAELens's runner saves

@@ -52,6 +52,7 @@ import torch
 from jaxtyping import Float
 from torch import nn
 
+from gba_lens.saes.refit_error import resolved_refit_error, row_weights
 from gba_lens.saes.threshold_reallocation import evaluating, reallocate_thresholds
 
 ROWS = 131_072
@@ -116,15 +117,20 @@ class RefitStatistics(nn.Module):
 
     @torch.no_grad()
     def add(self, codes: Float[torch.Tensor, "rows d_sae"], targets: Float[torch.Tensor, "rows d_in"],
-            gates: Float[torch.Tensor, "rows d_sae"] | None = None) -> None:
+            gates: Float[torch.Tensor, "rows d_sae"] | None = None, weights: Float[torch.Tensor, " rows"] | None = None
+            ) -> None:
         """Add rows' codes (without offsets), targets and, with ``offsets``, gates (1 where a latent fires):
         dense products, or on a CPU, where the codes are sparse enough that it is cheaper (``SPARSE_COST``),
         the products of each row's active latents only (a 4,096-latent SAE at L0 17, 512 inputs: a tenth
-        of the dense time)."""
+        of the dense time). ``weights``: each row's weight in the squared error (:mod:`gba_lens.saes.refit_error`;
+        None: 1), taken as the rows' codes, gates and targets times its square root."""
+        active = codes != 0 if gates is None else gates != 0
+        root = None if weights is None else weights.to(codes.device, torch.promote_types(codes.dtype, torch.float32)).sqrt()
+        if root is not None:
+            codes, targets = codes * root[:, None], targets * root[:, None]
         wide_targets = targets.to(self.gram.dtype)
         self.energy.add_(wide_targets.pow(2).sum())
         self.rows.add_(len(codes))
-        active = codes != 0 if gates is None else gates != 0
         per_row = active.sum(1)
         pairs = int(per_row.pow(2).sum())
         d_sae = codes.shape[1]
@@ -136,14 +142,14 @@ class RefitStatistics(nn.Module):
             self.gram.add_(dense.t() @ dense)
             self.cross.add_(dense.t() @ chunk_targets)
             if self.offsets:
-                gate = active.to(work)
+                gate = active.to(work) if root is None else active.to(work) * root[:, None].to(work)
                 self.gate_gram.add_(gate.t() @ gate)
                 self.gate_code.add_(gate.t() @ dense)
                 self.gate_cross.add_(gate.t() @ chunk_targets)
             return
         rows, latents = active.nonzero(as_tuple=True)  # row by row
         values = codes[rows, latents].to(self.gram.dtype)
-        ones = torch.ones_like(values)
+        ones = torch.ones_like(values) if root is None else root[rows].to(self.gram.dtype)  # the gates' entries
 
         def times_targets(entries: torch.Tensor) -> torch.Tensor:  # (the sparse codes or gates)^T targets
             transposed = torch.sparse_coo_tensor(torch.stack([latents, rows]), entries, (d_sae, len(codes)),
@@ -162,8 +168,8 @@ class RefitStatistics(nn.Module):
         index = latents[left] * d_sae + latents[right]
         self.gram.view(-1).index_add_(0, index, values[left] * values[right])
         if self.offsets:
-            self.gate_gram.view(-1).index_add_(0, index, ones[left])
-            self.gate_code.view(-1).index_add_(0, index, values[right])
+            self.gate_gram.view(-1).index_add_(0, index, ones[left] * ones[right])
+            self.gate_code.view(-1).index_add_(0, index, ones[left] * values[right])
 
     def reduce_statistics(self, all_reduce: Any) -> None:
         """Data-parallel training: the sums over every rank's rows."""
@@ -264,7 +270,9 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
     all-reduces), and with the JumpReLU gate each latent's firing offset (``b_act``, created if the SAE
     has none) with it; then ``REALLOCATIONS`` times the thresholds moved to one price per firing
     (:func:`~gba_lens.saes.threshold_reallocation.reallocate_thresholds`, the L0 held) and the fit again.
-    Returns the rows read (over all ranks) and their squared error over their energy, before and after."""
+    The error is each row's, or its share of the row (``refit_error``: :mod:`gba_lens.saes.refit_error`).
+    Returns the rows read (over all ranks) and their squared error over their energy (both weighted as the
+    fit weighs them), before and after."""
     if sae.cfg.d_sae > MAX_LATENTS:
         raise ValueError(f"decoder_refit solves a d_sae x d_sae system: at most {MAX_LATENTS} latents, "
                          f"got d_sae={sae.cfg.d_sae}")  # the trainers skip such an SAE and say so
@@ -279,6 +287,7 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
 def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[str, float]:
     """The decoder (and ``offsets``) on the codes of ``rows``: see :func:`refit_decoder`."""
     statistics = RefitStatistics(sae.cfg.d_sae, sae.cfg.d_in, sae.W_dec.device, offsets)
+    error = resolved_refit_error(sae)
     start = None  # the offsets the codes were trained with (0 without activation_bias)
     if offsets:
         start = sae.activation_offset()
@@ -292,7 +301,7 @@ def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[s
             if start is not None:
                 gates = (hidden_pre > 0).to(codes.dtype)
                 codes = codes - gates * start  # u on firings
-            statistics.add(codes, sae._scaled(chunk) - sae.b_dec, gates)
+            statistics.add(codes, sae._scaled(chunk) - sae.b_dec, gates, row_weights(sae, chunk, error))
     sae.reduce_window_statistics(statistics)
     energy = max(float(statistics.energy), 1e-30)
     before = statistics.squared_error(sae.W_dec.detach(), start)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from gba_lens.saes.bias_adaptation import TARGET_MODES
 from gba_lens.saes.input_scaling import INPUT_NORMS
+from gba_lens.saes.refit_error import REFIT_ERRORS
 from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 
 ENCODER_INITS = ("random", "data")
@@ -28,7 +29,7 @@ OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": 
                                        "encoder_regression": 0.0, "find_l0": False, "encoder_init": "random",
                                        "firing_worth": 0.0, "idle_groups": False, "anneal_with_lr": False,
                                        "encoder_lr_scale": 1.0, "activation_bias": False,
-                                       "input_norm": "unit_mean", "decoder_refit": False}
+                                       "input_norm": "unit_mean", "decoder_refit": False, "refit_error": "absolute"}
 
 
 @dataclass(kw_only=True)
@@ -212,6 +213,15 @@ class GBAOptions:
     recovered by 0.0005 and 0.004, which puts both hooks' EV above TopK's frontier; the synthetic models
     keep every target they met. On a CPU it takes about 12 s at 512 latents on 131,072 rows, and grows
     with the cube of d_sae (``benchmarks/bench_training.py``)."""
+    refit_error: Literal["absolute", "relative"] | None = None
+    """What ``decoder_refit`` lowers: ``absolute``, the rows' squared error; ``relative``, each row's squared
+    error over its squared norm, as a LayerNorm reading the activation sees it (:mod:`gba_lens.saes.refit_error`).
+    Unset (the default): relative on a residual-stream hook (the SAE's ``cfg.metadata.hook_name``, which
+    SAELens's runners set: ``hook_resid_pre``, ``_mid``, ``_post``), absolute anywhere else and where no hook
+    is named (stored or synthetic activations). Measured (docs/experiments/prior_free.md, forty-sixth step;
+    six seeds at the stdlib LM's preset budget): relative raises resid_pre's CE loss recovered by 0.0002,
+    onto TopK's frontier on average, for 0.0006 of its explained variance; on mlp_out, whose errors add to a
+    residual stream its rows do not show, it lowers both."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
@@ -317,6 +327,8 @@ class GBAOptions:
         if self.encoder_regression > 0.0 and self.sparse_step == "on":
             raise ValueError("encoder_regression needs every latent's pre-activation; sparse_step='on' computes the "
                              "active ones only (use sparse_step='auto' or 'off')")
+        if self.refit_error is not None and self.refit_error not in REFIT_ERRORS:
+            raise ValueError(f"refit_error must be one of {REFIT_ERRORS}, got {self.refit_error!r}")
         if self.encoder_init is not None and self.encoder_init not in ENCODER_INITS:
             raise ValueError(f"encoder_init must be one of {ENCODER_INITS}, got {self.encoder_init!r}")
         if self.firing_worth is not None and not (math.isfinite(self.firing_worth) and 0.0 <= self.firing_worth <= 1.0):

@@ -40,6 +40,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
+from gba_lens.saes.refit_error import resolved_refit_error, row_weights
+
 BINS = 64
 """Bins between the lowest and the highest cut (the middle cut is the current threshold)."""
 RANGE = 4.0
@@ -155,6 +157,7 @@ def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batc
     decoder = sae.W_dec.detach()
     energy = (decoder * decoder).sum(1)
     offset = sae.activation_offset()
+    error_kind = resolved_refit_error(sae)
     with evaluating(sae):  # about 2^23 entries per chunk: a few [rows, d_sae] temporaries of it at once
         for chunk in rows.split(max(1, min(batch_size, (1 << 23) // sae.cfg.d_sae))):
             chunk = chunk.to(decoder.device, sae.dtype)
@@ -165,7 +168,9 @@ def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batc
             output = u[row, latent] if offset is None else u[row, latent] + offset[latent]
             overlap = (error @ decoder.T)[row, latent]
             sign = torch.where(hidden_pre[row, latent] > 0, 1.0, -1.0)  # r' = r + a d_m where m fires
-            statistics.add(latent, ratio, 2 * output * overlap + sign * output * output * energy[latent])
+            worth = 2 * output * overlap + sign * output * output * energy[latent]
+            weights = row_weights(sae, chunk, error_kind)  # refit_error: each row's share of the error
+            statistics.add(latent, ratio, worth if weights is None else worth * weights[row])
     sae.reduce_window_statistics(statistics)
     cut, price = statistics.cuts()
     cut = cut.to(bias.device)

@@ -97,20 +97,22 @@ FIRST_RECORDED_OPTIONS = {"n_groups", "highest_target", "lowest_target", "update
 SOME_OTHER_VALUE = {"valley_thresholds": True, "target_l0": 8.0, "target_search": True, "encoder_regression": 0.01,
                     "find_l0": True, "encoder_init": "data", "firing_worth": 0.3, "idle_groups": True,
                     "anneal_with_lr": True, "encoder_lr_scale": 2.0, "activation_bias": True,
-                    "input_norm": "per_token", "decoder_refit": True}
+                    "input_norm": "per_token", "decoder_refit": True, "refit_error": "relative"}
 
 
 def test_every_option_added_after_the_first_records_is_listed_with_its_default():
     later = {f.name: f.default for f in fields(GBAOptions)
              if f.name not in FIRST_RECORDED_OPTIONS | set(EXECUTION_OPTIONS)}
     # Unset, these are resolved: on by default since the targets' level comes from the data (and the
-    # neurons start at inputs); the runs recorded before they existed trained with the paper's rule.
+    # neurons start at inputs; refit_error from the SAE's hook); the runs recorded before they existed
+    # trained with the paper's rule (and the absolute error).
     resolved = ("find_l0", "valley_thresholds", "encoder_init", "firing_worth", "idle_groups", "anneal_with_lr",
-                "encoder_lr_scale", "decoder_refit")
+                "encoder_lr_scale", "decoder_refit", "refit_error")
     assert {name: later[name] for name in resolved} == dict.fromkeys(resolved)
     assert OPTIONS_ADDED_LATER == later | {"find_l0": False, "valley_thresholds": False, "encoder_init": "random",
                                            "firing_worth": 0.0, "idle_groups": False, "anneal_with_lr": False,
-                                           "encoder_lr_scale": 1.0, "decoder_refit": False}
+                                           "encoder_lr_scale": 1.0, "decoder_refit": False,
+                                           "refit_error": "absolute"}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS_ADDED_LATER))

@@ -233,7 +233,7 @@ def run_lm_frontier(cfg: CompareConfig, progress: bool = True, scale: LMScale | 
         def run(variant: M.Variant) -> dict[str, Any]:
             bar.set_postfix_str(variant.key)
             sae, seconds = M.train_variant(variant, TensorBatches(acts, scale.batch_size, seed=seed), acts.shape[1],
-                                           width, train, seed)
+                                           width, train, seed, hook)
             t1 = time.perf_counter()
             metrics = evaluate(M.to_inference(sae, hook), loaded, data, ctx, hook, scale, scaling_factor, device)
             rec = {"hook": hook, "method": variant.method, "label": variant.label, "knob": M.KNOBS[variant.method],

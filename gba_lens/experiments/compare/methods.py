@@ -229,10 +229,13 @@ def quiet_trainer() -> Iterator[None]:
 
 
 def train_variant(variant: Variant, data: Iterator[torch.Tensor], d_in: int, width: int, train: TrainConfig,
-                  seed: int) -> tuple[TrainingSAE[Any], float]:
-    """Build (seeded) and train one sweep point; returns the SAE and the training seconds."""
+                  seed: int, hook_name: str | None = None) -> tuple[TrainingSAE[Any], float]:
+    """Build (seeded) and train one sweep point (for ``hook_name``, set in its metadata before training, as
+    SAELens's runners do: GBA's refit reads it); returns the SAE and the training seconds."""
     torch.manual_seed(seed)
     sae = build(variant, d_in, width, train.device)
+    if hook_name is not None:
+        sae.cfg.metadata.hook_name = hook_name
     start = time.perf_counter()
     with quiet_trainer():
         train_sae(sae, data, train)

@@ -1,0 +1,55 @@
+"""Which error the decoder refit minimises (``refit_error``): each row's squared error, or its share of the row.
+
+The refit (:mod:`gba_lens.saes.decoder_refit`, :mod:`gba_lens.saes.threshold_reallocation`) chooses the
+decoder, the firing offsets and the thresholds that lower the rows' summed squared error. Where the model
+reads the activation through a LayerNorm, as every block reads the residual stream, what it sees of a
+row's error is the error over the row's norm: a token of small norm loses as much to an error a tenth
+the size as a large token does. ``relative`` weighs each row's squared error by one over its squared norm
+(in the SAE's units, the input as the encoder reads it), so that the refit lowers the errors the model
+reads:
+
+    minimise  sum_i |e_i|^2 / max(|s x_i|^2, TINY)        (``absolute``: sum_i |e_i|^2)
+
+Unset (the default) it is ``relative`` on a residual-stream hook (``hook_resid_pre``, ``_mid``, ``_post``:
+the SAE's ``cfg.metadata.hook_name``, which SAELens's runners set before training) and ``absolute``
+anywhere else: a component's output (``hook_mlp_out``, ``hook_attn_out``) is added to a residual stream
+whose norm its rows do not show, and synthetic or stored activations name no hook.
+
+Measured (docs/experiments/prior_free.md, forty-sixth step; six seeds of the stdlib LM's preset):
+``relative`` raises resid_pre's CE loss recovered by 0.0002 on average, onto TopK's frontier, for 0.0006
+of its explained variance (still above TopK's and BatchTopK's frontiers); on mlp_out it lowers both.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from jaxtyping import Float
+
+REFIT_ERRORS = ("absolute", "relative")
+RESIDUAL_HOOK = re.compile(r"(^|\.)hook_resid_(pre|mid|post)$")
+"""TransformerLens's residual-stream hooks, which the next block's LayerNorm reads."""
+TINY = 1e-6
+"""Squared norms (in the SAE's units, where the inputs' mean norm is about 1) below this weigh as this:
+an all-zero row counts a million times an average one, not infinitely."""
+
+
+def resolved_refit_error(sae: Any) -> str:
+    """``sae``'s ``refit_error``, resolved from its hook where unset (see the module)."""
+    choice = getattr(sae.cfg, "refit_error", None)
+    if choice is not None:
+        return choice
+    hook = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+    return "relative" if isinstance(hook, str) and RESIDUAL_HOOK.search(hook) else "absolute"
+
+
+@torch.no_grad()
+def row_weights(sae: Any, rows: Float[torch.Tensor, "rows d_in"], error: str
+                ) -> Float[torch.Tensor, " rows"] | None:
+    """Each row's weight in the refit's error (``error``: ``absolute`` or ``relative``, resolved): None for
+    ``absolute`` (every row 1), one over the row's squared norm as the encoder reads it for ``relative``."""
+    if error == "absolute":
+        return None
+    return sae._scaled(rows).float().pow(2).sum(-1).clamp(min=TINY).reciprocal()
