@@ -125,7 +125,8 @@ class RefitStatistics(nn.Module):
         of the dense time). ``weights``: each row's weight in the squared error (:mod:`gba_lens.saes.refit_error`;
         None: 1), taken as the rows' codes, gates and targets times its square root."""
         active = codes != 0 if gates is None else gates != 0
-        root = None if weights is None else weights.to(codes.device, torch.promote_types(codes.dtype, torch.float32)).sqrt()
+        work = torch.promote_types(codes.dtype, torch.float32)
+        root = None if weights is None else weights.to(codes.device, work).sqrt()
         if root is not None:
             codes, targets = codes * root[:, None], targets * root[:, None]
         wide_targets = targets.to(self.gram.dtype)
@@ -137,7 +138,6 @@ class RefitStatistics(nn.Module):
         if codes.device.type != "cpu" or pairs * SPARSE_COST >= len(codes) * d_sae * d_sae:
             # each chunk's products in the codes' precision (float32 at least: half float64's time on a CPU,
             # a small share of it on most GPUs), added up in the buffers' float64
-            work = torch.promote_types(codes.dtype, torch.float32)
             dense, chunk_targets = codes.to(work), targets.to(work)
             self.gram.add_(dense.t() @ dense)
             self.cross.add_(dense.t() @ chunk_targets)
@@ -287,7 +287,7 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
 def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[str, float]:
     """The decoder (and ``offsets``) on the codes of ``rows``: see :func:`refit_decoder`."""
     statistics = RefitStatistics(sae.cfg.d_sae, sae.cfg.d_in, sae.W_dec.device, offsets)
-    error = resolved_refit_error(sae)
+    error_kind = resolved_refit_error(sae)
     start = None  # the offsets the codes were trained with (0 without activation_bias)
     if offsets:
         start = sae.activation_offset()
@@ -301,7 +301,7 @@ def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[s
             if start is not None:
                 gates = (hidden_pre > 0).to(codes.dtype)
                 codes = codes - gates * start  # u on firings
-            statistics.add(codes, sae._scaled(chunk) - sae.b_dec, gates, row_weights(sae, chunk, error))
+            statistics.add(codes, sae._scaled(chunk) - sae.b_dec, gates, row_weights(sae, chunk, error_kind))
     sae.reduce_window_statistics(statistics)
     energy = max(float(statistics.energy), 1e-30)
     before = statistics.squared_error(sae.W_dec.detach(), start)

@@ -220,8 +220,8 @@ class GBAOptions:
     SAELens's runners set: ``hook_resid_pre``, ``_mid``, ``_post``), absolute anywhere else and where no hook
     is named (stored or synthetic activations). Measured (docs/experiments/prior_free.md, forty-sixth step;
     six seeds at the stdlib LM's preset budget): relative raises resid_pre's CE loss recovered by 0.0002,
-    onto TopK's frontier on average, for 0.0006 of its explained variance; on mlp_out, whose errors add to a
-    residual stream its rows do not show, it lowers both."""
+    onto TopK's frontier on average, and lowers its explained variance by 0.0003; on mlp_out, whose errors
+    add to a residual stream its rows do not show, it lowers both."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""
