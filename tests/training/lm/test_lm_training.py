@@ -19,6 +19,7 @@ from sae_lens.training.activations_store import ActivationsStore
 
 from gba_lens.adapters import UnknownHookNameError
 from gba_lens.models.stdlib_lm import load_stdlib_lm
+from gba_lens.saes import decoder_refit
 from gba_lens.training.lm import (
     LMCacheConfig,
     LMTrainConfig,
@@ -123,9 +124,17 @@ def test_multi_hook_trains_several_saes_from_one_pass(model, tmp_path, monkeypat
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "run_with_cache", spy)
+    errors, weights = {}, decoder_refit.row_weights  # the refit's error, as each SAE's refit reads it
+
+    def recording(sae, rows, error):
+        errors.setdefault(sae.cfg.metadata.hook_name, error)
+        return weights(sae, rows, error)
+
+    monkeypatch.setattr(decoder_refit, "row_weights", recording)
     res = train_gba_on_model(
         LMTrainConfig(hook=hooks, out=str(tmp_path), checkpoint_every=4, **{**TINY, "width": [32]}), model=model
     )
+    assert errors == {hooks[0]: "relative", hooks[1]: "absolute"}  # each SAE's hook, known before its refit
     assert tuple(hooks) in filters  # both hooks captured by the same forward pass
     for hook in hooks:  # SAELens's multi-SAE checkpoint layout, written by GBATrainer: no pickle
         assert (tmp_path / "checkpoints" / "step_000000004" / hook / "trainer_state.safetensors").exists()
