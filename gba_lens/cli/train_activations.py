@@ -21,7 +21,10 @@ class TrainActivationsArgs(GBAOptions, RunOptions):
     activations: str = ""
     """Path to a .safetensors file of [n, d_in] activations or a SAELens CacheActivationsRunner directory."""
     hook_name: str | None = None
-    """Which cached hook to use, when the cache holds several."""
+    """Which cached hook to use, when the cache holds several. The SAE is exported for the hook its rows
+    come from (its metadata's hook_name), read from the file where it says (a SAELens cache's column, a
+    tensor named after its hook, or hook_name metadata); on a residual-stream hook its decoder refit
+    lowers the error a LayerNorm reads (refit_error)."""
     d_sae: int = 4096
     """Number of SAE neurons."""
     epochs: float = 1.0
@@ -55,7 +58,7 @@ class TrainActivationsArgs(GBAOptions, RunOptions):
 def cmd_train_activations(args: TrainActivationsArgs) -> int:
     import torch
 
-    from gba_lens.data.activations import first_non_finite_row, map_activations
+    from gba_lens.data.activations import activations_hook, first_non_finite_row, map_activations
     from gba_lens.data.batches import TensorBatches
     from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
     from gba_lens.training.device import resolve_device
@@ -77,6 +80,8 @@ def cmd_train_activations(args: TrainActivationsArgs) -> int:
     torch.manual_seed(args.seed)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=acts.shape[1], d_sae=args.d_sae, device=device,
                                               **args.gba_options()))
+    # the hook the rows come from, where the file says: exported with the SAE, and read by its refit
+    sae.cfg.metadata.hook_name = activations_hook(args.activations, args.hook_name)
     out = Path(args.out)
     cfg = TrainConfig(total_samples=total, batch_size=args.batch_size, lr=args.lr, device=device,
                       checkpoint_dir=str(out / "checkpoints"), checkpoint_every=args.checkpoint_every,

@@ -14,7 +14,8 @@ from jaxtyping import Float
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["ChunkedRows", "first_non_finite_row", "load_activations", "map_activations", "save_activations"]
+__all__ = ["ChunkedRows", "activations_hook", "first_non_finite_row", "load_activations", "map_activations",
+           "save_activations"]
 
 # safetensors dtype -> (numpy dtype of the mapped bytes, torch dtype of the rows)
 _MAPPABLE = {"F64": (np.float64, torch.float64), "F32": (np.float32, torch.float32),
@@ -104,12 +105,7 @@ def map_activations(path: str | Path, hook_name: str | None = None) -> torch.Ten
         return _map_cache_directory(path, hook_name)
     if not path.is_file() or path.suffix != ".safetensors":
         return load_activations(path, hook_name)
-    try:
-        with path.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
-    except (OSError, struct.error, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+    header, header_len = _safetensors_header(path)
     header.pop("__metadata__", None)
     key = _tensor_key(path, list(header), hook_name)
     entry = header[key]
@@ -123,6 +119,33 @@ def map_activations(path: str | Path, hook_name: str | None = None) -> torch.Ten
         raise ValueError(f"{path}: the {key!r} tensor's byte range does not match its shape {shape} (truncated?)")
     mapped = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + header_len + start, shape=shape)
     return torch.from_numpy(mapped).view(torch_dtype).reshape(-1, shape[-1])
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's JSON header (tensors and ``__metadata__``) and its length in bytes."""
+    try:
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            return json.loads(f.read(header_len)), header_len
+    except (OSError, struct.error, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def activations_hook(path: str | Path, hook_name: str | None = None) -> str | None:
+    """The hook whose activations ``path`` holds, where it says so: ``hook_name`` when given, a SAELens
+    cache's only column, a safetensors file's tensor named after a hook (a TransformerLens name, with
+    ``hook_``) or its ``hook_name`` metadata (``save_activations(path, rows, hook_name=...)``); else None."""
+    if hook_name is not None:
+        return hook_name
+    path = Path(path)
+    if path.is_dir():
+        return _open_cache(path, None)[1]
+    if not path.is_file() or path.suffix != ".safetensors":
+        return None
+    header, _ = _safetensors_header(path)
+    metadata = header.pop("__metadata__", None) or {}
+    key = _tensor_key(path, list(header), None)
+    return key if "hook_" in key else metadata.get("hook_name")
 
 
 class ChunkedRows:

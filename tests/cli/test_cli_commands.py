@@ -7,6 +7,7 @@ import torch
 from sae_lens import SAE
 
 from gba_lens import cli
+from gba_lens.saes import decoder_refit
 from gba_lens.training.data import load_activations
 
 
@@ -36,9 +37,16 @@ def test_recover_zipf_command_writes_table_and_plot(tmp_path, capsys):
     assert (out / "zipf_mcc.png").stat().st_size > 1000
 
 
-def test_train_activations_command(tmp_path, capsys, activations_file):
+def test_train_activations_command(tmp_path, capsys, activations_file, monkeypatch):
     path, acts = activations_file
     assert torch.equal(load_activations(path), acts)
+    errors, weights = [], decoder_refit.row_weights  # the error the decoder refit lowers
+
+    def recording(sae, rows, error):
+        errors.append(error)
+        return weights(sae, rows, error)
+
+    monkeypatch.setattr(decoder_refit, "row_weights", recording)
     code = cli.main(["train-activations", "--activations", str(path), "--d_sae", "48", "--n_groups", "4",
                      "--batch_size", "256", "--epochs", "2", "--out", str(tmp_path / "run"), "--checkpoint_every", "8"])
     assert code == 0
@@ -46,6 +54,9 @@ def test_train_activations_command(tmp_path, capsys, activations_file):
     assert "NMSE" in out and "group  target" in out
     sae = SAE.load_from_disk(tmp_path / "run" / "sae")
     assert sae.cfg.d_sae == 48 and sae.cfg.architecture() == "jumprelu"
+    # the file's hook (its metadata: a residual stream) is the SAE's, and its refit lowers the relative error
+    assert sae.cfg.metadata.hook_name == "blocks.0.hook_resid_pre"
+    assert errors and set(errors) == {"relative"}
 
 
 def test_train_activations_passes_a_requested_l0_to_the_sae(tmp_path, capsys, activations_file):

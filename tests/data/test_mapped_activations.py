@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gba_lens.data.activations import first_non_finite_row, load_activations, map_activations, save_activations
+from gba_lens.data.activations import (activations_hook, first_non_finite_row, load_activations, map_activations,
+                                      save_activations)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -112,3 +113,19 @@ def test_a_saelens_cache_directory_is_mapped_chunk_by_chunk(tmp_path):
     for _ in range(10):  # more than one epoch
         assert torch.equal(next(a), next(b))
     assert first_non_finite_row(mapped, chunk_rows=7) is None
+    assert activations_hook(tmp_path / "cache") == hook  # the cache's only column
+
+
+def test_the_hook_of_a_file_is_read_where_the_file_says_it(tmp_path):
+    rows = torch.zeros(4, 3)
+    save_activations(tmp_path / "meta.safetensors", rows, hook_name="blocks.2.hook_resid_post")
+    save_file({"blocks.1.hook_mlp_out": rows}, str(tmp_path / "named.safetensors"))
+    save_activations(tmp_path / "plain.safetensors", rows)
+    save_file({"first": rows, "second": rows.clone()}, str(tmp_path / "two.safetensors"))
+    assert activations_hook(tmp_path / "meta.safetensors") == "blocks.2.hook_resid_post"  # its metadata
+    assert activations_hook(tmp_path / "named.safetensors") == "blocks.1.hook_mlp_out"  # its tensor's name
+    assert activations_hook(tmp_path / "plain.safetensors") is None  # nothing says
+    assert activations_hook(tmp_path / "plain.safetensors", "blocks.0.hook_resid_pre") == "blocks.0.hook_resid_pre"
+    assert activations_hook(tmp_path / "two.safetensors", "first") == "first"  # the one asked for
+    with pytest.raises(ValueError, match=r"holds \['first', 'second'\]; pass hook_name"):
+        activations_hook(tmp_path / "two.safetensors")
