@@ -10,10 +10,11 @@ reads:
 
     minimise  sum_i |e_i|^2 / max(|s x_i|^2, TINY)        (``absolute``: sum_i |e_i|^2)
 
-Unset (the default) it is ``relative`` on a residual-stream hook (``hook_resid_pre``, ``_mid``, ``_post``:
-the SAE's ``cfg.metadata.hook_name``, which SAELens's runners set before training) and ``absolute``
-anywhere else: a component's output (``hook_mlp_out``, ``hook_attn_out``) is added to a residual stream
-whose norm its rows do not show, and synthetic or stored activations name no hook.
+Unset (the default) it is ``relative`` on a residual-stream hook (``hook_resid_pre``, ``_mid``, ``_post``,
+or a bridge's ``blocks.L.hook_in`` ...: the SAE's ``cfg.metadata.hook_name``, which SAELens's runners set
+before training) and ``absolute`` anywhere else: a component's output (``hook_mlp_out``,
+``hook_attn_out``) is added to a residual stream whose norm its rows do not show, and synthetic or
+stored activations may name no hook.
 
 Measured (docs/experiments/prior_free.md, forty-sixth step; six seeds of the stdlib LM's preset):
 ``relative`` raises resid_pre's CE loss recovered by 0.0002 on every seed, onto TopK's frontier on
@@ -30,8 +31,9 @@ import torch
 from jaxtyping import Float
 
 REFIT_ERRORS = ("absolute", "relative")
-RESIDUAL_HOOK = re.compile(r"(^|\.)hook_resid_(pre|mid|post)$")
-"""TransformerLens's residual-stream hooks, which the next block's LayerNorm reads."""
+RESIDUAL_HOOK = re.compile(r"(^|\.)hook_resid_(pre|mid|post)$|^blocks\.\d+\.(hook_in|hook_out|ln2\.hook_in)$")
+"""The residual-stream hooks, which the next block's LayerNorm reads: HookedTransformer's names and a
+TransformerBridge's canonical ones (``blocks.L.hook_in``, ``ln2.hook_in``, ``hook_out``)."""
 TINY = 1e-6
 """Squared norms (in the SAE's units, where the inputs' mean norm is about 1) below this weigh as this:
 an all-zero row counts a million times an average one, not infinitely."""

@@ -127,6 +127,8 @@ def test_the_reallocation_weighs_each_row_s_worth(monkeypatch):
 @pytest.mark.parametrize(("hook", "resolved"), [
     ("blocks.1.hook_resid_pre", "relative"), ("blocks.0.hook_resid_mid", "relative"),
     ("blocks.11.hook_resid_post", "relative"), ("blocks.1.hook_mlp_out", "absolute"),
+    ("blocks.0.hook_in", "relative"), ("blocks.2.ln2.hook_in", "relative"), ("blocks.3.hook_out", "relative"),
+    ("blocks.0.mlp.hook_out", "absolute"), ("blocks.0.attn.hook_out", "absolute"), ("blocks.0.mlp.hook_in", "absolute"),
     ("blocks.0.hook_attn_out", "absolute"), ("blocks.0.attn.hook_z", "absolute"), (None, "absolute")])
 def test_unset_it_is_relative_on_a_residual_stream_hook_only(hook, resolved):
     assert resolved_refit_error(_sae(None, hook)[0]) == resolved
