@@ -76,7 +76,7 @@ class RefitWindow:
 
     def reread(self, trainer: Any) -> None:
         """On resumption: read the window's steps that the run took before it stopped again from ``trainer``'s
-        data stream, if it can seek (it is left at the run's next batch either way)."""
+        data stream, if it can seek (then left at the run's next batch); a stream that cannot is not read."""
         stream, steps, batch = trainer.data_provider, trainer.n_training_steps, trainer.cfg.train_batch_size_samples
         if not can_seek(stream):
             return
