@@ -36,14 +36,15 @@ VALLEY_GROUP_FRACTION = 1e-9
 
 
 def make_sae(sparse_step="auto", valley=False, target_l0=None, targets="geometric", search=False, find_l0=False,
-             encoder_init="random", firing_worth=0.0, activation_bias=False, input_norm="unit_mean", decoder_refit=False):
+             encoder_init="random", firing_worth=0.0, activation_bias=False, input_norm="unit_mean", decoder_refit=False,
+             refit_error=None):
     # update_interval 3: windows spanning several steps (and a checkpoint mid-window); valley and
     # find_l0 None: GBA's defaults, bar decoder_refit, which reads every row of runs this short (so that a
     # resume is inside them) and has its own two-rank test
     return tiny_gba_sae(D_IN, D_SAE, update_interval=3, sparse_step=sparse_step, valley_thresholds=valley,
                         target_l0=target_l0, targets=targets, target_search=search, find_l0=find_l0,
                         encoder_init=encoder_init, firing_worth=firing_worth, activation_bias=activation_bias,
-                        input_norm=input_norm, decoder_refit=decoder_refit)
+                        input_norm=input_norm, decoder_refit=decoder_refit, refit_error=refit_error)
 
 
 def make_stream():
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--activation-bias", action="store_true", help="GBA with activation_bias")
     parser.add_argument("--input-norm", default="unit_mean", help="GBA's input_norm")
     parser.add_argument("--decoder-refit", action="store_true", help="GBA with decoder_refit")
+    parser.add_argument("--refit-error", default=None, help="GBA's refit_error (unset: absolute, no hook named)")
     args = parser.parse_args()
     if args.multi:
         from gba_lens.training.distributed import ensure_process_group, world_size
@@ -144,7 +146,7 @@ def main() -> None:
     unset = args.defaults  # GBA's defaults: valley thresholds and find_l0 left to resolve
     sae = make_sae(args.sparse_step, None if unset else args.valley, args.target_l0, args.targets, args.search,
                    None if unset else args.find_l0, args.encoder_init, args.firing_worth, args.activation_bias,
-                   args.input_norm, args.decoder_refit)
+                   args.input_norm, args.decoder_refit, args.refit_error)
     if rank() == args.fail_rank:
         stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
     train_sae(sae, stream, make_cfg(args.out))

@@ -218,16 +218,24 @@ def test_activation_offsets_on_two_ranks_train_the_one_process_sae(tmp_path):
     assert reference["b_act"].abs().max() > 1e-3  # they were trained
 
 
-def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path):
+@pytest.mark.parametrize("refit_error", [None, "relative"])
+def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path, refit_error):
     """Each rank keeps its rows of the run's last steps; the refit's sums are all-reduced, so every
     rank solves one process's system, to the rounding of its chunks' float32 products, and holds its
-    decoder and firing offsets (and the same thresholds)."""
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--decoder-refit"], decoder_refit=True)
+    decoder and firing offsets (and the same thresholds); each row weighted by its own norm with the
+    relative error."""
+    reference, state = _one_process_and_two_ranks(
+        tmp_path, ["--decoder-refit", *(["--refit-error", refit_error] if refit_error else [])], decoder_refit=True,
+        refit_error=refit_error)
     _assert_same_sae(state, reference, refitted=True)
     assert reference["b_act"].abs().max() > 1e-3  # the offsets were fitted
     plain = dist_worker.make_sae()
     dist_worker.train_sae(plain, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "plain")))
     assert (plain.W_dec - reference["W_dec"]).abs().max() > 1e-3  # the refit moved the decoder
+    if refit_error == "relative":  # and the rows' weights moved it from the absolute error's
+        absolute = dist_worker.make_sae(decoder_refit=True)
+        dist_worker.train_sae(absolute, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "absolute")))
+        assert (absolute.W_dec - reference["W_dec"]).abs().max() > 1e-3
 
 
 def test_a_failed_two_rank_run_resumed_inside_its_refit_rows_refits_as_one_process(tmp_path):
