@@ -221,7 +221,7 @@ class GBAOptions:
     is named (stored or synthetic activations). Measured (docs/experiments/prior_free.md, forty-sixth step;
     six seeds at the stdlib LM's preset budget): relative raises resid_pre's CE loss recovered by 0.0002,
     onto TopK's frontier on average, and lowers its explained variance by 0.0003; on mlp_out, whose errors
-    add to a residual stream its rows do not show, it lowers both."""
+    add to a residual stream its rows do not show, it lowers explained variance and moves CE both ways."""
     gating: Literal["jumprelu", "relu"] = "jumprelu"
     """``jumprelu``: z = u * 1[u + b > 0] (exported as SAELens ``jumprelu``); ``relu``:
     z = relu(u + b) (exported as SAELens ``standard``)."""

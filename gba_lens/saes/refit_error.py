@@ -20,7 +20,8 @@ Measured (docs/experiments/prior_free.md, forty-sixth step; six seeds of the std
 ``relative`` raises resid_pre's CE loss recovered by 0.0002 on every seed, onto TopK's frontier on
 average, and lowers its explained variance by 0.0003 (still above TopK's and BatchTopK's frontiers); on
 resid_post (two seeds) CE loss recovered rises by 0.0006 and 0.0017 for 0.0003-0.0004 of EV; on mlp_out
-(seed 0) it lowers both, by 0.0010 and 0.0008.
+(three seeds) it lowers explained variance by 0.0004-0.0008 and moves CE loss recovered both ways
+(-0.0010 ... +0.0003).
 """
 
 from __future__ import annotations
