@@ -142,7 +142,7 @@ class RefitStatistics(nn.Module):
             self.gram.add_(dense.t() @ dense)
             self.cross.add_(dense.t() @ chunk_targets)
             if self.offsets:
-                gate = active.to(work) if root is None else active.to(work) * root[:, None].to(work)
+                gate = active.to(work) if root is None else active.to(work) * root[:, None]
                 self.gate_gram.add_(gate.t() @ gate)
                 self.gate_code.add_(gate.t() @ dense)
                 self.gate_cross.add_(gate.t() @ chunk_targets)
@@ -301,7 +301,8 @@ def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[s
             if start is not None:
                 gates = (hidden_pre > 0).to(codes.dtype)
                 codes = codes - gates * start  # u on firings
-            statistics.add(codes, sae._scaled(chunk) - sae.b_dec, gates, row_weights(sae, chunk, error_kind))
+            scaled = sae._scaled(chunk)  # after the encoding: with per_token, it sets the norms this reads
+            statistics.add(codes, scaled - sae.b_dec, gates, row_weights(scaled, error_kind))
     sae.reduce_window_statistics(statistics)
     energy = max(float(statistics.energy), 1e-30)
     before = statistics.squared_error(sae.W_dec.detach(), start)

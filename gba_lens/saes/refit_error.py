@@ -51,10 +51,10 @@ def resolved_refit_error(sae: Any) -> str:
 
 
 @torch.no_grad()
-def row_weights(sae: Any, rows: Float[torch.Tensor, "rows d_in"], error: str
-                ) -> Float[torch.Tensor, " rows"] | None:
-    """Each row's weight in the refit's error (``error``: ``absolute`` or ``relative``, resolved): None for
-    ``absolute`` (every row 1), one over the row's squared norm as the encoder reads it for ``relative``."""
+def row_weights(scaled: Float[torch.Tensor, "rows d_in"], error: str) -> Float[torch.Tensor, " rows"] | None:
+    """Each row's weight in the refit's error (``error``: ``absolute`` or ``relative``, resolved), from the
+    rows as the encoder reads them (``sae._scaled(rows)``): None for ``absolute`` (every row 1), one over the
+    row's squared norm for ``relative``."""
     if error == "absolute":
         return None
-    return sae._scaled(rows).float().pow(2).sum(-1).clamp(min=TINY).reciprocal()
+    return scaled.float().pow(2).sum(-1).clamp(min=TINY).reciprocal()

@@ -162,14 +162,15 @@ def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batc
         for chunk in rows.split(max(1, min(batch_size, (1 << 23) // sae.cfg.d_sae))):
             chunk = chunk.to(decoder.device, sae.dtype)
             codes, hidden_pre = sae.encode_with_hidden_pre(chunk)
-            error = sae._scaled(chunk) - sae.b_dec - codes @ decoder  # in the SAE's units
+            scaled = sae._scaled(chunk)
+            error = scaled - sae.b_dec - codes @ decoder  # in the SAE's units
             u = hidden_pre - bias
             row, latent, ratio = candidate_entries(u, threshold)
             output = u[row, latent] if offset is None else u[row, latent] + offset[latent]
             overlap = (error @ decoder.T)[row, latent]
             sign = torch.where(hidden_pre[row, latent] > 0, 1.0, -1.0)  # r' = r + a d_m where m fires
             worth = 2 * output * overlap + sign * output * output * energy[latent]
-            weights = row_weights(sae, chunk, error_kind)  # refit_error: each row's share of the error
+            weights = row_weights(scaled, error_kind)  # refit_error: each row's share of the error
             statistics.add(latent, ratio, worth if weights is None else worth * weights[row])
     sae.reduce_window_statistics(statistics)
     cut, price = statistics.cuts()

@@ -76,16 +76,15 @@ class RefitWindow:
 
     def reread(self, trainer: Any) -> None:
         """On resumption: read the window's steps that the run took before it stopped again from ``trainer``'s
-        data stream, if it can seek (then left at the run's next batch); a stream that cannot is not read."""
+        data stream, if it can seek (reading them in order leaves it at the run's next batch); a stream that
+        cannot is not read."""
         stream, steps, batch = trainer.data_provider, trainer.n_training_steps, trainer.cfg.train_batch_size_samples
-        if not can_seek(stream):
-            return
         first = max(0, (trainer.cfg.total_training_samples - self.rows) // batch)  # the window's first step
-        if first < steps:
-            stream.seek(first)
-            for step in range(first, steps):
-                self.keep_trained(next(stream), step, trainer)
-        stream.seek(steps)
+        if first >= steps or not can_seek(stream):
+            return
+        stream.seek(first)
+        for step in range(first, steps):
+            self.keep_trained(next(stream), step, trainer)
 
     def refit(self, trainer: Any) -> dict[str, float]:
         """Refit the decoder of ``trainer``'s SAE on the kept rows (and let them go), logged as ``trainer``

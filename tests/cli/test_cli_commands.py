@@ -42,9 +42,9 @@ def test_train_activations_command(tmp_path, capsys, activations_file, monkeypat
     assert torch.equal(load_activations(path), acts)
     errors, weights = [], decoder_refit.row_weights  # the error the decoder refit lowers
 
-    def recording(sae, rows, error):
+    def recording(scaled, error):
         errors.append(error)
-        return weights(sae, rows, error)
+        return weights(scaled, error)
 
     monkeypatch.setattr(decoder_refit, "row_weights", recording)
     code = cli.main(["train-activations", "--activations", str(path), "--d_sae", "48", "--n_groups", "4",

@@ -124,13 +124,12 @@ def test_multi_hook_trains_several_saes_from_one_pass(model, tmp_path, monkeypat
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "run_with_cache", spy)
-    errors, weights = {}, decoder_refit.row_weights  # the refit's error, as each SAE's refit reads it
+    errors, resolved = {}, decoder_refit.resolved_refit_error  # the refit's error, as each SAE's refit reads it
 
-    def recording(sae, rows, error):
-        errors.setdefault(sae.cfg.metadata.hook_name, error)
-        return weights(sae, rows, error)
+    def recording(sae):
+        return errors.setdefault(sae.cfg.metadata.hook_name, resolved(sae))
 
-    monkeypatch.setattr(decoder_refit, "row_weights", recording)
+    monkeypatch.setattr(decoder_refit, "resolved_refit_error", recording)
     res = train_gba_on_model(
         LMTrainConfig(hook=hooks, out=str(tmp_path), checkpoint_every=4, **{**TINY, "width": [32]}), model=model
     )
