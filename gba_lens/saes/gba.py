@@ -352,13 +352,14 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             if batch_stats is None:  # encoded in eval mode: no statistics were cached
                 y = output.hidden_pre
                 batch_stats = self.batch_fire_count(self.open_gate(y)), self.batch_peak(y), y.numel() // y.shape[-1]
+        rows_peak = batch_stats[1]  # this rank's, before the combination
         batch_stats = self.combine_batch_statistics(*batch_stats)
         self.step_density.copy_(batch_stats[0].sum() / (batch_stats[2] * self.cfg.d_sae))
 
         valley = self.valley_thresholds
         if valley is not None:  # u of this batch, before the rule moves the biases
             valley.observe(output.hidden_pre.reshape(-1, self.cfg.d_sae), self.b_enc, batch_stats[2], batch_stats[1],
-                           self.combine_batch_histogram)
+                           self.combine_batch_histogram, rows_peak)
         controller = self.bias_adaptation
         log = step_input.is_logging_step
         if self.cfg.update_interval == 1 and self._window_empty:

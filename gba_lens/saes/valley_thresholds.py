@@ -127,14 +127,17 @@ class ValleyThresholds(nn.Module):
     @torch.no_grad()
     def observe(self, hidden_pre: Float[torch.Tensor, "rows d_sae"], bias: Float[torch.Tensor, " d_sae"],
                 global_rows: int, batch_peak: Float[torch.Tensor, " d_sae"] | None = None,
-                combine_counts: Callable[[torch.Tensor], None] | None = None) -> None:
+                combine_counts: Callable[[torch.Tensor], None] | None = None,
+                rows_peak: Float[torch.Tensor, " d_sae"] | None = None) -> None:
         """Add u = y - b of every k-th row of this batch (``hidden_pre`` y = u + b). ``global_rows``
         is the batch size over all ranks, so that each rank of a data-parallel run takes the rows
         one process would (k divides the per-rank batch when that is a multiple of k).
         ``batch_peak``: max y of every row of the (global) batch, which the bias rule has already
         taken; the window's max u is then read from it instead of from the rows taken here.
         ``combine_counts``: turns this rank's counts of the batch, in place, into the global batch's
-        (data parallel: an all-reduce) before they are added."""
+        (data parallel: an all-reduce) before they are added. ``rows_peak``: max y of this rank's rows
+        before any reduction across ranks (None: ``batch_peak``'s, or the rows'), which tells whether
+        every u here is finite (see :meth:`_block_counts`)."""
         stride = max(1, global_rows // ROWS_PER_STEP)
         rows = hidden_pre.detach()[::stride].float()
         bias = bias.detach().float()
@@ -144,13 +147,19 @@ class ValleyThresholds(nn.Module):
         per_width = (BINS / 1.25) / self.scale
         offset = 1 - bias * per_width
         counts = torch.empty(d_sae * (BINS + 1), dtype=self.histogram.dtype, device=rows.device)
-        block = LATENTS_PER_PASS if rows.device.type == "cpu" else d_sae
-        counter_starts = torch.arange(0, min(block, d_sae) * (BINS + 1), BINS + 1, device=rows.device,
-                                      dtype=torch.int32)
+        on_cpu = rows.device.type == "cpu"
+        block = min(LATENTS_PER_PASS if on_cpu else d_sae, d_sae)
+        # Finite rows are told from [d_sae] vectors on the CPU (no device to wait on; a sum that
+        # overflows only takes the slower way); elsewhere every entry is mapped, which costs little there.
+        local_peak = peak if rows_peak is None else rows_peak.detach()
+        finite = on_cpu and bool(torch.isfinite(local_peak.sum() + per_width.sum()) & (per_width.amin() > 0))
+        counter_starts = torch.arange(0, block * (BINS + 1), BINS + 1, device=rows.device,
+                                      dtype=torch.int16 if block * (BINS + 1) <= torch.iinfo(torch.int16).max
+                                      else torch.int32)
         for first in range(0, d_sae, block):
             last = min(first + block, d_sae)
             counts[first * (BINS + 1):last * (BINS + 1)] = self._block_counts(
-                rows[:, first:last], offset[first:last], per_width[first:last], counter_starts[:last - first])
+                rows[:, first:last], offset[first:last], per_width[first:last], counter_starts[:last - first], finite)
         if combine_counts is not None:
             combine_counts(counts)
         self.histogram.view(-1).add_(counts)
@@ -162,17 +171,26 @@ class ValleyThresholds(nn.Module):
 
     @staticmethod
     def _block_counts(rows: Float[torch.Tensor, "rows block"], offset: Float[torch.Tensor, " block"],
-                      per_width: Float[torch.Tensor, " block"],
-                      counter_starts: Int[torch.Tensor, " block"]) -> Int[torch.Tensor, " counters"]:
+                      per_width: Float[torch.Tensor, " block"], counter_starts: Int[torch.Tensor, " block"],
+                      finite: bool = False) -> Int[torch.Tensor, " counters"]:
         """Histogram counts of a block of latents, flattened latent-major ([block * (BINS + 1)]);
-        ``counter_starts``: each latent's first counter in that layout (0, BINS + 1, ...).
+        ``counter_starts``: each latent's first counter in that layout (0, BINS + 1, ...), in the
+        integer type the columns are counted in.
 
         Column 1 + floor(u / bin width), clamped to [0, BINS] (0: u <= 0), in one pass over the rows:
         with a = 1 / bin width, 1 + u * a = y * a + (1 - b * a). Truncating the clamped, non-negative
-        value is the floor, and int32 halves the cost of the cast and the count. A non-finite u
-        (diverged training, which the trainer then stops with its own message) goes to column 0
-        instead of reaching bincount as a negative index."""
-        column = torch.addcmul(offset, rows, per_width).nan_to_num_(0.0).clamp_(0, BINS).to(torch.int32)
+        value is the floor. The counters are counted in the narrowest integer type that holds them
+        (int16 for the CPU's blocks), which halves the memory the cast, the offsets' addition and
+        bincount's own passes read. A NaN u (diverged training, which the trainer then stops with its
+        own message) goes to column 0 instead of reaching bincount as a negative index; ``finite`` says
+        there is none (the rows' max is finite, so b is, and a is finite and > 0, so that u = -inf
+        gives -inf), and skips that pass. Together, on one CPU core, :meth:`observe` takes 0.77 times
+        as long at 4,096 latents and 0.88 times at 512 (docs/experiments/prior_free.md, forty-seventh
+        step)."""
+        column = torch.addcmul(offset, rows, per_width)
+        if not finite:
+            column.nan_to_num_(0.0)
+        column = column.clamp_(0, BINS).to(counter_starts.dtype)
         column += counter_starts
         return torch.bincount(column.view(-1), minlength=counter_starts.numel() * (BINS + 1))
 

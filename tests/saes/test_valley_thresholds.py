@@ -73,6 +73,52 @@ def test_counting_the_latents_in_blocks_gives_one_passs_histogram_and_combines_o
     assert combined == [96 * 23]
 
 
+def test_the_finite_rows_skip_no_count_and_a_nan_another_ranks_peak_hides_still_goes_to_column_0(monkeypatch):
+    """Where this rank's peak says every u is finite, the histogram skips the pass that maps NaN to
+    column 0: the counts are those of the pass (u = -inf and out-of-range u included, blocks of the
+    CPU's size and wider ones, which count in another integer type). A NaN that a combined peak
+    hides (another rank's max) is still caught by this rank's own peak."""
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(512, 1000, generator=g) * 0.7
+    u[3, 4], u[9, 5], u[11, 30] = float("-inf"), 60.0, -60.0
+    bias = -torch.rand(1000, generator=g) * 0.3
+    for per_pass in (16, 1000):  # int16 counters up to 992 latents a pass, int32 beyond
+        monkeypatch.setattr(V, "LATENTS_PER_PASS", per_pass)
+        every, skipped = ValleyThresholds(1000), ValleyThresholds(1000)
+        calls = _record_finite(every)
+        skipped_calls = _record_finite(skipped)
+        every.observe(u + bias, bias, global_rows=512, rows_peak=torch.full((1000,), float("nan")))
+        skipped.observe(u + bias, bias, global_rows=512)
+        assert calls == [False] * (1000 // per_pass + (1000 % per_pass > 0)) and skipped_calls == [True] * len(calls)
+        assert torch.equal(skipped.histogram, every.histogram)
+        assert skipped.histogram[4, 0] >= 1 and skipped.histogram[5, -1] >= 1
+    with_nan = u.clone()
+    with_nan[0, 7] = float("nan")  # row 0 is taken (every row of 512)
+    combined_peak = torch.ones(1000)  # another rank's finite max, as a reduction that drops NaN gives
+    valley, finite = ValleyThresholds(1000), ValleyThresholds(1000)
+    calls = _record_finite(valley)
+    valley.observe(with_nan + bias, bias, global_rows=512, batch_peak=combined_peak,
+                   rows_peak=(with_nan + bias).amax(0))
+    finite.observe(u + bias, bias, global_rows=512, batch_peak=combined_peak)
+    assert calls and not any(calls)
+    expected = finite.histogram.clone()
+    expected[7, 0] += 1
+    expected[7, int((1 + u[0, 7] * (V.BINS / 1.25)).clamp(0, V.BINS))] -= 1
+    assert torch.equal(valley.histogram, expected)
+
+
+def _record_finite(valley: ValleyThresholds) -> list[bool]:
+    """Record, per block, whether ``valley``'s histogram was told its rows are finite."""
+    calls: list[bool] = []
+    block_counts = valley._block_counts
+
+    def recorded(*args):
+        calls.append(args[-1])
+        return block_counts(*args)
+    valley._block_counts = recorded
+    return calls
+
+
 def test_observe_takes_the_windows_max_u_from_the_batch_peak_where_given():
     # every 2nd row is taken; the largest u of neurons 0 and 2 lies in rows that are not
     u = torch.tensor([[0.1, 0.4, 0.2], [0.9, 0.1, 0.3], [0.2, 0.2, 0.1], [0.3, 0.1, 1.5]]).repeat(V.ROWS_PER_STEP // 2, 1)
