@@ -153,9 +153,9 @@ class ValleyThresholds(nn.Module):
         # overflows only takes the slower way); elsewhere every entry is mapped, which costs little there.
         local_peak = peak if rows_peak is None else rows_peak.detach()
         finite = on_cpu and bool(torch.isfinite(local_peak.sum() + per_width.sum()) & (per_width.amin() > 0))
+        narrow = on_cpu and block * (BINS + 1) <= torch.iinfo(torch.int16).max
         counter_starts = torch.arange(0, block * (BINS + 1), BINS + 1, device=rows.device,
-                                      dtype=torch.int16 if block * (BINS + 1) <= torch.iinfo(torch.int16).max
-                                      else torch.int32)
+                                      dtype=torch.int16 if narrow else torch.int32)
         for first in range(0, d_sae, block):
             last = min(first + block, d_sae)
             counts[first * (BINS + 1):last * (BINS + 1)] = self._block_counts(
@@ -179,14 +179,14 @@ class ValleyThresholds(nn.Module):
 
         Column 1 + floor(u / bin width), clamped to [0, BINS] (0: u <= 0), in one pass over the rows:
         with a = 1 / bin width, 1 + u * a = y * a + (1 - b * a). Truncating the clamped, non-negative
-        value is the floor. The counters are counted in the narrowest integer type that holds them
-        (int16 for the CPU's blocks), which halves the memory the cast, the offsets' addition and
-        bincount's own passes read. A NaN u (diverged training, which the trainer then stops with its
-        own message) goes to column 0 instead of reaching bincount as a negative index; ``finite`` says
-        there is none (the rows' max is finite, so b is, and a is finite and > 0, so that u = -inf
-        gives -inf), and skips that pass. Together, on one CPU core, :meth:`observe` takes 0.77 times
-        as long at 4,096 latents and 0.88 times at 512 (docs/experiments/prior_free.md, forty-seventh
-        step)."""
+        value is the floor. On the CPU the columns are counted in int16 where the block's counters fit
+        (512 latents: 16,896; int32 elsewhere), which halves the memory that the cast, the offsets'
+        addition and bincount's own passes read. A NaN u (diverged training, which the trainer then
+        stops with its own message) goes to column 0 instead of reaching bincount as a negative index;
+        ``finite`` says there is none (the rows' max is finite, so b is, and a is finite and > 0, so
+        that u = -inf gives -inf), and skips that pass. Together, on one CPU core, :meth:`observe`
+        takes 0.77 times as long at 4,096 latents and 0.88 times at 512
+        (docs/experiments/prior_free.md, forty-seventh step)."""
         column = torch.addcmul(offset, rows, per_width)
         if not finite:
             column.nan_to_num_(0.0)
