@@ -184,9 +184,8 @@ class ValleyThresholds(nn.Module):
         addition and bincount's own passes read. A NaN u (diverged training, which the trainer then
         stops with its own message) goes to column 0 instead of reaching bincount as a negative index;
         ``finite`` says there is none (the rows' max is finite, so b is, and a is finite and > 0, so
-        that u = -inf gives -inf), and skips that pass. Together, on one CPU core, :meth:`observe`
-        takes 0.77 times as long at 4,096 latents and 0.88 times at 512
-        (docs/experiments/prior_free.md, forty-seventh step)."""
+        that u = -inf gives -inf), and skips that pass (docs/experiments/prior_free.md, forty-seventh
+        step)."""
         column = torch.addcmul(offset, rows, per_width)
         if not finite:
             column.nan_to_num_(0.0)
