@@ -199,16 +199,17 @@ class GBAOptions:
     is not a default. ``none``: the inputs as they are."""
     decoder_refit: bool | None = None
     """After the run's last step, replace the decoder by the least-squares one on the codes of the run's
-    last rows (up to 131,072, kept by gba_lens's trainers), pulled towards the trained decoder where a
+    last rows (up to 262,144, kept by gba_lens's trainers), pulled towards the trained decoder where a
     latent fires rarely; with the JumpReLU gate, fit with it each latent's firing offset, what a firing
     latent adds to its output, exported in SAELens's JumpReLU ``b_enc`` and ``threshold``, then move the
     thresholds twice to where a firing's worth to the reconstruction meets one price for every latent, the
     L0 held, each time fitting again (:mod:`gba_lens.saes.decoder_refit`,
     :mod:`gba_lens.saes.threshold_reallocation`). GBA's thresholds move until the end of its run, and the
     decoder, trained at a decaying learning rate, ends behind the codes it decodes. A run with fewer than
-    32 rows per latent (so, with 131,072 rows, an SAE of more than 4,096 latents) keeps its decoder and
-    says so. Unset (the default): on with ``find_l0``, off otherwise (the paper's rule). Measured
-    (docs/experiments/prior_free.md, forty-second to forty-fourth steps; six seeds at the stdlib LM's
+    32 rows per latent (so, with 262,144 rows, an SAE of more than 8,192 latents; fewer rows, and latents,
+    on inputs over 512 wide) keeps its decoder and says so. Unset (the default): on with ``find_l0``, off
+    otherwise (the paper's rule). Measured (docs/experiments/prior_free.md, forty-second to forty-fourth
+    and forty-eighth steps; six seeds at the stdlib LM's
     preset budget): explained variance rises by about 0.006 on resid_pre and 0.003 on mlp_out, CE loss
     recovered by 0.0005 and 0.004, which puts both hooks' EV above TopK's frontier; the synthetic models
     keep every target they met. On a CPU it takes about 12 s at 512 latents on 131,072 rows, and grows

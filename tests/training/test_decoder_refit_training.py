@@ -5,6 +5,7 @@ can seek) and says so where its stream cannot seek back."""
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -146,3 +147,22 @@ def test_a_run_with_too_few_rows_per_latent_keeps_its_decoder_and_says_so(calls,
                                          r"latent \(40 latents\)"):
         trainer = train_sae(tiny_gba_sae(10, 40), SeededBatches(_sample, BATCH, seed=3), _cfg())
     assert trainer.refit_window is None and not calls
+
+
+def _long_run(d_in: int, d_sae: int) -> SimpleNamespace:
+    """What ``RefitWindow.for_run`` reads of a trainer: a run of 10^9 samples of a d_in x d_sae SAE with the refit."""
+    cfg = SimpleNamespace(decoder_refit=True, d_in=d_in, d_sae=d_sae)
+    return SimpleNamespace(sae=SimpleNamespace(cfg=cfg), cfg=SimpleNamespace(total_training_samples=10**9))
+
+
+def test_a_long_run_refits_the_widest_sae_the_refit_solves_on_inputs_up_to_512_wide():
+    widest = decoder_refit.MAX_LATENTS
+    for d_in in (128, 512):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "decoder_refit is skipped"
+            window = refit_window.RefitWindow.for_run(_long_run(d_in, widest))
+        assert window is not None and window.rows >= decoder_refit.MIN_ROWS_PER_LATENT * widest
+    # wider inputs keep fewer rows (their memory), so fewer latents: GPT-2's 768 reach 5,461
+    with pytest.warns(UserWarning, match=f"the run's last 174762 rows are fewer than 32 per latent \\({widest} latents\\)"):
+        assert refit_window.RefitWindow.for_run(_long_run(768, widest)) is None
+    assert refit_window.RefitWindow.for_run(_long_run(768, 5_461)) is not None
