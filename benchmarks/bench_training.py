@@ -519,7 +519,7 @@ def report(sizes: list[SizeResult], gens: list[GenResult], peak: float, clock: C
         from gba_lens.saes import decoder_refit as refit_module
 
         w("### The decoder refit that ends a run (`decoder_refit`, the defaults)\n")
-        w("Once per run, after its last step, on the run's last rows (up to 131,072): here on the "
+        w("Once per run, after its last step, on the run's last rows (up to 262,144): here on the "
           "in-memory rows, against the GBA step's time on as many rows; the decoder and offsets' fit, then "
           f"{refit_module.REALLOCATIONS} rounds of the thresholds' reallocation, each followed by the fit again. "
           "Not in the harness above.\n")

@@ -209,11 +209,11 @@ class GBAOptions:
     32 rows per latent (so, with 262,144 rows, an SAE of more than 8,192 latents; fewer rows, and latents,
     on inputs over 512 wide) keeps its decoder and says so. Unset (the default): on with ``find_l0``, off
     otherwise (the paper's rule). Measured (docs/experiments/prior_free.md, forty-second to forty-fourth
-    and forty-eighth steps; six seeds at the stdlib LM's
-    preset budget): explained variance rises by about 0.006 on resid_pre and 0.003 on mlp_out, CE loss
-    recovered by 0.0005 and 0.004, which puts both hooks' EV above TopK's frontier; the synthetic models
-    keep every target they met. On a CPU it takes about 12 s at 512 latents on 131,072 rows, and grows
-    with the cube of d_sae (``benchmarks/bench_training.py``)."""
+    and forty-eighth steps; the stdlib LM's preset budget): explained variance rises by about 0.006 on
+    resid_pre and 0.003 on mlp_out, CE loss recovered by 0.0005 and 0.004, which puts both hooks' EV above
+    TopK's frontier; the synthetic models keep every target they met. On one CPU core it takes about 40 s
+    at 512 latents on 262,144 rows (half that on 131,072), and grows with the cube of d_sae
+    (``benchmarks/bench_training.py``)."""
     refit_error: Literal["absolute", "relative"] | None = None
     """What ``decoder_refit`` lowers: ``absolute``, the rows' squared error; ``relative``, each row's squared
     error over its squared norm, as a LayerNorm reading the activation sees it (:mod:`gba_lens.saes.refit_error`).
