@@ -206,9 +206,9 @@ class GBAOptions:
     L0 held, each time fitting again (:mod:`gba_lens.saes.decoder_refit`,
     :mod:`gba_lens.saes.threshold_reallocation`). GBA's thresholds move until the end of its run, and the
     decoder, trained at a decaying learning rate, ends behind the codes it decodes. A run with fewer than
-    32 rows per latent (so, with 262,144 rows, an SAE of more than 8,192 latents; fewer rows, and latents,
-    on inputs over 512 wide) keeps its decoder and says so. Unset (the default): on with ``find_l0``, off
-    otherwise (the paper's rule). Measured (docs/experiments/prior_free.md, forty-second to forty-fourth
+    32 rows per latent keeps its decoder and says so: 262,144 rows cover the widest SAE the refit solves
+    (8,192 latents) on inputs up to 512 wide; GPT-2's 768 keep 174,762 rows (512 MiB), enough for 5,461
+    latents. Unset (the default): on with ``find_l0``, off otherwise (the paper's rule). Measured (docs/experiments/prior_free.md, forty-second to forty-fourth
     and forty-eighth steps; the stdlib LM's preset budget): explained variance rises by about 0.006 on
     resid_pre and 0.003 on mlp_out, CE loss recovered by 0.0005 and 0.004, which puts both hooks' EV above
     TopK's frontier; the synthetic models keep every target they met. On one CPU core it takes about 40 s
