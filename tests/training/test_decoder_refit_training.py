@@ -163,6 +163,7 @@ def test_a_long_run_refits_the_widest_sae_the_refit_solves_on_inputs_up_to_512_w
             window = refit_window.RefitWindow.for_run(_long_run(d_in, widest))
         assert window is not None and window.rows >= decoder_refit.MIN_ROWS_PER_LATENT * widest
     # wider inputs keep fewer rows (their memory), so fewer latents: GPT-2's 768 reach 5,461
-    with pytest.warns(UserWarning, match=f"the run's last 174762 rows are fewer than 32 per latent \\({widest} latents\\)"):
+    said = f"the run's last 174762 rows are fewer than 32 per latent \\({widest} latents\\)"
+    with pytest.warns(UserWarning, match=said):
         assert refit_window.RefitWindow.for_run(_long_run(768, widest)) is None
     assert refit_window.RefitWindow.for_run(_long_run(768, 5_461)) is not None
