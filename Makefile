@@ -23,8 +23,11 @@ DEMO_ARGS ?=
 demo: setup
 	$(OFFLINE) $(VENV)/bin/gba-lens recover --preset paper-toy --out runs/paper-toy $(DEMO_ARGS)
 
+# The suite in parallel (pytest-xdist): one single-threaded worker per core, at most TEST_WORKERS; each
+# test file on one worker, so that the two-process torchrun tests (test_distributed.py) run one at a time.
+TEST_WORKERS ?= 4
 test: setup
-	$(OFFLINE) $(PY) -m pytest -q
+	$(OFFLINE) $(PY) -m pytest -q -n auto --maxprocesses $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(OFFLINE) $(PY) benchmarks/run_all.py

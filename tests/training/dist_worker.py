@@ -1,15 +1,20 @@
 """One rank of the distributed tests (launched by ``torchrun`` from ``test_distributed.py``).
 
     dist_worker.py OUT [--fail-rank R --fail-at N --fail-mode raise|hang] [--sparse-step on] [--valley [--targets valleys]] [--target-l0 X] [--search] [--defaults]
+    dist_worker.py OUT --runs RUNS.json
 
 Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) with checkpoints
 in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
 that rank raises, hangs or (diverge) shifts one of its GBA biases when asked for global batch N.
+With --runs, one SAE per entry of RUNS.json ({name: [options]}), one after the other in this process
+group, each in OUT/name as if launched alone (the module constants an entry sets are undone after it):
+one launch instead of one per entry, whose start-up (two processes importing SAELens) is most of a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -105,9 +110,10 @@ def train_multi(out: str | None, world: int = 1, this_rank: int = 0) -> dict:
     return state
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
+    parser.add_argument("--runs", default=None, help="a JSON file {name: [options]}: each trained in OUT/name")
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--fail-mode", default="raise", choices=["raise", "hang", "diverge"])
@@ -125,35 +131,60 @@ def main() -> None:
     parser.add_argument("--input-norm", default="unit_mean", help="GBA's input_norm")
     parser.add_argument("--decoder-refit", action="store_true", help="GBA with decoder_refit")
     parser.add_argument("--refit-error", default=None, help="GBA's refit_error (unset: absolute, no hook named)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def train_one(args: argparse.Namespace) -> None:
+    """The SAE ``args`` describe, trained on the seeded stream; the module constants its options set are
+    undone afterwards."""
+    from gba_lens.saes import target_adaptation, valley_thresholds
+
+    undo: list[tuple[object, str, object]] = []
+
+    def set_constant(module: object, name: str, value: object) -> None:
+        undo.append((module, name, getattr(module, name)))
+        setattr(module, name, value)
+
+    if args.valley or args.defaults:
+        set_constant(valley_thresholds, "WINDOW_SAMPLES", DEFAULTS_VALLEY_WINDOW if args.defaults else VALLEY_WINDOW)
+    if args.targets == "valleys":
+        set_constant(target_adaptation, "MIN_VALLEY_FRACTION", VALLEY_GROUP_FRACTION)
+    if args.search:
+        use_search_constants(set_constant)
+    try:
+        stream = make_stream()
+        unset = args.defaults  # GBA's defaults: valley thresholds and find_l0 left to resolve
+        sae = make_sae(args.sparse_step, None if unset else args.valley, args.target_l0, args.targets, args.search,
+                       None if unset else args.find_l0, args.encoder_init, args.firing_worth, args.activation_bias,
+                       args.input_norm, args.decoder_refit, args.refit_error)
+        if rank() == args.fail_rank:
+            stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
+        train_sae(sae, stream, make_cfg(args.out))
+        if is_main_process():
+            save_file({k: v.contiguous() for k, v in sae.state_dict().items()},
+                      os.path.join(args.out, "state.safetensors"))
+    finally:
+        for module, name, value in reversed(undo):
+            setattr(module, name, value)
+
+
+def main() -> None:
+    args = parse()
     if args.multi:
         from gba_lens.training.distributed import ensure_process_group, world_size
 
         ensure_process_group()
         train_multi(args.out if is_main_process() else None, world_size(), rank())
         return
-    if args.valley or args.defaults:
-        from gba_lens.saes import valley_thresholds
-
-        valley_thresholds.WINDOW_SAMPLES = DEFAULTS_VALLEY_WINDOW if args.defaults else VALLEY_WINDOW
-    if args.targets == "valleys":
-        from gba_lens.saes import target_adaptation
-
-        target_adaptation.MIN_VALLEY_FRACTION = VALLEY_GROUP_FRACTION
-    if args.search:
-        use_search_constants()
-    stream = make_stream()
-    unset = args.defaults  # GBA's defaults: valley thresholds and find_l0 left to resolve
-    sae = make_sae(args.sparse_step, None if unset else args.valley, args.target_l0, args.targets, args.search,
-                   None if unset else args.find_l0, args.encoder_init, args.firing_worth, args.activation_bias,
-                   args.input_norm, args.decoder_refit, args.refit_error)
-    if rank() == args.fail_rank:
-        stream = fails_at(stream, args.fail_at, args.fail_mode, sae)
-    train_sae(sae, stream, make_cfg(args.out))
-    if is_main_process():
-        save_file({k: v.contiguous() for k, v in sae.state_dict().items()},
-                  os.path.join(args.out, "state.safetensors"))
-
+    if args.runs is None:
+        train_one(args)
+        return
+    with open(args.runs) as f:
+        runs = json.load(f)
+    for name, options in runs.items():
+        out = os.path.join(args.out, name)
+        os.makedirs(out, exist_ok=True)
+        train_one(parse([out, *options]))
 
 if __name__ == "__main__":
     main()

@@ -27,11 +27,12 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 # Every torch wheel for Linux (the pinned CPU wheel included) ships gloo; only a custom build without
-# it cannot run these, and says so.
+# it cannot run these, and says so. Under pytest-xdist (``make test``: ``--dist loadfile``) this file's
+# tests run on one worker, one two-process launch at a time.
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
 
 
-def _torchrun(args: list[str], timeout_s: float = 60) -> tuple[int, str, float]:
+def _torchrun(args: list[str], timeout_s: float = 60, wall_s: float = 300) -> tuple[int, str, float]:
     """Run ``torchrun --nproc_per_node 2 args``; return (exit code, stderr, seconds)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -40,9 +41,38 @@ def _torchrun(args: list[str], timeout_s: float = 60) -> tuple[int, str, float]:
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
-        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+        env=env, capture_output=True, text=True, timeout=wall_s, cwd=REPO,
     )
     return proc.returncode, proc.stderr, time.monotonic() - start
+
+
+TWO_RANK_RUNS = {
+    "sparse-step": ["--sparse-step", "on"],
+    "valley-geometric": ["--valley", "--targets", "geometric"],
+    "valley-valleys": ["--valley", "--targets", "valleys"],
+    "target-l0": ["--target-l0", "4"],
+    "find-l0": ["--find-l0"],
+    "data-start": ["--encoder-init", "data"],
+    "firing-worth": ["--firing-worth", "1.0"],
+    "activation-bias": ["--activation-bias"],
+    "refit": ["--decoder-refit"],
+    "refit-relative": ["--decoder-refit", "--refit-error", "relative"],
+    "per-token": ["--defaults", "--input-norm", "per_token"],
+    "search": ["--search"],
+}
+"""The worker's options of each SAE whose two-rank training a test compares with one process's."""
+
+
+@pytest.fixture(scope="module")
+def two_rank_states(tmp_path_factory):
+    """Each TWO_RANK_RUNS entry's final state dict as two ranks train it, all from one torchrun launch
+    (the worker's --runs; one launch per entry would spend most of each run importing SAELens twice)."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    runs = out / "runs.json"
+    runs.write_text(json.dumps(TWO_RANK_RUNS))
+    code, err, _ = _torchrun([str(WORKER), str(out), "--runs", str(runs)], wall_s=900)
+    assert code == 0, err[-3000:]
+    return {name: load_file(str(out / name / "state.safetensors")) for name in TWO_RANK_RUNS}
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +161,10 @@ def test_gbas_defaults_resume_a_failed_two_rank_run_mid_window_as_one_process_tr
     _assert_same_sae(load_file(str(Path(out) / "state.safetensors")), sae.state_dict())
 
 
-def test_sparse_step_on_two_ranks_trains_the_one_process_sae(tmp_path, single_process_state):
+def test_sparse_step_on_two_ranks_trains_the_one_process_sae(two_rank_states, single_process_state):
     """GBA's sparse step under DDP (gradients reduced through its custom backward, sparse feature
     activations in the step output) ends where one process with the dense step does."""
-    out = tmp_path / "run"
-    code, err, _ = _torchrun([str(WORKER), str(out), "--sparse-step", "on"])
-    assert code == 0, err[-3000:]
-    state = load_file(str(out / "state.safetensors"))
+    state = two_rank_states["sparse-step"]
     assert 0 < state["step_density"] < 1
     assert state.keys() == single_process_state.keys()
     for key, value in single_process_state.items():
@@ -145,19 +172,16 @@ def test_sparse_step_on_two_ranks_trains_the_one_process_sae(tmp_path, single_pr
     assert single_process_state["b_enc"].min() < 0
 
 
-def _one_process_and_two_ranks(tmp_path: Path, worker_args: list[str], **sae_options) -> tuple[dict, dict]:
+def _one_process_and_two_ranks(tmp_path: Path, two_rank_states: dict, run: str, **sae_options) -> tuple[dict, dict]:
     """The state dict of the worker's SAE with ``sae_options`` trained in this process, and the one
-    the worker saves when two ranks train it with ``worker_args`` (which must succeed)."""
+    two ranks trained with ``TWO_RANK_RUNS[run]``."""
     sae = dist_worker.make_sae(**sae_options)
     dist_worker.train_sae(sae, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "one")))
-    out = tmp_path / "run"
-    code, err, _ = _torchrun([str(WORKER), str(out), *worker_args])
-    assert code == 0, err[-3000:]
-    return sae.state_dict(), load_file(str(out / "state.safetensors"))
+    return sae.state_dict(), two_rank_states[run]
 
 
 @pytest.mark.parametrize("targets", ["geometric", "valleys"])
-def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monkeypatch, targets):
+def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, two_rank_states, monkeypatch, targets):
     """The valley thresholds' histograms, peaks and window counts are the global batch's on every
     rank (all-reduced before each window is applied), as one process sees them; so are the group
     targets that follow the valleys."""
@@ -165,7 +189,7 @@ def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monk
 
     monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", dist_worker.VALLEY_WINDOW)
     monkeypatch.setattr(target_adaptation, "MIN_VALLEY_FRACTION", dist_worker.VALLEY_GROUP_FRACTION)
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--valley", "--targets", targets], valley=True,
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, f"valley-{targets}", valley=True,
                                                   targets=targets)
     _assert_same_sae(state, reference)
     assert "valley_thresholds.histogram" in state
@@ -174,58 +198,58 @@ def test_valley_thresholds_on_two_ranks_train_the_one_process_sae(tmp_path, monk
     assert torch.equal(reference["bias_adaptation.target"], initial) is (targets == "geometric")  # moved
 
 
-def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
+def test_a_requested_l0_on_two_ranks_trains_the_one_process_sae(tmp_path, two_rank_states):
     """The L0 controller reads the rule's global window frequencies, so its L0 average and target
     scale evolve identically on every rank, as in one process."""
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--target-l0", "4"], target_l0=4.0)
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "target-l0", target_l0=4.0)
     _assert_same_sae(state, reference)
     assert reference["bias_adaptation.l0_control.l0_average"].item() > 0  # the controller read the windows
 
 
-def test_find_l0_on_two_ranks_trains_the_one_process_sae(tmp_path):
+def test_find_l0_on_two_ranks_trains_the_one_process_sae(tmp_path, two_rank_states):
     """find_l0's co-activation sums are all-reduced and its denominator drawn alike on every rank, so
     the target scale moves as in one process (two checks in this run)."""
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--find-l0"], find_l0=True)
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "find-l0", find_l0=True)
     _assert_same_sae(state, reference)
     assert reference["bias_adaptation.l0_control.log_scale"].item() != math.log(FOUND_START)  # the checks moved it
 
 
-def test_a_data_start_on_two_ranks_trains_the_one_process_sae(tmp_path, single_process_state):
+def test_a_data_start_on_two_ranks_trains_the_one_process_sae(tmp_path, two_rank_states, single_process_state):
     """``encoder_init="data"`` draws the neurons' starts from the global first batch (gathered in rank
     order) with its own seeded generator, so every rank starts, and trains, as one process."""
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--encoder-init", "data"], encoder_init="data")
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "data-start", encoder_init="data")
     _assert_same_sae(state, reference)
     random_start = single_process_state  # the same SAE and stream from random directions
     assert not torch.allclose(reference["W_enc"], random_start["W_enc"], atol=1e-3)  # it started elsewhere
 
 
-def test_firing_worth_on_two_ranks_trains_the_one_process_sae(tmp_path):
+def test_firing_worth_on_two_ranks_trains_the_one_process_sae(tmp_path, two_rank_states):
     """The worth of the firings is summed over every rank's rows before the averages move, so each
     rank holds the averages (and scales the targets) of one process (one measurement in this run, from
     ``firing_worth.START`` of it; a rank that kept its own rows' sums would hold other averages)."""
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--firing-worth", "1.0"], firing_worth=1.0)
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "firing-worth", firing_worth=1.0)
     _assert_same_sae(state, reference)
     assert reference["bias_adaptation.firing_worth.checks"].item() == 1
     assert reference["bias_adaptation.firing_worth.measured"].sum() > dist_worker.D_SAE // 2
     assert len(reference["bias_adaptation.firing_worth.worth"].unique()) > dist_worker.D_SAE // 2
 
 
-def test_activation_offsets_on_two_ranks_train_the_one_process_sae(tmp_path):
+def test_activation_offsets_on_two_ranks_train_the_one_process_sae(tmp_path, two_rank_states):
     """The offsets are weights trained by gradient: DDP averages their gradients over the ranks, so
     every rank holds one process's offsets (and thresholds)."""
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--activation-bias"], activation_bias=True)
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "activation-bias", activation_bias=True)
     _assert_same_sae(state, reference)
     assert reference["b_act"].abs().max() > 1e-3  # they were trained
 
 
 @pytest.mark.parametrize("refit_error", [None, "relative"])
-def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path, refit_error):
+def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path, two_rank_states, refit_error):
     """Each rank keeps its rows of the run's last steps; the refit's sums are all-reduced, so every
     rank solves one process's system, to the rounding of its chunks' float32 products, and holds its
     decoder and firing offsets (and the same thresholds); each row weighted by its own norm with the
     relative error."""
     reference, state = _one_process_and_two_ranks(
-        tmp_path, ["--decoder-refit", *(["--refit-error", refit_error] if refit_error else [])], decoder_refit=True,
+        tmp_path, two_rank_states, f"refit-{refit_error}" if refit_error else "refit", decoder_refit=True,
         refit_error=refit_error)
     _assert_same_sae(state, reference, refitted=True)
     assert reference["b_act"].abs().max() > 1e-3  # the offsets were fitted
@@ -253,26 +277,27 @@ def test_a_failed_two_rank_run_resumed_inside_its_refit_rows_refits_as_one_proce
     _assert_same_sae(load_file(str(Path(out) / "state.safetensors")), sae.state_dict(), refitted=True)
 
 
-def test_per_token_inputs_with_the_defaults_on_two_ranks_train_the_one_process_sae(tmp_path, monkeypatch):
+def test_per_token_inputs_with_the_defaults_on_two_ranks_train_the_one_process_sae(tmp_path, two_rank_states,
+                                                                                   monkeypatch):
     """Each rank divides its own rows by their norms; the first batch's scale and centre, the valley
     histograms and find_l0's checks (its own code re-encoded in the normalised units) are the global
     batch's, so every rank holds one process's SAE."""
     from gba_lens.saes import valley_thresholds
 
     monkeypatch.setattr(valley_thresholds, "WINDOW_SAMPLES", dist_worker.DEFAULTS_VALLEY_WINDOW)
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--defaults", "--input-norm", "per_token"],
-                                                  valley=None, find_l0=None, input_norm="per_token")
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "per-token", valley=None, find_l0=None,
+                                                  input_norm="per_token")
     _assert_same_sae(state, reference)
     unit_mean = dist_worker.make_sae(valley=None, find_l0=None)
     dist_worker.train_sae(unit_mean, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "unit_mean")))
     assert not torch.allclose(unit_mean.input_scale, reference["input_scale"])  # the option took effect
 
 
-def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, monkeypatch):
+def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, two_rank_states, monkeypatch):
     """The search reads only the decoder, the same on every rank: each rank raises and returns the
     same neurons as one process, with nothing reduced."""
     dist_worker.use_search_constants(monkeypatch.setattr)
-    reference, state = _one_process_and_two_ranks(tmp_path, ["--search"], search=True)
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "search", search=True)
     _assert_same_sae(state, reference)
     scale = reference["bias_adaptation.target_search.scale"]
     assert (scale > 1).any() and (scale == 1).any()  # some neurons searched, some did not (or came back)
