@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
 #   make demo   - create .venv, install gba_lens, reproduce the paper's synthetic table offline
-#   make test   - create .venv, install gba_lens, run the test suite (notebooks included)
+#   make test   - create .venv, install gba_lens, run the test suite (notebooks included; a worker per core)
 # The dev install pins torch==2.13.0 (a CPU wheel on the CI machine): a looser range would
 # pull a multi-GB CUDA build. Users on Colab / GPU boxes just `pip install gba-lens`.
 VENV ?= .venv

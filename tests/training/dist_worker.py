@@ -186,5 +186,6 @@ def main() -> None:
         os.makedirs(out, exist_ok=True)
         train_one(parse([out, *options]))
 
+
 if __name__ == "__main__":
     main()
