@@ -58,11 +58,11 @@ def test_the_defaults_without_idle_groups_are_recorded_and_the_groups_add_up(scr
 
 def test_the_defaults_and_what_the_missed_features_leave_in_the_error(script, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    script("toy_groups").main(["--samples", "153600", "--seeds", "0", "--defaults"])
+    script("toy_groups").main(["--samples", "102400", "--seeds", "0", "--defaults"])
     (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
     assert line["gba"] == {}  # nothing pinned: GBA's defaults (the paper's rule pins find_l0 and valleys off)
     assert 0 < line["residual_median"]
-    assert 0 < len(line["missed"]) < 128  # 300 steps: some features found, not all
+    assert 0 < len(line["missed"]) < 128  # 200 steps: some features found (13 on this machine), not all
     for missed in line["missed"]:
         assert 0 <= missed["residual_rank"] < 128 and missed["residual"] > 0
         assert 0 <= missed["neuron_frequency"] <= 1

@@ -6,8 +6,8 @@
 Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) with checkpoints
 in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
 that rank raises, hangs or (diverge) shifts one of its GBA biases when asked for global batch N.
-With --runs, one SAE per entry of RUNS.json ({name: [options]}), one after the other in this process
-group, each in OUT/name as if launched alone (the module constants an entry sets are undone after it):
+With --runs, one SAE (or --multi's two) per entry of RUNS.json ({name: [options]}), one after the other
+in this process group, each in OUT/name as if launched alone (the module constants an entry sets are undone after it):
 one launch instead of one per entry, whose start-up (two processes importing SAELens) is most of a run.
 """
 
@@ -168,23 +168,28 @@ def train_one(args: argparse.Namespace) -> None:
             setattr(module, name, value)
 
 
+def train_entry(args: argparse.Namespace) -> None:
+    """``--multi``'s two SAEs (OUT/multi.safetensors), else the one SAE ``args`` describe."""
+    if not args.multi:
+        train_one(args)
+        return
+    from gba_lens.training.distributed import ensure_process_group, world_size
+
+    ensure_process_group()
+    train_multi(args.out if is_main_process() else None, world_size(), rank())
+
+
 def main() -> None:
     args = parse()
-    if args.multi:
-        from gba_lens.training.distributed import ensure_process_group, world_size
-
-        ensure_process_group()
-        train_multi(args.out if is_main_process() else None, world_size(), rank())
-        return
     if args.runs is None:
-        train_one(args)
+        train_entry(args)
         return
     with open(args.runs) as f:
         runs = json.load(f)
     for name, options in runs.items():
         out = os.path.join(args.out, name)
         os.makedirs(out, exist_ok=True)
-        train_one(parse([out, *options]))
+        train_entry(parse([out, *options]))
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ TWO_RANK_RUNS = {
     "refit-relative": ["--decoder-refit", "--refit-error", "relative"],
     "per-token": ["--defaults", "--input-norm", "per_token"],
     "search": ["--search"],
+    "multi": ["--multi"],
 }
-"""The worker's options of each SAE whose two-rank training a test compares with one process's."""
+"""The worker's options of each SAE (``--multi``: two) whose two-rank training a test compares with one
+process's."""
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,8 @@ def two_rank_states(tmp_path_factory):
     runs.write_text(json.dumps(TWO_RANK_RUNS))
     code, err, _ = _torchrun([str(WORKER), str(out), "--runs", str(runs)], wall_s=900)
     assert code == 0, err[-3000:]
-    return {name: load_file(str(out / name / "state.safetensors")) for name in TWO_RANK_RUNS}
+    return {name: load_file(str(out / name / f"{'multi' if name == 'multi' else 'state'}.safetensors"))
+            for name in TWO_RANK_RUNS}
 
 
 @pytest.fixture(scope="module")
@@ -356,13 +359,11 @@ def test_lm_train_on_two_ranks_reports_once_and_resumes(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_000000012"
 
 
-def test_multi_sae_trainer_on_two_ranks_trains_the_one_process_saes(tmp_path):
+def test_multi_sae_trainer_on_two_ranks_trains_the_one_process_saes(two_rank_states):
     """SAELens's multi-SAE coordinator with a DistributedGBATrainer per SAE: the same two SAEs as
     one process stepping both on the whole batch."""
     reference = dist_worker.train_multi(None)
-    code, err, _ = _torchrun([str(WORKER), str(tmp_path), "--multi"])
-    assert code == 0, err[-3000:]
-    state = load_file(str(tmp_path / "multi.safetensors"))
+    state = two_rank_states["multi"]
     assert state.keys() == reference.keys()
     for key, value in reference.items():
         assert torch.allclose(state[key], value, atol=_atol(key, refitted=True)), key
