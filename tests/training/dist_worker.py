@@ -7,8 +7,9 @@ Trains a tiny GBA SAE on a seeded stream (the global batches of ``BATCH`` rows) 
 in OUT/checkpoints; rank 0 writes the final state dict to OUT/state.safetensors. With --fail-rank,
 that rank raises, hangs or (diverge) shifts one of its GBA biases when asked for global batch N.
 With --runs, one SAE (or --multi's two) per entry of RUNS.json ({name: [options]}), one after the other
-in this process group, each in OUT/name as if launched alone (the module constants an entry sets are undone after it):
-one launch instead of one per entry, whose start-up (two processes importing SAELens) is most of a run.
+in this process group, each in OUT/name as if launched alone (the module constants an entry sets are
+undone after it): one launch instead of one per entry, whose start-up (two processes importing SAELens)
+is most of a run.
 """
 
 from __future__ import annotations
