@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import pytest  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from gba_lens.data.batches import SeededBatches  # noqa: E402
@@ -107,7 +108,7 @@ def train_multi(out: str | None, world: int = 1, this_rank: int = 0) -> dict:
     trainer.fit()
     state = {f"{hook}.{k}": v.contiguous() for hook, sae in saes.items() for k, v in sae.state_dict().items()}
     if out is not None:
-        save_file(state, os.path.join(out, "multi.safetensors"))
+        save_file(state, os.path.join(out, "state.safetensors"))
     return state
 
 
@@ -140,19 +141,14 @@ def train_one(args: argparse.Namespace) -> None:
     undone afterwards."""
     from gba_lens.saes import target_adaptation, valley_thresholds
 
-    undo: list[tuple[object, str, object]] = []
-
-    def set_constant(module: object, name: str, value: object) -> None:
-        undo.append((module, name, getattr(module, name)))
-        setattr(module, name, value)
-
-    if args.valley or args.defaults:
-        set_constant(valley_thresholds, "WINDOW_SAMPLES", DEFAULTS_VALLEY_WINDOW if args.defaults else VALLEY_WINDOW)
-    if args.targets == "valleys":
-        set_constant(target_adaptation, "MIN_VALLEY_FRACTION", VALLEY_GROUP_FRACTION)
-    if args.search:
-        use_search_constants(set_constant)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        if args.valley or args.defaults:
+            window = DEFAULTS_VALLEY_WINDOW if args.defaults else VALLEY_WINDOW
+            patch.setattr(valley_thresholds, "WINDOW_SAMPLES", window)
+        if args.targets == "valleys":
+            patch.setattr(target_adaptation, "MIN_VALLEY_FRACTION", VALLEY_GROUP_FRACTION)
+        if args.search:
+            use_search_constants(patch.setattr)
         stream = make_stream()
         unset = args.defaults  # GBA's defaults: valley thresholds and find_l0 left to resolve
         sae = make_sae(args.sparse_step, None if unset else args.valley, args.target_l0, args.targets, args.search,
@@ -164,13 +160,10 @@ def train_one(args: argparse.Namespace) -> None:
         if is_main_process():
             save_file({k: v.contiguous() for k, v in sae.state_dict().items()},
                       os.path.join(args.out, "state.safetensors"))
-    finally:
-        for module, name, value in reversed(undo):
-            setattr(module, name, value)
 
 
 def train_entry(args: argparse.Namespace) -> None:
-    """``--multi``'s two SAEs (OUT/multi.safetensors), else the one SAE ``args`` describe."""
+    """``--multi``'s two SAEs, else the one SAE ``args`` describe (OUT/state.safetensors)."""
     if not args.multi:
         train_one(args)
         return

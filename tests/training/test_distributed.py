@@ -74,8 +74,7 @@ def two_rank_states(tmp_path_factory):
     runs.write_text(json.dumps(TWO_RANK_RUNS))
     code, err, _ = _torchrun([str(WORKER), str(out), "--runs", str(runs)], wall_s=900)
     assert code == 0, err[-3000:]
-    return {name: load_file(str(out / name / f"{'multi' if name == 'multi' else 'state'}.safetensors"))
-            for name in TWO_RANK_RUNS}
+    return {name: load_file(str(out / name / "state.safetensors")) for name in TWO_RANK_RUNS}
 
 
 @pytest.fixture(scope="module")
