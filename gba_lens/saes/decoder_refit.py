@@ -84,9 +84,10 @@ TOLERANCE = 1e-5
 REALLOCATIONS = 2
 """Rounds, after the first fit (JumpReLU gate), of the firings reallocated between latents at one price
 (:mod:`gba_lens.saes.threshold_reallocation`), each followed by the fit again (0: the thresholds stay)."""
-SPARSE_COST = 2000
-"""On a CPU, a product of two active latents added one at a time costs about this many multiply-adds of
-a dense float32 matrix product (1,300-4,900 measured on one core, 512 to 4,096 latents at L0 10-60)."""
+SPARSE_COST = 1000
+"""On a CPU, a pair of a row's active latents added one at a time costs about this many multiply-adds of a
+dense float32 matrix product (830-14,000 measured on one core, 512 to 4,096 latents at L0 10-60, chunks of
+4,096 rows; the sparse sums are chosen where they cost less than the dense ones at the low end)."""
 
 
 def rows_to_keep(total_samples: int, d_in: int) -> int:
@@ -125,7 +126,7 @@ class RefitStatistics(nn.Module):
             ) -> None:
         """Add rows' codes (without offsets), targets and, with ``offsets``, gates (1 where a latent fires):
         dense products, or on a CPU, where the codes are sparse enough that it is cheaper (``SPARSE_COST``),
-        the products of each row's active latents only (a 4,096-latent SAE at L0 17, 512 inputs: a tenth
+        the products of each row's active latents only (a 4,096-latent SAE at L0 10, 512 inputs: a twentieth
         of the dense time). ``weights``: each row's weight in the squared error (:mod:`gba_lens.saes.refit_error`;
         None: 1), taken as the rows' codes, gates and targets times its square root."""
         active = codes != 0 if gates is None else gates != 0
@@ -137,7 +138,7 @@ class RefitStatistics(nn.Module):
         self.energy.add_(wide_targets.pow(2).sum())
         self.rows.add_(len(codes))
         per_row = active.sum(1)
-        pairs = int(per_row.pow(2).sum())
+        pairs = int((per_row * (per_row + 1)).sum()) // 2  # each row's pairs of active latents, itself included
         d_sae = codes.shape[1]
         if codes.device.type != "cpu" or pairs * SPARSE_COST >= len(codes) * d_sae * d_sae:
             # each chunk's products in the codes' precision (float32 at least: half float64's time on a CPU,
@@ -151,9 +152,17 @@ class RefitStatistics(nn.Module):
                 self.gate_code.add_(gate.t() @ dense)
                 self.gate_cross.add_(gate.t() @ chunk_targets)
             return
-        rows, latents = active.nonzero(as_tuple=True)  # row by row
-        values = codes[rows, latents].to(self.gram.dtype)
-        ones = torch.ones_like(values) if root is None else root[rows].to(self.gram.dtype)  # the gates' entries
+        self._add_pairs(codes, active, per_row, root, wide_targets)
+
+    def _add_pairs(self, codes: torch.Tensor, active: torch.Tensor, per_row: torch.Tensor, root: torch.Tensor | None,
+                   wide_targets: torch.Tensor) -> None:
+        """The sums from each row's active entries: each pair of a row's active latents taken once (an entry
+        with itself and with each entry after it in its row) and added at [a, b] and at [b, a]."""
+        d_sae = codes.shape[1]
+        flat = active.reshape(-1).nonzero().squeeze(1)  # row by row
+        rows, latents = flat // d_sae, flat % d_sae
+        values = codes.reshape(-1).index_select(0, flat).to(self.gram.dtype)
+        ones = torch.ones_like(values) if root is None else root.index_select(0, rows).to(self.gram.dtype)
 
         def times_targets(entries: torch.Tensor) -> torch.Tensor:  # (the sparse codes or gates)^T targets
             transposed = torch.sparse_coo_tensor(torch.stack([latents, rows]), entries, (d_sae, len(codes)),
@@ -163,17 +172,26 @@ class RefitStatistics(nn.Module):
         self.cross.add_(times_targets(values))
         if self.offsets:
             self.gate_cross.add_(times_targets(ones))
-        # each active entry times every active entry of its row (itself included)
-        first = torch.cumsum(per_row, 0) - per_row  # index of each row's first active entry
-        partners = per_row[rows]
-        left = torch.repeat_interleave(torch.arange(len(rows)), partners)
-        offset = torch.arange(pairs) - torch.repeat_interleave(torch.cumsum(partners, 0) - partners, partners)
-        right = first[rows[left]] + offset
-        index = latents[left] * d_sae + latents[right]
-        self.gram.view(-1).index_add_(0, index, values[left] * values[right])
+        entry = torch.arange(len(flat))
+        position = entry - (torch.cumsum(per_row, 0) - per_row).index_select(0, rows)  # within its row
+        partners = per_row.index_select(0, rows) - position  # itself and the entries after it in its row
+        left = torch.repeat_interleave(entry, partners)
+        right = torch.arange(len(left)) - torch.repeat_interleave(torch.cumsum(partners, 0) - partners - entry,
+                                                                  partners)
+        first, second = latents.index_select(0, left), latents.index_select(0, right)
+        above, below, diagonal = first * d_sae + second, second * d_sae + first, latents * (d_sae + 1)
+        value_1, value_2 = values.index_select(0, left), values.index_select(0, right)
+
+        def add(buffer: torch.Tensor, one_two: torch.Tensor, two_one: torch.Tensor, own: torch.Tensor) -> None:
+            # [a, b] and [b, a] of each pair; a latent's pair with itself lands on the diagonal twice
+            buffer.view(-1).index_add_(0, above, one_two).index_add_(0, below, two_one).index_add_(0, diagonal, -own)
+
+        products = value_1 * value_2
+        add(self.gram, products, products, values * values)
         if self.offsets:
-            self.gate_gram.view(-1).index_add_(0, index, ones[left] * ones[right])
-            self.gate_code.view(-1).index_add_(0, index, ones[left] * values[right])
+            gate_1, gate_2 = ones.index_select(0, left), ones.index_select(0, right)
+            add(self.gate_gram, gate_1 * gate_2, gate_1 * gate_2, ones * ones)
+            add(self.gate_code, gate_1 * value_2, gate_2 * value_1, ones * values)
 
     def reduce_statistics(self, all_reduce: Any) -> None:
         """Data-parallel training: the sums over every rank's rows."""

@@ -68,12 +68,13 @@ def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_u
 
 
 def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
-    """Rows of 0 to 12 active latents of 64 (some rows silent, some firings with a code of 0 or below): the
-    sparse products (taken on a CPU where cheaper) add up to the dense ones, the gates' sums too; float32
-    codes' dense products (float32 per chunk) to float32's rounding."""
+    """Rows of 0 to 12 active latents of 64 and one of all 64 (some rows silent, some firings with a code of 0
+    or below): the sparse products (taken on a CPU where cheaper) add up to the dense ones, the gates' sums
+    too; float32 codes' dense products (float32 per chunk) to float32's rounding."""
     torch.manual_seed(1)
     gates = (torch.rand(200, 64) < torch.rand(200, 1) * 0.2).double()
     gates[:5] = 0
+    gates[130] = 1  # every latent of the second chunk's row fires: each pair of it, the last latent's included
     codes = (torch.rand(200, 64) - 0.1) * gates
     codes[7, gates[7].nonzero()[:1, 0]] = 0  # fires with u = 0
     targets = torch.randn(200, 16)
