@@ -55,9 +55,7 @@ def measure(clock: _common.Clock, d_sae: int, l0: int, reps: int) -> tuple[float
         return run
 
     dense, sparse = _common.time_pair(clock, sums(10**15), sums(0), reps, warmup=1)
-    per_row = gates.sum(1)
-    pairs = float((per_row * (per_row + 1)).sum()) / 2
-    chooses_sparse = pairs * cost < ROWS * d_sae * d_sae
+    chooses_sparse = decoder_refit.pairs_cost_less((gates != 0).sum(1), d_sae)
     return dense.median, sparse.median, _common.paired_ratio(dense.times, sparse.times), chooses_sparse
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import nn
 
 from gba_lens.saes.refit_error import resolved_refit_error, row_weights
@@ -88,6 +88,13 @@ SPARSE_COST = 1000
 """On a CPU, a pair of a row's active latents added one at a time costs about this many multiply-adds of a
 dense float32 matrix product (830-14,000 measured on one core, 512 to 4,096 latents at L0 10-60, chunks of
 4,096 rows; the sparse sums are chosen where they cost less than the dense ones at the low end)."""
+
+
+def pairs_cost_less(per_row: Int[torch.Tensor, " rows"], d_sae: int) -> bool:
+    """Whether, on a CPU, adding the products of each row's pairs of active latents (``per_row`` of them in
+    each row) costs less than the dense products of the rows' codes (``SPARSE_COST``)."""
+    pairs = int((per_row * (per_row + 1)).sum()) // 2  # each row's pairs of active latents, itself included
+    return pairs * SPARSE_COST < len(per_row) * d_sae * d_sae
 
 
 def rows_to_keep(total_samples: int, d_in: int) -> int:
@@ -138,9 +145,7 @@ class RefitStatistics(nn.Module):
         self.energy.add_(wide_targets.pow(2).sum())
         self.rows.add_(len(codes))
         per_row = active.sum(1)
-        pairs = int((per_row * (per_row + 1)).sum()) // 2  # each row's pairs of active latents, itself included
-        d_sae = codes.shape[1]
-        if codes.device.type != "cpu" or pairs * SPARSE_COST >= len(codes) * d_sae * d_sae:
+        if codes.device.type != "cpu" or not pairs_cost_less(per_row, codes.shape[1]):
             # each chunk's products in the codes' precision (float32 at least: half float64's time on a CPU,
             # a small share of it on most GPUs), added up in the buffers' float64
             dense, chunk_targets = codes.to(work), targets.to(work)

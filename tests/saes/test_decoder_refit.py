@@ -67,6 +67,23 @@ def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_u
         assert refitted < 0.5 * (sae(x) - x).pow(2).sum()
 
 
+def test_a_sparse_chunk_takes_the_pairs_and_a_dense_one_the_matrix_products(monkeypatch):
+    """On a CPU, at SPARSE_COST 1,000: one active latent of 64 per row costs 1,000 per row against the dense
+    products' 4,096, so the pairs are added; every latent active, 2,080 pairs per row, the dense products."""
+    monkeypatch.setattr(decoder_refit, "SPARSE_COST", 1000)
+    pairs = []
+    monkeypatch.setattr(decoder_refit.RefitStatistics, "_add_pairs", lambda self, codes, *rest: pairs.append(len(codes)))
+    statistics = decoder_refit.RefitStatistics(64, 8, "cpu")
+    one_each = torch.zeros(10, 64)
+    one_each[torch.arange(10), torch.arange(10)] = 1.0
+    statistics.add(one_each, torch.randn(10, 8))
+    assert pairs == [10] and float(statistics.gram.abs().sum()) == 0  # the pairs' path (stubbed here)
+    statistics.add(torch.rand(10, 64) + 0.1, torch.randn(10, 8))
+    assert pairs == [10] and float(statistics.gram.abs().sum()) > 0  # the dense products
+    assert decoder_refit.pairs_cost_less(torch.full((10,), 2), 64)  # 3 pairs a row: 3,000 < 4,096
+    assert not decoder_refit.pairs_cost_less(torch.full((10,), 3), 64)  # 6 pairs a row: 6,000 > 4,096
+
+
 def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
     """Rows of 0 to 12 active latents of 64 and one of all 64 (some rows silent, some firings with a code of 0
     or below): the sparse products (taken on a CPU where cheaper) add up to the dense ones, the gates' sums
