@@ -14,6 +14,7 @@ not is the sign that ``SPARSE_COST`` should move on this machine.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import _common
 
@@ -45,7 +46,7 @@ def measure(clock: _common.Clock, d_sae: int, l0: int, reps: int) -> tuple[float
     statistics = decoder_refit.RefitStatistics(d_sae, D_IN, "cpu", offsets=True)
     cost = decoder_refit.SPARSE_COST
 
-    def sums(path_cost: int):
+    def sums(path_cost: int) -> Callable[[], None]:  # the sums with SPARSE_COST at path_cost
         def run() -> None:
             decoder_refit.SPARSE_COST = path_cost
             try:

@@ -87,7 +87,8 @@ REALLOCATIONS = 2
 SPARSE_COST = 1000
 """On a CPU, a pair of a row's active latents added one at a time costs about this many multiply-adds of a
 dense float32 matrix product (830-14,000 measured on one core, 512 to 4,096 latents at L0 10-60, chunks of
-4,096 rows; the sparse sums are chosen where they cost less than the dense ones at the low end)."""
+4,096 rows: ``benchmarks/bench_refit_sums.py``); set near the low end, so that the pairs are taken only where
+they cost less."""
 
 
 def pairs_cost_less(per_row: Int[torch.Tensor, " rows"], d_sae: int) -> bool:
