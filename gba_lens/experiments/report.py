@@ -61,6 +61,18 @@ def pyplot() -> Any:
     return plt
 
 
+def log_l0_axis(ax: Any) -> None:
+    """A log-scale L0 axis labelled in plain numbers at 1, 2, 5 and their powers of ten (matplotlib's default
+    labels every minor tick of a short log range in scientific notation, and they overlap)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("L0")
+
+
 def save_figure(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)

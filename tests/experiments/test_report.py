@@ -63,3 +63,19 @@ def test_a_failing_wandb_log_warns_once_and_the_experiment_goes_on(tmp_path, mon
         log_to_wandb("gba-lens-test", "recover-test", "| GBA |", [_summary()], [])
     assert len([w for w in caught if "no W&B today" in str(w.message)]) == 1
     assert wandb.run is None  # the run was finished
+
+
+def test_a_log_l0_axis_labels_plain_numbers_at_1_2_5_and_leaves_minor_ticks_unlabelled():
+    from gba_lens.experiments.report import log_l0_axis, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([1.6, 7.25, 30.0], [0.5, 0.6, 0.7])
+    log_l0_axis(ax)
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    minor = [t.get_text() for t in ax.xaxis.get_ticklabels(minor=True) if t.get_text()]
+    plt.close(fig)
+    assert shown and set(shown) <= {"1", "2", "5", "10", "20", "50"}, shown
+    assert {"2", "5", "10", "20"} <= set(shown) and not minor
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "L0"

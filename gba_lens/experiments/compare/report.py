@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gba_lens.experiments.compare.methods import ALL_METHODS, LABELS
-from gba_lens.experiments.report import pyplot, save_figure
+from gba_lens.experiments.report import log_l0_axis, pyplot, save_figure
 
 COLOURS = {"gba_defaults": "black", "gba": "tab:red", "topk": "tab:gray", "batchtopk": "tab:blue",
            "matryoshka": "tab:green", "jumprelu": "tab:orange", "l1": "tab:purple", "matching_pursuit": "tab:brown"}
@@ -103,8 +103,7 @@ def plot_synthbench(results: dict[str, Any], path: Path) -> None:
             ax.errorbar([p["l0"] for p in pts], [p[metric] for p in pts], yerr=[p[metric + "_std"] for p in pts],
                         marker="o", ms=4, capsize=2, color=COLOURS[method], label=LABELS[method])
         ax.axvline(results["true_l0"], color="k", ls="--", lw=1, label="true L0")
-        ax.set_xscale("log")
-        ax.set_xlabel("L0")
+        log_l0_axis(ax)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -158,8 +157,7 @@ def plot_lm(results: dict[str, Any], path: Path) -> None:
                 pts = sorted((r for r in runs if r["method"] == method), key=lambda r: r["l0"])
                 ax.plot([p["l0"] for p in pts], [p[metric] for p in pts], marker="o", ms=4, color=COLOURS[method],
                         label=LABELS[method])
-            ax.set_xscale("log")
-            ax.set_xlabel("L0")
+            log_l0_axis(ax)
             ax.set_ylabel(title)
             ax.set_title(hook, fontsize=9)
             ax.grid(alpha=0.3)
