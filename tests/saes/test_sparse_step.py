@@ -270,7 +270,7 @@ def test_a_long_run_differs_from_the_dense_run_no_more_than_float_rounding_does(
         torch.manual_seed(0)
         sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=24, d_sae=1024, sparse_step=mode, highest_target=0.03,
                                                   lowest_target=0.001, encoder_init="random",
-                                                  decoder_refit=False))  # perturbed below; refit: not this test
+                                                  decoder_refit=False))  # perturbed below; no refit: not compared
         if perturb is not None:
             with torch.no_grad():
                 noise = torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(perturb))
