@@ -145,8 +145,8 @@ class RefitStatistics(nn.Module):
         wide_targets = targets.to(self.gram.dtype)
         self.energy.add_(wide_targets.pow(2).sum())
         self.rows.add_(len(codes))
-        per_row = active.sum(1)
-        if codes.device.type != "cpu" or not pairs_cost_less(per_row, codes.shape[1]):
+        per_row = active.sum(1) if codes.device.type == "cpu" else None  # the pairs are a CPU path only
+        if per_row is None or not pairs_cost_less(per_row, codes.shape[1]):
             # each chunk's products in the codes' precision (float32 at least: half float64's time on a CPU,
             # a small share of it on most GPUs), added up in the buffers' float64
             dense, chunk_targets = codes.to(work), targets.to(work)
