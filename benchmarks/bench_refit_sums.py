@@ -1,11 +1,13 @@
-"""The decoder refit's sums on a CPU: each row's pairs of active latents against the dense products.
+"""The decoder refit's sums on a CPU: dense products, each row's pairs of active latents, or the sparse codes
+times the dense ones.
 
 ``decoder_refit`` ends a run at GBA's defaults by reading the run's last rows in chunks and adding their
 products (``RefitStatistics.add``): dense matrix products, or on a CPU, where the codes are sparse enough
-(``SPARSE_COST``), the products of each row's active latents only. This times both on the same chunks
-(4,096 rows, 512 inputs, the JumpReLU gate's three products, random codes at a given L0), interleaved,
-and says which the module chooses; the choice is right where it takes the faster one. A size where it is
-not is the sign that ``SPARSE_COST`` should move on this machine.
+(:func:`~gba_lens.saes.decoder_refit.sums_path`), the products of each row's active latents only or the sparse
+codes times the dense ones. This times the three on the same chunks (4,096 rows, 512 inputs, the JumpReLU
+gate's three products, random codes at a given L0), interleaved, and says which the module chooses; the choice
+is right where it takes the fastest, or one within about 1.2x of it. A size where it is not is the sign that
+the module's costs (``PAIR_COST``, ``ENTRY_COST``, ``OUTPUT_COST``) should move on this machine.
 
     python benchmarks/bench_refit_sums.py            # 512 / 1,024 / 4,096 latents at L0 10 / 30 / 60
     python benchmarks/bench_refit_sums.py --quick
@@ -36,28 +38,35 @@ def random_codes(d_sae: int, l0: int, generator: torch.Generator) -> torch.Tenso
     return mask * (torch.rand(ROWS, d_sae, generator=generator) + 0.1)
 
 
-def measure(clock: _common.Clock, d_sae: int, l0: int, reps: int) -> tuple[float, float, float, bool]:
-    """Median seconds of the dense and the sparse sums of one chunk, their paired ratio, and whether the
-    module takes the sparse sums for it."""
+PATHS = ("dense", "pairs", "sparse")
+
+
+def measure(clock: _common.Clock, d_sae: int, l0: int, reps: int) -> tuple[dict[str, float], str]:
+    """Median seconds of one chunk's sums on each path (timed in turn, each repetition in another order),
+    and the path the module takes for it."""
     generator = torch.Generator().manual_seed(d_sae * 1000 + l0)
     codes = random_codes(d_sae, l0, generator)
     gates = (codes != 0).to(codes.dtype)
     targets = torch.randn(ROWS, D_IN, generator=generator)
     statistics = decoder_refit.RefitStatistics(d_sae, D_IN, "cpu", offsets=True)
-    cost = decoder_refit.SPARSE_COST
+    chooser = decoder_refit.sums_path
 
-    def sums(path_cost: int) -> Callable[[], None]:  # the sums with SPARSE_COST at path_cost
+    def sums(path: str) -> Callable[[], None]:  # the sums on that path
         def run() -> None:
-            decoder_refit.SPARSE_COST = path_cost
+            decoder_refit.sums_path = lambda per_row, width: path
             try:
                 statistics.add(codes, targets, gates)
             finally:
-                decoder_refit.SPARSE_COST = cost
+                decoder_refit.sums_path = chooser
         return run
 
-    dense, sparse = _common.time_pair(clock, sums(10**15), sums(0), reps, warmup=1)
-    chooses_sparse = decoder_refit.pairs_cost_less((gates != 0).sum(1), d_sae)
-    return dense.median, sparse.median, _common.paired_ratio(dense.times, sparse.times), chooses_sparse
+    runs = {path: (sums(path), _common.Samples()) for path in PATHS}
+    for fn, _ in runs.values():
+        fn()  # warm-up
+    for i in range(reps):
+        for fn, into in _common.rotate(list(runs.values()), i):
+            _common.timed(clock, fn, into)
+    return {path: into.median for path, (_, into) in runs.items()}, chooser((gates != 0).sum(1), d_sae)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,15 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     clock = _common.configure(args.threads, args.wall)
     widths, reps = ((512, 1024), 2) if args.quick else ((512, 1024, 4096), 5)
     print(f"# The decoder refit's sums per chunk ({clock.name}, {args.threads} thread(s), torch {torch.__version__})\n")
-    print(f"{ROWS:,} rows, {D_IN} inputs, the JumpReLU gate's products; SPARSE_COST = {decoder_refit.SPARSE_COST:,}.\n")
-    print("| latents | L0 | dense s | pairs s | dense / pairs | the module takes | the faster |")
-    print("|---:|---:|---:|---:|---:|---|---|")
+    costs = f"PAIR_COST {decoder_refit.PAIR_COST:,}, ENTRY_COST {decoder_refit.ENTRY_COST}, " \
+            f"OUTPUT_COST {decoder_refit.OUTPUT_COST}"
+    print(f"{ROWS:,} rows, {D_IN} inputs, the JumpReLU gate's products; {costs}.\n")
+    print("| latents | L0 | dense s | pairs s | sparse s | the module takes | the fastest | taken / fastest |")
+    print("|---:|---:|---:|---:|---:|---|---|---:|")
     for d_sae in widths:
         for l0 in (10, 30, 60):
             _common.log(f"refit sums: {d_sae} latents, L0 {l0}")
-            dense, sparse, ratio, chooses_sparse = measure(clock, d_sae, l0, reps)
-            print(f"| {d_sae:,} | {l0} | {dense:.3f} | {sparse:.3f} | {ratio:.2f}x | "
-                  f"{'pairs' if chooses_sparse else 'dense'} | {'pairs' if ratio > 1 else 'dense'} |", flush=True)
+            seconds, taken = measure(clock, d_sae, l0, reps)
+            fastest = min(seconds, key=seconds.__getitem__)
+            print(f"| {d_sae:,} | {l0} | {seconds['dense']:.3f} | {seconds['pairs']:.3f} | {seconds['sparse']:.3f} | "
+                  f"{taken} | {fastest} | {seconds[taken] / seconds[fastest]:.2f}x |", flush=True)
     return 0
 
 

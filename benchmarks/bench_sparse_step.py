@@ -140,7 +140,9 @@ class Side:
                                                         use_sparse_activations=True))
             self.trainer = SAETrainer(cfg=trainer_config(device), sae=sae, data_provider=data)
         else:
-            level = {} if name == "gba_sparse_defaults" else PAPER_RULE  # else the step alone
+            # the defaults but the decoder refit after a run's last step (a cost per run: bench_training.py
+            # times it), or the step alone
+            level = {"decoder_refit": False} if name == "gba_sparse_defaults" else PAPER_RULE
             cfg = GBATrainingSAEConfig(d_in=D_IN, d_sae=d_sae, device=device, gamma_minus=0.0,
                                        gamma_plus=0.0, sparse_step="off" if name == "gba_dense" else "on", **level)
             sae = GBATrainingSAE(cfg)

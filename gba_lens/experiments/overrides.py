@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 STUDIED_MODULES = ("valley_thresholds", "target_adaptation", "l0_control", "target_search", "coactivation", "data_init",
-                   "firing_worth", "idle_groups", "decoder_refit", "threshold_reallocation")
+                   "firing_worth", "idle_groups", "decoder_refit", "refit_check", "threshold_reallocation")
 """Modules of ``gba_lens.saes`` whose constants a study may set."""
 
 

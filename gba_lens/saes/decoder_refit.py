@@ -28,8 +28,10 @@ Which latents fire is the rules' choice, not the reconstruction's: ``REALLOCATIO
 thresholds then move to where a firing's worth meets one price for every latent, the L0 held
 (:mod:`gba_lens.saes.threshold_reallocation`), and the decoder and offsets are fitted again.
 
-The statistics are sums (U^T U, U^T (X - b_pre), G^T G, G^T U, G^T (X - b_pre), |X - b_pre|^2), which
-data-parallel ranks all-reduce, so every rank solves the same system. The rows are the run's last ones
+The statistics are sums (U^T U, U^T (X - b_pre), G^T G, G^T U, G^T (X - b_pre), |X - b_pre|^2, each
+latent's firings), which data-parallel ranks all-reduce, so every rank solves the same system. Where the
+rows give the latents few firings, a refit is taken only if it reconstructs rows it did not read better
+than the trained SAE (:mod:`gba_lens.saes.refit_check`). The rows are the run's last ones
 (gba_lens's trainers keep them: ``rows_to_keep``), so the refit reads no sample the run did not train on.
 
 Measured (docs/experiments/prior_free.md, forty-second and forty-third steps): on the stdlib LM's
@@ -46,31 +48,27 @@ within 1%.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import nn
 
+from gba_lens.saes import refit_check
 from gba_lens.saes.refit_error import resolved_refit_error, row_weights
 from gba_lens.saes.threshold_reallocation import evaluating, reallocate_thresholds
 
 ROWS = 262_144
 """Rows the refit reads at most: the run's last ones (whole steps; each data-parallel rank keeps its share).
-With ``MIN_ROWS_PER_LATENT``, enough for the widest SAE refitted (``MAX_LATENTS``) on inputs up to 512 wide;
-wider inputs keep fewer (``MAX_ROW_BYTES``). On the stdlib LM's preset, 262,144 rows instead of 131,072 raise
-explained variance by 0.0003 on resid_pre and 0.0001 on mlp_out on every seed (docs/experiments/prior_free.md,
-forty-eighth step)."""
+Wider inputs keep fewer (``MAX_ROW_BYTES``; whether they are enough: :mod:`gba_lens.saes.refit_check`). On
+the stdlib LM's preset, 262,144 rows instead of 131,072 raise explained variance by 0.0003 on resid_pre and
+0.0001 on mlp_out on every seed (docs/experiments/prior_free.md, forty-eighth step)."""
 MAX_ROW_BYTES = 1 << 29
 """Bytes of those rows (float32, kept on the host) at most: fewer rows for a wide input."""
 MAX_LATENTS = 8_192
 """Widest SAE refitted: its sums hold four d_sae x d_sae matrices (2 GiB in float64 at this width).
 gba_lens's trainers keep a wider SAE's decoder and say so."""
-MIN_ROWS_PER_LATENT = 32
-"""A run whose last rows are fewer than this per latent keeps its trained decoder (gba_lens's trainers say
-so): a least-squares decoder from too few rows fits their noise. Measured down to 40 (the stdlib LM's
-512 latents refitted on 20,480 rows gain a third (resid_pre) to two thirds (mlp_out) of the EV that
-131,072 rows give), not below."""
 RIDGE = 1e-3
 """lambda over the mean of diag(Z^T Z): how strongly a rarely firing latent keeps its trained row (on the
 stdlib LM, 1e-2 keeps a fifth of mlp_out's CE gain back; 1e-3 gives what 1e-6 gives)."""
@@ -84,18 +82,26 @@ TOLERANCE = 1e-5
 REALLOCATIONS = 2
 """Rounds, after the first fit (JumpReLU gate), of the firings reallocated between latents at one price
 (:mod:`gba_lens.saes.threshold_reallocation`), each followed by the fit again (0: the thresholds stay)."""
-SPARSE_COST = 1000
+PAIR_COST = 1000
 """On a CPU, a pair of a row's active latents added one at a time costs about this many multiply-adds of a
 dense float32 matrix product (830-14,000 measured on one core, 512 to 4,096 latents at L0 10-60, chunks of
-4,096 rows: ``benchmarks/bench_refit_sums.py``); set near the low end, so that the pairs are taken only where
-they cost less."""
+4,096 rows: ``benchmarks/bench_refit_sums.py``); set near the low end (:func:`sums_path`)."""
+ENTRY_COST = 8
+"""On a CPU, the sparse codes times a dense matrix cost about this many dense multiply-adds per active entry
+and latent (7-10 measured as above)."""
+OUTPUT_COST = 400
+"""... and about this many per entry of their d_sae x d_sae products (100-600 measured as above)."""
 
 
-def pairs_cost_less(per_row: Int[torch.Tensor, " rows"], d_sae: int) -> bool:
-    """Whether, on a CPU, adding the products of each row's pairs of active latents (``per_row`` of them in
-    each row) costs less than the dense products of the rows' codes (``SPARSE_COST``)."""
+def sums_path(per_row: Int[torch.Tensor, " rows"], d_sae: int) -> str:
+    """How a CPU adds the sums of rows with ``per_row`` active latents each, the cheapest of: ``"dense"``, the
+    dense products of the rows' codes; ``"pairs"``, the products of each row's pairs of active latents
+    (``PAIR_COST`` each); ``"sparse"``, the sparse codes times the dense ones (``ENTRY_COST`` per active entry
+    and latent, ``OUTPUT_COST`` per entry of the products)."""
     pairs = int((per_row * (per_row + 1)).sum()) // 2  # each row's pairs of active latents, itself included
-    return pairs * SPARSE_COST < len(per_row) * d_sae * d_sae
+    costs = {"dense": len(per_row) * d_sae * d_sae, "pairs": pairs * PAIR_COST,
+             "sparse": int(per_row.sum()) * d_sae * ENTRY_COST + d_sae * d_sae * OUTPUT_COST}
+    return min(costs, key=costs.__getitem__)
 
 
 def rows_to_keep(total_samples: int, d_in: int) -> int:
@@ -126,6 +132,7 @@ class RefitStatistics(nn.Module):
                                                    device=device))
         self.register_buffer("energy", torch.zeros((), dtype=dtype, device=device))
         self.register_buffer("rows", torch.zeros((), dtype=dtype, device=device))
+        self.register_buffer("firings", torch.zeros(d_sae, dtype=dtype, device=device))
         self.offsets = offsets
 
     @torch.no_grad()
@@ -133,10 +140,11 @@ class RefitStatistics(nn.Module):
             gates: Float[torch.Tensor, "rows d_sae"] | None = None, weights: Float[torch.Tensor, " rows"] | None = None
             ) -> None:
         """Add rows' codes (without offsets), targets and, with ``offsets``, gates (1 where a latent fires):
-        dense products, or on a CPU, where the codes are sparse enough that it is cheaper (``SPARSE_COST``),
+        dense products, or on a CPU, where the codes are sparse enough that it is cheaper (:func:`sums_path`),
         the products of each row's active latents only (a 4,096-latent SAE at L0 10, 512 inputs: a twentieth
-        of the dense time). ``weights``: each row's weight in the squared error (:mod:`gba_lens.saes.refit_error`;
-        None: 1), taken as the rows' codes, gates and targets times its square root."""
+        of the dense time) or the sparse codes times the dense ones. ``weights``: each row's weight in the
+        squared error (:mod:`gba_lens.saes.refit_error`; None: 1), taken as the rows' codes, gates and targets
+        times its square root."""
         active = codes != 0 if gates is None else gates != 0
         work = torch.promote_types(codes.dtype, torch.float32)
         root = None if weights is None else weights.to(codes.device, work).sqrt()
@@ -145,20 +153,37 @@ class RefitStatistics(nn.Module):
         wide_targets = targets.to(self.gram.dtype)
         self.energy.add_(wide_targets.pow(2).sum())
         self.rows.add_(len(codes))
-        per_row = active.sum(1) if codes.device.type == "cpu" else None  # the pairs are a CPU path only
-        if per_row is None or not pairs_cost_less(per_row, codes.shape[1]):
-            # each chunk's products in the codes' precision (float32 at least: half float64's time on a CPU,
-            # a small share of it on most GPUs), added up in the buffers' float64
-            dense, chunk_targets = codes.to(work), targets.to(work)
-            self.gram.add_(dense.t() @ dense)
-            self.cross.add_(dense.t() @ chunk_targets)
-            if self.offsets:
-                gate = active.to(work) if root is None else active.to(work) * root[:, None]
-                self.gate_gram.add_(gate.t() @ gate)
-                self.gate_code.add_(gate.t() @ dense)
-                self.gate_cross.add_(gate.t() @ chunk_targets)
+        self.firings.add_(active.sum(0))
+        per_row = active.sum(1) if codes.device.type == "cpu" else None  # the sparse paths are a CPU's only
+        path = "dense" if per_row is None else sums_path(per_row, codes.shape[1])
+        if path == "pairs":
+            self._add_pairs(codes, active, per_row, root, wide_targets)
             return
-        self._add_pairs(codes, active, per_row, root, wide_targets)
+        # each chunk's products in the codes' precision (float32 at least: half float64's time on a CPU,
+        # a small share of it on most GPUs), added up in the buffers' float64
+        dense, chunk_targets = codes.to(work), targets.to(work)
+        gate = None
+        if self.offsets:
+            gate = active.to(work) if root is None else active.to(work) * root[:, None]
+        if path == "sparse":  # the transposed codes (and gates) as sparse matrices, times the dense ones
+            rows, latents = active.nonzero(as_tuple=True)
+
+            def transposed(matrix: torch.Tensor) -> torch.Tensor:
+                return torch.sparse_coo_tensor(torch.stack([latents, rows]), matrix[rows, latents],
+                                               (matrix.shape[1], len(matrix)), check_invariants=False)
+
+            codes_t = transposed(dense)
+            gates_t = None if gate is None else transposed(gate)
+            product = torch.sparse.mm
+        else:
+            codes_t, gates_t = dense.t(), None if gate is None else gate.t()
+            product = torch.matmul
+        self.gram.add_(product(codes_t, dense))
+        self.cross.add_(product(codes_t, chunk_targets))
+        if gates_t is not None:
+            self.gate_gram.add_(product(gates_t, gate))
+            self.gate_code.add_(product(gates_t, dense))
+            self.gate_cross.add_(product(gates_t, chunk_targets))
 
     def _add_pairs(self, codes: torch.Tensor, active: torch.Tensor, per_row: torch.Tensor, root: torch.Tensor | None,
                    wide_targets: torch.Tensor) -> None:
@@ -203,6 +228,11 @@ class RefitStatistics(nn.Module):
         """Data-parallel training: the sums over every rank's rows."""
         for buffer in self.buffers():
             all_reduce(buffer, "sum")
+
+    def firings_per_input(self, d_in: int) -> float:
+        """The firings of the average live latent over the input's width."""
+        live = int((self.firings > 0).sum())
+        return float(self.firings.sum()) / max(live, 1) / d_in
 
     def _code_sums(self, offset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Z^T Z and Z^T (X - b_pre) for the codes Z = U + G diag(offset) (float64, on the host where the
@@ -299,24 +329,61 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
     has none) with it; then ``REALLOCATIONS`` times the thresholds moved to one price per firing
     (:func:`~gba_lens.saes.threshold_reallocation.reallocate_thresholds`, the L0 held) and the fit again.
     The error is each row's, or its share of the row (``refit_error``: :mod:`gba_lens.saes.refit_error`).
-    Returns the rows read (over all ranks) and their squared error over their energy (both weighted as the
-    fit weighs them), before and after."""
+    Where the rows give the live latents fewer firings than ``TRUSTED_FIRINGS`` per input, a copy is refitted
+    without every ``HELD_OUT``-th row and taken only if it reconstructs those rows better than the trained SAE
+    (:mod:`gba_lens.saes.refit_check`). Returns the rows read (over all ranks), their squared error over their
+    energy (both weighted as the fit weighs them) before and after, the live latents' firings per input,
+    whether the refit was checked (and the held-out rows' error with the trained SAE and the copy) and
+    whether the SAE was refitted."""
     if sae.cfg.d_sae > MAX_LATENTS:
         raise ValueError(f"decoder_refit solves a d_sae x d_sae system: at most {MAX_LATENTS} latents, "
                          f"got d_sae={sae.cfg.d_sae}")  # the trainers skip such an SAE and say so
     offsets = sae.cfg.gating == "jumprelu" and OFFSET_STEPS > 0  # under the ReLU gate the offset is the bias
-    result = _fit(sae, rows, batch_size, offsets)
+    statistics, start = _statistics(sae, rows, batch_size, offsets)
+    per_input = statistics.firings_per_input(sae.cfg.d_in)
+    if per_input >= refit_check.TRUSTED_FIRINGS:
+        return {**_refit(sae, rows, batch_size, offsets, statistics, start), "firings_per_input": per_input,
+                "checked": 0.0, "refitted": 1.0}
+    rows_read = float(statistics.rows)
+    del statistics
+    fitted_rows, held_rows = refit_check.split_rows(rows)
+    candidate = copy.deepcopy(sae)
+    result = _refit(candidate, fitted_rows, batch_size, offsets)
+    trained, fitted = (refit_check.held_out_error(one, held_rows, batch_size) for one in (sae, candidate))
+    result.update(rows=rows_read, firings_per_input=per_input, checked=1.0, held_out_trained=trained,
+                  held_out_fitted=fitted)
+    if not fitted < trained:
+        return {**result, "error_after": result["error_before"], "refitted": 0.0}
+    sae.W_dec.data.copy_(candidate.W_dec)
+    sae.b_enc.data.copy_(candidate.b_enc)
+    if candidate.b_act is not None:
+        if sae.b_act is None:
+            sae.b_act = nn.Parameter(torch.zeros_like(sae.b_enc), requires_grad=False)
+        sae.b_act.data.copy_(candidate.b_act)
+    return {**result, "refitted": 1.0}
+
+
+def _refit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool, statistics: RefitStatistics | None = None,
+           start: torch.Tensor | None = None) -> dict[str, float]:
+    """The fit, and each reallocation round followed by the fit again (``statistics``: the first fit's sums
+    over ``rows``, with ``start``, where already read)."""
+    if statistics is None:
+        statistics, start = _statistics(sae, rows, batch_size, offsets)
+    result = _solve(sae, statistics, start)
+    del statistics
     for _ in range(REALLOCATIONS if sae.cfg.gating == "jumprelu" else 0):
         reallocate_thresholds(sae, rows, batch_size)
-        result["error_after"] = _fit(sae, rows, batch_size, offsets)["error_after"]
+        result["error_after"] = _solve(sae, *_statistics(sae, rows, batch_size, offsets))["error_after"]
     return result
 
 
-def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[str, float]:
-    """The decoder (and ``offsets``) on the codes of ``rows``: see :func:`refit_decoder`."""
+def _statistics(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool
+                ) -> tuple[RefitStatistics, torch.Tensor | None]:
+    """The sums over the codes of ``rows`` (all ranks'), and the offsets the codes were trained with (0 without
+    activation_bias; None without ``offsets``)."""
     statistics = RefitStatistics(sae.cfg.d_sae, sae.cfg.d_in, sae.W_dec.device, offsets)
     error_kind = resolved_refit_error(sae)
-    start = None  # the offsets the codes were trained with (0 without activation_bias)
+    start = None
     if offsets:
         start = sae.activation_offset()
         start = torch.zeros_like(sae.b_enc) if start is None else start
@@ -332,6 +399,12 @@ def _fit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool) -> dict[s
             scaled = sae._scaled(chunk)  # after the encoding: with per_token, it sets the norms this reads
             statistics.add(codes, scaled - sae.b_dec, gates, row_weights(scaled, error_kind))
     sae.reduce_window_statistics(statistics)
+    return statistics, start
+
+
+def _solve(sae: Any, statistics: RefitStatistics, start: torch.Tensor | None) -> dict[str, float]:
+    """The decoder (and offsets, from ``start``) that ``statistics`` solve to, into ``sae``: see
+    :func:`refit_decoder`."""
     energy = max(float(statistics.energy), 1e-30)
     before = statistics.squared_error(sae.W_dec.detach(), start)
     decoder, offset, after = statistics.solve(sae.W_dec.detach(), start, sae.b_enc.detach())

@@ -7,7 +7,8 @@ rows are not in checkpoints (up to 512 MiB): a run resumed inside them reads the
 resumption again, from a data stream that can seek (:meth:`RefitWindow.reread`) or from the batches a
 language-model run replays (:func:`keep_replayed`), and refits as an uninterrupted run. From any other
 stream it refits on the rows since the resumption and says so. A run that cannot be refitted (too wide
-an SAE, too few rows per latent) says so once and keeps its decoder.
+an SAE, or rows too few for a refit to reconstruct rows it did not read better: ``refit_check``) says so
+once and keeps its decoder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from gba_lens.data.batches import can_seek
 from gba_lens.saes import decoder_refit as refit  # its constants read at the call (a study may set them)
+from gba_lens.saes import refit_check
 from gba_lens.saes.decoder_refit import refit_decoder, rows_to_keep
 
 logger = logging.getLogger(__name__)
@@ -40,18 +42,11 @@ class RefitWindow:
         sae = trainer.sae
         if not getattr(sae.cfg, "decoder_refit", False):
             return None
-        d_sae, rows = sae.cfg.d_sae, rows_to_keep(trainer.cfg.total_training_samples, sae.cfg.d_in)
-        skipped = None
+        d_sae = sae.cfg.d_sae
         if d_sae > refit.MAX_LATENTS:
-            skipped = f"its system is d_sae x d_sae, and d_sae={d_sae} is over {refit.MAX_LATENTS}"
-        elif rows < refit.MIN_ROWS_PER_LATENT * d_sae:
-            skipped = (f"the run's last {rows} rows are fewer than {refit.MIN_ROWS_PER_LATENT} per latent "
-                       f"({d_sae} latents)")
-        if skipped is not None:
-            warnings.warn(f"decoder_refit is skipped: {skipped}; the trained decoder is kept (decoder_refit=False "
-                          "turns it off without this warning)", stacklevel=3)
+            _skipped(f"its system is d_sae x d_sae, and d_sae={d_sae} is over {refit.MAX_LATENTS}", stacklevel=4)
             return None
-        return cls(rows)
+        return cls(rows_to_keep(trainer.cfg.total_training_samples, sae.cfg.d_in))
 
     def keep(self, rows: torch.Tensor, trainer: Any) -> bool:
         """Keep a step's rows (this rank's, as the SAE read them) if the step reaches into the window, just
@@ -95,6 +90,13 @@ class RefitWindow:
             warnings.warn(f"decoder_refit reads the rows since the run resumed, not all of its last {self.rows}: "
                           "the run's data stream cannot seek back to the earlier ones", stacklevel=3)
         self.result = result = refit_decoder(trainer.sae, rows)
+        if not result["refitted"]:
+            _skipped(f"the run's last {int(result['rows'])} rows give its live latents "
+                     f"{result['firings_per_input']:.2f} firings per input each, and a copy refitted without every {refit_check.HELD_OUT}th "
+                     "reconstructed those rows no better than the trained SAE (squared error over energy "
+                     f"{result['held_out_trained']:.5f} -> {result['held_out_fitted']:.5f}): too few for a "
+                     "least-squares decoder", stacklevel=4)
+            return result
         before, after = result["error_before"], result["error_after"]
         logger.info("decoder refitted on %d rows: squared error over energy %.5f -> %.5f", int(result["rows"]), before,
                     after)
@@ -105,6 +107,11 @@ class RefitWindow:
             logged = {f"{prefix}gba/refit_error_before": before, f"{prefix}gba/refit_error_after": after}
             trainer._safe(wandb.log, logged, step=trainer.n_training_steps)
         return result
+
+
+def _skipped(why: str, stacklevel: int) -> None:
+    warnings.warn(f"decoder_refit is skipped: {why}; the trained decoder is kept (decoder_refit=False turns it "
+                  "off without this warning)", stacklevel=stacklevel)
 
 
 def keep_replayed(trainer: Any, batch: Any, step: int) -> None:

@@ -10,7 +10,7 @@ import torch
 from fault_tools import FIGURES, assert_identical, kill_on_call, run_in_child, unverifiable_bytes
 from gba_lens import cli
 from gba_lens.data.activations import save_activations
-from gba_lens.saes import decoder_refit
+from gba_lens.saes import decoder_refit, refit_check
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -24,7 +24,7 @@ def refit_on_most_of_the_run():
     its data stream seeks back; train: from the batches it replays). The forked runs inherit the patch."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(decoder_refit, "ROWS", 4096)
-        patch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 1)
+        patch.setattr(refit_check, "TRUSTED_FIRINGS", 0.0)  # every refit unchecked
         yield
 
 

@@ -67,21 +67,66 @@ def test_the_refit_is_the_ridge_least_squares_decoder_of_the_code_in_the_sae_s_u
         assert refitted < 0.5 * (sae(x) - x).pow(2).sum()
 
 
-def test_a_sparse_chunk_takes_the_pairs_and_a_dense_one_the_matrix_products(monkeypatch):
-    """On a CPU, at SPARSE_COST 1,000: one active latent of 64 per row costs 1,000 per row against the dense
-    products' 4,096, so the pairs are added; every latent active, 2,080 pairs per row, the dense products."""
-    monkeypatch.setattr(decoder_refit, "SPARSE_COST", 1000)
-    pairs = []
-    monkeypatch.setattr(decoder_refit.RefitStatistics, "_add_pairs", lambda self, codes, *rest: pairs.append(len(codes)))
+def test_where_latents_fire_few_times_a_refit_is_taken_only_if_it_reconstructs_held_out_rows_better(monkeypatch):
+    """Under 10 firings per input (refit_check.TRUSTED_FIRINGS) a copy is refitted without every 8th row: 80 rows
+    (a 24-latent SAE on 8 inputs, fitted already on 4,800) overfit it, and the SAE stays as it was to the bit;
+    refitted on the 4,800 rows after its decoder moved, the checked copy reconstructs the held-out rows better
+    and is taken; from 10 firings per input, nothing is checked."""
+    sae, x = _sae()
+    many = torch.cat([x] + [torch.relu(torch.randn(600, 8)) * 3 + torch.rand(600, 1) for _ in range(7)])
+    first = refit_decoder(sae, many)  # a decoder, offsets and thresholds already fitted to this kind of row
+    assert first["checked"] == 0 and first["refitted"] == 1 and first["firings_per_input"] >= 10
+    trained = {name: tensor.detach().clone() for name, tensor in sae.state_dict().items()}
+    few = refit_decoder(sae, x[:80])
+    assert few["checked"] == 1 and few["firings_per_input"] < 10 and few["rows"] == 80
+    assert few["refitted"] == 0 and few["held_out_fitted"] > few["held_out_trained"] > 0
+    assert all(torch.equal(sae.state_dict()[name], tensor) for name, tensor in trained.items())
+    # the held-out reading: every 8th row's error with the trained SAE, in its own units
+    held = x[:80][7::8]
+    sae.eval()
+    with torch.no_grad():
+        target = held * sae.input_scale - sae.b_dec
+        error = (target - sae.encode(held) @ sae.W_dec).pow(2).sum() / target.pow(2).sum()
+    assert few["held_out_trained"] == pytest.approx(float(error), rel=1e-5)
+    with torch.no_grad():
+        sae.W_dec.add_(0.3 * torch.randn_like(sae.W_dec))  # a decoder far from its rows' least squares
+    moved = sae.W_dec.detach().clone()
+    checked = refit_decoder(sae, many[:2400])
+    assert checked["checked"] == 0  # 2,400 rows: over 10 per input
+    sae.W_dec.data.copy_(moved)
+    monkeypatch.setattr(decoder_refit.refit_check, "TRUSTED_FIRINGS", 10**9)  # every refit checked
+    checked = refit_decoder(sae, many[:2400])
+    assert checked["checked"] == 1 and checked["refitted"] == 1
+    assert checked["held_out_fitted"] < checked["held_out_trained"] and not torch.equal(sae.W_dec, moved)
+
+
+def test_each_chunk_takes_the_cheapest_of_the_three_sums(monkeypatch):
+    """On a CPU, with 64 latents (costs in dense multiply-adds: 64 x 64 = 4,096 per row densely; 1,000 per pair;
+    8 x 64 = 512 per active entry plus 400 x 4,096 per chunk for the sparse codes times the dense ones)."""
+    taken = []
+    monkeypatch.setattr(decoder_refit.RefitStatistics, "_add_pairs", lambda self, codes, *rest: taken.append("pairs"))
+    monkeypatch.setattr(torch.sparse, "mm", lambda a, b: taken.append("sparse") or torch.zeros(a.shape[0], b.shape[1]))
     statistics = decoder_refit.RefitStatistics(64, 8, "cpu")
     one_each = torch.zeros(10, 64)
     one_each[torch.arange(10), torch.arange(10)] = 1.0
-    statistics.add(one_each, torch.randn(10, 8))
-    assert pairs == [10] and float(statistics.gram.abs().sum()) == 0  # the pairs' path (stubbed here)
-    statistics.add(torch.rand(10, 64) + 0.1, torch.randn(10, 8))
-    assert pairs == [10] and float(statistics.gram.abs().sum()) > 0  # the dense products
-    assert decoder_refit.pairs_cost_less(torch.full((10,), 2), 64)  # 3 pairs a row: 3,000 < 4,096
-    assert not decoder_refit.pairs_cost_less(torch.full((10,), 3), 64)  # 6 pairs a row: 6,000 > 4,096
+    statistics.add(one_each, torch.randn(10, 8))  # 10,000 in pairs, 40,960 dense, 1,643,520 sparse
+    assert taken == ["pairs"] and float(statistics.gram.abs().sum()) == 0  # the pairs' path (stubbed here)
+    statistics.add(torch.rand(10, 64) + 0.1, torch.randn(10, 8))  # every latent: 20,800,000 in pairs
+    assert taken == ["pairs"] and float(statistics.gram.abs().sum()) > 0  # the dense products
+    half = torch.zeros(1000, 64)
+    half[:, :20] = 1.0  # 210 pairs a row: 210,000,000 in pairs, 4,096,000 dense, 11,878,400 sparse
+    assert decoder_refit.sums_path(half.sum(1), 64) == "dense"
+    assert decoder_refit.sums_path(torch.full((100,), 2), 64) == "pairs"  # 300,000; 409,600 dense, 1,740,800 sparse
+    assert decoder_refit.sums_path(torch.full((100,), 3), 64) == "dense"  # 600,000 in pairs
+    # wider: 4,096 latents at 30 a row, 4,096 rows: pairs 1.9e9, sparse 1.07e10, dense 6.9e10
+    assert decoder_refit.sums_path(torch.full((4096,), 30), 4096) == "pairs"
+    # 512 latents at 30 a row: pairs 1.9e9, sparse 6.1e8, dense 1.07e9
+    assert decoder_refit.sums_path(torch.full((4096,), 30), 512) == "sparse"
+    statistics = decoder_refit.RefitStatistics(512, 8, "cpu", offsets=True)
+    codes = torch.zeros(4096, 512)
+    codes[:, :30] = 1.0
+    statistics.add(codes, torch.randn(4096, 8), codes)
+    assert taken == ["pairs"] + ["sparse"] * 5  # each of the five sums
 
 
 def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
@@ -96,22 +141,23 @@ def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
     codes[7, gates[7].nonzero()[:1, 0]] = 0  # fires with u = 0
     targets = torch.randn(200, 16)
     sums = {}
-    for cost in (0, 10**12):  # every chunk sparse, every chunk dense
-        monkeypatch.setattr(decoder_refit, "SPARSE_COST", cost)
+    for path in ("pairs", "sparse", "dense"):  # every chunk on one path
+        monkeypatch.setattr(decoder_refit, "sums_path", lambda per_row, d_sae, path=path: path)
         statistics = decoder_refit.RefitStatistics(64, 16, "cpu", offsets=True)
         statistics.add(codes[:120], targets[:120], gates[:120])
         statistics.add(codes[120:], targets[120:], gates[120:])
-        sums[cost] = statistics
-    sparse, dense = sums[0], sums[10**12]
+        sums[path] = statistics
+    dense = sums["dense"]
     expected, t = codes.double(), targets.double()
     assert torch.allclose(dense.gram, expected.T @ expected, atol=1e-10)
     assert torch.allclose(dense.gate_code, gates.T @ expected, atol=1e-10)
     assert torch.allclose(dense.gate_gram, gates.T @ gates, atol=1e-10)
     assert torch.allclose(dense.gate_cross, gates.T @ t, atol=1e-10)
-    for name in ("gram", "cross", "gate_gram", "gate_code", "gate_cross"):
-        assert torch.allclose(getattr(sparse, name), getattr(dense, name), atol=1e-10), name
-    assert float(sparse.rows) == 200 and float(sparse.energy) == pytest.approx(float(t.pow(2).sum()))
-    # float32 codes, dense (SPARSE_COST as the loop left it): each chunk's products in float32, summed in float64
+    for path in ("pairs", "sparse"):
+        for name in ("gram", "cross", "gate_gram", "gate_code", "gate_cross"):
+            assert torch.allclose(getattr(sums[path], name), getattr(dense, name), atol=1e-10), (path, name)
+        assert float(sums[path].rows) == 200 and float(sums[path].energy) == pytest.approx(float(t.pow(2).sum()))
+    # float32 codes, dense (as the loop left the path): each chunk's products in float32, summed in float64
     single = decoder_refit.RefitStatistics(64, 16, "cpu", offsets=True)
     single.add(codes.float(), targets.float(), gates.float())
     assert single.gram.dtype == torch.float64 and not torch.equal(single.gram, dense.gram)

@@ -79,21 +79,19 @@ def test_weighted_sums_of_each_row_s_active_latents_are_the_dense_weighted_sums(
     targets = torch.randn(200, 16)
     weights = torch.rand(200) * 10 + 0.01
     sums = {}
-    for cost in (0, 10**12):  # every chunk sparse, every chunk dense
-        monkeypatch.setattr(decoder_refit, "SPARSE_COST", cost)
+    for path in ("pairs", "sparse", "dense"):  # every chunk on one path
+        monkeypatch.setattr(decoder_refit, "sums_path", lambda per_row, d_sae, path=path: path)
         statistics = decoder_refit.RefitStatistics(64, 16, "cpu", offsets=True)
         statistics.add(codes[:120], targets[:120], gates[:120], weights[:120])
         statistics.add(codes[120:], targets[120:], gates[120:], weights[120:])
-        sums[cost] = statistics
-    sparse, dense = sums[0], sums[10**12]
+        sums[path] = statistics
     d, t = weights.double()[:, None], targets.double()
     expected = {"gram": codes.T @ (d * codes), "cross": codes.T @ (d * t), "gate_gram": gates.T @ (d * gates),
                 "gate_code": gates.T @ (d * codes), "gate_cross": gates.T @ (d * t)}
-    for name, value in expected.items():
-        assert torch.allclose(getattr(dense, name), value, atol=1e-9), name
-        assert torch.allclose(getattr(sparse, name), value, atol=1e-9), name
-    assert float(dense.energy) == pytest.approx(float((d * t.pow(2)).sum()))
-    assert float(sparse.energy) == pytest.approx(float((d * t.pow(2)).sum()))
+    for path, statistics in sums.items():
+        for name, value in expected.items():
+            assert torch.allclose(getattr(statistics, name), value, atol=1e-9), (path, name)
+        assert float(statistics.energy) == pytest.approx(float((d * t.pow(2)).sum())), path
 
 
 def test_the_reallocation_weighs_each_row_s_worth(monkeypatch):

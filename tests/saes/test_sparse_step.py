@@ -139,7 +139,7 @@ def test_training_run_with_the_sparse_step_reproduces_the_dense_run(monkeypatch)
     saes = {}
     for mode in ("off", "on"):
         torch.manual_seed(0)
-        # decoder_refit off: the steps are compared (a refit on 12.5 rows per latent would be skipped anyway)
+        # decoder_refit off: the steps are compared, not what a refit after them makes of them
         sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=16, d_sae=1024, sparse_step=mode, highest_target=0.05,
                                                   lowest_target=0.002, decoder_refit=False))
         train_sae(sae, TensorBatches(acts, 128, seed=0), TrainConfig(total_samples=100 * 128, batch_size=128,

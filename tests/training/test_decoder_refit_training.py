@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gba_lens.data.batches import SeededBatches
-from gba_lens.saes import decoder_refit
+from gba_lens.saes import decoder_refit, refit_check
 from gba_lens.training import refit_window
 from gba_lens.training.train import TrainConfig, train_sae
 from training_builders import Killed, dies_at, relu_sampler, step_input, tiny_gba_sae
@@ -34,7 +34,7 @@ def _batches() -> list[torch.Tensor]:
 def calls(monkeypatch):
     """Each refit's rows and the decoder and firing offsets before it (ROWS = WINDOW)."""
     monkeypatch.setattr(decoder_refit, "ROWS", WINDOW)
-    monkeypatch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 1)  # 150 rows for 40 latents
+    monkeypatch.setattr(refit_check, "TRUSTED_FIRINGS", 0.0)  # 150 rows for 40 latents: refitted unchecked
     seen = []
     refit = refit_window.refit_decoder
 
@@ -141,12 +141,28 @@ def test_a_wider_sae_than_the_refit_takes_keeps_its_decoder_and_says_so(monkeypa
     assert trainer.refit_window is None and not calls
 
 
-def test_a_run_with_too_few_rows_per_latent_keeps_its_decoder_and_says_so(calls, monkeypatch):
-    monkeypatch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 4)  # 150 rows: 3.75 per latent
-    with pytest.warns(UserWarning, match="decoder_refit is skipped: the run's last 150 rows are fewer than 4 per "
-                                         r"latent \(40 latents\)"):
-        trainer = train_sae(tiny_gba_sae(10, 40), SeededBatches(_sample, BATCH, seed=3), _cfg())
-    assert trainer.refit_window is None and not calls
+def test_a_run_whose_checked_refit_reconstructs_held_out_rows_no_better_keeps_its_sae(calls, monkeypatch):
+    sae = tiny_gba_sae(10, 40)
+    kept, read = {}, []
+    error = refit_check.held_out_error
+
+    def worse(one, rows, batch_size):  # the trained SAE's reading as it is, the refitted copy's twice it
+        if not read:
+            kept.update(W_dec=sae.W_dec.detach().clone(), b_enc=sae.b_enc.detach().clone(), rows=len(rows))
+        read.append(error(one, rows, batch_size) * (2 if read else 1))
+        return read[-1]
+
+    monkeypatch.setattr(refit_check, "TRUSTED_FIRINGS", 10**9)  # every refit checked
+    monkeypatch.setattr(refit_check, "held_out_error", worse)
+    with pytest.warns(UserWarning, match=r"decoder_refit is skipped: the run's last 192 rows give its live latents "
+                                         r"\d+\.\d\d firings per input each, and a copy refitted without every 8th "
+                                         r"reconstructed those rows no better than the trained SAE"):
+        trainer = train_sae(sae, SeededBatches(_sample, BATCH, seed=3), _cfg())
+    assert len(calls) == 1 and kept["rows"] == 24 and 0 < read[0] < read[1]  # every 8th of 192 rows
+    result = trainer.refit_window.result
+    assert result["refitted"] == 0 and result["checked"] == 1 and result["error_after"] == result["error_before"]
+    assert (result["held_out_trained"], result["held_out_fitted"]) == tuple(read) and result["rows"] == 192
+    assert torch.equal(sae.W_dec, kept["W_dec"]) and torch.equal(sae.b_enc, kept["b_enc"]) and sae.b_act is None
 
 
 def _long_run(d_in: int, d_sae: int) -> SimpleNamespace:
@@ -155,15 +171,10 @@ def _long_run(d_in: int, d_sae: int) -> SimpleNamespace:
     return SimpleNamespace(sae=SimpleNamespace(cfg=cfg), cfg=SimpleNamespace(total_training_samples=10**9))
 
 
-def test_a_long_run_refits_the_widest_sae_the_refit_solves_on_inputs_up_to_512_wide():
+def test_a_long_run_keeps_rows_for_the_widest_sae_the_refit_solves_whatever_its_inputs():
     widest = decoder_refit.MAX_LATENTS
-    for d_in in (128, 512):
+    for d_in, rows in ((128, decoder_refit.ROWS), (512, decoder_refit.ROWS), (768, 174_762), (2304, 58_254)):
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no "decoder_refit is skipped"
+            warnings.simplefilter("error")  # no "decoder_refit is skipped": the firings decide at the end
             window = refit_window.RefitWindow.for_run(_long_run(d_in, widest))
-        assert window is not None and window.rows >= decoder_refit.MIN_ROWS_PER_LATENT * widest
-    # wider inputs keep fewer rows (their memory), so fewer latents: GPT-2's 768 reach 5,461
-    said = f"the run's last 174762 rows are fewer than 32 per latent \\({widest} latents\\)"
-    with pytest.warns(UserWarning, match=said):
-        assert refit_window.RefitWindow.for_run(_long_run(768, widest)) is None
-    assert refit_window.RefitWindow.for_run(_long_run(768, 5_461)) is not None
+        assert window is not None and window.rows == rows  # wider inputs keep fewer rows (512 MiB)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gba_lens.data.batches import SeededBatches, TensorBatches
-from gba_lens.saes import decoder_refit, firing_worth
+from gba_lens.saes import decoder_refit, firing_worth, refit_check
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.training.state_io import CheckpointError, write_checksums
 from gba_lens.training.train import TrainConfig, train_sae
@@ -25,7 +25,7 @@ def refit_after_the_last_checkpoint(monkeypatch):
     resumed before them ends as an uninterrupted one (inside them it refits on fewer rows and says so:
     tests/training/test_decoder_refit_training.py)."""
     monkeypatch.setattr(decoder_refit, "ROWS", 3 * BATCH)
-    monkeypatch.setattr(decoder_refit, "MIN_ROWS_PER_LATENT", 1)
+    monkeypatch.setattr(refit_check, "TRUSTED_FIRINGS", 0.0)  # every refit unchecked
 
 
 def _sae():
