@@ -7,7 +7,9 @@ Where the rows give each live latent at least ``TRUSTED_FIRINGS`` firings per in
 row, as it always gained there. Below that, :func:`gba_lens.saes.decoder_refit.refit_decoder` refits a copy of
 the SAE on every row but every ``HELD_OUT``-th (:func:`split_rows`), and takes it only where it reconstructs the
 held-out rows better than the trained SAE (:func:`held_out_error`); else the SAE stays as trained. The errors
-are sums, which data-parallel ranks all-reduce (:class:`Sums`), so every rank decides alike.
+are sums, which data-parallel ranks all-reduce (:class:`Sums`), so every rank decides alike; each rank holds out
+every ``HELD_OUT``-th of its own rows (the rows one process would hold out where each rank's share of a batch
+is a multiple of ``HELD_OUT``).
 
 Measured (docs/experiments/prior_free.md, fifty-first step; "per input": each live latent's firings on the rows
 over d_in): the paper toy (42 inputs, 1,024 latents) refitted on every row at 1.2 / 3.3 / 10.8 firings per input

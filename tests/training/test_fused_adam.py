@@ -15,8 +15,9 @@ from training_builders import tiny_gba_sae
 
 
 def _trainers():
-    # one learning rate for every weight, as SAELens's trainer trains them (encoder_lr_scale is GBATrainer's)
-    sae = tiny_gba_sae(16, 256, sparse_step="off", encoder_lr_scale=1.0)
+    # one learning rate for every weight, as SAELens's trainer trains them (encoder_lr_scale is GBATrainer's);
+    # decoder_refit off: the optimisers' steps are compared, not the refit GBATrainer adds after the last one
+    sae = tiny_gba_sae(16, 256, sparse_step="off", encoder_lr_scale=1.0, decoder_refit=False)
     acts = torch.relu(torch.randn(1024, 16, generator=torch.Generator().manual_seed(0))) * 2
     cfg = _trainer_config(TrainConfig(total_samples=8 * 128, batch_size=128, lr=3e-3, device="cpu"))
     ours = GBATrainer(cfg=cfg, sae=sae, data_provider=TensorBatches(acts, 128, seed=0))
