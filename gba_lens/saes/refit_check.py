@@ -4,7 +4,7 @@ A least-squares decoder row holds d_in numbers, fitted on the rows where its lat
 it fits their noise and reconstructs other rows worse than the trained decoder. How few is too few is not one
 number: it turns on the input's width, how often the latents fire, how many are dead and how alike they are.
 Where the rows give each live latent at least ``TRUSTED_FIRINGS`` firings per input, the refit is made on every
-row, as it always gained there. Below that, :func:`gba_lens.saes.decoder_refit.refit_decoder` refits a copy of
+row: every refit measured there gained. Below that, :func:`gba_lens.saes.decoder_refit.refit_decoder` refits a copy of
 the SAE on every row but every ``HELD_OUT``-th (:func:`split_rows`), and takes it only where it reconstructs the
 held-out rows better than the trained SAE (:func:`held_out_error`); else the SAE stays as trained. The errors
 are sums, which data-parallel ranks all-reduce (:class:`Sums`), so every rank decides alike; each rank holds out

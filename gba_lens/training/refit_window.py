@@ -92,10 +92,10 @@ class RefitWindow:
         self.result = result = refit_decoder(trainer.sae, rows)
         if not result["refitted"]:
             _skipped(f"the run's last {int(result['rows'])} rows give its live latents "
-                     f"{result['firings_per_input']:.2f} firings per input each, and a copy refitted without every {refit_check.HELD_OUT}th "
-                     "reconstructed those rows no better than the trained SAE (squared error over energy "
-                     f"{result['held_out_trained']:.5f} -> {result['held_out_fitted']:.5f}): too few for a "
-                     "least-squares decoder", stacklevel=4)
+                     f"{result['firings_per_input']:.2f} firings per input each, and a copy refitted without every "
+                     f"{refit_check.HELD_OUT}th reconstructed those rows no better than the trained SAE (squared "
+                     f"error over energy {result['held_out_trained']:.5f} -> {result['held_out_fitted']:.5f}): "
+                     "too few for a least-squares decoder", stacklevel=4)
             return result
         before, after = result["error_before"], result["error_after"]
         logger.info("decoder refitted on %d rows: squared error over energy %.5f -> %.5f", int(result["rows"]), before,

@@ -175,6 +175,6 @@ def test_a_long_run_keeps_rows_for_the_widest_sae_the_refit_solves_whatever_its_
     widest = decoder_refit.MAX_LATENTS
     for d_in, rows in ((128, decoder_refit.ROWS), (512, decoder_refit.ROWS), (768, 174_762), (2304, 58_254)):
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no "decoder_refit is skipped": the firings decide at the end
+            warnings.simplefilter("error")  # no "decoder_refit is skipped": the refit decides at its end
             window = refit_window.RefitWindow.for_run(_long_run(d_in, widest))
         assert window is not None and window.rows == rows  # wider inputs keep fewer rows (512 MiB)
