@@ -49,7 +49,7 @@ within 1%.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -93,14 +93,15 @@ OUTPUT_COST = 400
 """... and about this many per entry of their d_sae x d_sae products (100-600 measured as above)."""
 
 
-def sums_path(per_row: Int[torch.Tensor, " rows"], d_sae: int) -> str:
+def sums_path(per_row: Int[torch.Tensor, " rows"], d_sae: int) -> Literal["dense", "pairs", "sparse"]:
     """How a CPU adds the sums of rows with ``per_row`` active latents each, the cheapest of: ``"dense"``, the
     dense products of the rows' codes; ``"pairs"``, the products of each row's pairs of active latents
     (``PAIR_COST`` each); ``"sparse"``, the sparse codes times the dense ones (``ENTRY_COST`` per active entry
     and latent, ``OUTPUT_COST`` per entry of the products)."""
     pairs = int((per_row * (per_row + 1)).sum()) // 2  # each row's pairs of active latents, itself included
-    costs = {"dense": len(per_row) * d_sae * d_sae, "pairs": pairs * PAIR_COST,
-             "sparse": int(per_row.sum()) * d_sae * ENTRY_COST + d_sae * d_sae * OUTPUT_COST}
+    costs: dict[Literal["dense", "pairs", "sparse"], int] = {
+        "dense": len(per_row) * d_sae * d_sae, "pairs": pairs * PAIR_COST,
+        "sparse": int(per_row.sum()) * d_sae * ENTRY_COST + d_sae * d_sae * OUTPUT_COST}
     return min(costs, key=costs.__getitem__)
 
 

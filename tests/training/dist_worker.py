@@ -31,6 +31,8 @@ from gba_lens.training.train import TrainConfig, train_sae  # noqa: E402
 from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae, use_search_constants  # noqa: E402
 
 D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
+CHECKED = 1e9
+"""``refit_check.TRUSTED_FIRINGS`` with ``--checked-refit``: every refit is checked on held-out rows."""
 
 
 VALLEY_WINDOW = 256
@@ -133,15 +135,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input-norm", default="unit_mean", help="GBA's input_norm")
     parser.add_argument("--decoder-refit", action="store_true", help="GBA with decoder_refit")
     parser.add_argument("--refit-error", default=None, help="GBA's refit_error (unset: absolute, no hook named)")
+    parser.add_argument("--checked-refit", action="store_true",
+                        help="every decoder refit checked on held-out rows (refit_check.TRUSTED_FIRINGS unreachable)")
     return parser.parse_args(argv)
 
 
 def train_one(args: argparse.Namespace) -> None:
     """The SAE ``args`` describe, trained on the seeded stream; the module constants its options set are
     undone afterwards."""
-    from gba_lens.saes import target_adaptation, valley_thresholds
+    from gba_lens.saes import refit_check, target_adaptation, valley_thresholds
 
     with pytest.MonkeyPatch.context() as patch:
+        if args.checked_refit:
+            patch.setattr(refit_check, "TRUSTED_FIRINGS", CHECKED)
         if args.valley or args.defaults:
             window = DEFAULTS_VALLEY_WINDOW if args.defaults else VALLEY_WINDOW
             patch.setattr(valley_thresholds, "WINDOW_SAMPLES", window)

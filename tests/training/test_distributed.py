@@ -57,6 +57,7 @@ TWO_RANK_RUNS = {
     "activation-bias": ["--activation-bias"],
     "refit": ["--decoder-refit"],
     "refit-relative": ["--decoder-refit", "--refit-error", "relative"],
+    "refit-checked": ["--decoder-refit", "--checked-refit"],
     "per-token": ["--defaults", "--input-norm", "per_token"],
     "search": ["--search"],
     "multi": ["--multi"],
@@ -262,6 +263,23 @@ def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path, 
         absolute = dist_worker.make_sae(decoder_refit=True)
         dist_worker.train_sae(absolute, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "absolute")))
         assert (absolute.W_dec - reference["W_dec"]).abs().max() > 1e-3
+
+
+def test_a_checked_refit_on_two_ranks_gives_the_one_process_sae(tmp_path, two_rank_states, monkeypatch):
+    """Every refit checked: each rank holds out every 8th of its rows (its share of a batch, 32, is a multiple
+    of 8: the rows one process holds out), refits a copy on the others with all-reduced sums, and reads the
+    held-out rows' errors as all-reduced sums, so every rank takes the copy as one process does."""
+    from gba_lens.saes import refit_check
+    from gba_lens.training import refit_window
+
+    monkeypatch.setattr(refit_check, "TRUSTED_FIRINGS", dist_worker.CHECKED)
+    refits, refit = [], refit_window.refit_decoder
+    monkeypatch.setattr(refit_window, "refit_decoder", lambda sae, rows: refits.append(refit(sae, rows)) or refits[-1])
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "refit-checked", decoder_refit=True)
+    assert refits[0]["checked"] == 1 and refits[0]["refitted"] == 1  # the copy was better, and taken
+    _assert_same_sae(state, reference, refitted=True)
+    unchecked = two_rank_states["refit"]
+    assert (unchecked["W_dec"] - reference["W_dec"]).abs().max() > 1e-3  # fitted on seven eighths of the rows
 
 
 def test_a_failed_two_rank_run_resumed_inside_its_refit_rows_refits_as_one_process(tmp_path):
