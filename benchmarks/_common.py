@@ -173,16 +173,23 @@ def rotate(items: Sequence[T], i: int) -> list[T]:
     return list(items[k:]) + list(items[:k])
 
 
+def time_interleaved(clock: Clock, fns: Sequence[Callable[[], Any]], reps: int, warmup: int = 2) -> list[Samples]:
+    """Times of each of ``fns``, run in turn, in another order each repetition (A B C, B C A, ...) to share
+    the drift."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    samples = [Samples() for _ in fns]
+    for i in range(reps):
+        for fn, into in rotate(list(zip(fns, samples, strict=True)), i):
+            timed(clock, fn, into)
+    return samples
+
+
 def time_pair(clock: Clock, fn_a: Callable[[], Any], fn_b: Callable[[], Any], reps: int,
               warmup: int = 2) -> tuple[Samples, Samples]:
     """Times of ``fn_a`` and ``fn_b``, run alternately (A B, B A, ...) to share the drift."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    a, b = Samples(), Samples()
-    for i in range(reps):
-        for fn, into in rotate([(fn_a, a), (fn_b, b)], i):
-            timed(clock, fn, into)
+    a, b = time_interleaved(clock, (fn_a, fn_b), reps, warmup)
     return a, b
 
 

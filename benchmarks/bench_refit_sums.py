@@ -60,13 +60,8 @@ def measure(clock: _common.Clock, d_sae: int, l0: int, reps: int) -> tuple[dict[
                 decoder_refit.sums_path = chooser
         return run
 
-    runs = {path: (sums(path), _common.Samples()) for path in PATHS}
-    for fn, _ in runs.values():
-        fn()  # warm-up
-    for i in range(reps):
-        for fn, into in _common.rotate(list(runs.values()), i):
-            _common.timed(clock, fn, into)
-    return {path: into.median for path, (_, into) in runs.items()}, chooser((gates != 0).sum(1), d_sae)
+    samples = _common.time_interleaved(clock, [sums(path) for path in PATHS], reps, warmup=1)
+    return {path: into.median for path, into in zip(PATHS, samples, strict=True)}, chooser((gates != 0).sum(1), d_sae)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,7 @@ from torch import nn
 
 from gba_lens.saes import refit_check
 from gba_lens.saes.refit_error import resolved_refit_error, row_weights
-from gba_lens.saes.threshold_reallocation import evaluating, reallocate_thresholds
+from gba_lens.saes.threshold_reallocation import encoded_rows, reallocate_thresholds
 
 ROWS = 262_144
 """Rows the refit reads at most: the run's last ones (whole steps; each data-parallel rank keeps its share).
@@ -103,6 +103,12 @@ def sums_path(per_row: Int[torch.Tensor, " rows"], d_sae: int) -> Literal["dense
         "dense": len(per_row) * d_sae * d_sae, "pairs": pairs * PAIR_COST,
         "sparse": int(per_row.sum()) * d_sae * ENTRY_COST + d_sae * d_sae * OUTPUT_COST}
     return min(costs, key=costs.__getitem__)
+
+
+def _transposed(latents: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The transpose of a [rows, d_sae] matrix of ``shape`` holding ``values`` at (``rows``, ``latents``), as a
+    sparse [d_sae, rows] matrix (valid by construction: its invariants are not checked)."""
+    return torch.sparse_coo_tensor(torch.stack([latents, rows]), values, (shape[1], shape[0]), check_invariants=False)
 
 
 def rows_to_keep(total_samples: int, d_in: int) -> int:
@@ -168,13 +174,8 @@ class RefitStatistics(nn.Module):
             gate = active.to(work) if root is None else active.to(work) * root[:, None]
         if path == "sparse":  # the transposed codes (and gates) as sparse matrices, times the dense ones
             rows, latents = active.nonzero(as_tuple=True)
-
-            def transposed(matrix: torch.Tensor) -> torch.Tensor:
-                return torch.sparse_coo_tensor(torch.stack([latents, rows]), matrix[rows, latents],
-                                               (matrix.shape[1], len(matrix)), check_invariants=False)
-
-            codes_t = transposed(dense)
-            gates_t = None if gate is None else transposed(gate)
+            codes_t = _transposed(latents, rows, dense[rows, latents], dense.shape)
+            gates_t = None if gate is None else _transposed(latents, rows, gate[rows, latents], gate.shape)
             product = torch.sparse.mm
         else:
             codes_t, gates_t = dense.t(), None if gate is None else gate.t()
@@ -197,9 +198,7 @@ class RefitStatistics(nn.Module):
         ones = torch.ones_like(values) if root is None else root.index_select(0, rows).to(self.gram.dtype)
 
         def times_targets(entries: torch.Tensor) -> torch.Tensor:  # (the sparse codes or gates)^T targets
-            transposed = torch.sparse_coo_tensor(torch.stack([latents, rows]), entries, (d_sae, len(codes)),
-                                                 check_invariants=False)  # valid by construction
-            return torch.sparse.mm(transposed, wide_targets)
+            return torch.sparse.mm(_transposed(latents, rows, entries, codes.shape), wide_targets)
 
         self.cross.add_(times_targets(values))
         if self.offsets:
@@ -388,17 +387,12 @@ def _statistics(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool
     if offsets:
         start = sae.activation_offset()
         start = torch.zeros_like(sae.b_enc) if start is None else start
-    with evaluating(sae):  # no controller statistics from these passes
-        for chunk in rows.split(batch_size):
-            chunk = chunk.to(sae.W_dec.device, sae.dtype)
-            # first: with per_token, encoding sets the inputs' norms that _scaled reads
-            codes, hidden_pre = sae.encode_with_hidden_pre(chunk)
-            gates = None
-            if start is not None:
-                gates = (hidden_pre > 0).to(codes.dtype)
-                codes = codes - gates * start  # u on firings
-            scaled = sae._scaled(chunk)  # after the encoding: with per_token, it sets the norms this reads
-            statistics.add(codes, scaled - sae.b_dec, gates, row_weights(scaled, error_kind))
+    for codes, hidden_pre, scaled in encoded_rows(sae, rows, batch_size):
+        gates = None
+        if start is not None:
+            gates = (hidden_pre > 0).to(codes.dtype)
+            codes = codes - gates * start  # u on firings
+        statistics.add(codes, scaled - sae.b_dec, gates, row_weights(scaled, error_kind))
     sae.reduce_window_statistics(statistics)
     return statistics, start
 

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import nn
 
 from gba_lens.saes.refit_error import resolved_refit_error, row_weights
-from gba_lens.saes.threshold_reallocation import evaluating
+from gba_lens.saes.threshold_reallocation import encoded_rows
 
 TRUSTED_FIRINGS = 10.0
 """Firings per input of the average live latent from which the refit is made on every row unchecked: every
@@ -50,14 +50,10 @@ def held_out_error(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size:
     the refit weighs them: :mod:`gba_lens.saes.refit_error`)."""
     error_kind = resolved_refit_error(sae)
     sums = torch.zeros(2, dtype=torch.float64, device=sae.W_dec.device)  # energy, error
-    with evaluating(sae):  # no controller statistics from these passes
-        for chunk in rows.split(batch_size):
-            chunk = chunk.to(sae.W_dec.device, sae.dtype)
-            codes = sae.encode(chunk)
-            scaled = sae._scaled(chunk)  # after the encoding: with per_token, it sets the norms this reads
-            target, weights = scaled - sae.b_dec, row_weights(scaled, error_kind)
-            for i, values in enumerate((target.pow(2).sum(1), (target - codes @ sae.W_dec).pow(2).sum(1))):
-                sums[i] += (values if weights is None else values * weights).double().sum()
+    for codes, _, scaled in encoded_rows(sae, rows, batch_size):
+        target, weights = scaled - sae.b_dec, row_weights(scaled, error_kind)
+        for i, values in enumerate((target.pow(2).sum(1), (target - codes @ sae.W_dec).pow(2).sum(1))):
+            sums[i] += (values if weights is None else values * weights).double().sum()
     sae.reduce_window_statistics(Sums(sums))
     return float(sums[1]) / max(float(sums[0]), 1e-30)
 

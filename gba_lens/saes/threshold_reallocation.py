@@ -145,6 +145,18 @@ def evaluating(sae: Any) -> Iterator[None]:
         sae.train(was_training)
 
 
+def encoded_rows(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: int
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``rows`` in chunks of ``batch_size`` on the SAE's device, each encoded in eval mode (no controller
+    statistics): its codes, its pre-activations and the chunk in the SAE's units (read after the encoding,
+    which with ``per_token`` sets the norms ``_scaled`` reads)."""
+    with evaluating(sae):
+        for chunk in rows.split(batch_size):
+            chunk = chunk.to(sae.W_dec.device, sae.dtype)
+            codes, hidden_pre = sae.encode_with_hidden_pre(chunk)
+            yield codes, hidden_pre, sae._scaled(chunk)
+
+
 @torch.no_grad()
 def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: int = 4096
                           ) -> dict[str, float]:
@@ -158,20 +170,17 @@ def reallocate_thresholds(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batc
     energy = (decoder * decoder).sum(1)
     offset = sae.activation_offset()
     error_kind = resolved_refit_error(sae)
-    with evaluating(sae):  # about 2^23 entries per chunk: a few [rows, d_sae] temporaries of it at once
-        for chunk in rows.split(max(1, min(batch_size, (1 << 23) // sae.cfg.d_sae))):
-            chunk = chunk.to(decoder.device, sae.dtype)
-            codes, hidden_pre = sae.encode_with_hidden_pre(chunk)
-            scaled = sae._scaled(chunk)
-            error = scaled - sae.b_dec - codes @ decoder  # in the SAE's units
-            u = hidden_pre - bias
-            row, latent, ratio = candidate_entries(u, threshold)
-            output = u[row, latent] if offset is None else u[row, latent] + offset[latent]
-            overlap = (error @ decoder.T)[row, latent]
-            sign = torch.where(hidden_pre[row, latent] > 0, 1.0, -1.0)  # r' = r + a d_m where m fires
-            worth = 2 * output * overlap + sign * output * output * energy[latent]
-            weights = row_weights(scaled, error_kind)  # refit_error: each row's share of the error
-            statistics.add(latent, ratio, worth if weights is None else worth * weights[row])
+    # about 2^23 entries per chunk: a few [rows, d_sae] temporaries of it at once
+    for codes, hidden_pre, scaled in encoded_rows(sae, rows, max(1, min(batch_size, (1 << 23) // sae.cfg.d_sae))):
+        error = scaled - sae.b_dec - codes @ decoder  # in the SAE's units
+        u = hidden_pre - bias
+        row, latent, ratio = candidate_entries(u, threshold)
+        output = u[row, latent] if offset is None else u[row, latent] + offset[latent]
+        overlap = (error @ decoder.T)[row, latent]
+        sign = torch.where(hidden_pre[row, latent] > 0, 1.0, -1.0)  # r' = r + a d_m where m fires
+        worth = 2 * output * overlap + sign * output * output * energy[latent]
+        weights = row_weights(scaled, error_kind)  # refit_error: each row's share of the error
+        statistics.add(latent, ratio, worth if weights is None else worth * weights[row])
     sae.reduce_window_statistics(statistics)
     cut, price = statistics.cuts()
     cut = cut.to(bias.device)
