@@ -14,8 +14,8 @@ from jaxtyping import Float
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["ChunkedRows", "activations_hook", "first_non_finite_row", "load_activations", "map_activations",
-           "save_activations"]
+__all__ = ["ChunkedRows", "activations_hook", "all_finite", "first_non_finite_row", "load_activations",
+           "map_activations", "save_activations"]
 
 # safetensors dtype -> (numpy dtype of the mapped bytes, torch dtype of the rows)
 _MAPPABLE = {"F64": (np.float64, torch.float64), "F32": (np.float32, torch.float32),
@@ -205,13 +205,24 @@ def _map_cache_directory(path: Path, hook_name: str | None) -> torch.Tensor | Ch
     return blocks[0] if len(blocks) == 1 else ChunkedRows(blocks)
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of a floating-point tensor is finite. A NaN or inf makes the sum NaN or inf, so a
+    finite sum answers in one reduction; a sum that overflows from finite values is checked value by value.
+    (``torch.isfinite(tensor).all()`` alone writes a boolean per value, on a CPU ten to forty times the sum's
+    time on a training batch.)"""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def first_non_finite_row(activations: torch.Tensor | ChunkedRows, chunk_rows: int | None = None) -> tuple[int, int] | None:
     """(first row, count) of NaN/inf values, checked ``chunk_rows`` rows at a time (default: 2^22
     values; a mapped file is read once, never held in memory); None if every value is finite."""
     chunk_rows = chunk_rows or max(1, 2**22 // max(activations.shape[1], 1))
     first, count = -1, 0
     for start in range(0, activations.shape[0], chunk_rows):
-        bad = ~torch.isfinite(activations[start : start + chunk_rows])
+        chunk = activations[start : start + chunk_rows]
+        if all_finite(chunk):
+            continue
+        bad = ~torch.isfinite(chunk)
         n_bad = int(bad.sum())
         if n_bad and first < 0:
             first = start + int(bad.any(-1).nonzero()[0])

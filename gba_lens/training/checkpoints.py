@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gba_lens.data.activations import all_finite
 from gba_lens.training.state_io import CheckpointError, verify_checksums
 
 __all__ = [
@@ -72,7 +73,7 @@ def _non_finite(modules: dict[str, nn.Module]) -> list[str]:
     bad = []
     for owner, module in modules.items():
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            if tensor.is_floating_point() and not all_finite(tensor):
                 bad.append(f"{owner}.{name}" if owner else name)
     return bad
 

@@ -45,6 +45,7 @@ from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
+from gba_lens.data.activations import all_finite
 from gba_lens.data.batches import SeekableBatches
 from gba_lens.training.checkpoints import check_finite_sae
 from gba_lens.training.l0_course import L0Course, silent_error
@@ -216,7 +217,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
             raise ValueError("empty batch: the data provider returned no activations")
         if not batch.dtype.is_floating_point:
             raise TypeError(f"activations must be floating point, got {batch.dtype}")
-        if not torch.isfinite(batch).all():
+        if not all_finite(batch):
             bad = (~torch.isfinite(batch)).any(-1).nonzero().flatten()[:5].tolist()
             last = latest_checkpoint(self.cfg.checkpoint_path)
             kept = f"the last checkpoint, {last}, is intact" if last is not None else "no checkpoint had been written"
@@ -374,7 +375,6 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
         except Exception as exc:  # safetensors or shape errors
             raise CheckpointError(f"cannot load SAE weights from {checkpoint_path}: {exc}") from exc
         self.load_trainer_state(checkpoint_path)
-
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gba_lens.data.activations import (activations_hook, first_non_finite_row, load_activations, map_activations,
+from gba_lens.data.activations import (activations_hook, all_finite, first_non_finite_row, load_activations, map_activations,
                                       save_activations)
 
 
@@ -50,6 +50,18 @@ def test_mapping_refuses_what_loading_refuses_with_one_line(tmp_path):
     save_file({"activations": torch.zeros(3, 2, dtype=torch.int32)}, str(tmp_path / "int.safetensors"))
     with pytest.raises(ValueError, match="dtype I32"):
         map_activations(tmp_path / "int.safetensors")
+
+
+@pytest.mark.parametrize("value, finite", [(1.0, True), (float("nan"), False), (float("inf"), False),
+                                           (-float("inf"), False), (3e38, True)])
+def test_all_finite_answers_for_every_value(value, finite):
+    x = torch.rand(64, 8)
+    x[17, 3] = value
+    x[40, 5] = value if value != 1.0 else 2.0  # 3e38 twice: the sum overflows, the values do not
+    assert all_finite(x) is finite
+    x[40, 5] = -x[17, 3]  # inf and -inf: a NaN sum
+    assert all_finite(x) is finite
+    assert all_finite(x.to(torch.bfloat16)) is finite
 
 
 def test_non_finite_values_are_found_a_chunk_at_a_time():
