@@ -207,10 +207,11 @@ def _map_cache_directory(path: Path, hook_name: str | None) -> torch.Tensor | Ch
 
 def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every value of a floating-point tensor is finite. A NaN or inf makes the sum NaN or inf, so a
-    finite sum answers in one reduction; a sum that overflows from finite values is checked value by value.
-    (``torch.isfinite(tensor).all()`` alone writes a boolean per value, on a CPU ten to forty times the sum's
-    time on a training batch.)"""
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+    finite sum answers in one reduction (summed in float32 at least: a float16 sum overflows at 65,504); a sum
+    that overflows from finite values is checked value by value. (``torch.isfinite(tensor).all()`` alone
+    writes a boolean per value, on a CPU ten to forty times the sum's time on a training batch.)"""
+    total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(tensor).all())
 
 
 def first_non_finite_row(activations: torch.Tensor | ChunkedRows, chunk_rows: int | None = None) -> tuple[int, int] | None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gba_lens.data.activations import (activations_hook, all_finite, first_non_finite_row, load_activations, map_activations,
-                                      save_activations)
+from gba_lens.data.activations import (activations_hook, all_finite, first_non_finite_row, load_activations,
+                                      map_activations, save_activations)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -62,6 +62,14 @@ def test_all_finite_answers_for_every_value(value, finite):
     x[40, 5] = -x[17, 3]  # inf and -inf: a NaN sum
     assert all_finite(x) is finite
     assert all_finite(x.to(torch.bfloat16)) is finite
+
+
+def test_a_finite_float16_batch_is_read_in_one_reduction(monkeypatch):
+    checked = []
+    isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: checked.append(t.numel()) or isfinite(t))
+    assert all_finite(torch.full((1024, 128), 100.0, dtype=torch.float16))  # sums to 1.3e7, over float16's 65,504
+    assert checked == [1]  # the sum alone, not a boolean per value
 
 
 def test_non_finite_values_are_found_a_chunk_at_a_time():
