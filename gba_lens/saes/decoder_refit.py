@@ -357,9 +357,7 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
     sae.W_dec.data.copy_(candidate.W_dec)
     sae.b_enc.data.copy_(candidate.b_enc)
     if candidate.b_act is not None:
-        if sae.b_act is None:
-            sae.b_act = nn.Parameter(torch.zeros_like(sae.b_enc), requires_grad=False)
-        sae.b_act.data.copy_(candidate.b_act)
+        _write_offsets(sae, candidate.b_act)
     return {**result, "refitted": 1.0}
 
 
@@ -405,7 +403,12 @@ def _solve(sae: Any, statistics: RefitStatistics, start: torch.Tensor | None) ->
     decoder, offset, after = statistics.solve(sae.W_dec.detach(), start, sae.b_enc.detach())
     sae.W_dec.data.copy_(decoder.to(sae.W_dec.device, sae.W_dec.dtype))
     if offset is not None:
-        if sae.b_act is None:
-            sae.b_act = nn.Parameter(torch.zeros_like(sae.b_enc), requires_grad=False)
-        sae.b_act.data.copy_(offset.to(sae.b_act.device, sae.b_act.dtype))
+        _write_offsets(sae, offset)
     return {"rows": float(statistics.rows), "error_before": before / energy, "error_after": after / energy}
+
+
+def _write_offsets(sae: Any, offset: Float[torch.Tensor, " d_sae"]) -> None:
+    """``offset`` into the SAE's firing offsets ``b_act``, created (not trained further) where it has none."""
+    if sae.b_act is None:
+        sae.b_act = nn.Parameter(torch.zeros_like(sae.b_enc), requires_grad=False)
+    sae.b_act.data.copy_(offset.to(sae.b_act.device, sae.b_act.dtype))
