@@ -57,6 +57,7 @@ from torch import nn
 
 from gba_lens.saes import refit_check
 from gba_lens.saes.refit_error import resolved_refit_error, row_weights
+from gba_lens.saes.sparse_refit import SparseRefitStatistics
 from gba_lens.saes.threshold_reallocation import encoded_rows, reallocate_thresholds
 
 ROWS = 262_144
@@ -67,8 +68,11 @@ the stdlib LM's preset, 262,144 rows instead of 131,072 raise explained variance
 MAX_ROW_BYTES = 1 << 29
 """Bytes of those rows (float32, kept on the host) at most: fewer rows for a wide input."""
 MAX_LATENTS = 8_192
-"""Widest SAE refitted: its sums hold four d_sae x d_sae matrices (2 GiB in float64 at this width).
-gba_lens's trainers keep a wider SAE's decoder and say so."""
+"""Widest SAE whose sums are d_sae x d_sae matrices (four, 2 GiB in float64 at this width), solved by factoring
+them. A wider SAE keeps its rows' sparse codes instead and is solved by conjugate gradients on them
+(:mod:`gba_lens.saes.sparse_refit`)."""
+WIDE_CHUNK_ENTRIES = 1 << 23
+"""A wider SAE's rows are encoded in chunks of about this many [rows, d_sae] entries."""
 RIDGE = 1e-3
 """lambda over the mean of diag(Z^T Z): how strongly a rarely firing latent keeps its trained row (on the
 stdlib LM, 1e-2 keeps a fifth of mlp_out's CE gain back; 1e-3 gives what 1e-6 gives)."""
@@ -327,7 +331,8 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
     (its inputs, as the trainer gave them; all ranks' sums where ``sae.reduce_window_statistics``
     all-reduces), and with the JumpReLU gate each latent's firing offset (``b_act``, created if the SAE
     has none) with it; then ``REALLOCATIONS`` times the thresholds moved to one price per firing
-    (:func:`~gba_lens.saes.threshold_reallocation.reallocate_thresholds`, the L0 held) and the fit again.
+    (:func:`~gba_lens.saes.threshold_reallocation.reallocate_thresholds`, the L0 held) and the fit again (over
+    ``MAX_LATENTS``, solved on the rows' sparse codes by conjugate gradients: :mod:`gba_lens.saes.sparse_refit`).
     The error is each row's, or its share of the row (``refit_error``: :mod:`gba_lens.saes.refit_error`).
     Where the rows give the live latents fewer firings than ``TRUSTED_FIRINGS`` per input, a copy is refitted
     without every ``HELD_OUT``-th row and taken only if it reconstructs those rows better than the trained SAE
@@ -335,9 +340,8 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
     energy (both weighted as the fit weighs them) before and after, the live latents' firings per input,
     whether the refit was checked (and the held-out rows' error with the trained SAE and the copy) and
     whether the SAE was refitted."""
-    if sae.cfg.d_sae > MAX_LATENTS:
-        raise ValueError(f"decoder_refit solves a d_sae x d_sae system: at most {MAX_LATENTS} latents, "
-                         f"got d_sae={sae.cfg.d_sae}")  # the trainers skip such an SAE and say so
+    if sae.cfg.d_sae > MAX_LATENTS:  # sparse statistics: chunks whose dense codes stay small
+        batch_size = max(1, min(batch_size, WIDE_CHUNK_ENTRIES // sae.cfg.d_sae))
     offsets = sae.cfg.gating == "jumprelu" and OFFSET_STEPS > 0  # under the ReLU gate the offset is the bias
     statistics, start = _statistics(sae, rows, batch_size, offsets)
     per_input = statistics.firings_per_input(sae.cfg.d_in)
@@ -361,7 +365,8 @@ def refit_decoder(sae: Any, rows: Float[torch.Tensor, "rows d_in"], batch_size: 
     return {**result, "refitted": 1.0}
 
 
-def _refit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool, statistics: RefitStatistics | None = None,
+def _refit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool,
+           statistics: RefitStatistics | SparseRefitStatistics | None = None,
            start: torch.Tensor | None = None) -> dict[str, float]:
     """The fit, and each reallocation round followed by the fit again (``statistics``: the first fit's sums
     over ``rows``, with ``start``, where already read)."""
@@ -376,10 +381,15 @@ def _refit(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool, statist
 
 
 def _statistics(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool
-                ) -> tuple[RefitStatistics, torch.Tensor | None]:
+                ) -> tuple[RefitStatistics | SparseRefitStatistics, torch.Tensor | None]:
     """The sums over the codes of ``rows`` (all ranks'), and the offsets the codes were trained with (0 without
     activation_bias; None without ``offsets``)."""
-    statistics = RefitStatistics(sae.cfg.d_sae, sae.cfg.d_in, sae.W_dec.device, offsets)
+    statistics: RefitStatistics | SparseRefitStatistics
+    if sae.cfg.d_sae > MAX_LATENTS:
+        statistics = SparseRefitStatistics(sae.cfg.d_sae, sae.cfg.d_in, sae.W_dec.device, offsets, ridge=RIDGE,
+                                           offset_steps=OFFSET_STEPS, halvings=HALVINGS, tolerance=TOLERANCE)
+    else:
+        statistics = RefitStatistics(sae.cfg.d_sae, sae.cfg.d_in, sae.W_dec.device, offsets)
     error_kind = resolved_refit_error(sae)
     start = None
     if offsets:
@@ -395,7 +405,8 @@ def _statistics(sae: Any, rows: torch.Tensor, batch_size: int, offsets: bool
     return statistics, start
 
 
-def _solve(sae: Any, statistics: RefitStatistics, start: torch.Tensor | None) -> dict[str, float]:
+def _solve(sae: Any, statistics: RefitStatistics | SparseRefitStatistics, start: torch.Tensor | None
+           ) -> dict[str, float]:
     """The decoder (and offsets, from ``start``) that ``statistics`` solve to, into ``sae``: see
     :func:`refit_decoder`."""
     energy = max(float(statistics.energy), 1e-30)

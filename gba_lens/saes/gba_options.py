@@ -207,14 +207,16 @@ class GBAOptions:
     :mod:`gba_lens.saes.threshold_reallocation`). GBA's thresholds move until the end of its run, and the
     decoder, trained at a decaying learning rate, ends behind the codes it decodes. Where the run's last
     rows (262,144 at most, 174,762 of GPT-2's 768 inputs: 512 MiB) give its latents few firings, a refit is
-    taken only if it reconstructs rows it did not read better than the trained SAE; else, and for an SAE
-    over 8,192 latents, the run keeps its decoder and says so. Unset (the
+    taken only if it reconstructs rows it did not read better than the trained SAE; else the run keeps its
+    decoder and says so. Over 8,192 latents the fit is solved on the rows' sparse codes by conjugate
+    gradients (:mod:`gba_lens.saes.sparse_refit`), the offsets alternating with the decoder. Unset (the
     default): on with ``find_l0``, off otherwise (the paper's rule). Measured (docs/experiments/prior_free.md,
     forty-second to forty-fourth, forty-eighth and fifty-first steps; the stdlib LM's preset budget):
     explained variance rises by about 0.006 on resid_pre and 0.003 on mlp_out, CE loss recovered by 0.0005
     and 0.004, which puts both hooks' EV above TopK's frontier; the synthetic models keep every target they
     met. On one CPU core it takes about 40 s at 512 latents on 262,144 rows (half
-    that on 131,072), and grows with the cube of d_sae (``benchmarks/bench_training.py``)."""
+    that on 131,072), and grows with the cube of d_sae (``benchmarks/bench_training.py``) up to 8,192;
+    wider, with the rows' active entries times d_in times the iterations."""
     refit_error: Literal["absolute", "relative"] | None = None
     """What ``decoder_refit`` lowers: ``absolute``, the rows' squared error; ``relative``, each row's squared
     error over its squared norm, as a LayerNorm reading the activation sees it (:mod:`gba_lens.saes.refit_error`).

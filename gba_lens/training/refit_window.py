@@ -6,9 +6,8 @@ last step refit the SAE's decoder on them (:func:`gba_lens.saes.decoder_refit.re
 rows are not in checkpoints (up to 512 MiB): a run resumed inside them reads the ones before the
 resumption again, from a data stream that can seek (:meth:`RefitWindow.reread`) or from the batches a
 language-model run replays (:func:`keep_replayed`), and refits as an uninterrupted run. From any other
-stream it refits on the rows since the resumption and says so. A run that cannot be refitted (too wide
-an SAE, or rows too few for a refit to reconstruct rows it did not read better: ``refit_check``) says so
-once and keeps its decoder.
+stream it refits on the rows since the resumption and says so. A run whose rows are too few for a refit to
+reconstruct rows it did not read better (``refit_check``) says so once and keeps its decoder.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from typing import Any
 import torch
 
 from gba_lens.data.batches import can_seek
-from gba_lens.saes import decoder_refit as refit  # its constants read at the call (a study may set them)
 from gba_lens.saes import refit_check
 from gba_lens.saes.decoder_refit import refit_decoder, rows_to_keep
 
@@ -38,13 +36,9 @@ class RefitWindow:
 
     @classmethod
     def for_run(cls, trainer: Any) -> RefitWindow | None:
-        """The window of ``trainer``'s run (None without ``decoder_refit``, or, said once, where it cannot refit)."""
+        """The window of ``trainer``'s run (None without ``decoder_refit``)."""
         sae = trainer.sae
         if not getattr(sae.cfg, "decoder_refit", False):
-            return None
-        d_sae = sae.cfg.d_sae
-        if d_sae > refit.MAX_LATENTS:
-            _skipped(f"its system is d_sae x d_sae, and d_sae={d_sae} is over {refit.MAX_LATENTS}", stacklevel=4)
             return None
         return cls(rows_to_keep(trainer.cfg.total_training_samples, sae.cfg.d_in))
 

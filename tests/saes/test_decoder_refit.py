@@ -16,18 +16,11 @@ from gba_lens.saes import decoder_refit
 from gba_lens.saes.decoder_refit import MAX_LATENTS, RIDGE, refit_decoder, rows_to_keep
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.saes.gba_options import OPTIONS_ADDED_LATER, GBAOptions
+from refit_builders import refit_sae, squared_error
 
 
 def _sae(input_norm: str = "unit_mean", seed: int = 0) -> tuple[GBATrainingSAE, torch.Tensor]:
-    """A GBA SAE with thresholds that let about a third of its latents fire, and its inputs."""
-    torch.manual_seed(seed)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=24, n_groups=2, input_norm=input_norm))
-    x = torch.relu(torch.randn(600, 8)) * 3 + torch.rand(600, 1)
-    sae.initialize_from_batch(x)
-    with torch.no_grad():
-        sae.b_enc.uniform_(-0.3, -0.05)
-        sae.b_dec.normal_(0, 0.05)
-    return sae, x
+    return refit_sae(seed, input_norm=input_norm)
 
 
 def _expected(sae: GBATrainingSAE, x: torch.Tensor, input_norm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,14 +158,6 @@ def test_the_sums_of_each_row_s_active_latents_are_the_dense_sums(monkeypatch):
         assert torch.allclose(getattr(single, name), getattr(dense, name), rtol=1e-5, atol=1e-5), name
 
 
-def _error(sae: GBATrainingSAE, x: torch.Tensor) -> float:
-    """|s x - b_pre - z W|^2 / |s x - b_pre|^2 with the SAE's own codes, written out."""
-    sae.eval()
-    with torch.no_grad():
-        target = x.double() * float(sae.input_scale) - sae.b_dec.double()
-        return float((target - sae.encode(x).double() @ sae.W_dec.double()).pow(2).sum() / target.pow(2).sum())
-
-
 def test_the_offsets_lower_the_error_below_the_decoder_alone_and_as_far_as_a_generic_optimiser(monkeypatch):
     """Against the decoder-only refit and against L-BFGS on the offsets (the decoder solved exactly for
     each, written out on the rows): the refit's error is lower than the first and no higher than the
@@ -208,8 +193,8 @@ def test_the_offsets_lower_the_error_below_the_decoder_alone_and_as_far_as_a_gen
     assert alone.b_act is None and sae.b_act is not None and not sae.b_act.requires_grad
     c = sae.b_act.detach().double()
     assert (c >= bias - 1e-7).all() and (c.abs() > 1e-2).sum() > 10  # offsets moved, none under its bias
-    assert result["error_after"] == pytest.approx(_error(sae, x), rel=1e-4)
-    assert result["error_after"] < _error(alone, x) - 2e-3
+    assert result["error_after"] == pytest.approx(squared_error(sae, x), rel=1e-4)
+    assert result["error_after"] < squared_error(alone, x) - 2e-3
     assert result["error_after"] <= float(error()) + 1e-6
 
 
@@ -251,16 +236,26 @@ def test_sums_all_reduced_over_ranks_give_the_one_process_decoder():
     assert torch.allclose(twice.W_dec, sae.W_dec, atol=1e-5) and torch.allclose(twice.b_act, sae.b_act, atol=1e-6)
 
 
-def test_it_is_on_with_find_l0_off_with_the_paper_s_rule_and_refuses_too_wide_an_sae():
+def test_it_is_on_with_find_l0_off_with_the_paper_s_rule_and_solves_a_wide_sae_without_dense_sums(monkeypatch):
     assert GBAOptions().gba_options()["decoder_refit"] is True
     assert GBAOptions(find_l0=False).gba_options()["decoder_refit"] is False
     assert GBAOptions(target_l0=8.0).gba_options()["decoder_refit"] is False
     assert GBAOptions(find_l0=False, decoder_refit=True).gba_options()["decoder_refit"] is True
     assert GBATrainingSAEConfig(d_in=4, d_sae=8, n_groups=2).decoder_refit is True  # resolved in the SAE's config
     assert OPTIONS_ADDED_LATER["decoder_refit"] is False  # runs recorded before it resume without it
+    torch.manual_seed(0)
     wide = GBATrainingSAE(GBATrainingSAEConfig(d_in=4, d_sae=MAX_LATENTS + 10, n_groups=2))
-    with pytest.raises(ValueError, match=f"decoder_refit solves a d_sae x d_sae system: at most {MAX_LATENTS}"):
-        refit_decoder(wide, torch.randn(5, 4))
+    x = torch.relu(torch.randn(2000, 4)) + 0.1
+    wide.initialize_from_batch(x)
+    with torch.no_grad():  # thresholds at which each latent fires on about 1 row in 2,000 (L0 about 4)
+        wide.b_enc.copy_(-torch.quantile(wide.pre_activations(x), 1 - 1 / 2000, dim=0))
+        wide.W_dec.mul_(0.1)
+    trained = wide.W_dec.detach().clone()
+    monkeypatch.setattr(decoder_refit, "RefitStatistics", None)  # no d_sae x d_sae sums are built
+    monkeypatch.setattr(decoder_refit.refit_check, "TRUSTED_FIRINGS", 0.0)  # refitted unchecked on few firings
+    result = refit_decoder(wide, x)
+    assert result["refitted"] == 1 and result["error_after"] < result["error_before"]
+    assert not torch.equal(wide.W_dec, trained) and wide.b_act is not None
 
 
 def test_fewer_rows_are_kept_of_a_wide_input_and_of_a_short_run():

@@ -33,6 +33,8 @@ from training_builders import InterruptedAt, relu_sampler, tiny_gba_sae, use_sea
 D_IN, D_SAE, STEPS, BATCH = 12, 48, 24, 64
 CHECKED = 1e9
 """``refit_check.TRUSTED_FIRINGS`` with ``--checked-refit``: every refit is checked on held-out rows."""
+SPARSE_REFIT_ABOVE = 16
+"""``decoder_refit.MAX_LATENTS`` with ``--sparse-refit``: the 48-latent SAE is refitted on its sparse codes."""
 
 
 VALLEY_WINDOW = 256
@@ -137,17 +139,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refit-error", default=None, help="GBA's refit_error (unset: absolute, no hook named)")
     parser.add_argument("--checked-refit", action="store_true",
                         help="every decoder refit checked on held-out rows (refit_check.TRUSTED_FIRINGS unreachable)")
+    parser.add_argument("--sparse-refit", action="store_true",
+                        help="the decoder refit solved on the sparse codes (decoder_refit.MAX_LATENTS under D_SAE)")
     return parser.parse_args(argv)
 
 
 def train_one(args: argparse.Namespace) -> None:
     """The SAE ``args`` describe, trained on the seeded stream; the module constants its options set are
     undone afterwards."""
-    from gba_lens.saes import refit_check, target_adaptation, valley_thresholds
+    from gba_lens.saes import decoder_refit, refit_check, target_adaptation, valley_thresholds
 
     with pytest.MonkeyPatch.context() as patch:
         if args.checked_refit:
             patch.setattr(refit_check, "TRUSTED_FIRINGS", CHECKED)
+        if args.sparse_refit:
+            patch.setattr(decoder_refit, "MAX_LATENTS", SPARSE_REFIT_ABOVE)
         if args.valley or args.defaults:
             window = DEFAULTS_VALLEY_WINDOW if args.defaults else VALLEY_WINDOW
             patch.setattr(valley_thresholds, "WINDOW_SAMPLES", window)

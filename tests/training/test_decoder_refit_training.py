@@ -133,12 +133,20 @@ def test_saelens_s_own_trainer_says_once_that_it_keeps_the_trained_decoder():
     assert len(said) == 1 and "this trainer keeps the trained decoder" in said[0]
 
 
-def test_a_wider_sae_than_the_refit_takes_keeps_its_decoder_and_says_so(monkeypatch, calls):
+def test_a_wider_sae_than_the_dense_sums_take_is_refitted_on_its_sparse_codes(monkeypatch, calls):
+    """Over MAX_LATENTS the run keeps its rows all the same, says nothing, and refits by conjugate gradients."""
     monkeypatch.setattr(decoder_refit, "MAX_LATENTS", 32)
-    with pytest.warns(UserWarning, match="decoder_refit is skipped: its system is d_sae x d_sae, and d_sae=40 is "
-                                         "over 32"):
+    solved = []
+    sparse = decoder_refit.SparseRefitStatistics
+    monkeypatch.setattr(decoder_refit, "SparseRefitStatistics", lambda *a, **k: solved.append(a) or sparse(*a, **k))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer = train_sae(tiny_gba_sae(10, 40), SeededBatches(_sample, BATCH, seed=3), _cfg())
-    assert trainer.refit_window is None and not calls
+    assert not [w for w in caught if "decoder_refit" in str(w.message)]  # no "decoder_refit is skipped"
+    result = trainer.refit_window.result
+    assert len(calls) == 1 and result["rows"] == 3 * BATCH and result["refitted"] == 1
+    assert result["error_after"] < result["error_before"] and trainer.sae.b_act is not None
+    assert len(solved) == 1 + decoder_refit.REALLOCATIONS and solved[0][:2] == (40, 10)  # each fit on sparse codes
 
 
 def test_a_run_whose_checked_refit_reconstructs_held_out_rows_no_better_keeps_its_sae(calls, monkeypatch):
@@ -171,8 +179,8 @@ def _long_run(d_in: int, d_sae: int) -> SimpleNamespace:
     return SimpleNamespace(sae=SimpleNamespace(cfg=cfg), cfg=SimpleNamespace(total_training_samples=10**9))
 
 
-def test_a_long_run_keeps_rows_for_the_widest_sae_the_refit_solves_whatever_its_inputs():
-    widest = decoder_refit.MAX_LATENTS
+def test_a_long_run_keeps_rows_for_a_wide_sae_whatever_its_inputs():
+    widest = 4 * decoder_refit.MAX_LATENTS
     for d_in, rows in ((128, decoder_refit.ROWS), (512, decoder_refit.ROWS), (768, 174_762), (2304, 58_254)):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no "decoder_refit is skipped": the refit decides at its end

@@ -58,6 +58,7 @@ TWO_RANK_RUNS = {
     "refit": ["--decoder-refit"],
     "refit-relative": ["--decoder-refit", "--refit-error", "relative"],
     "refit-checked": ["--decoder-refit", "--checked-refit"],
+    "refit-sparse": ["--decoder-refit", "--sparse-refit"],
     "per-token": ["--defaults", "--input-norm", "per_token"],
     "search": ["--search"],
     "multi": ["--multi"],
@@ -97,6 +98,11 @@ def activations_file(tmp_path):
 REFIT_ATOL = 5e-5
 """The decoder refit's products are float32 sums over each chunk's rows, and a rank's chunks hold other rows
 than one process's: the decoder and offsets they solve to agree to that rounding."""
+
+
+SPARSE_REFIT_ATOL = 5e-3
+"""... and over ``MAX_LATENTS``, where conjugate gradients stop once an iteration lowers the error by under
+``CG_TOLERANCE`` of the rows' energy, to what that leaves of directions the error barely depends on."""
 
 
 def _atol(key: str, refitted: bool) -> float:
@@ -263,6 +269,22 @@ def test_the_decoder_refit_on_two_ranks_gives_the_one_process_decoder(tmp_path, 
         absolute = dist_worker.make_sae(decoder_refit=True)
         dist_worker.train_sae(absolute, dist_worker.make_stream(), dist_worker.make_cfg(str(tmp_path / "absolute")))
         assert (absolute.W_dec - reference["W_dec"]).abs().max() > 1e-3
+
+
+def test_the_refit_on_sparse_codes_on_two_ranks_gives_the_one_process_sae(tmp_path, two_rank_states, monkeypatch):
+    """Over ``MAX_LATENTS`` (here 16) each rank keeps its rows' sparse codes and every product of the conjugate
+    gradients is all-reduced: every rank iterates as one process does, to the rounding of the sums' order."""
+    from gba_lens.saes import decoder_refit
+
+    monkeypatch.setattr(decoder_refit, "MAX_LATENTS", dist_worker.SPARSE_REFIT_ABOVE)
+    reference, state = _one_process_and_two_ranks(tmp_path, two_rank_states, "refit-sparse", decoder_refit=True)
+    for key in ("W_dec", "b_act"):  # the iterations stop at CG_TOLERANCE of the error, not at the rounding
+        assert torch.allclose(state[key], reference[key], atol=SPARSE_REFIT_ATOL), key
+        state[key] = reference[key]
+    _assert_same_sae(state, reference)
+    dense = two_rank_states["refit"]
+    assert (dense["W_dec"] - reference["W_dec"]).abs().max() < 0.05  # the dense sums' problem, another solver
+    assert not torch.equal(dense["W_dec"], reference["W_dec"])
 
 
 def test_a_checked_refit_on_two_ranks_gives_the_one_process_sae(tmp_path, two_rank_states, monkeypatch):
