@@ -12,12 +12,16 @@ Z^T Z to a matrix as Z^T (Z P), two sparse products over the rows, never forming
   new offsets. With the decoder at its least squares for the current offsets this is the step the dense path
   takes by variable projection from a factored d_sae x d_sae system. Its offsets' pull towards their start is
   lambda over the mean of diag(G^T G) |w_m|^2 (the dense path's: of its system's diagonal, which is smaller), so
-  the offsets end a little closer to where they started (on a trained 2,048-latent SAE of the stdlib LM the error
-  ends 0.7% of the offsets' gain above the dense path's: docs/experiments/prior_free.md, fifty-third step).
+  the offsets end a little closer to where they started.
 
 Each step halves back, as the dense path's do, where it does not lower the error; offsets stay at or above the
 latents' biases. Data-parallel ranks each keep their rows and all-reduce every product over them (a
 [d_sae, d_in] sum per iteration), so every rank iterates alike.
+
+Measured (docs/experiments/prior_free.md, fifty-third step): a trained 2,048-latent SAE of the stdlib LM,
+refitted this way on 262,144 rows, keeps 99.2% of the dense path's gain in squared error. On a CPU it takes 20x
+the dense path's time at that width: its cost grows with the rows' active entries, d_in and the iterations
+(about 300 products over the rows per fit), not with d_sae.
 """
 
 from __future__ import annotations
