@@ -15,19 +15,20 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
 
 def refit_both(sae: Any, rows: torch.Tensor, reallocations: int | None = None) -> list[dict[str, Any]]:
     """Copies of ``sae`` refitted on ``rows`` by the dense sums and on the sparse codes (every width taken
-    sparse), ``reallocations`` rounds (None: the module's); each way's result, CPU seconds, and the iterations
-    of each conjugate-gradient solve."""
+    sparse), ``reallocations`` rounds (None: the module's); each way's result, CPU seconds, and each
+    conjugate-gradient solve's products over the rows (its iterations and the first residual's)."""
     from gba_lens.saes import decoder_refit, sparse_refit
 
     out = []
     for way, widest in (("dense", max(sae.cfg.d_sae, decoder_refit.MAX_LATENTS)), ("sparse", 0)):
-        iterations: list[int] = []
+        products: list[int] = []
         solve = sparse_refit.conjugate_gradients
 
         def counted(apply, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -38,33 +39,20 @@ def refit_both(sae: Any, rows: torch.Tensor, reallocations: int | None = None) -
                 return apply(matrix)
 
             found = solve(counting, *args, **kwargs)
-            iterations.append(calls[0])
+            products.append(calls[0])
             return found
 
         copied = copy.deepcopy(sae)
-        with _patched(decoder_refit, "MAX_LATENTS", widest), _patched(sparse_refit, "conjugate_gradients", counted), \
-                _patched(decoder_refit, "REALLOCATIONS", decoder_refit.REALLOCATIONS if reallocations is None
-                         else reallocations):
+        rounds = decoder_refit.REALLOCATIONS if reallocations is None else reallocations
+        with mock.patch.object(decoder_refit, "MAX_LATENTS", widest), \
+                mock.patch.object(sparse_refit, "conjugate_gradients", counted), \
+                mock.patch.object(decoder_refit, "REALLOCATIONS", rounds):
             start = time.process_time()
             result = decoder_refit.refit_decoder(copied, rows)
             seconds = time.process_time() - start
-        out.append({"way": way, **result, "cpu_seconds": round(seconds, 1), "solves": len(iterations),
-                    "iterations": iterations, "sae": copied})
+        out.append({"way": way, **result, "cpu_seconds": round(seconds, 1), "solves": len(products),
+                    "products": products, "sae": copied})
     return out
-
-
-class _patched:
-    """``module.name = value`` within a ``with`` block."""
-
-    def __init__(self, module: Any, name: str, value: Any):
-        self.module, self.name, self.value = module, name, value
-
-    def __enter__(self) -> None:
-        self.saved = getattr(self.module, self.name)
-        setattr(self.module, self.name, self.value)
-
-    def __exit__(self, *exc: object) -> None:
-        setattr(self.module, self.name, self.saved)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ latents' biases. Data-parallel ranks each keep their rows and all-reduce every p
 Measured (docs/experiments/prior_free.md, fifty-third step): a trained 2,048-latent SAE of the stdlib LM,
 refitted this way on 262,144 rows, keeps 99.2% of the dense path's gain in squared error. On a CPU it takes 20x
 the dense path's time at that width: its cost grows with the rows' active entries, d_in and the iterations
-(about 300 products over the rows per fit), not with d_sae.
+(228 products over the rows in that fit), not with d_sae.
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ class SparseRefitStatistics(nn.Module):
     def _block_list(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The kept rows in blocks of about ``BLOCK_ENTRIES`` entries: (rows, latents, codes, gates, targets), the
         rows counted from the block's first."""
+        if self._blocks is None and not self._targets:  # no rows on this rank: its products are 0
+            self._blocks = []
         if self._blocks is None:
             row = torch.cat([e[0] for e in self._entries])
             latent, values, gate = (torch.cat([e[i] for e in self._entries]) for i in (1, 2, 3))

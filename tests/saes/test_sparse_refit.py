@@ -119,3 +119,15 @@ def test_rows_read_in_blocks_give_the_products_of_all_rows_at_once(monkeypatch):
         assert torch.allclose(gram_times, z.T @ (z @ matrix), atol=1e-10)
         assert torch.allclose(cross, z.T @ t, atol=1e-10)
         assert error == pytest.approx(float((t - z @ matrix).pow(2).sum()), rel=1e-12)
+
+
+def test_a_rank_without_rows_takes_part_in_every_product_with_zeros():
+    """A data-parallel rank that kept no rows: no blocks, zero products, each still all-reduced; with the other
+    ranks' rows given as the all-reduce's sums it solves what they solve."""
+    reduced = []
+    empty = SparseRefitStatistics(6, 3, "cpu", offsets=False, ridge=1e-3, offset_steps=5, halvings=4, tolerance=1e-5)
+    empty.reduce_statistics(lambda t, op: reduced.append(t.shape))
+    assert empty._block_list() == [] and len(reduced) == 3  # energy, rows, firings
+    matrix = torch.randn(6, 3, dtype=torch.float64)
+    assert torch.equal(empty._gram_times([], matrix), torch.zeros(6, 3, dtype=torch.float64))
+    assert empty.squared_error(matrix) == 0.0 and len(reduced) == 5
