@@ -1,6 +1,6 @@
 """One trained GBA SAE's decoder refit by the dense sums and on its sparse codes (docs/experiments/prior_free.md,
-fifty-third step): each way's squared error over energy before and after, CPU seconds and conjugate-gradient
-iterations. Trains GBA at its defaults (the refit off) on an activation cache of the lm preset, then refits a
+fifty-third step): each way's squared error over energy before and after, CPU seconds and each
+conjugate-gradient solve's products over the rows. Trains GBA at its defaults (the refit off) on an activation cache of the lm preset, then refits a
 copy each way on the cache's last rows. JSON lines.
 
     python scripts/refit_paths.py runs/compare_lm/cache/lm-blocks.1.hook_resid_pre-<hash> --width 2048 --epochs 2
@@ -65,16 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from datasets import load_from_disk
-
+    from gba_lens.data.activations import load_activations
     from gba_lens.data.batches import TensorBatches
     from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
     from gba_lens.training.train import TrainConfig, train_sae
 
-    hook = json.loads((Path(args.cache) / "gba_lens_cache.json").read_text())["hook_name"]
-    data = load_from_disk(args.cache).with_format("torch")
-    acts = data[:][hook].float()
-    acts = acts.reshape(-1, acts.shape[-1])
+    hook = json.loads((Path(args.cache) / "gba_lens_cache.json").read_text())["hook_name"]  # beside token_ids
+    acts = load_activations(args.cache, hook)
     torch.manual_seed(args.seed)
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=acts.shape[-1], d_sae=args.width, decoder_refit=False))
     batch = 4096

@@ -209,8 +209,8 @@ class GBAOptions:
     rows (262,144 at most, 174,762 of GPT-2's 768 inputs: 512 MiB) give its latents few firings, a refit is
     taken only if it reconstructs rows it did not read better than the trained SAE; else the run keeps its
     decoder and says so. Over 8,192 latents the fit is solved on the rows' sparse codes by conjugate
-    gradients (:mod:`gba_lens.saes.sparse_refit`), the offsets alternating with the decoder. Unset (the
-    default): on with ``find_l0``, off otherwise (the paper's rule). Measured (docs/experiments/prior_free.md,
+    gradients (:mod:`gba_lens.saes.sparse_refit`), the offsets in Gauss-Newton steps with the decoder.
+    Unset (the default): on with ``find_l0``, off otherwise (the paper's rule). Measured (docs/experiments/prior_free.md,
     forty-second to forty-fourth, forty-eighth and fifty-first steps; the stdlib LM's preset budget):
     explained variance rises by about 0.006 on resid_pre and 0.003 on mlp_out, CE loss recovered by 0.0005
     and 0.004, which puts both hooks' EV above TopK's frontier; the synthetic models keep every target they

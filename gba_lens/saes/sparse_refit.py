@@ -75,6 +75,10 @@ class SparseRefitStatistics(nn.Module):
         self._all_reduce: Callable[[torch.Tensor, str], None] | None = None
         self._progress: Callable[[], object] | None = None  # one call per product over the rows, while solving
         self._blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        # sparse matrices built from the blocks: G's (the gates do not move) and Z's for the last offsets asked
+        # (a decoder's solve, its error and the next Gauss-Newton step read the same ones)
+        self._gate_matrices: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._code_matrices: tuple[torch.Tensor | None, list] | None = None
 
     @torch.no_grad()
     def add(self, codes: Float[torch.Tensor, "rows d_sae"], targets: Float[torch.Tensor, "rows d_in"],
@@ -94,7 +98,7 @@ class SparseRefitStatistics(nn.Module):
         self.energy.add_(wide_targets.pow(2).sum())
         self.rows.add_(len(codes))
         self.firings.add_(active.sum(0))
-        self._blocks = None
+        self._blocks = self._gate_matrices = self._code_matrices = None
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows; every product from now on is all-reduced too."""
@@ -152,6 +156,22 @@ class SparseRefitStatistics(nn.Module):
                                                check_invariants=False).coalesce()
             yield forward, backward, targets
 
+    def _code_blocks(self, offset: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """:meth:`_blocks_with` ``offset``, built once for the last offsets asked."""
+        kept = self._code_matrices
+        same = kept is not None and (kept[0] is offset or (kept[0] is not None and offset is not None
+                                                           and torch.equal(kept[0], offset)))
+        if not same:
+            self._code_matrices = None  # the old matrices go before the new ones are built
+            self._code_matrices = (offset, list(self._blocks_with(offset)))
+        return self._code_matrices[1]
+
+    def _gate_blocks(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """:meth:`_blocks_with` the gates, built once."""
+        if self._gate_matrices is None:
+            self._gate_matrices = list(self._blocks_with(None, gated=True))
+        return self._gate_matrices
+
     def _gram_times(self, blocks: list, matrix: torch.Tensor) -> torch.Tensor:
         """Z^T Z ``matrix`` over every rank's rows (``blocks``: :meth:`_blocks_with`'s, listed once per solve)."""
         out = torch.zeros_like(matrix)
@@ -184,14 +204,14 @@ class SparseRefitStatistics(nn.Module):
         w = decoder.to(self.energy.device, self.dtype)
         c = None if offset is None or not self.offsets else offset.to(self.energy.device, self.dtype)
         total = torch.zeros((), dtype=self.dtype, device=self.energy.device)
-        for forward, _, targets in self._blocks_with(c):
+        for forward, _, targets in self._code_blocks(c):
             total.add_((targets - torch.sparse.mm(forward, w)).pow(2).sum())
         return float(self._reduced(total))
 
     # ------------------------------------------------------------------------------ the solves
     def _decoder(self, trained: torch.Tensor, offset: torch.Tensor | None, start: torch.Tensor) -> torch.Tensor:
         """(Z^T Z + lambda I)^-1 (Z^T (X - b_pre) + lambda W_trained), from ``start``."""
-        blocks = list(self._blocks_with(offset))
+        blocks = self._code_blocks(offset)
         diagonal = self._diagonal(offset)
         ridge = self.ridge * diagonal.mean().clamp(min=1e-12)
         right = self._transposed_times_targets(blocks) + ridge * trained
@@ -206,7 +226,7 @@ class SparseRefitStatistics(nn.Module):
         (Z^T v + lambda dW, rowsum(W o G^T v) + mu dc) = (Z^T r, rowsum(W o G^T r) - mu (c - start)), the decoder
         being the least-squares one for ``offset`` (its gradient 0). Its offsets are the variable-projection step
         the dense refit takes from the factored system; returned with the decoder's step, both as full steps."""
-        code_blocks, gate_blocks = list(self._blocks_with(offset)), list(self._blocks_with(None, gated=True))
+        code_blocks, gate_blocks = self._code_blocks(offset), self._gate_blocks()
         code_diagonal = self._diagonal(offset)
         ridge = self.ridge * code_diagonal.mean().clamp(min=1e-12)
         offset_diagonal = self._diagonal(None, gated=True) * decoder.pow(2).sum(1)
