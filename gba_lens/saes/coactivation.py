@@ -123,6 +123,12 @@ def _row_positions(row: Int[torch.Tensor, " nnz"], n_rows: int) -> tuple[torch.T
     return counts, torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
 
 
+def unit_rows(rows: Float[torch.Tensor, "n d_in"]) -> Float[torch.Tensor, "n d_in"]:
+    """Each row over its norm (float32 at least; a row of norm under 1e-8 over 1e-8)."""
+    rows = rows.float()
+    return rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+
 def active_entries(
     feature_acts: Float[torch.Tensor, "... d_sae"], max_rows: int, max_active: int | None = None
 ) -> tuple[Int[torch.Tensor, " nnz"], Int[torch.Tensor, " nnz"], int]:
@@ -138,7 +144,10 @@ def active_entries(
         flat = feature_acts.detach().reshape(-1, feature_acts.shape[-1])[:max_rows]
         n_rows = flat.shape[0]
         row, latent = flat.nonzero(as_tuple=True)  # not (flat != 0): a slow copy of a boolean code
-    keep = _row_positions(row, n_rows)[1] < (MAX_ACTIVE if max_active is None else max_active)
+    limit = MAX_ACTIVE if max_active is None else max_active
+    if limit >= feature_acts.shape[-1]:  # a row has no more active latents than that: every entry
+        return row, latent, n_rows
+    keep = _row_positions(row, n_rows)[1] < limit
     return row[keep], latent[keep], n_rows
 
 
@@ -164,7 +173,8 @@ def coactive_alignment(
     """Sum of |cos| over the ordered pairs of distinct latents active in the same row (the first
     ``max_active`` of each; None: ``MAX_ACTIVE``) whose |cos| is at most ``max_cosine`` (None:
     ``MAX_PAIR_COSINE``), and the number of those pairs (0-dim float tensors), each row's weighted by
-    ``row_weights`` where given. ``directions``: unit decoder rows; entries row-major."""
+    ``row_weights`` where given. ``directions``: decoder rows (normalised where read: :func:`unit_rows`);
+    entries row-major."""
     slots = active_slots(row, latent, n_rows, MAX_ACTIVE if max_active is None else max_active)
     return slot_alignment(slots, directions, max_cosine, row_weights)
 
@@ -181,7 +191,7 @@ def slot_alignment(
     filled = slots >= 0
     # [rows, width, d_in]; empty slots hold latent 0's row, which ``pairs`` leaves out. index_select,
     # not directions[slots]: advanced indexing with a 2-D index is several times slower on the CPU.
-    vectors = directions.index_select(0, slots.clamp(min=0).view(-1)).view(*slots.shape, -1)
+    vectors = unit_rows(directions.index_select(0, slots.clamp(min=0).view(-1))).view(*slots.shape, -1)
     cosines = torch.bmm(vectors, vectors.transpose(1, 2)).abs_()
     pairs = filled[:, :, None] & filled[:, None, :] & ~torch.eye(width, dtype=torch.bool, device=slots.device)
     pairs &= cosines <= _cut(max_cosine)
@@ -257,7 +267,7 @@ def random_pair_alignment(
     pick = torch.randperm(directions.shape[0] if among is None else among.numel(), generator=generator,
                           device=generator.device)
     pick = pick[:BASELINE_LATENTS if n_latents is None else n_latents].to(directions.device)
-    sample = directions.index_select(0, pick if among is None else among[pick])
+    sample = unit_rows(directions.index_select(0, pick if among is None else among[pick]))
     cosines = (sample @ sample.T).abs()
     kept = cosines <= _cut(max_cosine)
     kept.fill_diagonal_(False)
@@ -326,8 +336,9 @@ class CoactivationBalance(nn.Module):
         random number of rows). With ``MINMOD`` or ``GATE``, both the batch's pairs (``sums``) and the
         second reading's (``own_sums``; see ``MINMOD``); with ``GATE`` also both over every pair of
         each row's active latents (``gap_sums``; see ``GATE_ACTIVE``)."""
-        directions = decoder.detach().float()
-        directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        # The rows are normalised where a reading gathers them (:func:`unit_rows`): a pass over the whole
+        # decoder costs more than the check's pairs at tens of thousands of latents.
+        directions = decoder.detach()
         self._second = self.reads_second()
         if self._second:  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
             readings = ((self.sums, 0, 0.0), (self.own_sums, OWN_CODE or (0 if MIN_MARGIN > 0 else 2), MIN_MARGIN))

@@ -153,14 +153,18 @@ def worth_sums(
         acts = feature_acts.detach().reshape(-1, d_sae)[:MAX_ROWS]
         rows, latents = acts.nonzero(as_tuple=True)
         values = acts[rows, latents].float()
-    directions = decoder.detach().float()
+    # Only the latents that fired are read (a latent that did not has no worth to add): at tens of
+    # thousands of latents, passes over the whole decoder cost more than the firings' products.
+    fired, slot = torch.unique(latents, sorted=True, return_inverse=True)
+    directions = decoder.detach().index_select(0, fired).float()                 # [fired, d_in]
     # sum over m's firings of z^2 |d_m|^2, and of 2 z d_m . r = 2 d_m . (sum of z r): the second
-    # as a sparse [d_sae, rows] code times the errors (about nnz x d_in, not rows x d_sae x d_in)
-    code = torch.sparse_coo_tensor(torch.stack([latents, rows]), values, (d_sae, error.shape[0]),
+    # as a sparse [fired, rows] code times the errors (about nnz x d_in, not rows x d_sae x d_in)
+    code = torch.sparse_coo_tensor(torch.stack([slot, rows]), values, (fired.numel(), error.shape[0]),
                                    check_invariants=False)
-    weighted_errors = torch.sparse.mm(code, error)                               # [d_sae, d_in]
+    weighted_errors = torch.sparse.mm(code, error)                               # [fired, d_in]
+    worth = torch.zeros(fired.numel(), device=directions.device).index_add_(0, slot, values * values)
+    worth.mul_((directions * directions).sum(1)).add_(2 * (directions * weighted_errors).sum(1))
     sums = torch.zeros(2, d_sae, device=directions.device)
-    sums[0].index_add_(0, latents, values * values).mul_((directions * directions).sum(1))
-    sums[0].add_(2 * (directions * weighted_errors).sum(1))
+    sums[0].index_copy_(0, fired, worth)
     sums[1].index_add_(0, latents, torch.ones_like(values))
     return sums
