@@ -65,6 +65,23 @@ def test_dense_and_sparse_activations_give_the_same_sums_and_rows_beyond_the_lim
     assert float(dense[1]) == len(kept)
 
 
+def test_the_readings_normalise_the_decoder_rows_they_gather():
+    """A check is given the decoder as it is and normalises only the rows it reads: rows of any norm give
+    the sums and the denominator that unit rows give."""
+    generator = torch.Generator().manual_seed(3)
+    acts = torch.relu(torch.randn(64, 40, generator=generator) - 0.8)
+    decoder = _unit(torch.randn(40, 12, generator=generator))
+    scaled = decoder * torch.logspace(-2, 2, 40)[:, None]
+    slots = C.active_slots(*C.active_entries(acts, 64))
+    assert torch.allclose(torch.stack(C.slot_alignment(slots, scaled)), torch.stack(C.slot_alignment(slots, decoder)))
+    for draw in (C.random_pair_alignment(scaled, torch.Generator().manual_seed(5)),
+                 C.random_pair_alignment(decoder, torch.Generator().manual_seed(5))):
+        assert 0.0 < float(draw) < C.MAX_PAIR_COSINE
+    assert torch.allclose(C.random_pair_alignment(scaled, torch.Generator().manual_seed(5)),
+                          C.random_pair_alignment(decoder, torch.Generator().manual_seed(5)))
+    assert _ratio(acts, scaled) == pytest.approx(_ratio(acts, decoder), rel=1e-6)
+
+
 def test_a_row_with_more_active_latents_than_the_limit_counts_its_first_ones():
     decoder = _unit(torch.eye(8) + 0.1)
     for acts in (torch.ones(1, 8), torch.ones(1, 8).to_sparse()):

@@ -56,6 +56,22 @@ def test_a_measurement_reads_only_the_first_rows(monkeypatch):
     assert torch.allclose(worth.sums, first.sums)
 
 
+def test_a_measurement_reads_the_decoder_rows_of_the_latents_that_fired_and_no_other():
+    """A latent that did not fire adds nothing, so its decoder row is not read (at tens of thousands of
+    latents a pass over the whole decoder costs more than the firings' products)."""
+    torch.manual_seed(0)
+    code, decoder, error = _code(20, 6), torch.randn(6, 5), torch.randn(20, 5)
+    code[:, [1, 4]] = 0
+    unread = decoder.clone()
+    unread[[1, 4]] = float("nan")
+    for acts in (code, code.to_sparse()):
+        expected, worth = FiringWorth(6, 0.3), FiringWorth(6, 0.3)
+        expected.observe(acts, decoder, error)
+        worth.observe(acts, unread, error)
+        assert torch.equal(worth.sums, expected.sums)
+        assert expected.sums[:, [1, 4]].eq(0).all() and expected.sums[1].sum() == (code != 0).sum()
+
+
 def test_latents_worth_under_the_share_of_the_average_firing_have_their_targets_scaled_down():
     worth = FiringWorth(4, 0.5)
     # per firing 4, 2, 0.5 and no firing; the average firing's worth (4 * 3 + 2 * 1 + 0.5 * 4) / 8 = 2

@@ -121,6 +121,20 @@ def test_rows_read_in_blocks_give_the_products_of_all_rows_at_once(monkeypatch):
         assert error == pytest.approx(float((t - z @ matrix).pow(2).sum()), rel=1e-12)
 
 
+def test_a_block_s_matrices_multiply_as_its_dense_code_in_the_layouts_fast_on_a_cpu():
+    """On a CPU the code is CSR and its transpose COO left in the rows' order (its product then reads the dense
+    operand front to back): both multiply as the dense code, with empty rows first, inside and last."""
+    torch.manual_seed(4)
+    code = torch.rand(50, 30, dtype=torch.float64) * (torch.rand(50, 30) < 0.2)
+    code[[0, 17, 18, 48, 49]] = 0
+    row, latent = code.nonzero(as_tuple=True)
+    forward, backward = sparse_refit.row_major_pair(row, latent, code[row, latent], (50, 30))
+    assert forward.layout == torch.sparse_csr and not backward.is_coalesced()
+    right, rows = torch.randn(30, 7, dtype=torch.float64), torch.randn(50, 7, dtype=torch.float64)
+    assert torch.allclose(torch.sparse.mm(forward, right), code @ right, atol=1e-12)
+    assert torch.allclose(torch.sparse.mm(backward, rows), code.T @ rows, atol=1e-12)
+
+
 def test_a_rank_without_rows_takes_part_in_every_product_with_zeros():
     """A data-parallel rank that kept no rows: no blocks, zero products, each still all-reduced; with the other
     ranks' rows given as the all-reduce's sums it solves what they solve."""

@@ -283,7 +283,8 @@ def test_the_refit_on_sparse_codes_on_two_ranks_gives_the_one_process_sae(tmp_pa
         state[key] = reference[key]
     _assert_same_sae(state, reference)
     dense = two_rank_states["refit"]
-    assert (dense["W_dec"] - reference["W_dec"]).abs().max() < 0.05  # the dense sums' problem, another solver
+    # the dense sums' problem, another solver (the offsets' pull differs: about 4% of the decoder's norm apart)
+    assert (dense["W_dec"] - reference["W_dec"]).norm() < 0.08 * reference["W_dec"].norm()
     assert not torch.equal(dense["W_dec"], reference["W_dec"])
 
 
