@@ -173,8 +173,7 @@ def coactive_alignment(
     """Sum of |cos| over the ordered pairs of distinct latents active in the same row (the first
     ``max_active`` of each; None: ``MAX_ACTIVE``) whose |cos| is at most ``max_cosine`` (None:
     ``MAX_PAIR_COSINE``), and the number of those pairs (0-dim float tensors), each row's weighted by
-    ``row_weights`` where given. ``directions``: decoder rows (normalised where read: :func:`unit_rows`);
-    entries row-major."""
+    ``row_weights`` where given. ``directions``: decoder rows (see :func:`unit_rows`); entries row-major."""
     slots = active_slots(row, latent, n_rows, MAX_ACTIVE if max_active is None else max_active)
     return slot_alignment(slots, directions, max_cosine, row_weights)
 
@@ -336,9 +335,7 @@ class CoactivationBalance(nn.Module):
         random number of rows). With ``MINMOD`` or ``GATE``, both the batch's pairs (``sums``) and the
         second reading's (``own_sums``; see ``MINMOD``); with ``GATE`` also both over every pair of
         each row's active latents (``gap_sums``; see ``GATE_ACTIVE``)."""
-        # The rows are normalised where a reading gathers them (:func:`unit_rows`): a pass over the whole
-        # decoder costs more than the check's pairs at tens of thousands of latents.
-        directions = decoder.detach()
+        directions = decoder.detach()  # normalised where read (unit_rows): no pass over the whole decoder
         self._second = self.reads_second()
         if self._second:  # the check, and OWN_CODE's reading, else MIN_MARGIN's, else OWN_CODE=2's
             readings = ((self.sums, 0, 0.0), (self.own_sums, OWN_CODE or (0 if MIN_MARGIN > 0 else 2), MIN_MARGIN))
