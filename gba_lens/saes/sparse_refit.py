@@ -309,8 +309,8 @@ def row_major_pair(
     On a CPU: the matrix in CSR, and the transpose as COO entries left in the rows' order, uncoalesced. torch's CPU
     product of a COO matrix walks its entries in storage order, adding each times a row of the dense operand: in
     the rows' order it reads the [rows, d_in] operand once, front to back, where the transpose's coalesced order
-    (by latent) jumps across it for every entry (3x the time at 65,536 rows x 40 entries x 128 columns; the CSR
-    product 1.4x faster than the COO one). Elsewhere both coalesced COO, as before (GPU layouts not measured)."""
+    (by latent) jumps across it for every entry (3x-4x the time at 65,536 rows x 40 entries x 128 columns; the CSR
+    product 1.2x-1.4x faster than the COO one). Elsewhere both coalesced COO, as before (GPU layouts not measured)."""
     index = torch.stack([row, latent])
     if entries.device.type != "cpu":
         return (torch.sparse_coo_tensor(index, entries, shape, check_invariants=False).coalesce(),
