@@ -79,6 +79,7 @@ class SparseRefitStatistics(nn.Module):
         # sparse matrices built from the blocks: G's (the gates do not move) and Z's for the last offsets asked
         # (a decoder's solve, its error and the next Gauss-Newton step read the same ones)
         self._gate_matrices: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._gate_diagonal: torch.Tensor | None = None  # diag(G^T G), all-reduced once (the gates do not move)
         self._code_matrices: tuple[torch.Tensor | None, list] | None = None
 
     @torch.no_grad()
@@ -99,7 +100,7 @@ class SparseRefitStatistics(nn.Module):
         self.energy.add_(wide_targets.pow(2).sum())
         self.rows.add_(len(codes))
         self.firings.add_(active.sum(0))
-        self._blocks = self._gate_matrices = self._code_matrices = None
+        self._blocks = self._gate_matrices = self._gate_diagonal = self._code_matrices = None
 
     def reduce_statistics(self, all_reduce: Callable[[torch.Tensor, str], None]) -> None:
         """Data-parallel training: the sums over every rank's rows; every product from now on is all-reduced too."""
@@ -225,7 +226,9 @@ class SparseRefitStatistics(nn.Module):
         code_blocks, gate_blocks = self._code_blocks(offset), self._gate_blocks()
         code_diagonal = self._diagonal(offset)
         ridge = self.ridge * code_diagonal.mean().clamp(min=1e-12)
-        offset_diagonal = self._diagonal(None, gated=True) * decoder.pow(2).sum(1)
+        if self._gate_diagonal is None:  # at every rank's first step alike
+            self._gate_diagonal = self._diagonal(None, gated=True)
+        offset_diagonal = self._gate_diagonal * decoder.pow(2).sum(1)
         offset_ridge = self.ridge * offset_diagonal.mean().clamp(min=1e-12)
 
         def system(step: torch.Tensor) -> torch.Tensor:  # [d_sae, d_in + 1]: the decoder's step, the offsets'
