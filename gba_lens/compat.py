@@ -24,12 +24,13 @@ from typing import NamedTuple
 # ``training_forward_pass`` (TrainStepInput -> TrainStepOutput) of SAELens's TrainingSAE.
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 
-# benchmarks/, tests/: an SAE config's ``metadata`` (its hook name), for SAEs built by hand.
+# benchmarks/, tests/: an SAE config's ``metadata`` (its hook name), for SAEs built by hand; saes/gba.py:
+# the metadata ``SAE.load_from_disk`` passes to GBATrainingSAEConfig as a dict.
 from sae_lens.saes.sae import SAEMetadata
 
-# saes/gba.py: ``register()`` is idempotent - it registers the "gba" architecture only when it is
-# not in this registry yet (register_sae_training_class itself is public).
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+# saes/gba_loading.py: ``register()`` is idempotent - it registers the "gba" architecture only where it
+# is not in these registries yet (register_sae_class and register_sae_training_class are public).
+from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 
 # -- SAELens: configs and file names ------------------------------------------------------------
 # training/train.py: the config SAETrainer takes (gba_lens builds it for in-memory training,
@@ -94,6 +95,7 @@ IMPORTED_NAMES: dict[str, str] = {
     "TrainStepInput": "sae_lens.saes.sae",
     "TrainStepOutput": "sae_lens.saes.sae",
     "SAEMetadata": "sae_lens.saes.sae",
+    "SAE_CLASS_REGISTRY": "sae_lens.registry",
     "SAE_TRAINING_CLASS_REGISTRY": "sae_lens.registry",
     "SAETrainerConfig": "sae_lens.config",
     "ACTIVATION_SCALER_CFG_FILENAME": "sae_lens.constants",

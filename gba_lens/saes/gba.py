@@ -32,7 +32,8 @@ toy) rather than an offset, a centred, trained b_pre absorbs part of them.
 Export (:mod:`gba_lens.saes.gba_export`): the JumpReLU neuron is exactly SAELens's ``JumpReLUSAE``, the
 ReLU neuron its ``StandardSAE``, so ``save_inference_model`` writes a plain SAELens SAE (cfg.json + safetensors) that
 ``sae_lens.SAE.load_from_disk`` loads without gba_lens; the GBA hyperparameters and the final group
-targets travel in the config's metadata (``training_architecture_details``).
+targets travel in the config's metadata (``training_architecture_details``). A ``save_model`` folder (a SAELens
+checkpoint) loads as the GBA SAE, its training state included (:mod:`gba_lens.saes.gba_loading`).
 
 Training step: SAELens's dense one, or for wide SAEs the same step on the active latents only
 (:mod:`gba_lens.saes.sparse_step`); ``encoder_regression`` adds a loss on every u_m (dense step).
@@ -49,12 +50,11 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from numpy.typing import NDArray
-from sae_lens import (SAE, JumpReLUSAEConfig, SAEConfig, StandardSAEConfig, TrainingSAE, TrainingSAEConfig,
-                      register_sae_training_class)
+from sae_lens import SAE, JumpReLUSAEConfig, SAEConfig, StandardSAEConfig, TrainingSAE, TrainingSAEConfig
 from torch import nn
 from typing_extensions import override
 
-from gba_lens.compat import SAE_TRAINING_CLASS_REGISTRY, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from gba_lens.compat import SAEMetadata, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 from gba_lens.saes import coactivation
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation
 from gba_lens.saes.data_init import start_at_inputs
@@ -62,6 +62,7 @@ from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
 from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.gba_export import firing_offset, inference_config, inference_state_dict, to_inference_state_dict
+from gba_lens.saes.gba_loading import ARCHITECTURE, make_unsaved_buffers, own_dtypes, register
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
 from gba_lens.saes.idle_groups import IdleGroups
@@ -71,7 +72,7 @@ from gba_lens.saes.sparse_step import SparseStepPolicy, sparse_training_forward_
 from gba_lens.saes.target_search import TargetSearch
 from gba_lens.saes.valley_thresholds import ValleyThresholds
 
-ARCHITECTURE = "gba"
+
 @dataclass
 class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
     """Configuration of a GBA SAE. Defaults follow the paper (arXiv v1) except where noted."""
@@ -102,6 +103,8 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
         return ARCHITECTURE
 
     def __post_init__(self) -> None:
+        if isinstance(self.metadata, dict):  # SAE.load_from_disk's generic SAEConfig.from_dict passes it unread
+            self.metadata = SAEMetadata(**self.metadata)
         super().__post_init__()
         # The SAE's own config holds what it trains with: unset options resolved, so that its
         # saved cfg and a resumed run read concrete values.
@@ -177,7 +180,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
             state_dict = {**state_dict, "step_density": torch.full((), -1.0)}
         if self.b_act is None and "b_act" in state_dict:  # offsets fitted by decoder_refit
             self.b_act = nn.Parameter(torch.zeros_like(self.b_enc), requires_grad=False)
-        result = super().load_state_dict(state_dict, *args, **kwargs)
+        result = super().load_state_dict(own_dtypes(self, state_dict), *args, **kwargs)
+        make_unsaved_buffers(self)  # SAELens's load_from_disk builds on "meta" and assigns only the saved ones
         self._window_empty = bool(self.bias_adaptation.n_samples.item() == 0)
         return result
 
@@ -441,10 +445,4 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         return sae
 
 
-def register() -> None:
-    """Register ``"gba"`` with SAELens's training registry (idempotent)."""
-    if ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
-        register_sae_training_class(ARCHITECTURE, GBATrainingSAE, GBATrainingSAEConfig)
-
-
-register()
+register(GBATrainingSAE, GBATrainingSAEConfig)  # "gba" in SAELens's registries (gba_loading)

@@ -194,3 +194,37 @@ def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, acti
     inference = sae.to_inference_sae()
     assert type(inference).__name__ == inference_class
     assert torch.allclose(inference.encode(x), acts, atol=1e-5)
+
+
+def test_a_save_model_folder_loads_through_saelens_and_trains_on(tmp_path):
+    """A folder ``save_model`` writes (a SAELens trainer's checkpoint of a GBA run) loads with SAELens's
+    ``TrainingSAE.load_from_disk`` (what its runner's ``from_pretrained_path`` calls), which builds the SAE on
+    the "meta" device: every buffer ends on the CPU, the saved state equal, and training goes on through
+    ``find_l0``'s checks, whose sums are not saved. ``SAE.load_from_disk`` reads it too, with equal outputs."""
+    from sae_lens import SAE, TrainingSAE
+
+    torch.manual_seed(0)
+    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, n_groups=4, decoder_refit=False))
+    assert sae.cfg.find_l0  # the defaults: find_l0, whose check sums are not saved
+    data = SeededBatches(lambda n: torch.relu(torch.randn(n, 12)) * 4 + 2, 128)
+    train_sae(sae, data, TrainConfig(total_samples=128 * 25, batch_size=128, lr=1e-2))
+    unsaved = {name for name, _ in sae.named_buffers()} - set(sae.state_dict())
+    assert unsaved  # what the loader has to make again
+    sae.save_model(str(tmp_path / "ckpt"))
+
+    loaded = TrainingSAE.load_from_disk(tmp_path / "ckpt")
+    assert type(loaded) is GBATrainingSAE
+    assert [name for name, b in loaded.named_buffers() if b.device.type != "cpu"] == []
+    saved = sae.state_dict()
+    assert saved.keys() == loaded.state_dict().keys()
+    assert all(saved[k].dtype == v.dtype and torch.equal(saved[k], v) for k, v in loaded.state_dict().items())
+    checks = float(loaded.bias_adaptation.l0_control.log_scale)
+    train_sae(loaded, data, TrainConfig(total_samples=128 * 25, batch_size=128, lr=1e-2))
+    assert float(loaded.bias_adaptation.l0_control.log_scale) != checks  # find_l0's checks read and moved the scale
+    assert loaded.bias_adaptation.coactivation.last_ratio is not None
+
+    plain = SAE.load_from_disk(tmp_path / "ckpt")
+    x = torch.relu(torch.randn(64, 12)) * 4 + 2
+    sae.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(plain.decode(plain.encode(x)), sae.decode(sae.encode(x)))
