@@ -5,6 +5,8 @@ copy each way on the cache's last rows. JSON lines.
 
     python scripts/refit_paths.py runs/compare_lm/cache/lm-blocks.1.hook_resid_pre-<hash> --width 2048 --epochs 2
     python scripts/refit_paths.py CACHE --width 2048 --epochs 2 --reallocations 0 --rows 32768
+    python scripts/refit_paths.py CACHE --width 2048 --rows 32768 --tolerances 1e-9 1e-7   # the solver's tolerances
+    python scripts/refit_paths.py CACHE --width 16384 --ways sparse                      # too wide for the dense sums
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from unittest import mock
 import torch
 
 
-def refit_both(sae: Any, rows: torch.Tensor, reallocations: int | None = None) -> list[dict[str, Any]]:
+def refit_both(sae: Any, rows: torch.Tensor, reallocations: int | None = None,
+               ways: tuple[str, ...] = ("dense", "sparse")) -> list[dict[str, Any]]:
     """Copies of ``sae`` refitted on ``rows`` by the dense sums and on the sparse codes (every width taken
     sparse), ``reallocations`` rounds (None: the module's); each way's result, CPU seconds, and each
     conjugate-gradient solve's products over the rows (its iterations and the first residual's)."""
     from gba_lens.saes import decoder_refit, sparse_refit
 
     out = []
-    for way, widest in (("dense", max(sae.cfg.d_sae, decoder_refit.MAX_LATENTS)), ("sparse", 0)):
+    widest = {"dense": max(sae.cfg.d_sae, decoder_refit.MAX_LATENTS), "sparse": 0}
+    for way in ways:
         products: list[int] = []
         solve = sparse_refit.conjugate_gradients
 
@@ -44,7 +48,7 @@ def refit_both(sae: Any, rows: torch.Tensor, reallocations: int | None = None) -
 
         copied = copy.deepcopy(sae)
         rounds = decoder_refit.REALLOCATIONS if reallocations is None else reallocations
-        with mock.patch.object(decoder_refit, "MAX_LATENTS", widest), \
+        with mock.patch.object(decoder_refit, "MAX_LATENTS", widest[way]), \
                 mock.patch.object(sparse_refit, "conjugate_gradients", counted), \
                 mock.patch.object(decoder_refit, "REALLOCATIONS", rounds):
             start = time.process_time()
@@ -63,7 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=262_144, help="the cache's last rows the refits read")
     p.add_argument("--reallocations", type=int, default=None, help="rounds of reallocation (default: the module's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ways", nargs="+", choices=("dense", "sparse"), default=["dense", "sparse"],
+                   help="the refits to make (the dense sums need d_sae^2 floats, several times)")
+    p.add_argument("--tolerances", nargs=2, type=float, metavar=("CG", "STEP"), default=None,
+                   help="sparse_refit's CG_TOLERANCE and STEP_TOLERANCE (default: the module's)")
     args = p.parse_args(argv)
+    if args.tolerances is not None:
+        from gba_lens.saes import sparse_refit
+
+        sparse_refit.CG_TOLERANCE, sparse_refit.STEP_TOLERANCE = args.tolerances
 
     from gba_lens.data.activations import load_activations
     from gba_lens.data.batches import TensorBatches
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     sae.eval()
     with torch.no_grad():
         l0 = float((sae.encode(rows[:4096]) != 0).sum(1).float().mean())
-    for found in refit_both(sae, rows, args.reallocations):
+    for found in refit_both(sae, rows, args.reallocations, tuple(args.ways)):
         found.pop("sae")
         print(json.dumps({"width": args.width, "l0": round(l0, 2), **found}), flush=True)
 

@@ -18,10 +18,11 @@ Each step halves back, as the dense path's do, where it does not lower the error
 latents' biases. Data-parallel ranks each keep their rows and all-reduce every product over them (a
 [d_sae, d_in] sum per iteration), so every rank iterates alike.
 
-Measured (docs/experiments/prior_free.md, fifty-third and fifty-fourth steps): a trained 2,048-latent SAE of the
-stdlib LM, refitted this way on 262,144 rows, keeps 99.2% of the dense path's gain in squared error. On a CPU it
-takes 8x the dense path's time at that width (592 s against 72 s): its cost grows with the rows' active entries,
-d_in and the iterations (228 products over the rows in that fit), not with d_sae.
+Measured (docs/experiments/prior_free.md, fifty-third to fifty-fifth steps): a trained 2,048-latent SAE of the
+stdlib LM, refitted this way on 262,144 rows, keeps 99.2% of the dense path's gain in squared error; on 32,768 rows
+it takes about the dense path's CPU time (68-70 s against 61-73 s, two reallocation rounds). Its cost grows with the
+rows' active entries, d_in and the iterations, not with d_sae: a 16,384-latent SAE of the stdlib LM (L0 71) took
+1,349 s on 262,144 rows, and lowered other rows' relative error by a quarter.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from jaxtyping import Float, Int
 from torch import nn
 from tqdm.auto import tqdm
 
-CG_TOLERANCE = 1e-9
+CG_TOLERANCE = 1e-8
 """The conjugate gradients stop once an iteration lowers the rows' squared error (the quadratic they minimise) by
 less than this share of the rows' energy, or every column's residual is under this share of its right-hand
-side's norm."""
-STEP_TOLERANCE = 1e-7
+side's norm. 1e-9 (with ``STEP_TOLERANCE`` 1e-7) takes a fifth more products for the same held-out error
+(docs/experiments/prior_free.md, fifty-fifth step)."""
+STEP_TOLERANCE = 1e-6
 """A Gauss-Newton step's solve stops once an iteration lowers the step's model of the squared error by less than
 this share of the rows' energy (a direction, which the decoder's solve then settles to ``CG_TOLERANCE``)."""
 CG_STEPS = 500
@@ -53,7 +55,9 @@ class SparseRefitStatistics(nn.Module):
     The same interface as :class:`~gba_lens.saes.decoder_refit.RefitStatistics`: ``add`` chunks of rows,
     ``reduce_statistics`` (data parallel: it also keeps the all-reduce for the products), then ``solve`` and
     ``squared_error``. Buffers (float64 on a CPU or CUDA device): ``energy`` [] |X - b_pre|^2, ``rows`` [],
-    ``firings`` [d_sae]; the entries are held as plain tensors (the rows of this rank)."""
+    ``firings`` [d_sae]; the entries are held as plain tensors (the rows of this rank). The entries and targets
+    are held, and each product over the rows computed, in float32 (the precision SAEs train in); the products'
+    sums over blocks and ranks, and the solver, in float64."""
 
     energy: torch.Tensor
     rows: torch.Tensor
@@ -67,6 +71,7 @@ class SparseRefitStatistics(nn.Module):
         self.ridge, self.offset_steps, self.halvings, self.tolerance = ridge, offset_steps, halvings, tolerance
         self._kept_rows = 0
         self.dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        self.entry_dtype = torch.float32
         self.d_sae, self.d_in, self.offsets = d_sae, d_in, offsets
         self.register_buffer("energy", torch.zeros((), dtype=self.dtype, device=device))
         self.register_buffer("rows", torch.zeros((), dtype=self.dtype, device=device))
@@ -91,11 +96,11 @@ class SparseRefitStatistics(nn.Module):
         active = codes != 0 if gates is None else gates != 0
         row, latent = active.nonzero(as_tuple=True)
         root = None if weights is None else weights.to(codes.device, self.dtype).sqrt()
-        values = codes[row, latent].to(self.dtype)
-        gate = torch.ones_like(values) if root is None else root[row]
+        values = codes[row, latent].to(self.entry_dtype)
+        gate = torch.ones_like(values) if root is None else root[row].to(self.entry_dtype)
         wide_targets = targets.to(self.dtype) if root is None else targets.to(self.dtype) * root[:, None]
         self._entries.append((row + self._kept_rows, latent, values if root is None else values * gate, gate))
-        self._targets.append(wide_targets)
+        self._targets.append(wide_targets.to(self.entry_dtype))
         self._kept_rows += len(codes)
         self.energy.add_(wide_targets.pow(2).sum())
         self.rows.add_(len(codes))
@@ -150,7 +155,7 @@ class SparseRefitStatistics(nn.Module):
             if gated:
                 entries = gate
             else:
-                entries = values if offset is None else values + gate * offset[latent]
+                entries = values if offset is None else values + gate * offset[latent].to(values.dtype)
             yield (*row_major_pair(row, latent, entries, (len(targets), self.d_sae)), targets)
 
     def _code_blocks(self, offset: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -172,8 +177,9 @@ class SparseRefitStatistics(nn.Module):
     def _gram_times(self, blocks: list, matrix: torch.Tensor) -> torch.Tensor:
         """Z^T Z ``matrix`` over every rank's rows (``blocks``: :meth:`_blocks_with`'s, listed once per solve)."""
         out = torch.zeros_like(matrix)
+        entries_type = matrix.to(self.entry_dtype)
         for forward, backward, _ in blocks:
-            out.add_(torch.sparse.mm(backward, torch.sparse.mm(forward, matrix)))
+            out.add_(torch.sparse.mm(backward, torch.sparse.mm(forward, entries_type)))
         return self._reduced(out)
 
     def _transposed_times_targets(self, blocks: list) -> torch.Tensor:
@@ -187,7 +193,7 @@ class SparseRefitStatistics(nn.Module):
         """diag(Z^T Z) (or diag(G^T G)) over every rank's rows."""
         out = torch.zeros(self.d_sae, dtype=self.dtype, device=self.energy.device)
         for _, latent, values, gate, _ in self._block_list():
-            entries = gate if gated else (values if offset is None else values + gate * offset[latent])
+            entries = (gate if gated else (values if offset is None else values + gate * offset[latent])).to(self.dtype)
             out.index_add_(0, latent, entries * entries)
         return self._reduced(out)
 
@@ -198,11 +204,11 @@ class SparseRefitStatistics(nn.Module):
     def squared_error(self, decoder: Float[torch.Tensor, "d_sae d_in"],
                       offset: Float[torch.Tensor, " d_sae"] | None = None) -> float:
         """|X - b_pre - Z W|^2 over every rank's rows."""
-        w = decoder.to(self.energy.device, self.dtype)
+        w = decoder.to(self.energy.device, self.entry_dtype)
         c = None if offset is None or not self.offsets else offset.to(self.energy.device, self.dtype)
         total = torch.zeros((), dtype=self.dtype, device=self.energy.device)
         for forward, _, targets in self._code_blocks(c):
-            total.add_((targets - torch.sparse.mm(forward, w)).pow(2).sum())
+            total.add_((targets.to(self.dtype) - torch.sparse.mm(forward, w).to(self.dtype)).pow(2).sum())
         return float(self._reduced(total))
 
     # ------------------------------------------------------------------------------ the solves
@@ -232,21 +238,20 @@ class SparseRefitStatistics(nn.Module):
         offset_ridge = self.ridge * offset_diagonal.mean().clamp(min=1e-12)
 
         def system(step: torch.Tensor) -> torch.Tensor:  # [d_sae, d_in + 1]: the decoder's step, the offsets'
-            d_decoder, d_offset = step[:, :-1], step[:, -1]
+            d_decoder, offset_change = (part.to(self.entry_dtype) for part in (step[:, :-1], step[:, -1:] * decoder))
             out = torch.zeros_like(step)
             for (forward, backward, _), (gate_forward, gate_backward, _) in zip(code_blocks, gate_blocks):
-                change = (torch.sparse.mm(forward, d_decoder)
-                          + torch.sparse.mm(gate_forward, d_offset[:, None] * decoder))
+                change = torch.sparse.mm(forward, d_decoder) + torch.sparse.mm(gate_forward, offset_change)
                 out[:, :-1].add_(torch.sparse.mm(backward, change))
                 out[:, -1].add_((torch.sparse.mm(gate_backward, change) * decoder).sum(1))
             out = self._reduced(out)
-            out[:, :-1].add_(ridge * d_decoder)
-            out[:, -1].add_(offset_ridge * d_offset)
+            out[:, :-1].add_(ridge * step[:, :-1])
+            out[:, -1].add_(offset_ridge * step[:, -1])
             return out
 
         right = torch.zeros(self.d_sae, self.d_in + 1, dtype=self.dtype, device=decoder.device)
         for (forward, backward, targets), (_, gate_backward, _) in zip(code_blocks, gate_blocks):
-            residual = targets - torch.sparse.mm(forward, decoder)
+            residual = targets - torch.sparse.mm(forward, decoder.to(self.entry_dtype))
             right[:, :-1].add_(torch.sparse.mm(backward, residual))
             right[:, -1].add_((torch.sparse.mm(gate_backward, residual) * decoder).sum(1))
         right = self._reduced(right)

@@ -28,3 +28,5 @@ def test_both_ways_refit_a_copy_to_nearly_one_error_and_count_the_sparse_way_s_i
     assert not torch.equal(sparse["sae"].W_dec, dense["sae"].W_dec)  # two solvers
     assert decoder_refit.MAX_LATENTS == 8192 and decoder_refit.REALLOCATIONS == 2  # restored
     assert sparse_refit.conjugate_gradients.__name__ == "conjugate_gradients"
+    (alone,) = paths.refit_both(sae, x, reallocations=0, ways=("sparse",))  # a width the dense sums cannot take
+    assert alone["way"] == "sparse" and alone["error_after"] == sparse["error_after"]
