@@ -218,13 +218,14 @@ def test_a_save_model_folder_loads_through_saelens_and_trains_on(tmp_path):
     saved = sae.state_dict()
     assert saved.keys() == loaded.state_dict().keys()
     assert all(saved[k].dtype == v.dtype and torch.equal(saved[k], v) for k, v in loaded.state_dict().items())
-    checks = float(loaded.bias_adaptation.l0_control.log_scale)
+    scale = float(loaded.bias_adaptation.l0_control.log_scale)
     train_sae(loaded, data, TrainConfig(total_samples=128 * 25, batch_size=128, lr=1e-2))
-    assert float(loaded.bias_adaptation.l0_control.log_scale) != checks  # find_l0's checks read and moved the scale
+    assert float(loaded.bias_adaptation.l0_control.log_scale) != scale  # find_l0's checks read and moved the scale
     assert loaded.bias_adaptation.coactivation.last_ratio is not None
 
     plain = SAE.load_from_disk(tmp_path / "ckpt")
     x = torch.relu(torch.randn(64, 12)) * 4 + 2
-    sae.eval(), plain.eval()
+    sae.eval()
+    plain.eval()
     with torch.no_grad():
         assert torch.equal(plain.decode(plain.encode(x)), sae.decode(sae.encode(x)))
