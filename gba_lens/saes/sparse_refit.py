@@ -63,6 +63,7 @@ class SparseRefitStatistics(nn.Module):
     energy: torch.Tensor
     rows: torch.Tensor
     firings: torch.Tensor
+    entry_dtype = torch.float32  # the rows' entries and targets, and each product over them
 
     def __init__(self, d_sae: int, d_in: int, device: torch.device | str, offsets: bool = False, *,
                  ridge: float, offset_steps: int, halvings: int, tolerance: float):
@@ -72,7 +73,6 @@ class SparseRefitStatistics(nn.Module):
         self.ridge, self.offset_steps, self.halvings, self.tolerance = ridge, offset_steps, halvings, tolerance
         self._kept_rows = 0
         self.dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
-        self.entry_dtype = torch.float32
         self.d_sae, self.d_in, self.offsets = d_sae, d_in, offsets
         self.register_buffer("energy", torch.zeros((), dtype=self.dtype, device=device))
         self.register_buffer("rows", torch.zeros((), dtype=self.dtype, device=device))
@@ -152,11 +152,12 @@ class SparseRefitStatistics(nn.Module):
     def _blocks_with(self, offset: torch.Tensor | None, gated: bool = False
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per block: Z (or G with ``gated``) as a sparse [rows, d_sae] matrix, its transpose, and the targets."""
+        narrow_offset = None if offset is None else offset.to(self.entry_dtype)  # once, not per block's entries
         for row, latent, values, gate, targets in self._block_list():
             if gated:
                 entries = gate
             else:
-                entries = values if offset is None else values + gate * offset[latent].to(values.dtype)
+                entries = values if narrow_offset is None else values + gate * narrow_offset[latent]
             yield (*row_major_pair(row, latent, entries, (len(targets), self.d_sae)), targets)
 
     def _code_blocks(self, offset: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -178,9 +179,9 @@ class SparseRefitStatistics(nn.Module):
     def _gram_times(self, blocks: list, matrix: torch.Tensor) -> torch.Tensor:
         """Z^T Z ``matrix`` over every rank's rows (``blocks``: :meth:`_blocks_with`'s, listed once per solve)."""
         out = torch.zeros_like(matrix)
-        entries_type = matrix.to(self.entry_dtype)
+        narrow = matrix.to(self.entry_dtype)
         for forward, backward, _ in blocks:
-            out.add_(torch.sparse.mm(backward, torch.sparse.mm(forward, entries_type)))
+            out.add_(torch.sparse.mm(backward, torch.sparse.mm(forward, narrow)))
         return self._reduced(out)
 
     def _transposed_times_targets(self, blocks: list) -> torch.Tensor:

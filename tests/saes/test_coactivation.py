@@ -74,11 +74,9 @@ def test_the_readings_normalise_the_decoder_rows_they_gather():
     scaled = decoder * torch.logspace(-2, 2, 40)[:, None]
     slots = C.active_slots(*C.active_entries(acts, 64))
     assert torch.allclose(torch.stack(C.slot_alignment(slots, scaled)), torch.stack(C.slot_alignment(slots, decoder)))
-    for draw in (C.random_pair_alignment(scaled, torch.Generator().manual_seed(5)),
-                 C.random_pair_alignment(decoder, torch.Generator().manual_seed(5))):
-        assert 0.0 < float(draw) < C.MAX_PAIR_COSINE
-    assert torch.allclose(C.random_pair_alignment(scaled, torch.Generator().manual_seed(5)),
-                          C.random_pair_alignment(decoder, torch.Generator().manual_seed(5)))
+    draws = [C.random_pair_alignment(rows, torch.Generator().manual_seed(5)) for rows in (scaled, decoder)]
+    assert all(0.0 < float(draw) < C.MAX_PAIR_COSINE for draw in draws)
+    assert torch.allclose(*draws)
     assert _ratio(acts, scaled) == pytest.approx(_ratio(acts, decoder), rel=1e-6)
 
 
