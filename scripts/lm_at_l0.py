@@ -14,6 +14,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --methods gba-activation-bias            # the defaults with learned activation offsets
     python scripts/lm_at_l0.py --methods gba-per-token gba-per-token-activation-bias   # inputs divided by their norms
     python scripts/lm_at_l0.py --methods gba-no-refit                    # the defaults, the trained decoder kept
+    python scripts/lm_at_l0.py --methods gba-unit-mean                   # the defaults before per_token at resid hooks
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 2 3 4 --tokens 1600000   # 4 epochs
     python scripts/lm_at_l0.py --methods gba-geometric --gba update_interval=8
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
@@ -44,6 +45,7 @@ SINGLE_RUN = {  # GBA with no L0 asked: one run each, whatever --l0 says
     "gba-per-token": tuple(GBA_MODES["per-token"].items()),
     "gba-per-token-activation-bias": tuple(GBA_MODES["per-token+activation-bias"].items()),
     "gba-no-refit": tuple(GBA_MODES["no-refit"].items()),
+    "gba-unit-mean": tuple(GBA_MODES["unit-mean"].items()),
 }
 METHODS = ("gba", "gba-valley", *SINGLE_RUN, "topk", "batchtopk", "matryoshka")
 

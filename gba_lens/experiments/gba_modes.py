@@ -10,9 +10,14 @@ PAPER_RULE: dict[str, Any] = {"find_l0": False, "valley_thresholds": False}
 """The paper's rule: fixed geometric targets, thresholds at the biases (the options' default before
 targets came from the data; every study of the range pins it)."""
 
+UNIT_MEAN: dict[str, Any] = {"input_norm": "unit_mean", "activation_bias": False}
+"""The inputs and outputs of every GBA run before the fifty-sixth step of docs/experiments/prior_free.md, pinned in
+the modes that reproduce older defaults (at a residual-stream hook the defaults now divide each input by its norm
+and learn each latent's output offset: :mod:`gba_lens.saes.hook_defaults`)."""
+
 GBA_MODES: dict[str, dict[str, Any]] = {
     "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data), data starts, firing_worth,
-    # idle_groups, anneal_with_lr, encoder_lr_scale, decoder_refit
+    # idle_groups, anneal_with_lr, encoder_lr_scale, decoder_refit; at a residual-stream hook per_token, activation_bias
     "geometric": PAPER_RULE,  # the paper's rule: fixed geometric targets
     "adaptive": {"targets": "adaptive"},  # group targets moved by the neurons
     "valley": {"valley_thresholds": True, "find_l0": False},  # thresholds at each neuron's valley, geometric targets
@@ -22,25 +27,28 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "valley-targets+search": {"valley_thresholds": True, "targets": "valleys", "target_search": True},
     # target scale from the co-activation balance, from random starts (as its tables were measured)
     "find-l0": {"find_l0": True, "valley_thresholds": False, "encoder_init": "random", "idle_groups": False,
-                "anneal_with_lr": False, "encoder_lr_scale": 1.0, "decoder_refit": False},
+                "anneal_with_lr": False, "encoder_lr_scale": 1.0, "decoder_refit": False, **UNIT_MEAN},
     # the default's level options (starts, idle_groups, anneal_with_lr, encoder_lr_scale and decoder_refit unset:
     # as the defaults)
     "valley+find-l0": {"valley_thresholds": True, "find_l0": True},
     # the defaults until the thirty-sixth step of docs/experiments/prior_free.md: without idle_groups
     "no-idle-groups": {"valley_thresholds": True, "find_l0": True, "idle_groups": False, "anneal_with_lr": False,
-                       "encoder_lr_scale": 1.0, "decoder_refit": False},
+                       "encoder_lr_scale": 1.0, "decoder_refit": False, **UNIT_MEAN},
     # the defaults until the thirty-seventh step: the rule's steps at full size to the end
     "no-anneal": {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0,
-                  "decoder_refit": False},
+                  "decoder_refit": False, **UNIT_MEAN},
     # the defaults until the thirty-eighth step: one learning rate for every weight
-    "one-lr": {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0, "decoder_refit": False},
+    "one-lr": {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0, "decoder_refit": False,
+               **UNIT_MEAN},
     # the defaults with each latent's learned activation offset (opt-in; the thirty-ninth step)
-    "activation-bias": {"valley_thresholds": True, "find_l0": True, "activation_bias": True},
+    "activation-bias": {"valley_thresholds": True, "find_l0": True, "activation_bias": True, "input_norm": "unit_mean"},
     # the defaults with each input divided by its own norm (opt-in; the fortieth step), and with the offsets too
-    "per-token": {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token"},
+    "per-token": {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token", "activation_bias": False},
     "per-token+activation-bias": {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token",
                                   "activation_bias": True},
     # the defaults until the forty-second step: the trained decoder kept
-    "no-refit": {"valley_thresholds": True, "find_l0": True, "decoder_refit": False},
+    "no-refit": {"valley_thresholds": True, "find_l0": True, "decoder_refit": False, **UNIT_MEAN},
+    # the defaults until the fifty-sixth step: unit-mean inputs and no output offsets at every hook
+    "unit-mean": {"valley_thresholds": True, "find_l0": True, **UNIT_MEAN},
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

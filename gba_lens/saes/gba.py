@@ -23,8 +23,8 @@ a neuron that never fires) and are lost to recovery. The ReLU gate needs it too:
 free encoder norms, ReLU neurons grow until the clamp at -1 cannot silence them. ``"decoder"``
 (SAELens's convention) is an option.
 
-Input scale (:mod:`gba_lens.saes.input_scaling`): on its first training batch the SAE sets b_pre to
-the batch mean and s so that s x - b_pre has unit mean norm (``per_token``: s x / |x| - b_pre).
+Input scale (:mod:`gba_lens.saes.input_scaling`): on its first training batch the SAE sets b_pre to the batch mean and s
+so that s x - b_pre has unit mean norm (``per_token``, the default at residual-stream hooks: s x / |x| - b_pre).
 With ``centre_inputs=False`` b_pre starts at 0; frozen there (``learn_pre_bias=False``) the SAE has
 no pre-bias, which suits data with no offset: when the mean input is a mix of features (the paper's
 toy) rather than an offset, a centred, trained b_pre absorbs part of them.
@@ -62,9 +62,10 @@ from gba_lens.saes.decoder_stability import DecoderStability
 from gba_lens.saes.encoder_regression import encoder_regression_loss
 from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.gba_export import firing_offset, inference_config, inference_state_dict, to_inference_state_dict
-from gba_lens.saes.gba_loading import ARCHITECTURE, make_unsaved_buffers, own_dtypes, register
+from gba_lens.saes.gba_loading import ARCHITECTURE, make_unsaved_buffers, match_offsets, own_dtypes, register
 from gba_lens.saes.gba_metrics import logging_metrics
 from gba_lens.saes.gba_options import GBAOptions
+from gba_lens.saes.hook_defaults import resolve_hook_options, settle_hook_options
 from gba_lens.saes.idle_groups import IdleGroups
 from gba_lens.saes.input_scaling import first_batch_scaling, per_token_factor, undo_per_token
 from gba_lens.saes.other_trainers import check_other_trainer
@@ -106,9 +107,10 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
         if isinstance(self.metadata, dict):  # SAE.load_from_disk's generic SAEConfig.from_dict passes it unread
             self.metadata = SAEMetadata(**self.metadata)
         super().__post_init__()
-        # The SAE's own config holds what it trains with: unset options resolved, so that its
-        # saved cfg and a resumed run read concrete values.
+        # The SAE's own config holds what it trains with: unset options resolved, so that its saved cfg and a
+        # resumed run read concrete values (those that follow the hook once it is named: hook_defaults).
         self.resolve_unset_options()
+        resolve_hook_options(self, named_only=True)
         self.check_gba_options(d_sae=self.d_sae)
         if self.unit_norm not in ("auto", "decoder", "encoder"):
             raise ValueError(f"unit_norm must be auto/decoder/encoder, got {self.unit_norm!r}")
@@ -137,10 +139,9 @@ class GBATrainingSAEConfig(TrainingSAEConfig, GBAOptions):
 class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     """A GBA SAE trained by SAELens's ``SAETrainer`` (or ``LanguageModelSAETrainingRunner``).
 
-    Everything GBA adds happens inside ``training_forward_pass``, like SAELens's BatchTopK
-    threshold: project the constrained weights back to the sphere, run the forward pass, feed the
-    pre-activations to the bias controller and, every T steps, update the biases. So SAELens's
-    unmodified trainer and runners train it, and its checkpoints carry the controller state.
+    Everything GBA adds happens inside ``training_forward_pass``, like SAELens's BatchTopK threshold: the weights put
+    back on the sphere, the forward pass, the pre-activations fed to the bias controller, the biases updated every T
+    steps. So SAELens's unmodified trainer and runners train it, and its checkpoints carry the controller state.
     """
 
     b_enc: nn.Parameter
@@ -178,8 +179,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         self._input_scale_ready = False  # a loaded scale is re-checked on the next step
         if "step_density" not in state_dict:  # checkpoints written before the sparse step
             state_dict = {**state_dict, "step_density": torch.full((), -1.0)}
-        if self.b_act is None and "b_act" in state_dict:  # offsets fitted by decoder_refit
-            self.b_act = nn.Parameter(torch.zeros_like(self.b_enc), requires_grad=False)
+        match_offsets(self, state_dict)  # offsets fitted by decoder_refit, or unset until the hook decides
         result = super().load_state_dict(own_dtypes(self, state_dict), *args, **kwargs)
         make_unsaved_buffers(self)  # SAELens's load_from_disk builds on "meta" and assigns only the saved ones
         self._window_empty = bool(self.bias_adaptation.n_samples.item() == 0)
@@ -193,9 +193,9 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         self.b_enc = nn.Parameter(
             torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device), requires_grad=False
         )
-        # ``activation_bias``: the offset c of what a firing latent outputs, trained by gradient.
+        # ``activation_bias`` (unset: until the hook decides): the offset c of what a firing latent outputs.
         self.b_act = (nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
-                      if self.cfg.activation_bias else None)
+                      if self.cfg.activation_bias is not False else None)
 
     # ----------------------------------------------------------------------------- forward
     @property
@@ -321,7 +321,8 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
     def initialize_from_batch(self, batch: Float[torch.Tensor, "batch d_in"]) -> None:
         """Set b_pre to the batch mean (``centre_inputs``, else 0) and s so that the inputs
         s x - b_pre have unit mean norm (:func:`first_batch_scaling`); ``encoder_init="data"``: the
-        neurons start at its inputs."""
+        neurons start at its inputs. The options that follow the hook resolve first, at the latest."""
+        settle_hook_options(self)
         scale, pre_bias, inputs = first_batch_scaling(batch, self.cfg.centre_inputs, self.cfg.input_norm == "per_token")
         self.input_scale.fill_(scale)
         self.b_dec.data.copy_(pre_bias.to(self.b_dec.dtype))
@@ -344,6 +345,7 @@ class GBATrainingSAE(TrainingSAE[GBATrainingSAEConfig]):
         if self.training_horizon is None:  # not gba_lens's trainers (they set it): SAELens's own, say
             check_other_trainer(self)
         if not self._input_scale_ready:  # checked once, not every step (a GPU sync)
+            settle_hook_options(self)  # the options that follow the hook, at the latest (SAELens's own trainer)
             if self.cfg.input_norm != "none" and self.input_scale.item() == 0:
                 self.initialize_from_batch(step_input.sae_in)
             self._input_scale_ready = True

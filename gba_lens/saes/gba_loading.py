@@ -11,6 +11,9 @@
   far under 2^24). Buffers a state dict leaves out (``persistent=False``: a check's sums, rewritten at every
   check) would stay on "meta", and the SAE could not be moved or run: :func:`make_unsaved_buffers` makes
   them again.
+* The learned output offsets (``b_act``) exist where ``activation_bias`` is on, or where it is unset until the
+  SAE's hook decides it (:mod:`gba_lens.saes.hook_defaults`), and wherever the decoder refit fitted them:
+  :func:`match_offsets` settles the option and makes the offsets a state dict brings.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sae_lens import register_sae_class, register_sae_training_class
 from torch import nn
 
 from gba_lens.compat import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+from gba_lens.saes.hook_defaults import settle_hook_options
 
 ARCHITECTURE = "gba"
 
@@ -39,6 +43,15 @@ def own_dtypes(sae: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str,
     own = sae.state_dict(keep_vars=True)
     return {name: value.to(own[name].dtype) if name in own and value.dtype != own[name].dtype else value
             for name, value in state_dict.items()}
+
+
+def match_offsets(sae: Any, state_dict: dict[str, torch.Tensor]) -> None:
+    """Before ``load_state_dict``: the options that follow the hook resolved (a loaded state fixes the SAE's
+    parameters, as a trainer does), and offsets the state brings but the SAE lacks (fitted by the decoder refit)
+    made, frozen, for it to fill."""
+    settle_hook_options(sae)
+    if sae.b_act is None and "b_act" in state_dict:
+        sae.b_act = nn.Parameter(torch.zeros_like(sae.b_enc), requires_grad=False)
 
 
 def make_unsaved_buffers(sae: nn.Module) -> None:

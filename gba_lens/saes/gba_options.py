@@ -175,28 +175,28 @@ class GBAOptions:
     little higher); the same rate from the start costs the paper's toy a feature on some seeds. At a
     constant learning rate more latents end silent (``gba-lens train``'s default run on the stdlib LM:
     17 against 6 percent, at the same CE loss recovered and explained variance)."""
-    activation_bias: bool = False
-    """Give each latent a learned offset c_m added to what it outputs when it fires: z_m = (u_m +
-    max(c_m, b_m)) * 1[u_m + b_m > 0] (JumpReLU gate only; exported as SAELens's ``jumprelu`` with
-    b_enc = max(c, b) and threshold = max(c, b) - b). The bias rule still places every threshold; c
-    starts at 0 and is trained by gradient. It corrects what the threshold selects: where u_m clears
-    the threshold the interference in it leans positive, so the output that reconstructs best is
-    below u_m. The learned offsets end negative, between 0 and the ReLU gate's b_m. Measured
-    (docs/experiments/prior_free.md, thirty-ninth step): at the stdlib LM's preset budget resid_pre's
-    explained variance comes to TopK's frontier and above BatchTopK's (CE loss recovered still under
-    TopK's), and the synthetic models' explained variance rises; but the paper's toy loses features
-    (learned from the start; learned later it raises the toy's L0 by a third instead), so it is not
-    a default."""
-    input_norm: Literal["unit_mean", "per_token", "none"] = "unit_mean"
-    """``unit_mean``: inputs centred and scaled to unit mean norm (scale and centre set on the first
-    batch). ``per_token``: each input divided by its own norm first, so that which latents fire does
-    not depend on an input's scale, and the reconstruction scaled back (exported as SAELens's
-    ``constant_norm_rescale``; :mod:`gba_lens.saes.input_scaling`). Measured (docs/experiments/prior_free.md,
-    fortieth step): on the stdlib LM it brings CE loss recovered to TopK's frontier on both hooks
-    (with ``activation_bias`` resid_pre is above TopK's and BatchTopK's on both metrics; mlp_out's
-    explained variance stays under BatchTopK's); on the synthetic models, whose features' magnitudes
-    do not follow each other, the paper's toy and the Zipf models lose most features with it, so it
-    is not a default. ``none``: the inputs as they are."""
+    activation_bias: bool | None = None
+    """Give each latent a learned offset c_m added to what it outputs when it fires: z_m = (u_m + max(c_m, b_m)) *
+    1[u_m + b_m > 0] (JumpReLU gate only; exported as SAELens's ``jumprelu`` with b_enc = max(c, b) and threshold =
+    max(c, b) - b). The bias rule still places every threshold; c starts at 0 and is trained by gradient. It
+    corrects what the threshold selects: where u_m clears the threshold the interference in it leans positive, so
+    the output that reconstructs best is below u_m. The learned offsets end negative, between 0 and the ReLU gate's
+    b_m. Unset (the default): on at a residual-stream hook with ``find_l0`` and the JumpReLU gate, off anywhere
+    else, where no hook is named and under the paper's rule (:mod:`gba_lens.saes.hook_defaults`). Measured
+    (docs/experiments/prior_free.md, thirty-ninth, fortieth and fifty-sixth steps): with ``per_token`` it takes
+    resid_pre's CE loss recovered and explained variance above TopK's and BatchTopK's frontiers; learned from the
+    start it costs the paper's toy features (learned later it raises the toy's L0 by a third instead)."""
+    input_norm: Literal["unit_mean", "per_token", "none"] | None = None
+    """``unit_mean``: inputs centred and scaled to unit mean norm (scale and centre set on the first batch).
+    ``per_token``: each input divided by its own norm first, so that which latents fire does not depend on an
+    input's scale, and the reconstruction scaled back (exported as SAELens's ``constant_norm_rescale``;
+    :mod:`gba_lens.saes.input_scaling`). ``none``: the inputs as they are. Unset (the default): ``per_token`` at a
+    residual-stream hook, which the next LayerNorm reads token by token, with ``find_l0``; ``unit_mean`` anywhere
+    else, where no hook is named and under the paper's rule (:mod:`gba_lens.saes.hook_defaults`). Measured
+    (docs/experiments/prior_free.md, fortieth and fifty-sixth steps): on the stdlib LM's resid_pre, with
+    ``activation_bias``, 0.0008 CE loss recovered above TopK's frontier on every one of twelve seeds; on the
+    synthetic models, whose features' magnitudes do not follow each other, the paper's toy and the Zipf models lose
+    most features with it."""
     decoder_refit: bool | None = None
     """After the run's last step, replace the decoder by the least-squares one on the codes of the run's
     last rows (up to 262,144, kept by gba_lens's trainers), pulled towards the trained decoder where a
@@ -306,7 +306,7 @@ class GBAOptions:
         """Raise ``ValueError`` naming the first invalid option; ``d_sae``: also check that the
         SAE has at least one neuron per group. The one place these options are validated: the
         SAE config and the command-line configs call it."""
-        if self.input_norm not in INPUT_NORMS:
+        if self.input_norm is not None and self.input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}")
         if self.gating not in ("jumprelu", "relu"):
             raise ValueError(f"gating must be 'jumprelu' or 'relu', got {self.gating!r}")

@@ -12,9 +12,9 @@ reads:
 
 Unset (the default) it is ``relative`` on a residual-stream hook (``hook_resid_pre``, ``_mid``, ``_post``,
 or a bridge's ``blocks.L.hook_in`` ...: the SAE's ``cfg.metadata.hook_name``, which SAELens's runners set
-before training) and ``absolute`` anywhere else: a component's output (``hook_mlp_out``,
-``hook_attn_out``) is added to a residual stream whose norm its rows do not show, and synthetic or
-stored activations may name no hook.
+before training; :mod:`gba_lens.saes.hook_defaults`) and ``absolute`` anywhere else: a component's output
+(``hook_mlp_out``, ``hook_attn_out``) is added to a residual stream whose norm its rows do not show, and
+synthetic or stored activations may name no hook.
 
 Measured (docs/experiments/prior_free.md, forty-sixth step; six seeds of the stdlib LM's preset):
 ``relative`` raises resid_pre's CE loss recovered by 0.0002 on every seed, onto TopK's frontier on
@@ -26,16 +26,14 @@ resid_post (two seeds) CE loss recovered rises by 0.0006 and 0.0017 for 0.0003-0
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 from jaxtyping import Float
 
+from gba_lens.saes.hook_defaults import reads_through_layernorm
+
 REFIT_ERRORS = ("absolute", "relative")
-RESIDUAL_HOOK = re.compile(r"(^|\.)hook_resid_(pre|mid|post)$|^blocks\.\d+\.(hook_in|hook_out|ln2\.hook_in)$")
-"""The residual-stream hooks, which the next block's LayerNorm reads: HookedTransformer's names and a
-TransformerBridge's canonical ones (``blocks.L.hook_in``, ``ln2.hook_in``, ``hook_out``)."""
 TINY = 1e-6
 """Squared norms (in the SAE's units, where the inputs' mean norm is about 1) below this weigh as this:
 an all-zero row counts a million times an average one, not infinitely."""
@@ -46,8 +44,7 @@ def resolved_refit_error(sae: Any) -> str:
     choice = getattr(sae.cfg, "refit_error", None)
     if choice is not None:
         return choice
-    hook = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
-    return "relative" if isinstance(hook, str) and RESIDUAL_HOOK.search(hook) else "absolute"
+    return "relative" if reads_through_layernorm(sae.cfg) else "absolute"
 
 
 @torch.no_grad()

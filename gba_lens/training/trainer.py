@@ -16,12 +16,12 @@ needs no trainer change at all. What this subclass changes, and why:
    switched off for the rest of the run.
 5. Extra logged metrics: NMSE and the dead-neuron fraction.
 6. Adam runs torch's fused kernel (:func:`use_fused_adam`): the same update, much less time.
-7. What a GBA SAE's options ask of the trainer: the learning rate over its peak each step (``anneal_with_lr``), the
-   encoder in its own, faster parameter group late (``encoder_lr_scale``), the run's last rows (``decoder_refit``).
+7. What a GBA SAE's options ask of the trainer: those that follow its hook resolved before Adam holds its parameters
+   (:mod:`gba_lens.saes.hook_defaults`), the rate over its peak each step (``anneal_with_lr``), the encoder's faster
+   group late (``encoder_lr_scale``), the run's last rows (``decoder_refit``).
 
-Items 2-4 and the save-on-interrupt of :func:`fit_saving_on_interrupt` live in
-:class:`ResumableTraining`, which the multi-SAE trainer of :mod:`gba_lens.training.lm.runner`
-shares.
+Items 2-4 and the save-on-interrupt of :func:`fit_saving_on_interrupt` live in :class:`ResumableTraining`, which
+the multi-SAE trainer of :mod:`gba_lens.training.lm.runner` shares.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from safetensors.torch import save_file
 
 from gba_lens.data.activations import all_finite
 from gba_lens.data.batches import SeekableBatches
+from gba_lens.saes.hook_defaults import settle_hook_options
 from gba_lens.training.checkpoints import check_finite_sae
 from gba_lens.training.l0_course import L0Course, silent_error
 from gba_lens.training.refit_window import RefitWindow
@@ -154,6 +155,7 @@ class GBATrainer(ResumableTraining, SAETrainer):  # type: ignore[type-arg]
     """``SAETrainer`` with safe, atomic, resumable checkpoints and fault-tolerant logging."""
 
     def __init__(self, *args: Any, checkpoint_every: int = 0, keep_checkpoints: int = 2, **kwargs: Any):
+        settle_hook_options(kwargs.get("sae", args[1] if len(args) > 1 else None))  # before SAELens builds Adam
         super().__init__(*args, **kwargs)
         self.encoder_lr_scale = float(getattr(self.sae.cfg, "encoder_lr_scale", 1.0))
         if self.encoder_lr_scale != 1.0:
@@ -426,9 +428,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
     """Complete periodic checkpoints in ``directory``, oldest first."""
     if not directory.exists():
         return []
-    return sorted(
-        p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-    )
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
 
 
 def latest_checkpoint(directory: Path | str | None) -> Path | None:
@@ -441,10 +441,5 @@ def latest_checkpoint(directory: Path | str | None) -> Path | None:
 def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
     # LambdaLR & co. keep lambdas as None when they are plain functions; drop anything else that
     # is not data (it is rebuilt from the config on resume).
-    out = {}
-    for k, v in state.items():
-        if callable(v):
-            continue
-        out[k] = v
-    return out
+    return {k: v for k, v in state.items() if not callable(v)}
 

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+UNIT_MEAN = {"input_norm": "unit_mean", "activation_bias": False}
+
 
 @pytest.mark.parametrize("mode, expected", [
     ("geometric", {"find_l0": False, "valley_thresholds": False}),  # the paper's rule, pinned
@@ -11,17 +13,20 @@ import pytest
     ("search", {"target_search": True}),
     ("valley-targets+search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),
     ("told-l0", {"find_l0": False, "valley_thresholds": False, "target_l0": 2.5}),
-    # the defaults before anneal_with_lr (docs/experiments/prior_free.md, thirty-seventh step)
+    # the defaults before anneal_with_lr (docs/experiments/prior_free.md, thirty-seventh step), with the inputs and
+    # outputs every run had before the fifty-sixth step
     ("no-anneal", {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0,
-                   "decoder_refit": False}),
+                   "decoder_refit": False, **UNIT_MEAN}),
     # the defaults before encoder_lr_scale (thirty-eighth step)
-    ("one-lr", {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0, "decoder_refit": False}),
+    ("one-lr", {"valley_thresholds": True, "find_l0": True, "encoder_lr_scale": 1.0, "decoder_refit": False,
+                **UNIT_MEAN}),
     # the defaults before decoder_refit (forty-second step)
-    ("no-refit", {"valley_thresholds": True, "find_l0": True, "decoder_refit": False}),
+    ("no-refit", {"valley_thresholds": True, "find_l0": True, "decoder_refit": False, **UNIT_MEAN}),
     # the defaults with the learned activation offsets (opt-in, thirty-ninth step)
-    ("activation-bias", {"valley_thresholds": True, "find_l0": True, "activation_bias": True}),
+    ("activation-bias", {"valley_thresholds": True, "find_l0": True, "activation_bias": True,
+                         "input_norm": "unit_mean"}),
     # the defaults with each input divided by its norm (opt-in, fortieth step)
-    ("per-token", {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token"}),
+    ("per-token", {"valley_thresholds": True, "find_l0": True, "input_norm": "per_token", "activation_bias": False}),
 ])
 def test_modes_set_their_options_and_the_settings_are_added(script, mode, expected):
     options = script("prior_free").options
@@ -41,7 +46,8 @@ def test_every_mode_builds_a_valid_gba_config(script):
         # the encoder learns faster late in the run with find_l0, except where a mode pins one rate
         faster = cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr")
         assert cfg.encoder_lr_scale == (2.0 if faster else 1.0)
-        assert cfg.activation_bias == mode.endswith("activation-bias")  # opt-in: only the modes that ask for it
+        # only the modes that ask for them; unset, no hook named (synthetic data): off once training starts
+        assert (cfg.activation_bias is True) == mode.endswith("activation-bias")
         assert (cfg.input_norm == "per_token") == mode.startswith("per-token")
         # the decoder refitted after the last step with find_l0, except where a mode keeps the defaults before it
         refit = cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr", "no-refit")

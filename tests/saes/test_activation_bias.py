@@ -1,14 +1,16 @@
-"""``activation_bias``: each latent's learned offset to what it outputs when it fires (opt-in).
+"""``activation_bias``: each latent's learned offset to what it outputs when it fires.
 
-Off by default and refused with the ReLU gate; exported exactly as SAELens's JumpReLU SAE; trained
-by gradient to the least-squares offset of the latents' outputs given their gates, which is
-negative where latents that fire together leak into each other's pre-activations."""
+Off by default except at residual-stream hooks (tests/saes/test_hook_defaults.py) and refused with the ReLU
+gate; exported exactly as SAELens's JumpReLU SAE; trained by gradient to the least-squares offset of the
+latents' outputs given their gates, which is negative where latents that fire together leak into each
+other's pre-activations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from gba_lens.compat import SAEMetadata
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.saes.gba_options import OPTIONS_ADDED_LATER
 from gba_lens.training.data import SeededBatches
@@ -16,7 +18,8 @@ from gba_lens.training.train import TrainConfig, train_sae
 
 
 def test_off_by_default_on_when_asked_and_refused_with_the_relu_gate():
-    assert GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20, n_groups=2)).b_act is None
+    off = GBATrainingSAEConfig(d_in=8, d_sae=20, n_groups=2, metadata=SAEMetadata(hook_name="blocks.0.hook_mlp_out"))
+    assert GBATrainingSAE(off).b_act is None
     assert OPTIONS_ADDED_LATER["activation_bias"] is False  # runs recorded before the option resume as they were
     sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=20, n_groups=2, activation_bias=True))
     assert sae.b_act.requires_grad and torch.equal(sae.b_act, torch.zeros(20))

@@ -206,10 +206,13 @@ def test_the_sae_with_fitted_offsets_is_sae_lens_s_jumprelu_and_its_state_loads_
         inference = sae.to_inference_sae()
         assert torch.allclose(inference.encode(x), sae.encode(x), atol=1e-5)
         assert torch.allclose(inference(x), sae(x), atol=1e-5)
-    fresh = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=24, n_groups=2))
+    fresh = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=24, n_groups=2, activation_bias=False))
     assert fresh.b_act is None
     fresh.load_state_dict(sae.state_dict())
     assert torch.equal(fresh.b_act, sae.b_act) and torch.equal(fresh.W_dec, sae.W_dec)
+    unset = GBATrainingSAE(GBATrainingSAEConfig(d_in=8, d_sae=24, n_groups=2))  # no hook: offsets off, then taken
+    unset.load_state_dict(sae.state_dict())
+    assert torch.equal(unset.b_act, sae.b_act) and not unset.b_act.requires_grad and unset.cfg.activation_bias is False
 
 
 def test_a_latent_that_never_fires_keeps_its_trained_row_and_the_sae_stays_in_training_mode():

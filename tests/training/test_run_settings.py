@@ -104,15 +104,16 @@ def test_every_option_added_after_the_first_records_is_listed_with_its_default()
     later = {f.name: f.default for f in fields(GBAOptions)
              if f.name not in FIRST_RECORDED_OPTIONS | set(EXECUTION_OPTIONS)}
     # Unset, these are resolved: on by default since the targets' level comes from the data (and the
-    # neurons start at inputs; refit_error from the SAE's hook); the runs recorded before they existed
-    # trained with the paper's rule (and the absolute error).
+    # neurons start at inputs; refit_error, input_norm and activation_bias from the SAE's hook); the runs
+    # recorded before they existed trained with the paper's rule (the absolute error, unit-mean inputs).
     resolved = ("find_l0", "valley_thresholds", "encoder_init", "firing_worth", "idle_groups", "anneal_with_lr",
-                "encoder_lr_scale", "decoder_refit", "refit_error")
+                "encoder_lr_scale", "decoder_refit", "refit_error", "input_norm", "activation_bias")
     assert {name: later[name] for name in resolved} == dict.fromkeys(resolved)
     assert OPTIONS_ADDED_LATER == later | {"find_l0": False, "valley_thresholds": False, "encoder_init": "random",
                                            "firing_worth": 0.0, "idle_groups": False, "anneal_with_lr": False,
                                            "encoder_lr_scale": 1.0, "decoder_refit": False,
-                                           "refit_error": "absolute"}
+                                           "refit_error": "absolute", "input_norm": "unit_mean",
+                                           "activation_bias": False}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS_ADDED_LATER))
