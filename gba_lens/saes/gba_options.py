@@ -7,7 +7,7 @@ command-line configs (``gba-lens train``, ``gba-lens train-activations``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from gba_lens.saes.bias_adaptation import TARGET_MODES
@@ -30,6 +30,15 @@ OPTIONS_ADDED_LATER: dict[str, Any] = {"valley_thresholds": False, "target_l0": 
                                        "firing_worth": 0.0, "idle_groups": False, "anneal_with_lr": False,
                                        "encoder_lr_scale": 1.0, "activation_bias": False,
                                        "input_norm": "unit_mean", "decoder_refit": False, "refit_error": "absolute"}
+
+
+def unset_choice(values: tuple[str, ...]) -> dict[str, Any]:
+    """Field metadata for an option that is one of ``values`` or unset (None): its command-line flag lists the
+    values and refuses others by name (simple_parsing reads ``custom_args``; it would show ``[Literal]``)."""
+    return {"custom_args": {"choices": values, "type": str}}
+
+
+NORM_CHOICE, ERROR_CHOICE = unset_choice(INPUT_NORMS), unset_choice(REFIT_ERRORS)
 
 
 @dataclass(kw_only=True)
@@ -186,7 +195,7 @@ class GBAOptions:
     (docs/experiments/prior_free.md, thirty-ninth, fortieth and fifty-sixth steps): with ``per_token`` it takes
     resid_pre's CE loss recovered and explained variance above TopK's and BatchTopK's frontiers; learned from the
     start it costs the paper's toy features (learned later it raises the toy's L0 by a third instead)."""
-    input_norm: Literal["unit_mean", "per_token", "none"] | None = None
+    input_norm: Literal["unit_mean", "per_token", "none"] | None = field(default=None, metadata=NORM_CHOICE)
     """``unit_mean``: inputs centred and scaled to unit mean norm (scale and centre set on the first batch).
     ``per_token``: each input divided by its own norm first, so that which latents fire does not depend on an
     input's scale, and the reconstruction scaled back (exported as SAELens's ``constant_norm_rescale``;
@@ -217,7 +226,7 @@ class GBAOptions:
     met. On one CPU core it takes about 40 s at 512 latents on 262,144 rows (half
     that on 131,072), and grows with the cube of d_sae (``benchmarks/bench_training.py``) up to 8,192;
     wider, with the rows' active entries times d_in times the iterations."""
-    refit_error: Literal["absolute", "relative"] | None = None
+    refit_error: Literal["absolute", "relative"] | None = field(default=None, metadata=ERROR_CHOICE)
     """What ``decoder_refit`` lowers: ``absolute``, the rows' squared error; ``relative``, each row's squared
     error over its squared norm, as a LayerNorm reading the activation sees it (:mod:`gba_lens.saes.refit_error`).
     Unset (the default): relative on a residual-stream hook (the SAE's ``cfg.metadata.hook_name``, which

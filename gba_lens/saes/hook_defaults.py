@@ -21,11 +21,12 @@ with both, CE loss recovered / explained variance 0.0008 / 0.0068 above TopK's f
 0.0013 / 0.0056 above BatchTopK's, on every seed (unit-mean inputs without offsets: -0.00001 / +0.0018 and
 +0.0005 / +0.0006). Dividing by the norm alone gains less CE and leaves the EV under BatchTopK's.
 
-The hook is the SAE's ``cfg.metadata.hook_name``, which SAELens's runners set after building the SAE and
-before building its trainer. So the options resolve at the first of: the config built with the hook in its
-metadata, gba_lens's trainer built (before its optimiser, which must hold the offsets where they train), or the
-first training batch (SAELens's own trainer, whose optimiser then also holds offsets the run drops: they get no
-gradient). The SAE's config then holds the resolved values, so a saved SAE and a resumed run read them.
+The hook is the SAE's ``cfg.metadata.hook_name``, which SAELens's runners set after building the SAE and before
+building its trainer. So the options resolve at the first of: the config built with the hook in its metadata,
+gba_lens's trainer built (before its optimiser, which must hold the offsets where they train), or the first
+training step (SAELens's own trainer, whose optimiser then also holds offsets the run drops: they get no
+gradient), or a state loaded into the SAE. The SAE's config then holds the resolved values, so a saved SAE and a
+resumed run read them.
 """
 
 from __future__ import annotations

@@ -4,18 +4,19 @@ GBA's bias range [-1, 0] only means something when pre-activations are O(1), so 
 inputs itself (SAELens's ``expected_average_only_in`` scales to norm sqrt(d_in), where every bias
 would sit at the clamp at -1):
 
-* ``unit_mean`` (default): s x - b_pre, with s and b_pre set on the first training batch so that
-  the inputs have unit mean norm (b_pre its mean with ``centre_inputs``, else 0).
-* ``per_token`` (opt-in): each input is first divided by its own norm, then scaled and centred as
-  ``unit_mean``: s x / |x| - b_pre. The code no longer depends on an input's scale (a token twice
-  as long fires the same latents twice as strongly), and the reconstruction is scaled back by |x|.
-  A threshold then reads a latent's share of the input rather than its size, so a low-norm input
-  fires as many latents as a high-norm one with the same content (as TopK's k does). Exported as
-  SAELens's ``normalize_activations="constant_norm_rescale"`` (inputs scaled to norm sqrt(d_in)),
-  with sqrt(d_in) folded into the weights. On the stdlib LM it brings GBA's CE loss recovered to
-  TopK's frontier on both hooks; on data whose features' magnitudes are independent of each other
-  (the paper's toy, the Zipf models) it loses most features, because an input's share of a feature
-  then varies with the other features present (docs/experiments/prior_free.md, fortieth step).
+* ``unit_mean`` (the default except at residual-stream hooks: :mod:`gba_lens.saes.hook_defaults`): s x - b_pre,
+  with s and b_pre set on the first training batch so that the inputs have unit mean norm (b_pre its mean with
+  ``centre_inputs``, else 0).
+* ``per_token`` (the default at residual-stream hooks, which a LayerNorm reads): each input is first divided by
+  its own norm, then scaled and centred as ``unit_mean``: s x / |x| - b_pre. The code no longer depends on an
+  input's scale (a token twice as long fires the same latents twice as strongly), and the reconstruction is
+  scaled back by |x|. A threshold then reads a latent's share of the input rather than its size, so a low-norm
+  input fires as many latents as a high-norm one with the same content (as TopK's k does). Exported as SAELens's
+  ``normalize_activations="constant_norm_rescale"`` (inputs scaled to norm sqrt(d_in)), with sqrt(d_in) folded
+  into the weights. On the stdlib LM it brings GBA's CE loss recovered to TopK's frontier on both hooks; on data
+  whose features' magnitudes are independent of each other (the paper's toy, the Zipf models) it loses most
+  features, because an input's share of a feature then varies with the other features present
+  (docs/experiments/prior_free.md, fortieth step).
 * ``none``: the inputs as they are.
 """
 
