@@ -39,22 +39,23 @@ RESIDUAL_HOOK = re.compile(r"(^|\.)hook_resid_(pre|mid|post)$|^blocks\.\d+\.(hoo
 TransformerBridge's canonical ones (``blocks.L.hook_in``, ``ln2.hook_in``, ``hook_out``)."""
 
 
-def reads_through_layernorm(cfg: Any) -> bool:
-    """Whether the SAE's hook (``cfg.metadata.hook_name``) is a residual-stream hook; False where none is named."""
+def hook_name(cfg: Any) -> str | None:
+    """The hook the config's SAE reads (``cfg.metadata.hook_name``), or None where it names none."""
     hook = getattr(getattr(cfg, "metadata", None), "hook_name", None)
-    return isinstance(hook, str) and RESIDUAL_HOOK.search(hook) is not None
+    return hook if isinstance(hook, str) else None
 
 
-def hook_named(cfg: Any) -> bool:
-    """Whether the config names the hook its SAE reads."""
-    return isinstance(getattr(getattr(cfg, "metadata", None), "hook_name", None), str)
+def reads_through_layernorm(cfg: Any) -> bool:
+    """Whether the SAE's hook is a residual-stream hook; False where none is named."""
+    hook = hook_name(cfg)
+    return hook is not None and RESIDUAL_HOOK.search(hook) is not None
 
 
 def resolve_hook_options(cfg: Any, named_only: bool = False) -> bool:
     """Set ``cfg``'s unset ``input_norm`` and ``activation_bias`` from its hook, in place (see the module);
     ``named_only``: only if the config names its hook. Returns whether this call turned ``activation_bias``
     off (an SAE built before it holds offsets to drop)."""
-    if named_only and not hook_named(cfg):
+    if named_only and hook_name(cfg) is None:
         return False
     residual = reads_through_layernorm(cfg) and bool(cfg.find_l0)
     if cfg.input_norm is None:  # per_token rescales each input itself: not beside SAELens's own scaling

@@ -50,6 +50,12 @@ BLOCK_ENTRIES = 1 << 22
 """Active entries per block of rows a product reads at once (its [rows, d_in] intermediate is that block's)."""
 
 
+def _entries(values: torch.Tensor, gate: torch.Tensor, latent: torch.Tensor, offset: torch.Tensor | None,
+             gated: bool) -> torch.Tensor:
+    """A block's nonzero entries of Z (the codes, plus the gates times each latent's ``offset``), or of G."""
+    return gate if gated else (values if offset is None else values + gate * offset[latent])
+
+
 class SparseRefitStatistics(nn.Module):
     """The rows' sparse codes (and gates) and targets, and the refit solved on them by conjugate gradients.
 
@@ -154,10 +160,7 @@ class SparseRefitStatistics(nn.Module):
         """Per block: Z (or G with ``gated``) as a sparse [rows, d_sae] matrix, its transpose, and the targets."""
         narrow_offset = None if offset is None else offset.to(self.entry_dtype)  # once, not per block's entries
         for row, latent, values, gate, targets in self._block_list():
-            if gated:
-                entries = gate
-            else:
-                entries = values if narrow_offset is None else values + gate * narrow_offset[latent]
+            entries = _entries(values, gate, latent, narrow_offset, gated)
             yield (*row_major_pair(row, latent, entries, (len(targets), self.d_sae)), targets)
 
     def _code_blocks(self, offset: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -195,7 +198,7 @@ class SparseRefitStatistics(nn.Module):
         """diag(Z^T Z) (or diag(G^T G)) over every rank's rows."""
         out = torch.zeros(self.d_sae, dtype=self.dtype, device=self.energy.device)
         for _, latent, values, gate, _ in self._block_list():
-            entries = (gate if gated else (values if offset is None else values + gate * offset[latent])).to(self.dtype)
+            entries = _entries(values, gate, latent, offset, gated).to(self.dtype)
             out.index_add_(0, latent, entries * entries)
         return self._reduced(out)
 
