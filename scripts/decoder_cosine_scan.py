@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         top_w = top_width_l0(pool.eval_features, scale.width)
         for multiple in args.multiples:
             variant = M.Variant("gba", 1.0, tuple({**params, "target_l0": top_w * multiple}.items()))
-            sae, _ = M.train_variant(variant, _data(pool, scale, args.seed), scale.hidden_dim, scale.width,
-                                     train_config(scale, "cpu"), args.seed)
+            sae = M.train_variant(variant, _data(pool, scale, args.seed), scale.hidden_dim, scale.width,
+                                  train_config(scale, "cpu"), args.seed).sae
             r = evaluate(sae, pool, scale.eval_samples)
             every = torch.ones(scale.width, dtype=torch.bool)  # the pool's evaluation reports the dead fraction only
             print(json.dumps({"model": "synthbench", "multiple": multiple, "top_w_l0": top_w, "l0": r["l0"],

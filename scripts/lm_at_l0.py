@@ -20,6 +20,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 6 8 --eval-tokens 131072   # tighter CE
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 --save runs/saes   # for lm_heldout.py
     python scripts/lm_at_l0.py --methods batchtopk --l0 3 4 --hooks 1                 # mlp_out only
+    python scripts/lm_at_l0.py --methods gba-valley-find-l0 topk --l0 16 --width 2048  # wider than the preset's
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the preset's hooks to run (0 = resid_pre, 1 = mlp_out; default both)")
     p.add_argument("--eval-tokens", type=int, default=None,
                    help="held-out tokens per evaluation (default: the preset's 32k; the stdlib val split has ~195k)")
+    p.add_argument("--width", type=int, default=None,
+                   help="latents per SAE (default: the preset's, 4x the hook's width)")
     add_gba_option(p)
     add_set_option(p)
     args = p.parse_args(argv)
@@ -110,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         data, ctx = held_out_data(cfg, loaded, info, scale)
         for method, l0 in runs:
             batches = TensorBatches(acts, scale.batch_size, seed=args.seed)
-            sae, _ = M.train_variant(variant(method, l0, tuple(args.range), gba), batches, acts.shape[1],
-                                     scale.width_multiple * d_ins[hook], train, args.seed, hook)
+            width = args.width or scale.width_multiple * d_ins[hook]
+            sae, _, l0_note = M.train_variant(variant(method, l0, tuple(args.range), gba), batches, acts.shape[1],
+                                              width, train, args.seed, hook)
             deployed = M.to_inference(sae, hook)
             m = evaluate(deployed, loaded, data, ctx, hook, scale, scaling_factor, "cpu")
             if args.save is not None:  # the scaling folded in, as SAELens's runner saves
@@ -120,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
                 name = method if method in SINGLE_RUN else f"{method}-{l0:g}"
                 deployed.save_model(Path(args.save) / hook / f"{name}-s{args.seed}")
             print(json.dumps({"hook": hook, "method": method, "seed": args.seed, "asked_l0": l0, "range": args.range,
-                              "tokens": scale.train_tokens, "eval_tokens": scale.eval_tokens, "gba": dict(gba),
-                              "l0": m["l0"], "ce_loss_score": m["ce_loss_score"], "explained_variance": m["explained_variance"],
-                              "dead_fraction": m["dead_fraction"]}), flush=True)
+                              "tokens": scale.train_tokens, "width": sae.cfg.d_sae, "eval_tokens": scale.eval_tokens,
+                              "gba": dict(gba), "l0": m["l0"], "ce_loss_score": m["ce_loss_score"],
+                              "explained_variance": m["explained_variance"], "dead_fraction": m["dead_fraction"],
+                              "l0_note": l0_note}), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 BASELINES = ("topk", "batchtopk", "matryoshka")
 METRICS = ("ce_loss_score", "explained_variance")
-MATCH = ("hook", "seed", "tokens")
+MATCH = ("hook", "seed", "tokens", "width")
 """A baseline's points must share these with the GBA run."""
 
 
@@ -25,7 +25,7 @@ def gaps(run: dict, runs: list[dict], interpolate: Callable[..., float | None]) 
     """``run``'s (CE, EV) minus each baseline's at its L0; None where its L0 lies outside the sweep."""
     out: dict[str, tuple[float, float] | None] = {}
     for base in BASELINES:
-        points = [b for b in runs if b["method"] == base and all(b[key] == run[key] for key in MATCH)]
+        points = [b for b in runs if b["method"] == base and all(b.get(key) == run.get(key) for key in MATCH)]
         at = [interpolate(points, metric, run["l0"]) for metric in METRICS]
         out[base] = None if None in at else (run[METRICS[0]] - at[0], run[METRICS[1]] - at[1])
     return out
@@ -36,10 +36,11 @@ def seed_means(runs: list[dict], interpolate: Callable[..., float | None]) -> li
     seeds whose L0 lies inside that seed's sweep (how many, of how many)."""
     groups: dict[tuple, list[dict]] = {}
     for run in (r for r in runs if r["method"].startswith("gba")):
-        key = (run["hook"], run["method"], run["tokens"], json.dumps(run.get("gba") or {}, sort_keys=True))
+        options = json.dumps(run.get("gba") or {}, sort_keys=True)
+        key = (run["hook"], run["method"], run["tokens"], run.get("width"), options)
         groups.setdefault(key, []).append(run)
     lines = []
-    for (hook, method, tokens, options), group in groups.items():
+    for (hook, method, tokens, width, options), group in groups.items():
         per_seed = [gaps(run, runs, interpolate) for run in group]
         parts = []
         for base in BASELINES:
@@ -50,7 +51,7 @@ def seed_means(runs: list[dict], interpolate: Callable[..., float | None]) -> li
             ce, ev = (sum(g[i] for g in inside) / len(inside) for i in (0, 1))
             parts.append(f"{base} {ce:+.4f} / {ev:+.4f} ({len(inside)} of {len(group)} seeds)")
         l0 = sum(r["l0"] for r in group) / len(group)
-        lines.append(f"{hook} {method} tokens {tokens} {options if options != '{}' else ''} seeds "
+        lines.append(f"{hook} {method} tokens {tokens} width {width} {options if options != '{}' else ''} seeds "
                      f"{sorted(r['seed'] for r in group)} L0 {l0:.2f} | minus: " + " | ".join(parts))
     return lines
 
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mean", action="store_true", help="the gaps averaged over seeds, one line per method and hook")
     args = p.parse_args(argv)
     runs = [json.loads(line) for name in args.files for line in open(name) if line.strip()]
-    for run in runs:  # lines written before --tokens existed trained at the preset's budget
+    for run in runs:  # lines written before --tokens (--width) existed trained at the preset's budget (width)
         run.setdefault("tokens", DEFAULT_LM.train_tokens)
+        run.setdefault("width", None)
         run.setdefault("seed", 0)
 
     def interpolate(points: list[dict], metric: str, l0: float) -> float | None:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     for run in (r for r in runs if r["method"].startswith("gba")):
         found = gaps(run, runs, interpolate)
-        print(f"{run['hook']} {run['method']} seed {run['seed']} tokens {run['tokens']} "
+        print(f"{run['hook']} {run['method']} seed {run['seed']} tokens {run['tokens']} width {run.get('width')} "
               f"{run.get('gba') or ''} L0 {run['l0']:.2f} CE {run['ce_loss_score']:.4f} "
               f"EV {run['explained_variance']:.4f} | minus: " + " | ".join(
                   f"{base} " + ("n/a" if g is None else f"{g[0]:+.4f} / {g[1]:+.4f}") for base, g in found.items()))

@@ -184,6 +184,7 @@ def test_lm_preset_on_a_tiny_cache_gives_a_frontier_per_hook(tmp_path):
                         "dense_fraction"):
                 assert math.isfinite(r[key]), (hook, r["method"], key)
         assert sum(r["hook"] == hook for r in results["frontier_at"]) == 3  # the swept methods
+        assert all(r["l0_note"] is None for r in runs if r["method"] not in ("gba_defaults", "gba"))
     # The cache is made once per hook and reused by a second run.
     again = run_lm_frontier(dataclasses.replace(cfg, methods=["gba"]), progress=False, scale=scale)
     assert {h: i["cache"] for h, i in again["hooks"].items()} == {h: i["cache"] for h, i in results["hooks"].items()}
@@ -233,3 +234,36 @@ def test_wandb_logging_of_a_comparison_is_offline_and_never_raises(tmp_path, mon
     with pytest.warns(UserWarning, match="no W&B today"):
         assert log_wandb(results, "gba-lens-test") is False
     assert wandb.run is None
+
+
+def test_a_gba_run_whose_l0_had_not_settled_is_reported_and_warned_not_silenced(tmp_path, monkeypatch):
+    import gba_lens.experiments.compare.synthbench as synthbench
+    from gba_lens.data import TensorBatches
+    from gba_lens.training.train import TrainConfig
+
+    # The trainer's end-of-training line comes back from each run (quiet_trainer keeps it from warning mid-run).
+    torch.manual_seed(0)
+    rows = torch.randn(4096, 12)
+    train = TrainConfig(total_samples=2560, batch_size=64, lr=1e-3, device="cpu")
+    asked = M.train_variant(M.Variant("gba", 1.0, (("target_l0", 20.0),)), TensorBatches(rows, 64, seed=0), 12, 24,
+                            train, 0)
+    assert asked.l0_note is not None and asked.l0_note.startswith("target_l0=20 not reached")
+    topk = M.train_variant(M.Variant("topk", 4.0), TensorBatches(rows, 64, seed=0), 12, 24, train, 0)
+    assert topk.l0_note is None and topk.seconds > 0
+
+    # A comparison lists such runs in its report and warns once it is written; settled runs are not listed.
+    scale = dataclasses.replace(TINY, samples=12288, pool_samples=12288)  # GBA's L0 still falling at the end
+    monkeypatch.setattr(synthbench, "resolve_scale", lambda cfg: scale)
+    cfg = CompareConfig(preset="synthbench", methods=["gba_defaults", "batchtopk"], seeds=[0], out=str(tmp_path))
+    with pytest.warns(UserWarning, match=r"compare --preset synthbench: GBA \(defaults\), seed 0: GBA's L0 was "
+                                         r"still falling .*compare_synthbench\.md"):
+        results = run_compare(cfg, progress=False)
+    notes = {r["method"]: r["l0_note"] for r in results["runs"]}
+    assert notes["gba_defaults"].startswith("GBA's L0 was still falling") and notes["batchtopk"] is None
+    text = (tmp_path / "compare_synthbench.md").read_text()
+    section = text.split("## GBA runs whose L0 had not settled when training ended")[1]
+    assert section.count("\n- ") == 1 and "- GBA (defaults), seed 0: GBA's L0 was still falling" in section
+    stored = json.loads((tmp_path / "compare_synthbench.json").read_text())
+    assert [r["l0_note"] for r in stored["runs"]] == [r["l0_note"] for r in results["runs"]]
+    settled = {**results, "runs": [{**r, "l0_note": None} for r in results["runs"]]}
+    assert report.unsettled_runs(settled) == [] and "had not settled" not in report.synthbench_markdown(settled, "c")

@@ -232,14 +232,14 @@ def run_lm_frontier(cfg: CompareConfig, progress: bool = True, scale: LMScale | 
 
         def run(variant: M.Variant) -> dict[str, Any]:
             bar.set_postfix_str(variant.key)
-            sae, seconds = M.train_variant(variant, TensorBatches(acts, scale.batch_size, seed=seed), acts.shape[1],
-                                           width, train, seed, hook)
+            sae, seconds, l0_note = M.train_variant(variant, TensorBatches(acts, scale.batch_size, seed=seed),
+                                                    acts.shape[1], width, train, seed, hook)
             t1 = time.perf_counter()
             metrics = evaluate(M.to_inference(sae, hook), loaded, data, ctx, hook, scale, scaling_factor, device)
             rec = {"hook": hook, "method": variant.method, "label": variant.label, "knob": M.KNOBS[variant.method],
                    "knob_value": variant.knob, "seed": seed, "width": width, "train_seconds": seconds,
                    "eval_seconds": time.perf_counter() - t1,
-                   "train_samples_per_s": scale.train_tokens / max(seconds, 1e-9), **metrics}
+                   "train_samples_per_s": scale.train_tokens / max(seconds, 1e-9), "l0_note": l0_note, **metrics}
             runs.append(rec)
             bar.update()
             return rec

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from sae_lens import SAE
@@ -228,15 +228,26 @@ def quiet_trainer() -> Iterator[None]:
         sae_trainer.tqdm = original
 
 
+class TrainedVariant(NamedTuple):
+    sae: TrainingSAE[Any]
+    seconds: float
+    """Training time."""
+    l0_note: str | None
+    """A GBA run's end-of-training line when its L0 had not settled (``GBATrainer.unsettled_l0``), which
+    :func:`quiet_trainer` keeps from being a warning mid-comparison; None otherwise and for other methods."""
+
+
 def train_variant(variant: Variant, data: Iterator[torch.Tensor], d_in: int, width: int, train: TrainConfig,
-                  seed: int, hook_name: str | None = None) -> tuple[TrainingSAE[Any], float]:
+                  seed: int, hook_name: str | None = None) -> TrainedVariant:
     """Build (seeded) and train one sweep point (for ``hook_name``, set in its metadata before training, as
-    SAELens's runners do: GBA's refit reads it); returns the SAE and the training seconds."""
+    SAELens's runners do: GBA's refit reads it)."""
     torch.manual_seed(seed)
     sae = build(variant, d_in, width, train.device)
     if hook_name is not None:
         sae.cfg.metadata.hook_name = hook_name
     start = time.perf_counter()
     with quiet_trainer():
-        train_sae(sae, data, train)
-    return sae, time.perf_counter() - start
+        trainer = train_sae(sae, data, train)
+    seconds = time.perf_counter() - start
+    unsettled = getattr(trainer, "unsettled_l0", None)
+    return TrainedVariant(sae, seconds, unsettled() if unsettled is not None else None)

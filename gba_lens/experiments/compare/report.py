@@ -36,6 +36,26 @@ def _knob_text(row: dict[str, Any]) -> str:
     return f"{row['knob']} = {row['knob_value']:.4g}"
 
 
+def unsettled_runs(results: dict[str, Any]) -> list[str]:
+    """One line per GBA run whose L0 had not settled when its training ended (its ``l0_note``): where it
+    ran, then the trainer's end-of-training line."""
+    lines = []
+    for run in (r for r in results["runs"] if r.get("l0_note")):
+        knob = "" if run["knob"] == "none" else f" ({_knob_text(run)})"
+        hook = f"{run['hook']}: " if "hook" in run else ""
+        lines.append(f"{hook}{run['label']}{knob}, seed {run['seed']}: {run['l0_note']}")
+    return lines
+
+
+def _unsettled_section(results: dict[str, Any]) -> list[str]:
+    lines = unsettled_runs(results)
+    if not lines:
+        return []
+    return ["## GBA runs whose L0 had not settled when training ended", "",
+            "Their points are where training stopped, not where their L0 would settle.", "",
+            *(f"- {line}" for line in lines), ""]
+
+
 # ---------------------------------------------------------------------------------- synthbench
 SYNTH_COLUMNS = [("label", "method"), ("knob_text", "knob"), ("seeds", "seeds"), ("l0", "L0"), ("mcc", "MCC"), ("f1", "F1"),
                  ("precision", "precision"), ("recall", "recall"), ("uniqueness", "uniqueness"),
@@ -83,6 +103,7 @@ def synthbench_markdown(results: dict[str, Any], command: str) -> str:
         "",
         table(pub_rows, [("label", "method"), ("mcc", "MCC"), ("f1", "F1")], with_std=False),
         "",
+        *_unsettled_section(results),
     ])
 
 
@@ -141,7 +162,7 @@ def lm_markdown(results: dict[str, Any], command: str) -> str:
                          if r[k] is not None}} for r in results["defaults_against_frontiers"]]
         parts += ["## GBA at its defaults minus each frontier at GBA's own L0 (≥ 0: on or above it; – outside "
                   "a sweep's range)", "", table(gaps, gap_cols, with_std=False), ""]
-    return "\n".join(parts)
+    return "\n".join(parts + _unsettled_section(results))
 
 
 def plot_lm(results: dict[str, Any], path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ from gba_lens.experiments.compare.config import CompareConfig
 
 def run_compare(cfg: CompareConfig, progress: bool = True) -> dict[str, Any]:
     """Run ``cfg.preset`` and write compare_<preset>.{md,json,png} to ``cfg.out`` (and W&B if
-    asked); returns the results (JSON-ready), with ``files`` naming what was written."""
+    asked); returns the results (JSON-ready), with ``files`` naming what was written. A GBA run whose L0
+    had not settled when its training ended is listed in the report and warned about here."""
     from gba_lens.experiments.compare import report
 
     if cfg.preset == "synthbench":
@@ -23,6 +25,8 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict[str, Any]:
         results = run_lm_frontier(cfg, progress=progress)
     results["config"] = {k: v for k, v in vars(cfg).items()}
     results["files"] = report.write(results, Path(cfg.out))
+    for line in report.unsettled_runs(results):  # each run's own warning was held back while it trained
+        warnings.warn(f"compare --preset {cfg.preset}: {line} (listed in {results['files']['md']})", stacklevel=2)
     if cfg.wandb_project:
         report.log_wandb(results, cfg.wandb_project)
     return results

@@ -93,10 +93,11 @@ def _data(pool: SamplePool, scale: SynthScale, seed: int) -> Any:
 
 
 def _run(variant: M.Variant, pool: SamplePool, scale: SynthScale, train: TrainConfig, seed: int) -> dict[str, Any]:
-    sae, seconds = M.train_variant(variant, _data(pool, scale, seed), scale.hidden_dim, scale.width, train, seed)
+    sae, seconds, l0_note = M.train_variant(variant, _data(pool, scale, seed), scale.hidden_dim, scale.width, train,
+                                            seed)
     record: dict[str, Any] = {"method": variant.method, "label": variant.label, "knob": M.KNOBS[variant.method],
                               "knob_value": variant.knob, "seed": seed, "train_seconds": seconds,
-                              "train_samples_per_s": scale.samples / max(seconds, 1e-9)}
+                              "train_samples_per_s": scale.samples / max(seconds, 1e-9), "l0_note": l0_note}
     record |= evaluate(sae, pool, scale.eval_samples)
     return record
 
