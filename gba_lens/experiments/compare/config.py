@@ -40,7 +40,7 @@ class CompareConfig:
     hooks: list[str] = field(default_factory=list)
     """lm only: hook points (default: blocks.<n_layers // 2>.hook_resid_pre and blocks.<n_layers // 2>.hook_mlp_out)."""
     width: int | None = None
-    """SAE width (default: the preset's: 256 synthbench, 4096 --full-16k, 8 x d_in lm)."""
+    """SAE width (default: the preset's: 256 synthbench, 4096 --full-16k, 4 x d_in lm, 2 x d_in lm --quick)."""
     wandb_project: str | None = None
     """Log the results table, the per-run metrics and the figure to this W&B project (offline-safe; failures never stop the run)."""
 
