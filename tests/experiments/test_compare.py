@@ -255,9 +255,11 @@ def test_a_gba_run_whose_l0_had_not_settled_is_reported_and_warned_not_silenced(
     scale = dataclasses.replace(TINY, samples=12288, pool_samples=12288)  # GBA's L0 still falling at the end
     monkeypatch.setattr(synthbench, "resolve_scale", lambda cfg: scale)
     cfg = CompareConfig(preset="synthbench", methods=["gba_defaults", "batchtopk"], seeds=[0], out=str(tmp_path))
-    with pytest.warns(UserWarning, match=r"compare --preset synthbench: GBA \(defaults\), seed 0: GBA's L0 was "
-                                         r"still falling .*compare_synthbench\.md"):
+    with pytest.warns(UserWarning, match=r"compare --preset synthbench: 1 GBA run ended before its L0 settled "
+                                         r"\(listed in .*compare_synthbench\.md\):\n  GBA \(defaults\), seed 0: "
+                                         r"GBA's L0 was still falling") as caught:
         results = run_compare(cfg, progress=False)
+    assert sum("GBA run" in str(w.message) for w in caught) == 1  # one warning, a line per run
     notes = {r["method"]: r["l0_note"] for r in results["runs"]}
     assert notes["gba_defaults"].startswith("GBA's L0 was still falling") and notes["batchtopk"] is None
     text = (tmp_path / "compare_synthbench.md").read_text()

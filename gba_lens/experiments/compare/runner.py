@@ -25,8 +25,12 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict[str, Any]:
         results = run_lm_frontier(cfg, progress=progress)
     results["config"] = {k: v for k, v in vars(cfg).items()}
     results["files"] = report.write(results, Path(cfg.out))
-    for line in report.unsettled_runs(results):  # each run's own warning was held back while it trained
-        warnings.warn(f"compare --preset {cfg.preset}: {line} (listed in {results['files']['md']})", stacklevel=2)
+    unsettled = report.unsettled_runs(results)  # each run's own warning was held back while it trained
+    if unsettled:
+        several = len(unsettled) > 1
+        runs = f"{len(unsettled)} GBA run{'s' if several else ''} ended before {'their' if several else 'its'} L0 settled"
+        warnings.warn(f"compare --preset {cfg.preset}: {runs} (listed in {results['files']['md']}):\n"
+                      + "\n".join(f"  {line}" for line in unsettled), stacklevel=2)
     if cfg.wandb_project:
         report.log_wandb(results, cfg.wandb_project)
     return results
