@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 name = method if method in SINGLE_RUN else f"{method}-{l0:g}"
                 deployed.save_model(Path(args.save) / hook / f"{name}-s{args.seed}")
             print(json.dumps({"hook": hook, "method": method, "seed": args.seed, "asked_l0": l0, "range": args.range,
-                              "tokens": scale.train_tokens, "width": sae.cfg.d_sae, "eval_tokens": scale.eval_tokens,
+                              "tokens": scale.train_tokens, "width": width, "eval_tokens": scale.eval_tokens,
                               "gba": dict(gba), "l0": m["l0"], "ce_loss_score": m["ce_loss_score"],
                               "explained_variance": m["explained_variance"], "dead_fraction": m["dead_fraction"],
                               "l0_note": l0_note}), flush=True)

@@ -69,9 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mean", action="store_true", help="the gaps averaged over seeds, one line per method and hook")
     args = p.parse_args(argv)
     runs = [json.loads(line) for name in args.files for line in open(name) if line.strip()]
-    for run in runs:  # lines written before --tokens (--width) existed trained at the preset's budget (width)
+    for run in runs:  # lines written before --tokens existed trained at the preset's budget (before --width: no width)
         run.setdefault("tokens", DEFAULT_LM.train_tokens)
-        run.setdefault("width", None)
         run.setdefault("seed", 0)
 
     def interpolate(points: list[dict], metric: str, l0: float) -> float | None:
