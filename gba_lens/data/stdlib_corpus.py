@@ -9,8 +9,10 @@ hash of its relative path); :func:`stdlib_token_dataset` gives BOS-prefixed toke
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import os
 import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,6 +33,7 @@ __all__ = [
     "stdlib_files",
     "stdlib_root",
     "stdlib_token_dataset",
+    "token_cache_dir",
     "unigram_cross_entropy",
 ]
 
@@ -116,9 +119,61 @@ def _read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
-# Token streams of whole splits, per (stdlib root, split, tokenizer fingerprint), kept in memory
-# only: tokenising the train split takes a few seconds and tests / tutorials ask for it often.
+# Token streams of whole splits, per (stdlib root, split, tokenizer fingerprint): kept in memory, and on
+# disk (:func:`token_cache_dir`) so that every new process (a torchrun rank, a notebook kernel, a CLI run)
+# loads the train split in milliseconds instead of tokenising it again (several seconds).
 _STREAM_CACHE: dict[tuple[str, str, str], np.ndarray] = {}
+
+#: Environment variable naming the directory of the tokenised splits ("off": memory only).
+CACHE_ENV = "GBA_LENS_CACHE"
+
+
+def token_cache_dir() -> Path | None:
+    """Where whole tokenised splits are kept between processes: ``$GBA_LENS_CACHE``, else
+    ``$XDG_CACHE_HOME/gba_lens``, else ``~/.cache/gba_lens``; None when ``$GBA_LENS_CACHE`` is "off"."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen is not None and chosen.strip().lower() == "off":
+        return None
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gba_lens"
+
+
+def _stream_file(key: tuple[str, str, str]) -> Path | None:
+    """The cache file of a whole split: named by the key and by every file's path, size and mtime, so that
+    a changed standard library (an interpreter upgraded in place) is tokenised again."""
+    directory = token_cache_dir()
+    if directory is None:
+        return None
+    digest = hashlib.sha1("|".join(key).encode("utf-8"))
+    for path in stdlib_files(key[1], Path(key[0])):  # type: ignore[arg-type]
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8"))
+    return directory / f"stdlib-{key[1]}-{digest.hexdigest()[:20]}.npy"
+
+
+def _load_stream(path: Path) -> np.ndarray | None:
+    """A cached stream (never unpickled), or None where it is missing or not a 1-D int32 array."""
+    try:
+        stream = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return stream if stream.ndim == 1 and stream.dtype == np.int32 and len(stream) > 0 else None
+
+
+def _save_stream(path: Path, stream: np.ndarray) -> None:
+    """Written to a file of this process and renamed into place (a reader never sees half a file; two
+    processes writing at once leave one whole copy). A directory that cannot be written is skipped:
+    the next process tokenises again."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as f:
+            np.save(f, stream, allow_pickle=False)
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -133,24 +188,29 @@ def split_token_stream(
     """Token stream of a split (see :func:`~gba_lens.data.tokens.tokenize_corpus`).
 
     With ``min_tokens``, only the first files needed to reach that many tokens are tokenised
-    (unless the whole split is already cached); otherwise the whole split is tokenised once per
-    process and cached in memory.
+    (unless the whole split is already cached); otherwise the whole split is tokenised once and cached in
+    memory and on disk (:func:`token_cache_dir`).
     """
     split = _check_split(split)
     key = (str(stdlib_root()), split, _tokenizer_fingerprint(tokenizer))
     if key in _STREAM_CACHE:
         return _STREAM_CACHE[key]
-    if min_tokens is not None:
+    on_disk = _stream_file(key)
+    stream = None if on_disk is None else _load_stream(on_disk)
+    if stream is None and min_tokens is not None:
         # Read and tokenise only the first files. Code averages ~3.5 characters per token here;
         # budgeting 5 per token leaves a margin.
         files, texts, budget = stdlib_files(split), [], 5 * min_tokens
         while len(texts) < len(files) and budget > 0:
             texts.append(_read_text(files[len(texts)]))
             budget -= len(texts[-1])
-        stream = tokenize_corpus(tokenizer, texts)
-        if len(stream) >= min_tokens or len(texts) == len(files):
-            return stream
-    stream = tokenize_corpus(tokenizer, stdlib_corpus(split))
+        first = tokenize_corpus(tokenizer, texts)
+        if len(first) >= min_tokens or len(texts) == len(files):
+            return first
+    if stream is None:
+        stream = tokenize_corpus(tokenizer, stdlib_corpus(split))
+        if on_disk is not None:
+            _save_stream(on_disk, stream)
     stream.flags.writeable = False  # shared by later callers
     _STREAM_CACHE[key] = stream
     return stream
@@ -169,8 +229,8 @@ def stdlib_token_dataset(
     tokens of the concatenated split (files separated by EOS, which equals BOS for the stdlib
     tokenizer). ``max_tokens`` caps the total (``max_tokens // context_size`` rows): the first
     rows, or with ``spread`` rows evenly spaced over the whole split, so that a small held-out
-    set samples every part of the stdlib rather than its first file or two. Nothing is
-    written to disk. Use it as ``LanguageModelSAETrainingRunner(cfg, override_model=model,
+    set samples every part of the stdlib rather than its first file or two. The rows stay in
+    memory (a whole split's token stream is also kept on disk: :func:`token_cache_dir`). Use it as ``LanguageModelSAETrainingRunner(cfg, override_model=model,
     override_dataset=ds)`` with ``cfg.context_size == context_size``.
     """
     split = _check_split(split)

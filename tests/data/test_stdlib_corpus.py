@@ -63,3 +63,87 @@ def test_old_import_paths_still_work():
     assert training_data.TensorBatches is batches.TensorBatches
     assert training_data.load_activations is activations.load_activations
     assert sources.rows_dataset is tokens.rows_dataset
+
+
+def _fake_stdlib(root, n_files: int = 40):
+    """A standard library of ``n_files`` small modules (both splits have some: the split is by path hash)."""
+    for i in range(n_files):
+        (root / f"mod_{i}.py").write_text(f"def f_{i}(x):\n    return x * {i} + {i * i}\n")
+    return root
+
+
+@pytest.fixture
+def fake_stdlib(tmp_path, monkeypatch):
+    """The corpus read from a small fake standard library, its token cache under ``tmp_path/cache``, and
+    the in-memory cache empty: what a new process sees."""
+    (tmp_path / "lib").mkdir()
+    root = _fake_stdlib(tmp_path / "lib")
+    monkeypatch.setattr(C, "stdlib_root", lambda: root)
+    monkeypatch.setattr(C, "_STREAM_CACHE", {})
+    monkeypatch.setenv(C.CACHE_ENV, str(tmp_path / "cache"))
+    return root
+
+
+def _new_process(monkeypatch, calls: list):
+    """The in-memory cache emptied, and every tokenisation counted."""
+    monkeypatch.setattr(C, "_STREAM_CACHE", {})
+
+    def counted(tokenizer, texts):
+        calls.append(len(texts))
+        return tokenize_corpus(tokenizer, texts)
+
+    monkeypatch.setattr(C, "tokenize_corpus", counted)
+
+
+def test_a_whole_split_is_tokenised_once_and_read_back_from_disk_by_the_next_process(tokenizer, fake_stdlib,
+                                                                                     tmp_path, monkeypatch):
+    expected = tokenize_corpus(tokenizer, C.stdlib_corpus("train"))
+    calls = []
+    _new_process(monkeypatch, calls)
+    first = C.split_token_stream(tokenizer, "train")
+    assert calls == [len(C.stdlib_files("train"))] and np.array_equal(first, expected)
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npy"]  # no partial file left
+    _new_process(monkeypatch, calls := [])
+    again = C.split_token_stream(tokenizer, "train")
+    assert calls == [] and np.array_equal(again, expected)
+    # a short read takes the cached split's first rows: the rows the first files alone would give
+    _new_process(monkeypatch, calls := [])
+    rows = C.stdlib_token_dataset(tokenizer, 16, "train", max_tokens=64)["tokens"]
+    _new_process(monkeypatch, [])
+    monkeypatch.setenv(C.CACHE_ENV, "off")
+    assert calls == [] and rows == C.stdlib_token_dataset(tokenizer, 16, "train", max_tokens=64)["tokens"]
+
+
+def test_a_changed_library_or_a_damaged_cache_file_is_tokenised_again(tokenizer, fake_stdlib, tmp_path, monkeypatch):
+    C.split_token_stream(tokenizer, "train")
+    (cached,) = (tmp_path / "cache").iterdir()
+    module = C.stdlib_files("train")[0]
+    module.write_text(module.read_text() + "y = 1\n")  # an interpreter upgraded in place
+    _new_process(monkeypatch, calls := [])
+    changed = C.split_token_stream(tokenizer, "train")
+    assert calls and np.array_equal(changed, tokenize_corpus(tokenizer, C.stdlib_corpus("train")))
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    (current,) = set((tmp_path / "cache").iterdir()) - {cached}
+    for damage in (b"not an array", None):
+        if damage is None:  # a whole .npy file of the wrong kind
+            np.save(current, np.zeros(3, dtype=np.float32))
+        else:
+            current.write_bytes(damage)
+        _new_process(monkeypatch, calls := [])
+        assert np.array_equal(C.split_token_stream(tokenizer, "train"), changed) and calls
+        assert np.array_equal(np.load(current, allow_pickle=False), changed)  # written again, whole
+
+
+def test_off_or_an_unwritable_cache_directory_keeps_the_split_in_memory_only(tokenizer, fake_stdlib, tmp_path,
+                                                                             monkeypatch):
+    expected = tokenize_corpus(tokenizer, C.stdlib_corpus("val"))
+    monkeypatch.setenv(C.CACHE_ENV, "off")
+    assert C.token_cache_dir() is None
+    assert np.array_equal(C.split_token_stream(tokenizer, "val"), expected)
+    assert not (tmp_path / "cache").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv(C.CACHE_ENV, str(blocker / "cache"))  # under a file: cannot be made
+    _new_process(monkeypatch, [])
+    assert np.array_equal(C.split_token_stream(tokenizer, "val"), expected)
+    assert {p.name for p in tmp_path.iterdir()} == {"lib", "a_file"}  # nothing written, no partial file
