@@ -130,13 +130,19 @@ CACHE_ENV = "GBA_LENS_CACHE"
 
 def token_cache_dir() -> Path | None:
     """Where whole tokenised splits are kept between processes: ``$GBA_LENS_CACHE``, else
-    ``$XDG_CACHE_HOME/gba_lens``, else ``~/.cache/gba_lens``; None when ``$GBA_LENS_CACHE`` is "off"."""
+    ``$XDG_CACHE_HOME/gba_lens``, else ``~/.cache/gba_lens``; None (memory only) when ``$GBA_LENS_CACHE``
+    is "off" or no home directory is found."""
     chosen = os.environ.get(CACHE_ENV)
     if chosen is not None and chosen.strip().lower() == "off":
         return None
     if chosen:
         return Path(chosen).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gba_lens"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "gba_lens"
+    try:
+        return Path.home() / ".cache" / "gba_lens"
+    except RuntimeError:  # no home directory to be found: memory only
+        return None
 
 
 def _stream_file(key: tuple[str, str, str]) -> Path | None:

@@ -147,3 +147,20 @@ def test_off_or_an_unwritable_cache_directory_keeps_the_split_in_memory_only(tok
     _new_process(monkeypatch, [])
     assert np.array_equal(C.split_token_stream(tokenizer, "val"), expected)
     assert {p.name for p in tmp_path.iterdir()} == {"lib", "a_file"}  # nothing written, no partial file
+
+
+def test_the_cache_directory_is_the_variable_s_else_xdg_s_else_the_home_s(tmp_path, monkeypatch):
+    monkeypatch.setenv(C.CACHE_ENV, str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert C.token_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv(C.CACHE_ENV)
+    assert C.token_cache_dir() == tmp_path / "xdg" / "gba_lens"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(C.Path, "home", classmethod(lambda cls: tmp_path / "home"))
+    assert C.token_cache_dir() == tmp_path / "home" / ".cache" / "gba_lens"
+
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(C.Path, "home", classmethod(no_home))
+    assert C.token_cache_dir() is None  # memory only, the run goes on

@@ -1,9 +1,7 @@
 """``firing_worth``: targets scaled down for latents whose firings reconstruct little (gba_lens/saes/firing_worth.py)."""
 
 import json
-import os
-import subprocess
-import sys
+import runpy
 import warnings
 from pathlib import Path
 
@@ -171,7 +169,7 @@ def test_a_share_outside_0_1_is_refused(value):
         GBATrainingSAEConfig(d_in=4, d_sae=8, firing_worth=value)
 
 
-def test_the_spare_latents_of_a_model_with_more_latents_than_features_fire_less():
+def test_the_spare_latents_of_a_model_with_more_latents_than_features_fire_less(capsys, monkeypatch):
     """The small model (48 features, 128 latents) with data starts: at GBA's defaults (share 0.5 from
     0.7 of the run) the latents matched to no feature fire about half as much as without the rule
     (seeds 0-1: 0.25 / 0.56 against 0.54 / 0.96 latents per input, docs/experiments/prior_free.md,
@@ -179,14 +177,12 @@ def test_the_spare_latents_of_a_model_with_more_latents_than_features_fire_less(
     there: with the encoder's faster rate late in the run (``encoder_lr_scale``, the thirty-eighth step) the
     spare latents fire less without the rule too (0.58 latents per input over the two seeds, from 1.50),
     and the rule adds nothing to that (0.62)."""
-    script = Path(__file__).parents[2] / "scripts" / "small_latents.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    main = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "small_latents.py"))["main"]
     runs = {}
     for share in ("0", str(DEFAULT_FIRING_WORTH)):
-        out = subprocess.run([sys.executable, str(script), "--seeds", "0", "1", "--gba", "encoder_init=data",
-                              "encoder_lr_scale=1.0", f"firing_worth={share}"],
-                             capture_output=True, text=True, env=env, check=True)
-        lines = [json.loads(line) for line in out.stdout.strip().splitlines() if line.startswith("{")]
+        main(["--seeds", "0", "1", "--gba", "encoder_init=data", "encoder_lr_scale=1.0", f"firing_worth={share}"])
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
         assert [line["seed"] for line in lines] == [0, 1]
         runs[share] = {name: sum(line[name] for line in lines) for name in ("l0", "features_matched")}
         runs[share]["unmatched"] = sum(line["unmatched"]["l0"] for line in lines)
