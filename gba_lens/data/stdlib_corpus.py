@@ -159,10 +159,11 @@ def _stream_file(key: tuple[str, str, str]) -> Path | None:
 
 
 def _load_stream(path: Path) -> np.ndarray | None:
-    """A cached stream (never unpickled), or None where it is missing or not a 1-D int32 array."""
+    """A cached stream (never unpickled), or None where it is missing, empty, cut short or not a 1-D int32
+    array."""
     try:
         stream = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):  # EOFError: an empty file
         return None
     return stream if stream.ndim == 1 and stream.dtype == np.int32 and len(stream) > 0 else None
 
