@@ -132,8 +132,8 @@ def token_cache_dir() -> Path | None:
     """Where whole tokenised splits are kept between processes: ``$GBA_LENS_CACHE``, else
     ``$XDG_CACHE_HOME/gba_lens``, else ``~/.cache/gba_lens``; None (memory only) when ``$GBA_LENS_CACHE``
     is "off" or no home directory is found."""
-    chosen = os.environ.get(CACHE_ENV)
-    if chosen is not None and chosen.strip().lower() == "off":
+    chosen = os.environ.get(CACHE_ENV, "")
+    if chosen.strip().lower() == "off":
         return None
     if chosen:
         return Path(chosen).expanduser()
@@ -145,17 +145,17 @@ def token_cache_dir() -> Path | None:
         return None
 
 
-def _stream_file(key: tuple[str, str, str]) -> Path | None:
-    """The cache file of a whole split: named by the key and by every file's path, size and mtime, so that
-    a changed standard library (an interpreter upgraded in place) is tokenised again."""
+def _stream_file(root: Path, split: Split, fingerprint: str) -> Path | None:
+    """The cache file of a whole split: named by the tokenizer's fingerprint and by every file's path, size
+    and mtime, so that a changed standard library (an interpreter upgraded in place) is tokenised again."""
     directory = token_cache_dir()
     if directory is None:
         return None
-    digest = hashlib.sha1("|".join(key).encode("utf-8"))
-    for path in stdlib_files(key[1], Path(key[0])):  # type: ignore[arg-type]
+    digest = hashlib.sha1(f"{root}|{split}|{fingerprint}".encode("utf-8"))
+    for path in stdlib_files(split, root):
         stat = path.stat()
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8"))
-    return directory / f"stdlib-{key[1]}-{digest.hexdigest()[:20]}.npy"
+    return directory / f"stdlib-{split}-{digest.hexdigest()[:20]}.npy"
 
 
 def _load_stream(path: Path) -> np.ndarray | None:
@@ -199,10 +199,11 @@ def split_token_stream(
     memory and on disk (:func:`token_cache_dir`).
     """
     split = _check_split(split)
-    key = (str(stdlib_root()), split, _tokenizer_fingerprint(tokenizer))
+    root, fingerprint = stdlib_root(), _tokenizer_fingerprint(tokenizer)
+    key = (str(root), split, fingerprint)
     if key in _STREAM_CACHE:
         return _STREAM_CACHE[key]
-    on_disk = _stream_file(key)
+    on_disk = _stream_file(root, split, fingerprint)
     stream = None if on_disk is None else _load_stream(on_disk)
     if stream is None and min_tokens is not None:
         # Read and tokenise only the first files. Code averages ~3.5 characters per token here;
@@ -237,8 +238,9 @@ def stdlib_token_dataset(
     tokenizer). ``max_tokens`` caps the total (``max_tokens // context_size`` rows): the first
     rows, or with ``spread`` rows evenly spaced over the whole split, so that a small held-out
     set samples every part of the stdlib rather than its first file or two. The rows stay in
-    memory (a whole split's token stream is also kept on disk: :func:`token_cache_dir`). Use it as ``LanguageModelSAETrainingRunner(cfg, override_model=model,
-    override_dataset=ds)`` with ``cfg.context_size == context_size``.
+    memory (a whole split's token stream is also kept on disk: :func:`token_cache_dir`). Use it as
+    ``LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=ds)`` with
+    ``cfg.context_size == context_size``.
     """
     split = _check_split(split)
     if max_tokens is not None and max_tokens < context_size:
