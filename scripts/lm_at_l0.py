@@ -21,6 +21,7 @@ schedule and its held-out evaluation (CE loss recovered, explained variance). On
     python scripts/lm_at_l0.py --methods gba-geometric topk --l0 4 --save runs/saes   # for lm_heldout.py
     python scripts/lm_at_l0.py --methods batchtopk --l0 3 4 --hooks 1                 # mlp_out only
     python scripts/lm_at_l0.py --methods gba-valley-find-l0 topk --l0 16 --width 2048  # wider than the preset's
+    python scripts/lm_at_l0.py --methods gba-told topk batchtopk --l0 16 48 --width 1024  # the defaults told an L0
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 from pathlib import Path
 
 from gba_lens.experiments.gba_modes import GBA_MODES
+from gba_lens.saes.hook_defaults import RESIDUAL_HOOK
 
 SINGLE_RUN = {  # GBA with no L0 asked: one run each, whatever --l0 says
     "gba-geometric": tuple(GBA_MODES["geometric"].items()),
@@ -48,16 +50,30 @@ SINGLE_RUN = {  # GBA with no L0 asked: one run each, whatever --l0 says
     "gba-no-refit": tuple(GBA_MODES["no-refit"].items()),
     "gba-unit-mean": tuple(GBA_MODES["unit-mean"].items()),
 }
-METHODS = ("gba", "gba-valley", *SINGLE_RUN, "topk", "batchtopk", "matryoshka")
+METHODS = ("gba", "gba-valley", "gba-told", *SINGLE_RUN, "topk", "batchtopk", "matryoshka")
 
 
-def variant(method: str, l0: float, target_range: tuple[float, ...] = (), extra: tuple[tuple[str, int | float], ...] = ()):
+def told_options(hook: str | None) -> tuple[tuple[str, bool | float | str], ...]:
+    """``gba-told``: every option the defaults (``find_l0``) turn on, for a run told its L0 (``target_l0``, which
+    turns ``find_l0`` and so those options off): the mode ``defaults+told-l0``, and at a residual-stream hook
+    per-token inputs and output offsets (:mod:`gba_lens.saes.hook_defaults`; the refit's error follows the hook by
+    itself)."""
+    told = tuple(GBA_MODES["defaults+told-l0"].items())
+    if hook is not None and RESIDUAL_HOOK.search(hook):
+        told += (("input_norm", "per_token"), ("activation_bias", True))
+    return told
+
+
+def variant(method: str, l0: float, target_range: tuple[float, ...] = (),
+            extra: tuple[tuple[str, int | float], ...] = (), hook: str | None = None):
     from gba_lens.experiments.compare import methods as M
 
     settings = (("highest_target", target_range[0]), ("lowest_target", target_range[1])) if target_range else ()
     settings += extra
     if method == "gba":
         return M.Variant("gba", 1.0, (("target_l0", l0), *settings))
+    if method == "gba-told":
+        return M.Variant("gba", 1.0, (("target_l0", l0), *told_options(hook), *settings))
     if method == "gba-valley":
         return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True), *settings))
     if method in SINGLE_RUN:
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         for method, l0 in runs:
             batches = TensorBatches(acts, scale.batch_size, seed=args.seed)
             width = args.width or scale.width_multiple * d_ins[hook]
-            sae, _, l0_note = M.train_variant(variant(method, l0, tuple(args.range), gba), batches, acts.shape[1],
+            sae, _, l0_note = M.train_variant(variant(method, l0, tuple(args.range), gba, hook), batches, acts.shape[1],
                                               width, train, args.seed, hook)
             deployed = M.to_inference(sae, hook)
             m = evaluate(deployed, loaded, data, ctx, hook, scale, scaling_factor, "cpu")

@@ -26,7 +26,8 @@ import sys
 from gba_lens.experiments.gba_modes import GBA_MODES
 
 MODES = ({name: GBA_MODES[name] for name in ("geometric", "adaptive", "valley", "valley+adaptive")}
-         | {"told-l0": GBA_MODES["geometric"], "valley+told-l0": GBA_MODES["valley"]}
+         | {"told-l0": GBA_MODES["geometric"], "valley+told-l0": GBA_MODES["valley"],
+            "defaults+told-l0": GBA_MODES["defaults+told-l0"]}
          | {name: GBA_MODES[name] for name in ("valley-targets", "search", "valley-targets+search", "find-l0",
                                                 "valley+find-l0", "no-idle-groups", "no-anneal",
                                                 "one-lr", "activation-bias", "per-token",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gba_lens.saes.gba_options import GBAOptions
+
 PAPER_RULE: dict[str, Any] = {"find_l0": False, "valley_thresholds": False}
 """The paper's rule: fixed geometric targets, thresholds at the biases (the options' default before
 targets came from the data; every study of the range pins it)."""
@@ -14,6 +16,19 @@ UNIT_MEAN: dict[str, Any] = {"input_norm": "unit_mean", "activation_bias": False
 """The inputs and outputs of every GBA run before the fifty-sixth step of docs/experiments/prior_free.md, pinned in
 the modes that reproduce older defaults (at a residual-stream hook the defaults now divide each input by its norm
 and learn each latent's output offset: :mod:`gba_lens.saes.hook_defaults`)."""
+
+FIND_L0_OPTIONS = ("valley_thresholds", "encoder_init", "firing_worth", "idle_groups", "anneal_with_lr",
+                   "encoder_lr_scale", "decoder_refit")
+"""The options ``find_l0`` turns on at any hook (at a residual-stream hook also ``input_norm`` and
+``activation_bias``: :mod:`gba_lens.saes.hook_defaults`)."""
+
+
+def _find_l0_options() -> dict[str, Any]:
+    """``FIND_L0_OPTIONS`` as the defaults (``find_l0``) resolve them."""
+    defaults = GBAOptions(find_l0=True)
+    defaults.resolve_unset_options()
+    return {name: getattr(defaults, name) for name in FIND_L0_OPTIONS}
+
 
 GBA_MODES: dict[str, dict[str, Any]] = {
     "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data), data starts, firing_worth,
@@ -50,5 +65,7 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "no-refit": {"valley_thresholds": True, "find_l0": True, "decoder_refit": False, **UNIT_MEAN},
     # the defaults until the fifty-sixth step: unit-mean inputs and no output offsets at every hook
     "unit-mean": {"valley_thresholds": True, "find_l0": True, **UNIT_MEAN},
+    # told an L0 (the scripts add target_l0, which turns find_l0 off) with every option find_l0 turns on at any hook
+    "defaults+told-l0": _find_l0_options(),
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

@@ -23,3 +23,25 @@ def test_gba_methods_set_their_options_and_keep_the_range(script, method, expect
 def test_a_k_method_is_one_point_of_its_sweep_at_the_l0(script):
     topk = script("lm_at_l0").variant("topk", 6.0)
     assert topk.method == "topk" and topk.knob == 6.0
+
+
+def test_gba_told_is_the_defaults_told_an_l0_with_the_hook_s_options(script):
+    """``gba-told``: ``target_l0`` (which turns ``find_l0`` off) with every option ``find_l0`` turns on, and the
+    residual-stream options only at a residual-stream hook; the SAE built from it trains with them."""
+    from gba_lens.experiments.compare import methods as M
+    from gba_lens.saes.hook_defaults import settle_hook_options
+
+    variant = script("lm_at_l0").variant
+    on = {"valley_thresholds": True, "encoder_init": "data", "firing_worth": 0.5, "idle_groups": True,
+          "anneal_with_lr": True, "encoder_lr_scale": 2.0, "decoder_refit": True}
+    assert dict(variant("gba-told", 16.0).params) == {"target_l0": 16.0, **on}
+    assert dict(variant("gba-told", 16.0, hook="blocks.1.hook_mlp_out").params) == {"target_l0": 16.0, **on}
+    resid = variant("gba-told", 16.0, (0.2, 1e-3), hook="blocks.1.hook_resid_pre")
+    assert dict(resid.params) == {"target_l0": 16.0, **on, "input_norm": "per_token", "activation_bias": True,
+                                  "highest_target": 0.2, "lowest_target": 1e-3}
+    for told, hook, per_token in ((resid, "blocks.1.hook_resid_pre", True), (variant("gba-told", 16.0), None, False)):
+        sae = M.build(told, 8, 64, "cpu")
+        sae.cfg.metadata.hook_name = hook
+        settle_hook_options(sae)
+        assert not sae.cfg.find_l0 and sae.cfg.target_l0 == 16.0 and sae.cfg.decoder_refit and sae.cfg.idle_groups
+        assert (sae.cfg.input_norm == "per_token") == per_token and bool(sae.cfg.activation_bias) == per_token

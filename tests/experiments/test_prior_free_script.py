@@ -13,6 +13,9 @@ UNIT_MEAN = {"input_norm": "unit_mean", "activation_bias": False}
     ("search", {"target_search": True}),
     ("valley-targets+search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),
     ("told-l0", {"find_l0": False, "valley_thresholds": False, "target_l0": 2.5}),
+    # told the L0 with every option find_l0 turns on at any hook (docs/experiments/prior_free.md, fifty-ninth step)
+    ("defaults+told-l0", {"valley_thresholds": True, "encoder_init": "data", "firing_worth": 0.5, "idle_groups": True,
+                          "anneal_with_lr": True, "encoder_lr_scale": 2.0, "decoder_refit": True, "target_l0": 2.5}),
     # the defaults before anneal_with_lr (docs/experiments/prior_free.md, thirty-seventh step), with the inputs and
     # outputs every run had before the fifty-sixth step
     ("no-anneal", {"valley_thresholds": True, "find_l0": True, "anneal_with_lr": False, "encoder_lr_scale": 1.0,
@@ -41,16 +44,18 @@ def test_every_mode_builds_a_valid_gba_config(script):
     for mode in prior_free.MODES:
         cfg = GBATrainingSAEConfig(d_in=8, d_sae=32, **prior_free.options(mode, 2.5, {}))
         assert cfg.target_search == ("search" in mode)
+        defaults = cfg.find_l0 or mode == "defaults+told-l0"  # the defaults' options, found or told the L0
+        assert (cfg.target_l0 == 2.5) == mode.endswith("told-l0") and not (cfg.find_l0 and cfg.target_l0)
         # the rule's steps follow the learning rate with find_l0 (the defaults), except where a mode pins them
-        assert cfg.anneal_with_lr == (cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal"))
+        assert cfg.anneal_with_lr == (defaults and mode not in ("find-l0", "no-idle-groups", "no-anneal"))
         # the encoder learns faster late in the run with find_l0, except where a mode pins one rate
-        faster = cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr")
+        faster = defaults and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr")
         assert cfg.encoder_lr_scale == (2.0 if faster else 1.0)
         # only the modes that ask for them; unset, no hook named (synthetic data): off once training starts
         assert (cfg.activation_bias is True) == mode.endswith("activation-bias")
         assert (cfg.input_norm == "per_token") == mode.startswith("per-token")
         # the decoder refitted after the last step with find_l0, except where a mode keeps the defaults before it
-        refit = cfg.find_l0 and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr", "no-refit")
+        refit = defaults and mode not in ("find-l0", "no-idle-groups", "no-anneal", "one-lr", "no-refit")
         assert cfg.decoder_refit == refit
 
 
