@@ -16,6 +16,8 @@ import json
 import torch
 from jaxtyping import Bool, Float
 
+from gba_lens.experiments.gba_modes import GBA_MODES
+
 
 def decoder_cosine(decoder: Float[torch.Tensor, "d_sae d_in"], live: Bool[torch.Tensor, " d_sae"]) -> float:
     """Mean |cos| over the pairs of distinct live latents' decoder rows."""
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="runs/compare_synthbench/cache")
     args = p.parse_args(argv)
-    params = {"valley_thresholds": True}
+    params = {**GBA_MODES["valley+told-l0"]}  # target_l0 as these figures were measured (the paper's options)
     if args.experiment == "zipf":
         from gba_lens.experiments.runner import Job, run_job
         from gba_lens.experiments.runs import MethodSpec

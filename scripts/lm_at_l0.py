@@ -70,12 +70,12 @@ def variant(method: str, l0: float, target_range: tuple[float, ...] = (),
 
     settings = (("highest_target", target_range[0]), ("lowest_target", target_range[1])) if target_range else ()
     settings += extra
-    if method == "gba":
-        return M.Variant("gba", 1.0, (("target_l0", l0), *settings))
+    if method == "gba":  # target_l0 as it trained before the fifty-ninth step (the paper's options)
+        return M.Variant("gba", 1.0, (("target_l0", l0), *GBA_MODES["told-l0"].items(), *settings))
     if method == "gba-told":
         return M.Variant("gba", 1.0, (("target_l0", l0), *told_options(hook), *settings))
     if method == "gba-valley":
-        return M.Variant("gba", 1.0, (("target_l0", l0), ("valley_thresholds", True), *settings))
+        return M.Variant("gba", 1.0, (("target_l0", l0), *GBA_MODES["valley+told-l0"].items(), *settings))
     if method in SINGLE_RUN:
         return M.Variant("gba", 1.0, (*SINGLE_RUN[method], *settings))
     return M.l0_knob_sweep(method, [l0])[0]

@@ -26,14 +26,15 @@ import sys
 from gba_lens.experiments.gba_modes import GBA_MODES
 
 MODES = ({name: GBA_MODES[name] for name in ("geometric", "adaptive", "valley", "valley+adaptive")}
-         | {"told-l0": GBA_MODES["geometric"], "valley+told-l0": GBA_MODES["valley"],
-            "defaults+told-l0": GBA_MODES["defaults+told-l0"]}
+         | {name: GBA_MODES[name] for name in ("told-l0", "valley+told-l0", "defaults+told-l0")}
          | {name: GBA_MODES[name] for name in ("valley-targets", "search", "valley-targets+search", "find-l0",
                                                 "valley+find-l0", "no-idle-groups", "no-anneal",
                                                 "one-lr", "activation-bias", "per-token",
                                                 "per-token+activation-bias", "no-refit")})
 """``told-l0``: ``target_l0`` set to the L0 of the model's W most frequent features (W = the SAE's
-width; the whole true L0 when W covers every feature): GBA told what the other modes must find."""
+width; the whole true L0 when W covers every feature): GBA told what the other modes must find, with the paper's
+options (``told-l0``, ``valley+told-l0``: as ``target_l0`` trained before the fifty-ninth step) or the defaults'
+(``defaults+told-l0``: as it trains since)."""
 
 
 def options(mode: str, true_l0: float, settings: dict) -> dict:

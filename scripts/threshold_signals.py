@@ -48,6 +48,8 @@ from typing import Any, NamedTuple
 import torch
 from jaxtyping import Bool, Float
 
+from gba_lens.experiments.gba_modes import GBA_MODES
+
 MODELS = ("toy", "A", "B", "C", "sb")
 MATCH_COSINE = {"sb": 0.6}
 """Decoder cosine with a true feature for a neuron to count as matched (0.8 elsewhere): the
@@ -225,6 +227,8 @@ def train_gba(s: Setting, samples: int, seed: int, setup: Callable[[Any], None] 
     from gba_lens.training.methods import build_sae
     from gba_lens.training.train import TrainConfig, train_sae
 
+    if "target_l0" in options:  # asked for an L0 as these figures were measured (the paper's options)
+        options = {**GBA_MODES["told-l0"], **options}
     torch.manual_seed(seed)
     sae = build_sae("gba", s.model.feature_dict.hidden_dim, s.width, **s.sae_params, **options)
     if setup is not None:

@@ -17,6 +17,13 @@ UNIT_MEAN: dict[str, Any] = {"input_norm": "unit_mean", "activation_bias": False
 the modes that reproduce older defaults (at a residual-stream hook the defaults now divide each input by its norm
 and learn each latent's output offset: :mod:`gba_lens.saes.hook_defaults`)."""
 
+TOLD_AS_BEFORE: dict[str, Any] = {"find_l0": False, "valley_thresholds": False, "encoder_init": "random",
+                                   "firing_worth": 0.0, "idle_groups": False, "anneal_with_lr": False,
+                                   "encoder_lr_scale": 1.0, "decoder_refit": False, **UNIT_MEAN}
+"""What ``target_l0`` trained with before the fifty-ninth step of docs/experiments/prior_free.md (the paper's options,
+the level told); since then a run told its L0 trains with the defaults' options. Pinned by the studies that ask for
+an L0 as they measured it (a study's own settings go on top)."""
+
 FIND_L0_OPTIONS = ("valley_thresholds", "encoder_init", "firing_worth", "idle_groups", "anneal_with_lr",
                    "encoder_lr_scale", "decoder_refit")
 """The options ``find_l0`` turns on at any hook (at a residual-stream hook also ``input_norm`` and
@@ -24,16 +31,19 @@ FIND_L0_OPTIONS = ("valley_thresholds", "encoder_init", "firing_worth", "idle_gr
 
 
 def _find_l0_options() -> dict[str, Any]:
-    """``FIND_L0_OPTIONS`` as the defaults (``find_l0``) resolve them."""
+    """``FIND_L0_OPTIONS`` as the defaults (``find_l0``) resolve them, without ``valley_thresholds`` (which holds each
+    neuron at its feature's frequency, whatever the level told)."""
     defaults = GBAOptions(find_l0=True)
     defaults.resolve_unset_options()
-    return {name: getattr(defaults, name) for name in FIND_L0_OPTIONS}
+    return {name: getattr(defaults, name) if name != "valley_thresholds" else False for name in FIND_L0_OPTIONS}
 
 
 GBA_MODES: dict[str, dict[str, Any]] = {
     "default": {},  # nothing set: valley thresholds and find_l0 (the L0 from the data), data starts, firing_worth,
     # idle_groups, anneal_with_lr, encoder_lr_scale, decoder_refit; at a residual-stream hook per_token, activation_bias
     "geometric": PAPER_RULE,  # the paper's rule: fixed geometric targets
+    "told-l0": TOLD_AS_BEFORE,  # the scripts add target_l0: the paper's options with the level told
+    "valley+told-l0": {**TOLD_AS_BEFORE, "valley_thresholds": True},
     "adaptive": {"targets": "adaptive"},  # group targets moved by the neurons
     "valley": {"valley_thresholds": True, "find_l0": False},  # thresholds at each neuron's valley, geometric targets
     "valley+adaptive": {"valley_thresholds": True, "targets": "adaptive"},
@@ -65,7 +75,8 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "no-refit": {"valley_thresholds": True, "find_l0": True, "decoder_refit": False, **UNIT_MEAN},
     # the defaults until the fifty-sixth step: unit-mean inputs and no output offsets at every hook
     "unit-mean": {"valley_thresholds": True, "find_l0": True, **UNIT_MEAN},
-    # told an L0 (the scripts add target_l0, which turns find_l0 off) with every option find_l0 turns on at any hook
+    # told an L0 (the scripts add target_l0) with every option find_l0 turns on at any hook but the valleys:
+    # target_l0's own resolution since the fifty-ninth step, spelled out
     "defaults+told-l0": _find_l0_options(),
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""

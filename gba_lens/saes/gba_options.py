@@ -18,9 +18,9 @@ from gba_lens.saes.sparse_step import SPARSE_STEP_MODES
 ENCODER_INITS = ("random", "data")
 """Where the neurons start (``encoder_init``; :mod:`gba_lens.saes.data_init` for ``data``)."""
 DEFAULT_FIRING_WORTH = 0.5
-"""``firing_worth`` when unset, with data starts and ``find_l0``."""
+"""``firing_worth`` when unset, with data starts and the defaults' training (:meth:`GBAOptions.trains_as_defaults`)."""
 DEFAULT_ENCODER_LR_SCALE = 2.0
-"""``encoder_lr_scale`` when unset, with ``find_l0``."""
+"""``encoder_lr_scale`` when unset, with the defaults' training."""
 # GBA options that change how a step is computed, not what is trained (not in a run's settings).
 EXECUTION_OPTIONS = ("sparse_step",)
 # Options added after runs were first recorded, with the value that trains as those runs did: a
@@ -76,8 +76,9 @@ class GBAOptions:
     """Ask for an L0 (mean active latents per input) instead of a frequency range: the geometric
     targets are scaled together until the SAE fires this many latents, and live neurons under
     their target are raised as dead ones are (:mod:`gba_lens.saes.l0_control`); training warns
-    if it ends more than a tenth off (too few steps). None: the targets are HTF ... LTF as given.
-    Only with ``targets="geometric"``."""
+    if it ends more than a tenth off (too few steps). The other options train as with ``find_l0`` (those
+    that say "with ``find_l0`` or ``target_l0``"), but for ``valley_thresholds``: only the level is told. None: the
+    targets are HTF ... LTF as given. Only with ``targets="geometric"``."""
     find_l0: bool | None = None
     """Find the L0 from the data. Unset (the default): on unless ``target_l0``, ``target_search``,
     other ``targets`` or K = 1 set the level, or ``gating="relu"`` (not measured with it); False:
@@ -107,7 +108,8 @@ class GBAOptions:
     histogram shows a second mode (the inputs where the neuron's feature is present), so that
     it fires at its feature's frequency rather than at its group's target
     (:mod:`gba_lens.saes.valley_thresholds`). The targets still drive the search for features.
-    Unset (the default): on with ``find_l0`` or ``targets="valleys"``, off otherwise."""
+    Unset (the default): on with ``find_l0`` or ``targets="valleys"``, off otherwise (with ``target_l0`` it holds
+    each neuron at its feature's frequency whatever the level asked: a Zipfian model asked for 3 ends at 1.7)."""
     target_search: bool = False
     """Raise the target of a neuron whose decoder direction keeps turning (at four checks 100 steps
     apart in a row: it has found no feature at its target), doubling it at each further check up to
@@ -125,8 +127,8 @@ class GBAOptions:
     """``random``: the neurons start at random directions (SAELens's initialisation). ``data``: at
     inputs of the first training batch, centred and scaled as the encoder sees them, drawn to spread
     apart (k-means++ on |cosine|; :mod:`gba_lens.saes.data_init`); needs scaled inputs (``input_norm``
-    not ``none``). The draw follows the run's seed. Unset (the default): ``data`` with ``find_l0`` (and
-    scaled inputs), ``random`` otherwise (the paper's rule starts as the paper does).
+    not ``none``). The draw follows the run's seed. Unset (the default): ``data`` with ``find_l0`` or
+    ``target_l0`` (and scaled inputs), ``random`` otherwise (the paper's rule starts as the paper does).
     Measured (docs/experiments/prior_free.md, thirtieth to thirty-third steps): at the stdlib LM's
     preset budget it leaves under half of GBA's distance to TopK's frontier on both hooks, and the
     paper's toy reaches 99.5 / 99.5 of its features; on a small synthetic model with more latents
@@ -139,7 +141,7 @@ class GBAOptions:
     fall nearly silent (:mod:`gba_lens.saes.firing_worth`). It measures from 0.7 of the run on,
     once the latents on their way to a feature have arrived (the run's length comes from gba_lens's
     trainers). 0: off, every neuron keeps its target. Unset (the default): 0.5 with data starts and
-    ``find_l0``, 0 otherwise (it only pays with data starts). Measured (docs/experiments/prior_free.md,
+    ``find_l0`` or ``target_l0``, 0 otherwise (it only pays with data starts). Measured (docs/experiments/prior_free.md,
     thirty-first to thirty-third steps): with data starts it brings the small over-complete model's
     L0 from +37 to +15 percent of its truth, keeps the paper's toy at 99.5 / 99.2 and takes the stdlib
     LM's mlp_out closest to TopK's frontier; acting from the start instead it cost the toy 2.4 points."""
@@ -152,8 +154,8 @@ class GBAOptions:
     half join as many groups right above it and take their targets (:mod:`gba_lens.saes.idle_groups`). Where
     every feature is more frequent than the lowest targets let a neuron resonate with, those groups find
     nothing; moved up, their neurons find the features the others missed. Nothing moves after 0.4 of
-    the run (the run's length comes from gba_lens's trainers). Unset (the default): on with ``find_l0``,
-    off otherwise; it needs geometric targets, no ``target_search`` and K >= 2. Measured
+    the run (the run's length comes from gba_lens's trainers). Unset (the default): on with ``find_l0`` or
+    ``target_l0``, off otherwise; it needs geometric targets, no ``target_search`` and K >= 2. Measured
     (docs/experiments/prior_free.md, thirty-fifth and thirty-sixth steps): on the paper's toy every
     feature found at the preset budget on eight seeds of eight (without it one to three short on five
     seeds of six) at +17 to +25 percent of the true L0; runs of 0.6 times the budget or less end as
@@ -163,7 +165,7 @@ class GBAOptions:
     """Scale the bias rule's steps (gamma_minus, gamma_plus and the valley step) by the learning rate
     over its peak once its warm-up is over, so that the thresholds settle as the weights do while the
     learning rate decays (gba_lens's trainers give the SAE the rate; with a constant learning rate
-    nothing changes). Unset (the default): on with ``find_l0``, off otherwise (the paper's rule moves
+    nothing changes). Unset (the default): on with ``find_l0`` or ``target_l0``, off otherwise (the paper's rule moves
     its biases at full step to the end). Measured (docs/experiments/prior_free.md, thirty-seventh
     step): at the stdlib LM's preset budget (its learning rate decaying over the last 30 percent) the
     explained-variance gap to TopK's frontier falls by two fifths on resid_pre and two thirds on mlp_out
@@ -171,61 +173,59 @@ class GBAOptions:
     every figure (the small model's L0 +4 percent of its truth, from +15); the paper's toy and the
     counter-example train at a constant learning rate and are unchanged."""
     encoder_lr_scale: float | None = None
-    """The encoder's learning rate over the other weights' once 0.4 of the run is over (gba_lens's
-    trainers give the encoder weights their own Adam parameter group; the schedule applies to both).
-    The encoder directions are kept at unit norm, where Adam's steps, about the learning rate's size
-    whatever the weights' norm, turn them slowly; until 0.4 of the run the neurons decide which
-    features they go for (``idle_groups`` moves nothing after it) at the common rate, and from there
-    the encoder sharpens its directions this much faster. 1: one learning rate throughout. Unset (the
-    default): 2 with ``find_l0``, 1 otherwise (the paper's rule). Measured (docs/experiments/prior_free.md,
-    thirty-eighth step): at the stdlib LM's preset budget the explained-variance gap to TopK's frontier
-    falls by a third on resid_pre and mlp_out comes above it on average over six seeds; every target
-    the synthetic models met holds (Zipf's MCC a little lower, the small model's and synthbench's a
-    little higher); the same rate from the start costs the paper's toy a feature on some seeds. At a
-    constant learning rate more latents end silent (``gba-lens train``'s default run on the stdlib LM:
-    17 against 6 percent, at the same CE loss recovered and explained variance)."""
+    """The encoder's learning rate over the other weights' once 0.4 of the run is over (gba_lens's trainers give the
+    encoder weights their own Adam parameter group; the schedule applies to both). The encoder directions are kept
+    at unit norm, where Adam's steps, about the learning rate's size whatever the weights' norm, turn them slowly;
+    until 0.4 of the run the neurons decide which features they go for (``idle_groups`` moves nothing after it) at
+    the common rate, and from there the encoder sharpens its directions this much faster. 1: one learning rate
+    throughout. Unset (the default): 2 with ``find_l0`` or ``target_l0``, 1 otherwise (the paper's rule). Measured
+    (docs/experiments/prior_free.md, thirty-eighth step): at the stdlib LM's preset budget the explained-variance
+    gap to TopK's frontier falls by a third on resid_pre and mlp_out comes above it on average over six seeds; every
+    target the synthetic models met holds (Zipf's MCC a little lower, the small model's and synthbench's a little
+    higher); the same rate from the start costs the paper's toy a feature on some seeds. At a constant learning rate
+    more latents end silent (``gba-lens train``'s default run on the stdlib LM: 17 against 6 percent, at the same CE
+    loss recovered and explained variance)."""
     activation_bias: bool | None = None
     """Give each latent a learned offset c_m added to what it outputs when it fires: z_m = (u_m + max(c_m, b_m)) *
     1[u_m + b_m > 0] (JumpReLU gate only; exported as SAELens's ``jumprelu`` with b_enc = max(c, b) and threshold =
     max(c, b) - b). The bias rule still places every threshold; c starts at 0 and is trained by gradient. It
     corrects what the threshold selects: where u_m clears the threshold the interference in it leans positive, so
     the output that reconstructs best is below u_m. The learned offsets end negative, between 0 and the ReLU gate's
-    b_m. Unset (the default): on at a residual-stream hook with ``find_l0`` and the JumpReLU gate, off anywhere
-    else, where no hook is named and under the paper's rule (:mod:`gba_lens.saes.hook_defaults`). Measured
-    (docs/experiments/prior_free.md, thirty-ninth, fortieth and fifty-sixth steps): with ``per_token`` it takes
-    resid_pre's CE loss recovered and explained variance above TopK's and BatchTopK's frontiers; learned from the
-    start it costs the paper's toy features (learned later it raises the toy's L0 by a third instead)."""
+    b_m. Unset (the default): on at a residual-stream hook with ``find_l0`` or ``target_l0`` and the JumpReLU gate,
+    off anywhere else, where no hook is named and under the paper's rule (:mod:`gba_lens.saes.hook_defaults`).
+    Measured (docs/experiments/prior_free.md, thirty-ninth, fortieth and fifty-sixth steps): with ``per_token`` it
+    takes resid_pre's CE loss recovered and explained variance above TopK's and BatchTopK's frontiers; learned from
+    the start it costs the paper's toy features (learned later it raises the toy's L0 by a third instead)."""
     input_norm: Literal["unit_mean", "per_token", "none"] | None = field(default=None, metadata=NORM_CHOICE)
     """``unit_mean``: inputs centred and scaled to unit mean norm (scale and centre set on the first batch).
     ``per_token``: each input divided by its own norm first, so that which latents fire does not depend on an
     input's scale, and the reconstruction scaled back (exported as SAELens's ``constant_norm_rescale``;
     :mod:`gba_lens.saes.input_scaling`). ``none``: the inputs as they are. Unset (the default): ``per_token`` at a
-    residual-stream hook, which the next LayerNorm reads token by token, with ``find_l0``; ``unit_mean`` anywhere
-    else, where no hook is named and under the paper's rule (:mod:`gba_lens.saes.hook_defaults`). Measured
-    (docs/experiments/prior_free.md, fortieth and fifty-sixth steps): on the stdlib LM's resid_pre, with
-    ``activation_bias``, 0.0008 CE loss recovered above TopK's frontier on every one of twelve seeds; on the
-    synthetic models, whose features' magnitudes do not follow each other, the paper's toy and the Zipf models lose
-    most features with it."""
+    residual-stream hook, which the next LayerNorm reads token by token, with ``find_l0`` or ``target_l0``;
+    ``unit_mean`` anywhere else, where no hook is named and under the paper's rule
+    (:mod:`gba_lens.saes.hook_defaults`). Measured (docs/experiments/prior_free.md, fortieth and fifty-sixth steps):
+    on the stdlib LM's resid_pre, with ``activation_bias``, 0.0008 CE loss recovered above TopK's frontier on every
+    one of twelve seeds; on the synthetic models, whose features' magnitudes do not follow each other, the paper's
+    toy and the Zipf models lose most features with it."""
     decoder_refit: bool | None = None
-    """After the run's last step, replace the decoder by the least-squares one on the codes of the run's
-    last rows (up to 262,144, kept by gba_lens's trainers), pulled towards the trained decoder where a
-    latent fires rarely; with the JumpReLU gate, fit with it each latent's firing offset, what a firing
-    latent adds to its output, exported in SAELens's JumpReLU ``b_enc`` and ``threshold``, then move the
-    thresholds twice to where a firing's worth to the reconstruction meets one price for every latent, the
-    L0 held, each time fitting again (:mod:`gba_lens.saes.decoder_refit`,
-    :mod:`gba_lens.saes.threshold_reallocation`). GBA's thresholds move until the end of its run, and the
-    decoder, trained at a decaying learning rate, ends behind the codes it decodes. Where the run's last
-    rows (262,144 at most, 174,762 of GPT-2's 768 inputs: 512 MiB) give its latents few firings, a refit is
-    taken only if it reconstructs rows it did not read better than the trained SAE; else the run keeps its
-    decoder and says so. Over 8,192 latents the fit is solved on the rows' sparse codes by conjugate
-    gradients (:mod:`gba_lens.saes.sparse_refit`), the offsets in Gauss-Newton steps with the decoder.
-    Unset (the default): on with ``find_l0``, off otherwise (the paper's rule). Measured (docs/experiments/prior_free.md,
-    forty-second to forty-fourth, forty-eighth and fifty-first steps; the stdlib LM's preset budget):
-    explained variance rises by about 0.006 on resid_pre and 0.003 on mlp_out, CE loss recovered by 0.0005
-    and 0.004, which puts both hooks' EV above TopK's frontier; the synthetic models keep every target they
-    met. On one CPU core it takes about 40 s at 512 latents on 262,144 rows (half
-    that on 131,072), and grows with the cube of d_sae (``benchmarks/bench_training.py``) up to 8,192;
-    wider, with the rows' active entries times d_in times the iterations."""
+    """After the run's last step, replace the decoder by the least-squares one on the codes of the run's last rows
+    (up to 262,144, kept by gba_lens's trainers), pulled towards the trained decoder where a latent fires rarely;
+    with the JumpReLU gate, fit with it each latent's firing offset, what a firing latent adds to its output,
+    exported in SAELens's JumpReLU ``b_enc`` and ``threshold``, then move the thresholds twice to where a firing's
+    worth to the reconstruction meets one price for every latent, the L0 held, each time fitting again
+    (:mod:`gba_lens.saes.decoder_refit`, :mod:`gba_lens.saes.threshold_reallocation`). GBA's thresholds move until
+    the end of its run, and the decoder, trained at a decaying learning rate, ends behind the codes it decodes.
+    Where the run's last rows (262,144 at most, 174,762 of GPT-2's 768 inputs: 512 MiB) give its latents few
+    firings, a refit is taken only if it reconstructs rows it did not read better than the trained SAE; else the run
+    keeps its decoder and says so. Over 8,192 latents the fit is solved on the rows' sparse codes by conjugate
+    gradients (:mod:`gba_lens.saes.sparse_refit`), the offsets in Gauss-Newton steps with the decoder. Unset (the
+    default): on with ``find_l0`` or ``target_l0``, off otherwise (the paper's rule). Measured
+    (docs/experiments/prior_free.md, forty-second to forty-fourth, forty-eighth and fifty-first steps; the stdlib
+    LM's preset budget): explained variance rises by about 0.006 on resid_pre and 0.003 on mlp_out, CE loss
+    recovered by 0.0005 and 0.004, which puts both hooks' EV above TopK's frontier; the synthetic models keep every
+    target they met. On one CPU core it takes about 40 s at 512 latents on 262,144 rows (half that on 131,072), and
+    grows with the cube of d_sae (``benchmarks/bench_training.py``) up to 8,192; wider, with the rows' active
+    entries times d_in times the iterations."""
     refit_error: Literal["absolute", "relative"] | None = field(default=None, metadata=ERROR_CHOICE)
     """What ``decoder_refit`` lowers: ``absolute``, the rows' squared error; ``relative``, each row's squared
     error over its squared norm, as a LayerNorm reading the activation sees it (:mod:`gba_lens.saes.refit_error`).
@@ -267,37 +267,47 @@ class GBAOptions:
         find_l0 = not level_set if self.find_l0 is None else self.find_l0
         valleys = (find_l0 or self.targets == "valleys") if self.valley_thresholds is None else self.valley_thresholds
         return find_l0, valleys
+        return find_l0, valleys
+
+    def trains_as_defaults(self) -> bool:
+        """Whether the options that resolve with the defaults' training resolve on: with ``find_l0``, or with
+        ``target_l0`` under the JumpReLU gate (the defaults told their L0 instead of finding it; ``valley_thresholds``
+        stays off, see there). Measured (docs/experiments/prior_free.md, fifty-ninth step; 3 seeds): told the top-W
+        true L0, they raise MCC, F1 and EV over the paper's options told the same L0 on the paper toy, the three
+        Zipfian models and synthbench, each L0 within 3 percent of the request; told 16, the stdlib LM's resid_pre
+        SAEs of 1,024 latents come above TopK's and BatchTopK's frontiers on every seed."""
+        return self.resolved_level_options()[0] or (self.target_l0 is not None and self.gating == "jumprelu")
 
     def resolved_start_options(self) -> tuple[str, float]:
-        """``(encoder_init, firing_worth)`` with unset (None) values resolved: data starts where
-        ``find_l0`` is on and the inputs are scaled (``input_norm``, which the first batch sets), and
+        """``(encoder_init, firing_worth)`` with unset (None) values resolved: data starts with the
+        defaults' training where the inputs are scaled (``input_norm``, which the first batch sets), and
         with them ``DEFAULT_FIRING_WORTH``; otherwise random starts (the paper's) and no scaling."""
-        find_l0 = self.resolved_level_options()[0]
-        encoder_init = self.encoder_init or ("data" if find_l0 and self.input_norm != "none" else "random")
-        firing_worth = DEFAULT_FIRING_WORTH if find_l0 and encoder_init == "data" else 0.0
+        defaults = self.trains_as_defaults()
+        encoder_init = self.encoder_init or ("data" if defaults and self.input_norm != "none" else "random")
+        firing_worth = DEFAULT_FIRING_WORTH if defaults and encoder_init == "data" else 0.0
         return encoder_init, firing_worth if self.firing_worth is None else self.firing_worth
 
     def resolved_idle_groups(self) -> bool:
-        """``idle_groups`` with an unset (None) value resolved: on with ``find_l0`` (which needs the
+        """``idle_groups`` with an unset (None) value resolved: on with the defaults' training (which needs the
         geometric targets without ``target_search``, and K >= 2), off otherwise (the paper's rule)."""
         if self.idle_groups is not None:
             return self.idle_groups
-        return self.resolved_level_options()[0] and self.n_groups >= 2
+        return self.trains_as_defaults() and self.n_groups >= 2
 
     def resolved_anneal(self) -> bool:
-        """``anneal_with_lr`` with an unset (None) value resolved: on with ``find_l0``, off otherwise."""
-        return self.resolved_level_options()[0] if self.anneal_with_lr is None else self.anneal_with_lr
+        """``anneal_with_lr`` with an unset (None) value resolved: on with the defaults' training, off otherwise."""
+        return self.trains_as_defaults() if self.anneal_with_lr is None else self.anneal_with_lr
 
     def resolved_encoder_lr_scale(self) -> float:
         """``encoder_lr_scale`` with an unset (None) value resolved: ``DEFAULT_ENCODER_LR_SCALE`` with
-        ``find_l0``, 1 otherwise (the paper's rule trains every weight at one rate)."""
+        the defaults' training, 1 otherwise (the paper's rule trains every weight at one rate)."""
         if self.encoder_lr_scale is not None:
             return self.encoder_lr_scale
-        return DEFAULT_ENCODER_LR_SCALE if self.resolved_level_options()[0] else 1.0
+        return DEFAULT_ENCODER_LR_SCALE if self.trains_as_defaults() else 1.0
 
     def resolved_decoder_refit(self) -> bool:
-        """``decoder_refit`` with an unset (None) value resolved: on with ``find_l0``, off otherwise."""
-        return self.resolved_level_options()[0] if self.decoder_refit is None else self.decoder_refit
+        """``decoder_refit`` with an unset (None) value resolved: on with the defaults' training, off otherwise."""
+        return self.trains_as_defaults() if self.decoder_refit is None else self.decoder_refit
 
     def resolve_unset_options(self) -> None:
         """Replace the unset (None) options by what they resolve to, in place."""

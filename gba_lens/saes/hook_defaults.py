@@ -2,8 +2,8 @@
 
 A residual-stream activation (``hook_resid_pre``, ``_mid``, ``_post``, or a bridge's ``blocks.L.hook_in`` ...)
 is read by the next block's LayerNorm, which divides each token by its own norm, so the model sees each
-token's error over that norm. There, with ``find_l0`` (the defaults; the paper's rule keeps the paper's
-inputs and outputs), unset options resolve to:
+token's error over that norm. There, with the defaults' training (``find_l0``, or ``target_l0``: the level
+told; the paper's rule keeps the paper's inputs and outputs), unset options resolve to:
 
 - ``input_norm="per_token"``: each input divided by its own norm before the encoder reads it, so that which
   latents fire does not depend on a token's scale (:mod:`gba_lens.saes.input_scaling`);
@@ -57,7 +57,7 @@ def resolve_hook_options(cfg: Any, named_only: bool = False) -> bool:
     off (an SAE built before it holds offsets to drop)."""
     if named_only and hook_name(cfg) is None:
         return False
-    residual = reads_through_layernorm(cfg) and bool(cfg.find_l0)
+    residual = reads_through_layernorm(cfg) and cfg.trains_as_defaults()
     if cfg.input_norm is None:  # per_token rescales each input itself: not beside SAELens's own scaling
         own_scaling = cfg.normalize_activations == "none" and cfg.reshape_activations == "none"
         cfg.input_norm = "per_token" if residual and own_scaling else "unit_mean"

@@ -12,9 +12,12 @@ UNIT_MEAN = {"input_norm": "unit_mean", "activation_bias": False}
     ("valley-targets", {"valley_thresholds": True, "targets": "valleys"}),
     ("search", {"target_search": True}),
     ("valley-targets+search", {"valley_thresholds": True, "targets": "valleys", "target_search": True}),
-    ("told-l0", {"find_l0": False, "valley_thresholds": False, "target_l0": 2.5}),
-    # told the L0 with every option find_l0 turns on at any hook (docs/experiments/prior_free.md, fifty-ninth step)
-    ("defaults+told-l0", {"valley_thresholds": True, "encoder_init": "data", "firing_worth": 0.5, "idle_groups": True,
+    # told the L0 with the paper's options, as target_l0 trained before the fifty-ninth step
+    ("told-l0", {"find_l0": False, "valley_thresholds": False, "encoder_init": "random", "firing_worth": 0.0,
+                 "idle_groups": False, "anneal_with_lr": False, "encoder_lr_scale": 1.0, "decoder_refit": False,
+                 **UNIT_MEAN, "target_l0": 2.5}),
+    # told the L0 with every option find_l0 turns on at any hook but the valleys (as target_l0 trains since)
+    ("defaults+told-l0", {"valley_thresholds": False, "encoder_init": "data", "firing_worth": 0.5, "idle_groups": True,
                           "anneal_with_lr": True, "encoder_lr_scale": 2.0, "decoder_refit": True, "target_l0": 2.5}),
     # the defaults before anneal_with_lr (docs/experiments/prior_free.md, thirty-seventh step), with the inputs and
     # outputs every run had before the fifty-sixth step
@@ -45,6 +48,7 @@ def test_every_mode_builds_a_valid_gba_config(script):
         cfg = GBATrainingSAEConfig(d_in=8, d_sae=32, **prior_free.options(mode, 2.5, {}))
         assert cfg.target_search == ("search" in mode)
         defaults = cfg.find_l0 or mode == "defaults+told-l0"  # the defaults' options, found or told the L0
+        # (told-l0 and valley+told-l0 pin the paper's)
         assert (cfg.target_l0 == 2.5) == mode.endswith("told-l0") and not (cfg.find_l0 and cfg.target_l0)
         # the rule's steps follow the learning rate with find_l0 (the defaults), except where a mode pins them
         assert cfg.anneal_with_lr == (defaults and mode not in ("find-l0", "no-idle-groups", "no-anneal"))

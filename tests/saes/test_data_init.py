@@ -139,7 +139,8 @@ def test_a_data_start_needs_the_first_batch_to_set_the_input_scale():
 @pytest.mark.parametrize(("options", "resolved"), [
     ({}, ("data", DEFAULT_FIRING_WORTH)),                    # the defaults: find_l0 with data starts
     ({"find_l0": False}, ("random", 0.0)),                   # the paper's rule, as the paper starts
-    ({"target_l0": 4.0}, ("random", 0.0)),                   # another option sets the level
+    ({"target_l0": 4.0}, ("data", DEFAULT_FIRING_WORTH)),    # the defaults told their level
+    ({"target_search": True}, ("random", 0.0)),              # another option sets the level
     ({"n_groups": 1}, ("random", 0.0)),
     ({"input_norm": "none"}, ("random", 0.0)),               # no first-batch scale to start from
     ({"input_norm": "per_token"}, ("data", DEFAULT_FIRING_WORTH)),  # scaled on the first batch too

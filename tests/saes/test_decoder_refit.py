@@ -242,7 +242,8 @@ def test_sums_all_reduced_over_ranks_give_the_one_process_decoder():
 def test_it_is_on_with_find_l0_off_with_the_paper_s_rule_and_solves_a_wide_sae_without_dense_sums(monkeypatch):
     assert GBAOptions().gba_options()["decoder_refit"] is True
     assert GBAOptions(find_l0=False).gba_options()["decoder_refit"] is False
-    assert GBAOptions(target_l0=8.0).gba_options()["decoder_refit"] is False
+    assert GBAOptions(target_l0=8.0).gba_options()["decoder_refit"] is True  # the defaults told their level
+    assert GBAOptions(target_l0=8.0, gating="relu").gba_options()["decoder_refit"] is False
     assert GBAOptions(find_l0=False, decoder_refit=True).gba_options()["decoder_refit"] is True
     assert GBATrainingSAEConfig(d_in=4, d_sae=8, n_groups=2).decoder_refit is True  # resolved in the SAE's config
     assert OPTIONS_ADDED_LATER["decoder_refit"] is False  # runs recorded before it resume without it

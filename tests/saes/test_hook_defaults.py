@@ -46,10 +46,13 @@ def test_what_the_user_sets_is_kept_and_what_cannot_apply_or_the_paper_rule_does
     assert (asked.input_norm, asked.activation_bias) == ("per_token", True)
     scaled = _config(RESIDUAL[0], normalize_activations="expected_average_only_in")  # SAELens scales the inputs
     assert (scaled.input_norm, scaled.activation_bias) == ("unit_mean", True)
-    # the paper's rule, a level asked for, and the ReLU gate (the paper's theory: its output carries its bias)
-    for paper in (_config(RESIDUAL[0], find_l0=False), _config(RESIDUAL[0], target_l0=8.0),
+    # the paper's rule, a level asked for under the ReLU gate, and the ReLU gate (the paper's theory: its output
+    # carries its bias)
+    for paper in (_config(RESIDUAL[0], find_l0=False), _config(RESIDUAL[0], target_l0=8.0, gating="relu"),
                   _config(RESIDUAL[0], gating="relu")):
         assert (paper.input_norm, paper.activation_bias) == ("unit_mean", False)
+    told = _config(RESIDUAL[0], target_l0=8.0)  # the defaults told their level: as with find_l0
+    assert (told.find_l0, told.input_norm, told.activation_bias) == (False, "per_token", True)
 
 
 @pytest.mark.parametrize("hook", [RESIDUAL[0], OTHER[0], None])

@@ -102,7 +102,8 @@ def test_with_a_constant_learning_rate_nothing_changes():
 def test_it_is_on_with_find_l0_and_off_with_the_paper_s_rule():
     assert GBAOptions().gba_options()["anneal_with_lr"] is True
     assert GBAOptions(find_l0=False).gba_options()["anneal_with_lr"] is False
-    assert GBAOptions(target_l0=8.0).gba_options()["anneal_with_lr"] is False
+    assert GBAOptions(target_l0=8.0).gba_options()["anneal_with_lr"] is True  # the defaults told their level
+    assert GBAOptions(target_l0=8.0, gating="relu").gba_options()["anneal_with_lr"] is False
     assert GBAOptions(find_l0=False, anneal_with_lr=True).gba_options()["anneal_with_lr"] is True
     assert tiny_gba_sae(6, 16).cfg.anneal_with_lr is True  # the SAE's config holds the resolved value
 

@@ -77,7 +77,8 @@ def test_the_paper_s_rule_trains_every_weight_at_one_rate(rates):
 def test_it_is_2_with_find_l0_and_1_with_the_paper_s_rule():
     assert GBAOptions().gba_options()["encoder_lr_scale"] == 2.0
     assert GBAOptions(find_l0=False).gba_options()["encoder_lr_scale"] == 1.0
-    assert GBAOptions(target_l0=8.0).gba_options()["encoder_lr_scale"] == 1.0
+    assert GBAOptions(target_l0=8.0).gba_options()["encoder_lr_scale"] == 2.0  # the defaults told their level
+    assert GBAOptions(target_l0=8.0, gating="relu").gba_options()["encoder_lr_scale"] == 1.0
     assert GBAOptions(find_l0=False, encoder_lr_scale=3.0).gba_options()["encoder_lr_scale"] == 3.0
     assert tiny_gba_sae(6, 16).cfg.encoder_lr_scale == 2.0  # the SAE's config holds the resolved value
 
