@@ -54,10 +54,10 @@ METHODS = ("gba", "gba-valley", "gba-told", *SINGLE_RUN, "topk", "batchtopk", "m
 
 
 def told_options(hook: str | None) -> tuple[tuple[str, bool | float | str], ...]:
-    """``gba-told``: every option the defaults (``find_l0``) turn on, for a run told its L0 (``target_l0``, which
-    turns ``find_l0`` and so those options off): the mode ``defaults+told-l0``, and at a residual-stream hook
-    per-token inputs and output offsets (:mod:`gba_lens.saes.hook_defaults`; the refit's error follows the hook by
-    itself)."""
+    """``gba-told``: ``target_l0`` with every option the defaults (``find_l0``) turn on but the valleys, spelled out
+    (what ``target_l0`` resolves to by itself since docs/experiments/prior_free.md's fifty-ninth step): the mode
+    ``defaults+told-l0``, and at a residual-stream hook per-token inputs and output offsets
+    (:mod:`gba_lens.saes.hook_defaults`; the refit's error follows the hook by itself)."""
     told = tuple(GBA_MODES["defaults+told-l0"].items())
     if hook is not None and RESIDUAL_HOOK.search(hook):
         told += (("input_norm", "per_token"), ("activation_bias", True))

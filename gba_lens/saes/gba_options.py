@@ -267,7 +267,6 @@ class GBAOptions:
         find_l0 = not level_set if self.find_l0 is None else self.find_l0
         valleys = (find_l0 or self.targets == "valleys") if self.valley_thresholds is None else self.valley_thresholds
         return find_l0, valleys
-        return find_l0, valleys
 
     def trains_as_defaults(self) -> bool:
         """Whether the options that resolve with the defaults' training resolve on: with ``find_l0``, or with
