@@ -30,12 +30,12 @@ FIND_L0_OPTIONS = ("valley_thresholds", "encoder_init", "firing_worth", "idle_gr
 ``activation_bias``: :mod:`gba_lens.saes.hook_defaults`)."""
 
 
-def _find_l0_options() -> dict[str, Any]:
-    """``FIND_L0_OPTIONS`` as the defaults (``find_l0``) resolve them, without ``valley_thresholds`` (which holds each
-    neuron at its feature's frequency, whatever the level told)."""
-    defaults = GBAOptions(find_l0=True)
-    defaults.resolve_unset_options()
-    return {name: getattr(defaults, name) if name != "valley_thresholds" else False for name in FIND_L0_OPTIONS}
+def _told_options() -> dict[str, Any]:
+    """``FIND_L0_OPTIONS`` as a run told its L0 resolves them (:meth:`GBAOptions.trains_as_defaults`: the defaults'
+    options, the valleys left to ``find_l0``)."""
+    told = GBAOptions(target_l0=1.0)
+    told.resolve_unset_options()
+    return {name: getattr(told, name) for name in FIND_L0_OPTIONS}
 
 
 GBA_MODES: dict[str, dict[str, Any]] = {
@@ -77,6 +77,6 @@ GBA_MODES: dict[str, dict[str, Any]] = {
     "unit-mean": {"valley_thresholds": True, "find_l0": True, **UNIT_MEAN},
     # told an L0 (the scripts add target_l0) with every option find_l0 turns on at any hook but the valleys:
     # target_l0's own resolution since the fifty-ninth step, spelled out
-    "defaults+told-l0": _find_l0_options(),
+    "defaults+told-l0": _told_options(),
 }
 """Each mode's GBA options; a user's settings are added on top (never mutate these dicts)."""
