@@ -16,7 +16,7 @@ and every T optimiser steps, for each neuron m of group k:
 with rbar_k the mean of the positive r_m over group k. Then the statistics are reset.
 Single-group BA (the analysed algorithm) is K = 1. With ``anneal_with_lr`` both steps are scaled by
 the learning rate over its peak (:attr:`GroupBiasAdaptation.rate`), so that the biases settle as the
-weights do.
+weights do (with a requested L0, not the lowering step of a neuron far over its target: see l0_control).
 
 With ``targets="adaptive"`` the group targets start on the geometric range and then move after
 every update by the rule of :mod:`gba_lens.saes.target_adaptation`; the default ``"geometric"``
@@ -263,7 +263,8 @@ class GroupBiasAdaptation(nn.Module):
         over_active = p > target
         dead = p < self.dead_eps  # never fired; disjoint from over_active as every target > eps
         rate = self.rate
-        lowered = (bias - self.gamma_minus * rate * r).clamp_(min=self.bias_min)
+        lower_rate = rate if self.l0_control is None else self.l0_control.lowering_rate(rate, target, p)
+        lowered = (bias - self.gamma_minus * lower_rate * r).clamp_(min=self.bias_min)
         raised = (bias + self.gamma_plus * rate * rbar).clamp_(max=self.bias_max)
         # A requested L0 also raises live neurons under target (see l0_control); else only the dead.
         under = dead if self.l0_control is None else ~over_active & (p < target)

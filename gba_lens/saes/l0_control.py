@@ -20,6 +20,10 @@ neurons that sit under their targets. With ``target_l0`` set:
 * the rule gets a third branch: a live neuron under its target is raised by the dead branch's
   step (gamma_plus * rbar_k), so that every neuron fires at its target and the L0 at the request.
 
+* where ``anneal_with_lr`` shrinks the rule's steps as the learning rate decays, a neuron firing over
+  FAR_OVER times its target still lowers its bias by the full step (:meth:`L0Control.lowering_rate`):
+  the shrunk steps let thresholds near their targets settle, and one that far over has not settled.
+
 The only statistic is the rule's own window frequencies, so data-parallel training reduces nothing
 more, and the scale evolves identically on every rank. Logged as ``gba/l0_average`` and
 ``gba/target_scale`` (s over its start).
@@ -50,6 +54,11 @@ BOUND = 4.0
 TOLERANCE = 0.1
 """What a request promises: at the end of training the L0 average is within this fraction of it
 (:meth:`L0Control.unmet_request` says when it is not)."""
+FAR_OVER = 16.0
+"""With a request and annealed steps, a neuron over this many times its target lowers by the full step
+(0: never). On wide SAEs a told run's lowest groups come to fire on a tenth of the tokens or more late in
+the run, hundreds of times their targets, faster than annealed steps bring them down; 4 costs the
+Zipfian models a few percent of their L0 (docs/experiments/prior_free.md, sixty-first step)."""
 FOUND_START = 0.45
 """``find_l0``: the scale's start, so that the targets sum to this share of the geometric ones."""
 FOUND_BOUND = 64.0
@@ -115,6 +124,15 @@ class L0Control(nn.Module):
             self.log_scale.add_(torch.where(error.abs() < math.log(CAPTURE), ETA * error, torch.zeros_like(error)))
             self.log_scale.clamp_(self.start - math.log(BOUND), self.start + math.log(BOUND))
         target.copy_(self.scaled_targets())
+
+    def lowering_rate(
+        self, rate: float, target: Float[torch.Tensor, " d_sae"], frequency: Float[torch.Tensor, " d_sae"]
+    ) -> float | torch.Tensor:
+        """The share of its full size the rule's lowering step takes: ``rate`` (the annealed share), or with a
+        request and ``rate`` < 1, 1 for the neurons over FAR_OVER times their targets ([d_sae])."""
+        if self.target_l0 is None or rate >= 1 or FAR_OVER <= 0:
+            return rate
+        return torch.where(frequency > FAR_OVER * target, 1.0, rate)
 
     def found_bound_reached(self) -> int:
         """``find_l0``: +1 (-1) when the scale sits at its upper (lower) bound, FOUND_BOUND times (over)

@@ -91,6 +91,29 @@ def test_a_requested_l0_raises_live_neurons_under_target_that_the_paper_rule_lea
         assert bool((bias == -0.5).all()) is not expect_raised
 
 
+def test_with_a_request_a_neuron_far_over_its_target_lowers_by_the_full_step_where_the_steps_are_annealed(
+        monkeypatch):
+    frequency = torch.tensor([0.02, 0.5, 0.0, 0.0])  # the first a little over its target, the second far over
+    peak = torch.tensor([1.0, 1.0, 0.0, 0.0])
+
+    def lowering(share, **level):
+        rule = GroupBiasAdaptation(4, n_groups=1, highest_target=0.01, lowest_target=0.01, anneal_with_lr=True,
+                                   **level)
+        rule.lr_share = share
+        bias = torch.full((4,), -0.5)
+        rule.apply_rule(bias, frequency * 1000, peak, 1000)
+        return (-0.5 - bias[:2]).tolist()
+
+    told = {"target_l0": 0.04}  # the targets sum to it: each 0.01, the second neuron 50 times over
+    assert lowering(0.25, **told) == pytest.approx([0.25 * 0.01, 0.01])  # the annealed step, the full step
+    assert lowering(1.0, **told) == pytest.approx([0.01, 0.01])
+    # find_l0 (no request) keeps the annealed step for every neuron: its valleys hold neurons at their
+    # features' frequencies, far over their targets
+    assert lowering(0.25, find_l0=True) == pytest.approx([0.25 * 0.01, 0.25 * 0.01])
+    monkeypatch.setattr(C, "FAR_OVER", 0.0)
+    assert lowering(0.25, **told) == pytest.approx([0.25 * 0.01, 0.25 * 0.01])
+
+
 def test_invalid_requests_are_refused_with_the_option_named():
     with pytest.raises(ValueError, match="target_l0"):
         GBATrainingSAEConfig(d_in=8, d_sae=32, target_l0=0.0)
