@@ -58,7 +58,8 @@ FAR_OVER = 16.0
 """With a request and annealed steps, a neuron over this many times its target lowers by the full step
 (0: never). On wide SAEs a told run's lowest groups come to fire on a tenth of the tokens or more late in
 the run, hundreds of times their targets, faster than annealed steps bring them down; 4 costs the
-Zipfian models a few percent of their L0 (docs/experiments/prior_free.md, sixty-first step)."""
+Zipfian models a few percent of their L0. Not with ``find_l0``, whose valleys hold neurons at their features'
+frequencies, far over their targets (docs/experiments/prior_free.md, sixty-first step)."""
 FOUND_START = 0.45
 """``find_l0``: the scale's start, so that the targets sum to this share of the geometric ones."""
 FOUND_BOUND = 64.0
