@@ -171,8 +171,8 @@ class GBAOptions:
     explained-variance gap to TopK's frontier falls by two fifths on resid_pre and two thirds on mlp_out
     (CE loss recovered: a quarter and three quarters); the Zipfian, hierarchical and small models keep
     every figure (the small model's L0 +4 percent of its truth, from +15); the paper's toy and the
-    counter-example train at a constant learning rate and are unchanged. With ``target_l0`` a neuron firing over
-    ``l0_control.FAR_OVER`` (16) times its target keeps the full lowering step (sixty-first step)."""
+    counter-example train at a constant learning rate and are unchanged. With ``target_l0`` a neuron firing far over
+    its target keeps the full lowering step (``l0_control.FAR_OVER``, sixty-first step)."""
     encoder_lr_scale: float | None = None
     """The encoder's learning rate over the other weights' once 0.4 of the run is over (gba_lens's trainers give the
     encoder weights their own Adam parameter group; the schedule applies to both). The encoder directions are kept

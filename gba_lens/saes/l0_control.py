@@ -131,7 +131,7 @@ class L0Control(nn.Module):
     ) -> float | torch.Tensor:
         """The share of its full size the rule's lowering step takes: ``rate`` (the annealed share), or with a
         request and ``rate`` < 1, 1 for the neurons over FAR_OVER times their targets ([d_sae])."""
-        if self.target_l0 is None or rate >= 1 or FAR_OVER <= 0:
+        if self.finds_l0 or rate >= 1 or FAR_OVER <= 0:
             return rate
         return torch.where(frequency > FAR_OVER * target, 1.0, rate)
 
