@@ -73,7 +73,8 @@ def paper_toy_methods(covering_range: tuple[float, float] | None = None) -> list
                    {"highest_target": 1e-2, "lowest_target": 1e-4, **PAPER_RULE, **PAPER_TOY_SAE},
                    paper=(0.383, 0.039), role="gba_missing"),
         # GBA's defaults: f not given; the targets' level found from the data (find_l0, valley thresholds).
-        MethodSpec("GBA defaults (f not given)", "gba", {**PAPER_TOY_SAE}, role="gba_default"),
+        # Its runs take about six times the others' (valley thresholds, find_l0, the decoder refit).
+        MethodSpec("GBA defaults (f not given)", "gba", {**PAPER_TOY_SAE}, role="gba_default", cost=6.0),
     ]
 
 

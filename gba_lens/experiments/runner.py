@@ -169,7 +169,8 @@ def run_jobs(jobs: Sequence[Job], workers: int | None = None, desc: str = "runs"
     records: list[RunRecord | None] = [None] * len(jobs)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                              initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_job_in_worker, job): i for i, job in enumerate(jobs)}
+        costliest_first = sorted(range(len(jobs)), key=lambda i: -jobs[i].spec.cost)  # stable: else in order
+        futures = {pool.submit(_run_job_in_worker, jobs[i]): i for i in costliest_first}
         for future in tqdm(as_completed(futures), total=len(jobs), desc=f"{desc} ({workers} processes)",
                            disable=not progress):
             records[futures[future]] = future.result()

@@ -39,6 +39,9 @@ class MethodSpec:
     role: str | None = None
     """The slot this row fills in an experiment's summary (e.g. ``"l1"`` for every row of an L1
     coefficient sweep, the best of which is reported); experiments find rows by role, not label."""
+    cost: float = 1.0
+    """Its runs' time relative to the other rows' runs: a pool of processes starts the costliest first, so that
+    no long run starts last while the other processes idle (no number depends on it)."""
 
 
 @dataclass

@@ -3,6 +3,7 @@ change no number."""
 
 import dataclasses
 import functools
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from gba_lens.experiments import runner
 from gba_lens.experiments.paper_toy import PaperToySetup, run_paper_toy
 from gba_lens.experiments.runner import Job, StreamCache, run_job, run_jobs
-from gba_lens.experiments.runs import MethodSpec
+from gba_lens.experiments.runs import MethodSpec, RunRecord
 from gba_lens.synthetic.paper_model import SparseMixtureConfig, SparseMixtureModel
 from gba_lens.training.data import SeededBatches
 from gba_lens.training.train import TrainConfig
@@ -43,6 +44,35 @@ def test_worker_processes_give_the_same_numbers_as_one_process(start_method, mon
     # The equality above would also hold if neither side had computed consistency (it needs every
     # seed's directions back from the workers): the pooled rows do carry it.
     assert 1.0 in rows_pool[0].consistency and "consistency_1" in rows_pool[0].as_row()
+
+
+def test_a_pool_starts_the_costliest_runs_first_and_returns_the_records_in_job_order(monkeypatch):
+    submitted = []
+
+    class Recording:  # a pool that runs each job as it is submitted, in this process
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, job):
+            submitted.append((job.spec.label, job.seed))
+            future = Future()
+            future.set_result(fn(job))
+            return future
+
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", Recording)
+    monkeypatch.setattr(runner, "_run_job_in_worker", lambda job: RunRecord(job.spec.label, job.seed, None, 0.0))
+    specs = [MethodSpec("cheap", "topk"), MethodSpec("costly", "gba", cost=6.0), MethodSpec("cheap too", "topk")]
+    train = TrainConfig(total_samples=256, batch_size=256)
+    jobs = [Job(spec, SparseMixtureModel, (), 8, train, seed) for seed in (0, 1) for spec in specs]
+    records = run_jobs(jobs, workers=2, progress=False)
+    assert submitted == [("costly", 0), ("costly", 1), ("cheap", 0), ("cheap too", 0), ("cheap", 1), ("cheap too", 1)]
+    assert [(r.label, r.seed) for r in records] == [(job.spec.label, job.seed) for job in jobs]
 
 
 def test_a_cached_stream_gives_the_batches_of_a_fresh_one():

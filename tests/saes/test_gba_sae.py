@@ -136,54 +136,67 @@ PLAIN_SAELENS = textwrap.dedent(
     import torch
     from safetensors.torch import load_file, save_file
     from sae_lens import SAE
-    path, io = sys.argv[1], sys.argv[2]
-    sae = SAE.load_from_disk(path)
-    x = load_file(io + "/x.safetensors")["x"]
-    acts = sae.encode(x)
-    save_file({"acts": acts.contiguous(), "recons": sae.decode(acts).contiguous()}, io + "/out.safetensors")
-    gba_loaded = any(m.startswith("gba_lens") for m in sys.modules)
-    print(json.dumps({"class": type(sae).__name__, "arch": sae.cfg.architecture(), "gba_lens_imported": gba_loaded,
-                      "details": sae.cfg.metadata.training_architecture_details,
-                      "normalize": sae.cfg.normalize_activations}))
+    for path, io in zip(sys.argv[1::2], sys.argv[2::2]):
+        sae = SAE.load_from_disk(path)
+        x = load_file(io + "/x.safetensors")["x"]
+        acts = sae.encode(x)
+        save_file({"acts": acts.contiguous(), "recons": sae.decode(acts).contiguous()}, io + "/out.safetensors")
+        gba_loaded = any(m.startswith("gba_lens") for m in sys.modules)
+        print(json.dumps({"class": type(sae).__name__, "arch": sae.cfg.architecture(), "gba_lens_imported": gba_loaded,
+                          "details": sae.cfg.metadata.training_architecture_details,
+                          "normalize": sae.cfg.normalize_activations}))
     """
 )
 
-
-@pytest.mark.parametrize("gating, activation_bias, input_norm, decoder_refit, inference_class", [
+EXPORT_CASES = [
     ("jumprelu", False, "unit_mean", False, "JumpReLUSAE"), ("jumprelu", False, "unit_mean", True, "JumpReLUSAE"),
     ("jumprelu", True, "unit_mean", False, "JumpReLUSAE"), ("relu", False, "unit_mean", True, "StandardSAE"),
-    ("jumprelu", True, "per_token", True, "JumpReLUSAE")])
-def test_export_loads_in_plain_saelens_with_equal_outputs(tmp_path, gating, activation_bias, input_norm, decoder_refit,
+    ("jumprelu", True, "per_token", True, "JumpReLUSAE")]
+"""gating, activation_bias, input_norm, decoder_refit and the plain SAELens class each export loads as."""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each EXPORT_CASES SAE trained and saved, then loaded by one fresh interpreter that never imports gba_lens
+    (one for all cases: its start-up is most of the time). Per case: (SAE, inputs, folder, what the loader said)."""
+    root = tmp_path_factory.mktemp("export")
+    trained, argv = [], []
+    for i, (gating, activation_bias, input_norm, decoder_refit, _) in enumerate(EXPORT_CASES):
+        torch.manual_seed(0)
+        sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, gating=gating, n_groups=4,
+                                                  activation_bias=activation_bias, input_norm=input_norm,
+                                                  decoder_refit=decoder_refit))
+        data = SeededBatches(lambda n: torch.relu(torch.randn(n, 12)) * 4 + 2, 128)
+        train_sae(sae, data, TrainConfig(total_samples=128 * 30, batch_size=128, lr=1e-2))
+        sae.eval()
+        folder = root / f"case{i}"
+        sae.save_inference_model(folder / "sae")
+        x = (torch.relu(torch.randn(200, 12)) * 4 + 2) * torch.exp(torch.randn(200, 1) * 0.5)  # inputs of many scales
+        (folder / "io").mkdir()
+        save_file({"x": x}, str(folder / "io" / "x.safetensors"))
+        trained.append((sae, x, folder))
+        argv += [str(folder / "sae"), str(folder / "io")]
+    script = root / "load.py"
+    script.write_text(PLAIN_SAELENS)
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [json.loads(line) for line in proc.stdout.strip().splitlines()[-len(EXPORT_CASES):]]
+    return {case: (*run, info) for case, run, info in zip(EXPORT_CASES, trained, said)}
+
+
+@pytest.mark.parametrize("gating, activation_bias, input_norm, decoder_refit, inference_class", EXPORT_CASES)
+def test_export_loads_in_plain_saelens_with_equal_outputs(exported, gating, activation_bias, input_norm, decoder_refit,
                                                           inference_class):
-    torch.manual_seed(0)
-    sae = GBATrainingSAE(GBATrainingSAEConfig(d_in=12, d_sae=48, gating=gating, n_groups=4, activation_bias=activation_bias,
-                                              input_norm=input_norm, decoder_refit=decoder_refit))
-    data = SeededBatches(lambda n: torch.relu(torch.randn(n, 12)) * 4 + 2, 128)
-    train_sae(sae, data, TrainConfig(total_samples=128 * 30, batch_size=128, lr=1e-2))
+    sae, x, folder, info = exported[(gating, activation_bias, input_norm, decoder_refit, inference_class)]
     assert sae.b_enc.min() < 0  # the biases actually moved
     # and the offsets: trained (activation_bias) or fitted after the last step (decoder_refit, JumpReLU gate)
     offsets = activation_bias or (decoder_refit and gating == "jumprelu")
     assert offsets == (sae.b_act is not None and sae.b_act.abs().max() > 0.01)
-    sae.eval()
-    sae.save_inference_model(tmp_path / "sae")
-
-    x = (torch.relu(torch.randn(200, 12)) * 4 + 2) * torch.exp(torch.randn(200, 1) * 0.5)  # inputs of many scales
-    (tmp_path / "io").mkdir()
-    save_file({"x": x}, str(tmp_path / "io" / "x.safetensors"))
-    script = tmp_path / "load.py"
-    script.write_text(PLAIN_SAELENS)
-    # A fresh interpreter that never imports gba_lens.
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "sae"), str(tmp_path / "io")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["class"] == inference_class and not info["gba_lens_imported"]
     assert info["details"]["n_groups"] == 4 and info["details"]["gating"] == gating  # hyperparameters travel
     assert info["normalize"] == ("constant_norm_rescale" if input_norm == "per_token" else "none")
 
-    out = load_file(str(tmp_path / "io" / "out.safetensors"))
+    out = load_file(str(folder / "io" / "out.safetensors"))
     with torch.no_grad():
         acts = sae.encode(x)
         recons = sae.decode(acts)

@@ -349,7 +349,7 @@ def test_target_search_on_two_ranks_trains_the_one_process_sae(tmp_path, two_ran
 @pytest.mark.slow
 def test_hung_rank_ends_the_run_at_the_collective_timeout(tmp_path):
     code, err, seconds = _torchrun([str(WORKER), str(tmp_path), "--fail-rank", "1", "--fail-at", "5",
-                                    "--fail-mode", "hang"], timeout_s=15)
+                                    "--fail-mode", "hang"], timeout_s=8)
     assert code != 0
     assert "gba-lens: rank 0 of 2 stopped: a collective failed" in err, err[-3000:]
     assert seconds < 240
