@@ -33,13 +33,38 @@ def test_near_the_request_the_scale_integrates_the_l0_error():
         control = L0Control(3.0, base)
         target = control.scaled_targets()
         start = target.clone()
-        frequency = torch.full_like(base, measured / base.shape[0])
+        frequency = start * measured / start.sum()  # every neuron 1.5x over its target at most
         for _ in range(20):
             control.step(target, frequency)
         assert control.l0_average.item() == pytest.approx(measured, rel=1e-5)
         assert direction * (target.sum() - start.sum()).item() > 0
         assert control.log_scale.item() == pytest.approx(
             math.log(3.0 / base.sum().item()) + 20 * C.ETA * math.log(3.0 / measured), rel=1e-4)
+
+
+def test_over_the_request_the_scale_leaves_the_l0_that_neurons_far_over_their_targets_hold_to_the_rule(monkeypatch):
+    base = _geometric()
+    lowest = base.argmin().item()
+
+    def run(over, steps):
+        control = L0Control(3.0, base)
+        target = control.scaled_targets()
+        frequency = target * over  # every neuron `over` times its target ...
+        frequency[lowest] = 0.6    # ... but one, over HOLD_OVER times it, which the rule lowers whatever its target
+        for _ in range(steps):
+            control.step(target, frequency)
+        return control, frequency
+
+    control, frequency = run(1.0, 50)  # the L0 is 3.6, all of its excess held by that neuron: the scale holds
+    assert frequency.sum().item() == pytest.approx(3.6, rel=0.01) and control.l0_average.item() > 3.3
+    assert control.log_scale.item() == pytest.approx(control.start, abs=1e-6)
+    control, frequency = run(1.1, 1)   # 1.1x over elsewhere: only that excess is integrated
+    held = 0.6 - control.base_target[lowest].item() * math.exp(control.start)
+    assert control.log_scale.item() == pytest.approx(
+        control.start + C.ETA * math.log(3.0 / (frequency.sum().item() - held)), rel=1e-5)
+    monkeypatch.setattr(C, "HOLD_OVER", 0.0)  # without the anti-windup the held L0 winds the scale down
+    control, _ = run(1.0, 50)
+    assert control.log_scale.item() < control.start - 0.1
 
 
 def test_far_from_the_request_the_scale_holds_and_it_never_leaves_its_bound():
@@ -65,6 +90,20 @@ def test_an_l0_average_off_the_request_by_more_than_the_tolerance_is_reported():
         assert (message is not None) is reported, average
         if reported:
             assert message.startswith("target_l0=3 not reached") and f"{average:.3g}" in message
+
+
+def test_the_request_is_judged_on_the_last_window_not_on_the_lagging_average():
+    base = _geometric()
+    control = L0Control(3.0, base)
+    target = control.scaled_targets()
+    for _ in range(3):  # the L0 falling through the request: the average is within, the last window 20% under
+        control.step(target, torch.full_like(base, 3.2 / base.shape[0]))
+    control.step(target, torch.full_like(base, 2.4 / base.shape[0]))
+    assert abs(control.l0_average.item() / 3.0 - 1) <= C.TOLERANCE
+    message = control.unmet_request()
+    assert message is not None and "fired 2.4 latents per input" in message and "(-20%)" in message
+    control.step(target, torch.full_like(base, 3.1 / base.shape[0]))  # a last window within: nothing to report
+    assert control.unmet_request() is None
 
 
 def test_training_too_short_for_the_request_warns_and_one_that_reaches_it_does_not():
