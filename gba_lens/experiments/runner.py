@@ -137,7 +137,8 @@ def default_workers(n_jobs: int, device: str = "cpu") -> int:
 
 def run_jobs(jobs: Sequence[Job], workers: int | None = None, desc: str = "runs",
              progress: bool = True, start_method: str | None = None) -> list[RunRecord]:
-    """Run ``jobs`` (in order of the result) in this process or in ``workers`` processes.
+    """Run ``jobs`` (in order of the result) in this process or in ``workers`` processes; a pool starts the
+    jobs of the costliest methods first (:attr:`MethodSpec.cost`).
 
     Small synthetic SAEs use a multi-core CPU badly from one process (their matrix products are
     thin), so one single-threaded process per core is faster than one process with as many

@@ -65,7 +65,8 @@ Zipfian models a few percent of their L0. Not with ``find_l0``, whose valleys ho
 frequencies, far over their targets (docs/experiments/prior_free.md, sixty-first step)."""
 HOLD_OVER = 4.0
 """With a request, the scale does not integrate the L0 excess of the neurons over this many times their targets
-(0: it integrates all of it)."""
+(0: it integrates all of it). At FAR_OVER's 16 the scale still wound down on wide SAEs while the excess sat with
+neurons 4 to 16 times over, which passed 16 later (docs/experiments/prior_free.md, sixty-second step)."""
 FOUND_START = 0.45
 """``find_l0``: the scale's start, so that the targets sum to this share of the geometric ones."""
 FOUND_BOUND = 64.0
