@@ -55,7 +55,7 @@ CAPTURE = 2.0
 BOUND = 4.0
 """... and stays within this factor of its start (targets summing to the request)."""
 TOLERANCE = 0.1
-"""What a request promises: at the end of training the L0 average is within this fraction of it
+"""What a request promises: at the end of training the last window's L0 is within this fraction of it
 (:meth:`L0Control.unmet_request` says when it is not)."""
 FAR_OVER = 16.0
 """With a request and annealed steps, a neuron over this many times its target lowers by the full step
