@@ -131,13 +131,14 @@ class L0Control(nn.Module):
         average = torch.where(self.l0_average < 0, l0, self.l0_average + BETA * (l0 - self.l0_average))
         self.l0_average.copy_(average)
         if self.target_l0 is not None:
+            log_request = math.log(self.target_l0)
+            captured = (log_request - torch.log(average.clamp(min=1e-6))).abs() < math.log(CAPTURE)
             # Anti-windup: over the request, the L0 that neurons far over their targets hold up is the rule's to
             # remove (it lowers them whatever their targets), so the scale integrates only what is left of it.
-            held = ((frequency - target) * (frequency > HOLD_OVER * target)).sum() if HOLD_OVER > 0 else 0.0
+            held = torch.where(frequency > HOLD_OVER * target, frequency - target, 0.0).sum() if HOLD_OVER > 0 else 0.0
             measured = torch.maximum(average - held, average.clamp(max=self.target_l0))
-            error = math.log(self.target_l0) - torch.log(measured.clamp(min=1e-6))
-            captured = (math.log(self.target_l0) - torch.log(average.clamp(min=1e-6))).abs() < math.log(CAPTURE)
-            self.log_scale.add_(torch.where(captured, ETA * error, torch.zeros_like(error)))
+            error = log_request - torch.log(measured.clamp(min=1e-6))
+            self.log_scale.add_(torch.where(captured, ETA * error, 0.0))
             self.log_scale.clamp_(self.start - math.log(BOUND), self.start + math.log(BOUND))
         target.copy_(self.scaled_targets())
 
