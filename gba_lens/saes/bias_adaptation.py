@@ -174,10 +174,15 @@ class GroupBiasAdaptation(nn.Module):
         return self.lr_share
 
     @property
+    def searched_targets(self) -> torch.Tensor:
+        """[d_sae] each neuron's group target times its search scale (before its firings' worth)."""
+        return self.target if self.target_search is None else self.target_search.targets(self.target)
+
+    @property
     def neuron_targets(self) -> torch.Tensor:
         """[d_sae] the target each neuron is held to: its group's, times its search scale and its
         firings' worth multiplier."""
-        target = self.target if self.target_search is None else self.target_search.targets(self.target)
+        target = self.searched_targets
         return target if self.firing_worth is None else target * self.firing_worth.multiplier
 
     @property
@@ -263,7 +268,9 @@ class GroupBiasAdaptation(nn.Module):
         over_active = p > target
         dead = p < self.dead_eps  # never fired; disjoint from over_active as every target > eps
         rate = self.rate
-        lower_rate = rate if self.l0_control is None else self.l0_control.lowering_rate(rate, target, p)
+        # how far over its target a neuron fires, for a told level, reads the target before its firings' worth:
+        # firing_worth lowers targets late in the run, at the rule's own pace (see L0Control.lowering_rate)
+        lower_rate = rate if self.l0_control is None else self.l0_control.lowering_rate(rate, self.searched_targets, p)
         lowered = (bias - self.gamma_minus * lower_rate * r).clamp_(min=self.bias_min)
         raised = (bias + self.gamma_plus * rate * rbar).clamp_(max=self.bias_max)
         # A requested L0 also raises live neurons under target (see l0_control); else only the dead.

@@ -172,7 +172,7 @@ class GBAOptions:
     (CE loss recovered: a quarter and three quarters); the Zipfian, hierarchical and small models keep
     every figure (the small model's L0 +4 percent of its truth, from +15); the paper's toy and the
     counter-example train at a constant learning rate and are unchanged. With ``target_l0`` a neuron firing far over
-    its target keeps the full lowering step (``l0_control.FAR_OVER``, sixty-first step)."""
+    its target lowers by a step grown with how far over, whatever this does (``l0_control.FAR_OVER``)."""
     encoder_lr_scale: float | None = None
     """The encoder's learning rate over the other weights' once 0.4 of the run is over (gba_lens's trainers give the
     encoder weights their own Adam parameter group; the schedule applies to both). The encoder directions are kept

@@ -15,17 +15,21 @@ neurons that sit under their targets. With ``target_l0`` set:
   Far from the request the rule itself moves the L0 (a new SAE fires on most inputs, and every
   neuron over its target is lowered whatever the target): integrating then would only wind the
   scale up (down) by the time the L0 arrives, and it would overshoot for hundreds of steps. The
-  scale is also kept within a factor BOUND of its start. Over the request, the error leaves out the
-  excess of the neurons firing over HOLD_OVER times their targets (anti-windup): the rule lowers those
-  whatever their targets, and integrating their excess would wind the other targets down until, once
-  they come down, the L0 fell through the request.
+  scale is also kept within a factor BOUND of its start.
 
 * the rule gets a third branch: a live neuron under its target is raised by the dead branch's
   step (gamma_plus * rbar_k), so that every neuron fires at its target and the L0 at the request.
 
-* where ``anneal_with_lr`` shrinks the rule's steps as the learning rate decays, a neuron firing over
-  FAR_OVER times its target still lowers its bias by the full step (:meth:`L0Control.lowering_rate`):
-  the shrunk steps let thresholds near their targets settle, and one that far over has not settled.
+* a neuron firing over FAR_OVER times its target is the rule's to bring down, whatever its target
+  (:meth:`L0Control.lowering_rate`). Over the request, the controller's error leaves out those neurons'
+  excess (anti-windup: integrating it would wind the other targets down until, once they came down, the L0
+  fell through the request), and once the L0 average has first come within CAPTURE of the request, in a
+  window over the request, each lowers its bias by the full step times its over-ratio over FAR_OVER,
+  f / (FAR_OVER p). The paper's step (gamma_minus r_m, a hundredth of the neuron's peak) is sized for
+  thresholds near their targets; on wide SAEs a told run's lower groups come to fire tens of times over their
+  targets, and that step takes longer than the run to bring them down. Before the L0 has first come down,
+  such a neuron takes the full step even where ``anneal_with_lr`` shrinks the others (grown steps there would
+  silence most of the lower groups for good); under the request, the same steps as the others.
 
 The only statistic is the rule's own window frequencies, so data-parallel training reduces nothing
 more, and the scale evolves identically on every rank. Logged as ``gba/l0_average`` and
@@ -57,16 +61,13 @@ BOUND = 4.0
 TOLERANCE = 0.1
 """What a request promises: at the end of training the last window's L0 is within this fraction of it
 (:meth:`L0Control.unmet_request` says when it is not)."""
-FAR_OVER = 16.0
-"""With a request and annealed steps, a neuron over this many times its target lowers by the full step
-(0: never). On wide SAEs a told run's lowest groups come to fire on a tenth of the tokens or more late in
-the run, hundreds of times their targets, faster than annealed steps bring them down; 4 costs the
-Zipfian models a few percent of their L0. Not with ``find_l0``, whose valleys hold neurons at their features'
-frequencies, far over their targets (docs/experiments/prior_free.md, sixty-first step)."""
-HOLD_OVER = 4.0
-"""With a request, the scale does not integrate the L0 excess of the neurons over this many times their targets
-(0: it integrates all of it). At FAR_OVER's 16 the scale still wound down on wide SAEs while the excess sat with
-neurons 4 to 16 times over, which passed 16 later (docs/experiments/prior_free.md, sixty-second step)."""
+FAR_OVER = 4.0
+"""With a request, the neurons over this many times their targets (``target``: the group's, before
+``firing_worth``'s multiplier): the controller leaves their excess to the rule, which lowers them by grown steps
+(0: neither). Told 16 at 2,048 latents of the stdlib LM ended 40% over the request with the paper's (full) step
+from 16x, 12% over with grown steps from 16x, 4% under from 4x (docs/experiments/prior_free.md, sixty-first to
+sixty-third steps). Not with ``find_l0``, whose valleys hold neurons at their features' frequencies, far over
+their targets."""
 FOUND_START = 0.45
 """``find_l0``: the scale's start, so that the targets sum to this share of the geometric ones."""
 FOUND_BOUND = 64.0
@@ -97,6 +98,8 @@ class L0Control(nn.Module):
         self.start = start  # log s at the start (targets summing to the request)
         self.register_buffer("log_scale", torch.tensor(start, device=base_target.device))
         self.register_buffer("l0_average", torch.tensor(-1.0, device=base_target.device))
+        if self.target_l0 is not None:  # whether the L0 average has come within CAPTURE of the request
+            self.register_buffer("reached", torch.tensor(False, device=base_target.device))
         self.window_l0: torch.Tensor | None = None  # the last window's L0 (None before one, as after a resume)
 
     @property
@@ -131,11 +134,12 @@ class L0Control(nn.Module):
         average = torch.where(self.l0_average < 0, l0, self.l0_average + BETA * (l0 - self.l0_average))
         self.l0_average.copy_(average)
         if self.target_l0 is not None:
+            self.reached |= average < CAPTURE * self.target_l0
             log_request = math.log(self.target_l0)
             captured = (log_request - torch.log(average.clamp(min=1e-6))).abs() < math.log(CAPTURE)
             # Anti-windup: over the request, the L0 that neurons far over their targets hold up is the rule's to
             # remove (it lowers them whatever their targets), so the scale integrates only what is left of it.
-            held = torch.where(frequency > HOLD_OVER * target, frequency - target, 0.0).sum() if HOLD_OVER > 0 else 0.0
+            held = torch.where(frequency > FAR_OVER * target, frequency - target, 0.0).sum() if FAR_OVER > 0 else 0.0
             measured = torch.maximum(average - held, average.clamp(max=self.target_l0))
             error = log_request - torch.log(measured.clamp(min=1e-6))
             self.log_scale.add_(torch.where(captured, ETA * error, 0.0))
@@ -145,11 +149,15 @@ class L0Control(nn.Module):
     def lowering_rate(
         self, rate: float, target: Float[torch.Tensor, " d_sae"], frequency: Float[torch.Tensor, " d_sae"]
     ) -> float | torch.Tensor:
-        """The share of its full size the rule's lowering step takes: ``rate`` (the annealed share), or with a
-        request and ``rate`` < 1, 1 for the neurons over FAR_OVER times their targets ([d_sae])."""
-        if self.finds_l0 or rate >= 1 or FAR_OVER <= 0:
+        """How many full steps the rule's lowering step takes ([d_sae] with a request, else ``rate``, the annealed
+        share): for the neurons over FAR_OVER times their ``target``, f / (FAR_OVER p) in a window over the request
+        once the L0 average has come within CAPTURE of it, and 1 before it has; for the others, ``rate``."""
+        if self.finds_l0 or FAR_OVER <= 0:
             return rate
-        return torch.where(frequency > FAR_OVER * target, 1.0, rate)
+        over_ratio = frequency / (FAR_OVER * target)
+        far = over_ratio > 1
+        grows = far & self.reached & (self.window_l0 > self.target_l0)
+        return torch.where(grows, over_ratio, torch.where(far & ~self.reached, 1.0, rate))
 
     def found_bound_reached(self) -> int:
         """``find_l0``: +1 (-1) when the scale sits at its upper (lower) bound, FOUND_BOUND times (over)

@@ -9,6 +9,7 @@ import torch
 
 from gba_lens.saes import l0_control as C
 from gba_lens.saes.bias_adaptation import GroupBiasAdaptation, group_index, group_targets
+from gba_lens.saes.firing_worth import FiringWorth
 from gba_lens.saes.gba import GBATrainingSAE, GBATrainingSAEConfig
 from gba_lens.saes.l0_control import L0Control
 
@@ -50,7 +51,7 @@ def test_over_the_request_the_scale_leaves_the_l0_that_neurons_far_over_their_ta
         control = L0Control(3.0, base)
         target = control.scaled_targets()
         frequency = target * over  # every neuron `over` times its target ...
-        frequency[lowest] = 0.6    # ... but one, over HOLD_OVER times it, which the rule lowers whatever its target
+        frequency[lowest] = 0.6    # ... but one, over FAR_OVER times it, which the rule lowers whatever its target
         for _ in range(steps):
             control.step(target, frequency)
         return control, frequency
@@ -62,7 +63,7 @@ def test_over_the_request_the_scale_leaves_the_l0_that_neurons_far_over_their_ta
     held = 0.6 - control.base_target[lowest].item() * math.exp(control.start)
     assert control.log_scale.item() == pytest.approx(
         control.start + C.ETA * math.log(3.0 / (frequency.sum().item() - held)), rel=1e-5)
-    monkeypatch.setattr(C, "HOLD_OVER", 0.0)  # without the anti-windup the held L0 winds the scale down
+    monkeypatch.setattr(C, "FAR_OVER", 0.0)  # without the anti-windup the held L0 winds the scale down
     control, _ = run(1.0, 50)
     assert control.log_scale.item() < control.start - 0.1
 
@@ -130,27 +131,89 @@ def test_a_requested_l0_raises_live_neurons_under_target_that_the_paper_rule_lea
         assert bool((bias == -0.5).all()) is not expect_raised
 
 
-def test_with_a_request_a_neuron_far_over_its_target_lowers_by_the_full_step_where_the_steps_are_annealed(
-        monkeypatch):
-    frequency = torch.tensor([0.02, 0.5, 0.0, 0.0])  # the first a little over its target, the second far over
-    peak = torch.tensor([1.0, 1.0, 0.0, 0.0])
+def test_with_a_request_a_neuron_far_over_its_target_lowers_by_its_over_ratio_in_full_steps(monkeypatch):
+    frequency = torch.tensor([0.02, 0.1, 0.5, 0.0])  # 2, 10 and 50 times over their targets (each 0.01)
+    peak = torch.tensor([1.0, 1.0, 1.0, 0.0])
 
-    def lowering(share, **level):
-        rule = GroupBiasAdaptation(4, n_groups=1, highest_target=0.01, lowest_target=0.01, anneal_with_lr=True,
-                                   **level)
+    def lowering(share, anneal=True, l0_average=0.04, worth=None, **level):
+        rule = GroupBiasAdaptation(4, n_groups=1, highest_target=0.01, lowest_target=0.01, anneal_with_lr=anneal,
+                                   firing_worth=worth, **level)
         rule.lr_share = share
+        rule.l0_control.l0_average.fill_(l0_average)  # this window (L0 0.62) moves it to 0.069 from 0.04
         bias = torch.full((4,), -0.5)
         rule.apply_rule(bias, frequency * 1000, peak, 1000)
-        return (-0.5 - bias[:2]).tolist()
+        return (-0.5 - bias[:3]).tolist()
 
-    told = {"target_l0": 0.04}  # the targets sum to it: each 0.01, the second neuron 50 times over
-    assert lowering(0.25, **told) == pytest.approx([0.25 * 0.01, 0.01])  # the annealed step, the full step
-    assert lowering(1.0, **told) == pytest.approx([0.01, 0.01])
-    # find_l0 (no request) keeps the annealed step for every neuron: its valleys hold neurons at their
-    # features' frequencies, far over their targets
-    assert lowering(0.25, find_l0=True) == pytest.approx([0.25 * 0.01, 0.25 * 0.01])
+    told = {"target_l0": 0.04}  # the targets sum to it: each 0.01
+    # the full step is gamma_minus * peak = 0.01; over FAR_OVER (4) times its target a neuron takes ratio / 4 of them
+    assert lowering(0.25, **told) == pytest.approx([0.25 * 0.01, 0.01 * 10 / 4, 0.01 * 50 / 4], rel=1e-4)
+    assert lowering(1.0, **told) == pytest.approx([0.01, 0.01 * 10 / 4, 0.01 * 50 / 4], rel=1e-4)
+    assert lowering(None, anneal=False, **told) == pytest.approx([0.01, 0.01 * 10 / 4, 0.01 * 50 / 4], rel=1e-4)
+    # how far over reads the target before firing_worth's multiplier: the second neuron, 100 times over the target
+    # its firings' worth leaves it, is 10 times over its group's
+    worth = FiringWorth(4, 0.5)
+    worth.multiplier[1] = 0.1
+    assert lowering(0.25, worth=worth, **told) == pytest.approx([0.25 * 0.01, 0.01 * 10 / 4, 0.01 * 50 / 4], rel=1e-4)
+    # find_l0 (no request: its valleys hold neurons at their features' frequencies, far over their targets)
+    # keeps one step for every neuron
+    assert lowering(0.25, find_l0=True) == pytest.approx([0.25 * 0.01] * 3)
     monkeypatch.setattr(C, "FAR_OVER", 0.0)
-    assert lowering(0.25, **told) == pytest.approx([0.25 * 0.01, 0.25 * 0.01])
+    assert lowering(0.25, **told) == pytest.approx([0.25 * 0.01] * 3)
+
+
+def test_a_far_over_neurons_step_grows_once_the_l0_has_come_down_and_while_it_is_over_the_request():
+    """64 neurons with targets 0.001 (the request 0.064); the first fires 50 times over its target. Its step is one
+    full step (the others' annealed to a quarter) while the L0 average has not yet come within CAPTURE times the
+    request; once it has, the step grows in a window over the request, whatever the average does afterwards, and
+    in a window under the request it is annealed like the others'."""
+    rule = GroupBiasAdaptation(64, n_groups=1, highest_target=1e-3, lowest_target=1e-3, target_l0=0.064,
+                               anneal_with_lr=True)
+    rule.lr_share = 0.25
+    peak = torch.ones(64)
+
+    def lowering(others):  # the first neuron's lowering step, the others firing at ``others`` each
+        frequency = torch.full((64,), others)
+        frequency[0] = 0.05
+        bias = torch.full((64,), -0.5)
+        rule.apply_rule(bias, frequency * 100_000, peak, 100_000)
+        return -0.5 - float(bias[0])
+
+    grown = 0.01 * 50 / C.FAR_OVER
+    assert lowering(0.5) == pytest.approx(0.01)  # a dense start: the L0 (31.5) far over the request
+    assert not rule.l0_control.reached
+    rule.l0_control.l0_average.fill_(0.064)
+    assert lowering(0.0002) == pytest.approx(0.25 * 0.01)  # the L0 (0.063) under the request: annealed like the others
+    assert rule.l0_control.reached
+    assert lowering(0.0011) == pytest.approx(grown, rel=1e-4)  # over it (0.119)
+    assert lowering(0.5) == pytest.approx(grown, rel=1e-4)  # the average back over 2x the request: still grows
+
+
+def test_with_a_request_a_neuron_the_encoder_keeps_far_over_its_target_is_brought_down(monkeypatch):
+    """One neuron of 64, its pre-activations |N(0, 0.1^2)| on 4,096 samples a window plus 0.0015 more each window (the
+    encoder keeping it firing: about the paper's step at its peak), its bias starting where it fires 50 times over
+    its target (0.001); the other 63 fire at their targets, so that the L0 is within twice the request. Over the last
+    50 of 100 windows the grown steps hold it at 5 times its target on average; the paper's step leaves it at 33."""
+    gen = torch.Generator().manual_seed(0)
+    windows = [(torch.randn(4096, generator=gen) * 0.1).abs() + 0.0015 * w for w in range(100)]
+
+    def over_ratios(far_over):
+        monkeypatch.setattr(C, "FAR_OVER", far_over)
+        rule = GroupBiasAdaptation(64, n_groups=1, highest_target=1e-3, lowest_target=1e-3, target_l0=0.064)
+        bias = torch.zeros(64)
+        bias[0] = -float(torch.quantile(windows[0], 0.95))
+        ratios = []
+        for u in windows:
+            y = u + bias[0]
+            count, peak = torch.full((64,), 4.0), torch.full((64,), 0.1)  # 4 / 4,096: about the target
+            count[0], peak[0] = (y > 0).sum(), y.max().clamp(min=0)
+            ratios.append(float(count[0]) / u.shape[0] / 1e-3)
+            rule.apply_rule(bias, count, peak, u.shape[0])
+            bias[1:] = 0.0  # the others stay put
+        assert float(rule.l0_control.l0_average) < C.CAPTURE * 0.064
+        return torch.tensor(ratios[-50:])
+
+    assert over_ratios(C.FAR_OVER).mean() < 10
+    assert over_ratios(0.0).mean() > 25
 
 
 def test_invalid_requests_are_refused_with_the_option_named():
