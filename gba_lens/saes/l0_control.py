@@ -23,7 +23,7 @@ neurons that sit under their targets. With ``target_l0`` set:
 * a neuron firing over FAR_OVER times its target is the rule's to bring down, whatever its target
   (:meth:`L0Control.lowering_rate`). Over the request, the controller's error leaves out those neurons'
   excess (anti-windup: integrating it would wind the other targets down until, once they came down, the L0
-  fell through the request), and once the L0 average has first come within CAPTURE of the request, in a
+  fell through the request), and once the L0 average has first come within DESCENT of the request, in a
   window over the request, each lowers its bias by the full step times its over-ratio over FAR_OVER,
   f / (FAR_OVER p). The paper's step (gamma_minus r_m, a hundredth of the neuron's peak) is sized for
   thresholds near their targets; on wide SAEs a told run's lower groups come to fire tens of times over their
@@ -62,12 +62,16 @@ TOLERANCE = 0.1
 """What a request promises: at the end of training the last window's L0 is within this fraction of it
 (:meth:`L0Control.unmet_request` says when it is not)."""
 FAR_OVER = 4.0
-"""With a request, the neurons over this many times their targets (``target``: the group's, before
-``firing_worth``'s multiplier): the controller leaves their excess to the rule, which lowers them by grown steps
-(0: neither). Told 16 at 2,048 latents of the stdlib LM ended 40% over the request with the paper's (full) step
-from 16x, 12% over with grown steps from 16x, 4% under from 4x (docs/experiments/prior_free.md, sixty-first to
-sixty-third steps). Not with ``find_l0``, whose valleys hold neurons at their features' frequencies, far over
-their targets."""
+"""With a request, a neuron firing over this many times its target (its group's times the scale, before
+``firing_worth``'s multiplier) is the rule's to bring down: the controller leaves its excess out of the error, and
+the rule lowers it by grown steps (0: neither). Told 16 at 2,048 latents of the stdlib LM ended 40% over the request
+with one full step from 16x, 12% over with grown steps from 16x, and 5% under from 4x (docs/experiments/prior_free.md,
+sixty-first to sixty-third steps). Not with ``find_l0``, whose valleys hold neurons at their features' frequencies,
+far over their targets."""
+DESCENT = 4.0
+"""With a request, a new SAE's descent from its dense start is over once the L0 average has first come within this
+factor of the request (``L0Control.reached``); grown steps wait for it. At 2 (``CAPTURE``) told 8 at 2,048 latents never
+got there and ended at 16.5 (sixty-third step)."""
 FOUND_START = 0.45
 """``find_l0``: the scale's start, so that the targets sum to this share of the geometric ones."""
 FOUND_BOUND = 64.0
@@ -81,11 +85,13 @@ class L0Control(nn.Module):
         base_target  [d_sae]  the geometric targets the scale multiplies
         log_scale    []       log s
         l0_average   []       the average window L0 (-1 before the first window)
+        reached      []       (with a request) whether the L0 average has come within DESCENT of it
     """
 
     base_target: torch.Tensor
     log_scale: torch.Tensor
     l0_average: torch.Tensor
+    reached: torch.Tensor
 
     def __init__(self, target_l0: float | None, base_target: Float[torch.Tensor, " d_sae"]):
         """``target_l0`` None: no request, the scale follows :meth:`follow` (``find_l0``)."""
@@ -98,7 +104,7 @@ class L0Control(nn.Module):
         self.start = start  # log s at the start (targets summing to the request)
         self.register_buffer("log_scale", torch.tensor(start, device=base_target.device))
         self.register_buffer("l0_average", torch.tensor(-1.0, device=base_target.device))
-        if self.target_l0 is not None:  # whether the L0 average has come within CAPTURE of the request
+        if self.target_l0 is not None:
             self.register_buffer("reached", torch.tensor(False, device=base_target.device))
         self.window_l0: torch.Tensor | None = None  # the last window's L0 (None before one, as after a resume)
 
@@ -134,7 +140,7 @@ class L0Control(nn.Module):
         average = torch.where(self.l0_average < 0, l0, self.l0_average + BETA * (l0 - self.l0_average))
         self.l0_average.copy_(average)
         if self.target_l0 is not None:
-            self.reached |= average < CAPTURE * self.target_l0
+            self.reached |= average < DESCENT * self.target_l0
             log_request = math.log(self.target_l0)
             captured = (log_request - torch.log(average.clamp(min=1e-6))).abs() < math.log(CAPTURE)
             # Anti-windup: over the request, the L0 that neurons far over their targets hold up is the rule's to
@@ -151,7 +157,7 @@ class L0Control(nn.Module):
     ) -> float | torch.Tensor:
         """How many full steps the rule's lowering step takes ([d_sae] with a request, else ``rate``, the annealed
         share): for the neurons over FAR_OVER times their ``target``, f / (FAR_OVER p) in a window over the request
-        once the L0 average has come within CAPTURE of it, and 1 before it has; for the others, ``rate``."""
+        once the L0 average has come within DESCENT of it, and 1 before it has; for the others, ``rate``."""
         if self.finds_l0 or FAR_OVER <= 0:
             return rate
         over_ratio = frequency / (FAR_OVER * target)
