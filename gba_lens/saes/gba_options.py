@@ -74,8 +74,9 @@ class GBAOptions:
     Ignored for K = 1."""
     target_l0: float | None = None
     """Ask for an L0 (mean active latents per input) instead of a frequency range: the geometric
-    targets are scaled together until the SAE fires this many latents, and live neurons under
-    their target are raised as dead ones are (:mod:`gba_lens.saes.l0_control`); training warns
+    targets are scaled together until the SAE fires this many latents, live neurons under their
+    target are raised as dead ones are, and neurons far over it are lowered by steps that grow
+    with how far over (:mod:`gba_lens.saes.l0_control`); training warns
     if it ends more than a tenth off (too few steps). The other options train as with ``find_l0`` (those
     that say "with ``find_l0`` or ``target_l0``"), but for ``valley_thresholds``: only the level is told. None: the
     targets are HTF ... LTF as given. Only with ``targets="geometric"``."""
