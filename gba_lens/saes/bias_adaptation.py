@@ -182,8 +182,11 @@ class GroupBiasAdaptation(nn.Module):
     def neuron_targets(self) -> torch.Tensor:
         """[d_sae] the target each neuron is held to: its group's, times its search scale and its
         firings' worth multiplier."""
-        target = self.searched_targets
-        return target if self.firing_worth is None else target * self.firing_worth.multiplier
+        return self._times_worth(self.searched_targets)
+
+    def _times_worth(self, searched: Float[torch.Tensor, " d_sae"]) -> torch.Tensor:
+        """``searched`` (:attr:`searched_targets`) times each neuron's firings' worth multiplier."""
+        return searched if self.firing_worth is None else searched * self.firing_worth.multiplier
 
     @property
     def group_targets(self) -> torch.Tensor:
@@ -264,13 +267,14 @@ class GroupBiasAdaptation(nn.Module):
             1, self.group, torch.stack((r, (r > 0).to(r.dtype))))
         rbar = (sums[0] / sums[1].clamp(min=1))[self.group]
 
-        target = self.neuron_targets
+        searched = self.searched_targets  # computed once: the held targets and a told level's lowering read it
+        target = self._times_worth(searched)
         over_active = p > target
         dead = p < self.dead_eps  # never fired; disjoint from over_active as every target > eps
         rate = self.rate
         # how far over its target a neuron fires, for a told level, reads the target before its firings' worth:
         # firing_worth lowers targets late in the run, at the rule's own pace (see L0Control.lowering_rate)
-        lower_rate = rate if self.l0_control is None else self.l0_control.lowering_rate(rate, self.searched_targets, p)
+        lower_rate = rate if self.l0_control is None else self.l0_control.lowering_rate(rate, searched, p)
         lowered = (bias - self.gamma_minus * lower_rate * r).clamp_(min=self.bias_min)
         raised = (bias + self.gamma_plus * rate * rbar).clamp_(max=self.bias_max)
         # A requested L0 also raises live neurons under target (see l0_control); else only the dead.
